@@ -1,0 +1,281 @@
+//! Configuration, read once at start-up through a [`Lookup`] so tests pass a
+//! map instead of mutating the process environment. Every field documents its
+//! variable, default and unit; a bad value is a [`ConfigError`] naming the
+//! variable, never a panic later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where configuration values come from.
+pub trait Lookup {
+    /// The value of a variable, if set (an empty value counts as unset).
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Env;
+
+impl Lookup for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Lookup for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+impl Lookup for BTreeMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        BTreeMap::get(self, key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+impl<const N: usize> Lookup for [(&str, &str); N] {
+    fn get(&self, key: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, v)| *k == key && !v.is_empty())
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable's value does not parse or is out of range.
+    #[error("{var}={value:?}: {reason}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
+    /// A variable the chosen backend needs is not set.
+    #[error("{var} must be set when {because}")]
+    Missing {
+        /// The variable.
+        var: &'static str,
+        /// Why it is needed.
+        because: &'static str,
+    },
+    /// Settings that contradict each other.
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// Which family of backends serves objects and events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Local directory store, filesystem events (no setup).
+    Local,
+    /// Cloud Storage and Pub/Sub (or their emulators).
+    Gcp,
+}
+
+/// runbox configuration shared by the dispatcher, the CLI and the executor.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `RUNBOX_BACKEND`: `local` (default) or `gcp`.
+    pub backend: Backend,
+    /// `RUNBOX_HOME`: directory of the embedded store. Default:
+    /// `$XDG_DATA_HOME/runbox`, else `$HOME/.local/share/runbox`.
+    pub home: PathBuf,
+    /// `RUNBOX_BUCKET`: Cloud Storage bucket (gcp backend).
+    pub bucket: Option<String>,
+    /// `RUNBOX_PROJECT`: Google Cloud project (gcp backend).
+    pub project: Option<String>,
+    /// `RUNBOX_NOTIFICATIONS_TOPIC`: Pub/Sub topic receiving the bucket's
+    /// `results/` finalize notifications (gcp backend). Default: `runbox-notifications`.
+    pub notifications_topic: String,
+    /// `RUNBOX_EXECUTOR`: path of the `runbox-executor` binary for the local
+    /// launcher. Default: next to the running binary.
+    pub executor_bin: Option<PathBuf>,
+    /// `RUNBOX_DEFAULT_TIMEOUT_SECS`: command timeout when the caller sets
+    /// none, in seconds. Default: 600.
+    pub default_timeout: Duration,
+    /// `RUNBOX_MAX_TIMEOUT_SECS`: largest timeout a caller may ask for, in
+    /// seconds. Default: 86400 (24 h); Cloud Run allows up to 168 h.
+    pub max_timeout: Duration,
+    /// `RUNBOX_OUTPUT_CAP_BYTES`: inline output kept per stream, in bytes.
+    /// Default: 1048576 (1 MiB).
+    pub output_cap: u64,
+    /// `RUNBOX_DEADLINE_GRACE_SECS`: how long after a command's timeout the
+    /// dispatcher waits for a result before reconciling, in seconds. Default: 30.
+    pub deadline_grace: Duration,
+    /// `RUNBOX_KILL_GRACE_MS`: between SIGTERM and SIGKILL when a command
+    /// times out, in milliseconds. Default: 2000.
+    pub kill_grace: Duration,
+}
+
+/// The largest command accepted, in bytes (DESIGN §8).
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Local,
+            home: default_home(&Env),
+            bucket: None,
+            project: None,
+            notifications_topic: "runbox-notifications".to_owned(),
+            executor_bin: None,
+            default_timeout: Duration::from_secs(600),
+            max_timeout: Duration::from_secs(86_400),
+            output_cap: 1024 * 1024,
+            deadline_grace: Duration::from_secs(30),
+            kill_grace: Duration::from_millis(2000),
+        }
+    }
+}
+
+fn default_home(env: &dyn Lookup) -> PathBuf {
+    if let Some(xdg) = env.get("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("runbox");
+    }
+    match env.get("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/runbox"),
+        None => PathBuf::from(".runbox"),
+    }
+}
+
+fn parse_num(
+    env: &dyn Lookup,
+    var: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ConfigError> {
+    let Some(value) = env.get(var) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(ConfigError::Invalid {
+            var,
+            value,
+            reason: format!("expected a whole number from {min} to {max}"),
+        }),
+    }
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&Env)
+    }
+
+    /// Reads the configuration from any lookup, validating every value.
+    pub fn from_lookup(env: &dyn Lookup) -> Result<Self, ConfigError> {
+        let mut cfg = Config {
+            home: default_home(env),
+            ..Config::default()
+        };
+        cfg.backend = match env.get("RUNBOX_BACKEND").as_deref() {
+            None | Some("local") => Backend::Local,
+            Some("gcp") => Backend::Gcp,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "RUNBOX_BACKEND",
+                    value: other.to_owned(),
+                    reason: "expected `local` or `gcp`".to_owned(),
+                });
+            }
+        };
+        if let Some(home) = env.get("RUNBOX_HOME") {
+            cfg.home = PathBuf::from(home);
+        }
+        cfg.bucket = env.get("RUNBOX_BUCKET");
+        cfg.project = env.get("RUNBOX_PROJECT");
+        if let Some(topic) = env.get("RUNBOX_NOTIFICATIONS_TOPIC") {
+            cfg.notifications_topic = topic;
+        }
+        cfg.executor_bin = env.get("RUNBOX_EXECUTOR").map(PathBuf::from);
+        if let Some(s) = parse_num(env, "RUNBOX_DEFAULT_TIMEOUT_SECS", 1, 604_800)? {
+            cfg.default_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = parse_num(env, "RUNBOX_MAX_TIMEOUT_SECS", 1, 604_800)? {
+            cfg.max_timeout = Duration::from_secs(s);
+        }
+        if let Some(n) = parse_num(env, "RUNBOX_OUTPUT_CAP_BYTES", 1024, 64 * 1024 * 1024)? {
+            cfg.output_cap = n;
+        }
+        if let Some(s) = parse_num(env, "RUNBOX_DEADLINE_GRACE_SECS", 1, 3600)? {
+            cfg.deadline_grace = Duration::from_secs(s);
+        }
+        if let Some(ms) = parse_num(env, "RUNBOX_KILL_GRACE_MS", 0, 60_000)? {
+            cfg.kill_grace = Duration::from_millis(ms);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.default_timeout > self.max_timeout {
+            return Err(ConfigError::Inconsistent(format!(
+                "RUNBOX_DEFAULT_TIMEOUT_SECS ({}) exceeds RUNBOX_MAX_TIMEOUT_SECS ({})",
+                self.default_timeout.as_secs(),
+                self.max_timeout.as_secs()
+            )));
+        }
+        if self.backend == Backend::Gcp {
+            if self.bucket.is_none() {
+                return Err(ConfigError::Missing {
+                    var: "RUNBOX_BUCKET",
+                    because: "RUNBOX_BACKEND=gcp",
+                });
+            }
+            if self.project.is_none() {
+                return Err(ConfigError::Missing {
+                    var: "RUNBOX_PROJECT",
+                    because: "RUNBOX_BACKEND=gcp",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let cfg = Config::from_lookup(&[("HOME", "/h")]).unwrap();
+        assert_eq!(cfg.home, PathBuf::from("/h/.local/share/runbox"));
+        assert_eq!(cfg.backend, Backend::Local);
+        assert_eq!(cfg.output_cap, 1 << 20);
+        let cfg = Config::from_lookup(&[
+            ("RUNBOX_HOME", "/x"),
+            ("RUNBOX_MAX_TIMEOUT_SECS", "60"),
+            ("RUNBOX_DEFAULT_TIMEOUT_SECS", "30"),
+        ])
+        .unwrap();
+        assert_eq!(cfg.home, PathBuf::from("/x"));
+        assert_eq!(cfg.max_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let err = Config::from_lookup(&[("RUNBOX_BACKEND", "aws")]).unwrap_err();
+        assert!(err.to_string().contains("RUNBOX_BACKEND"), "{err}");
+        let err = Config::from_lookup(&[("RUNBOX_MAX_TIMEOUT_SECS", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("RUNBOX_MAX_TIMEOUT_SECS"), "{err}");
+        let err = Config::from_lookup(&[("RUNBOX_MAX_TIMEOUT_SECS", "10")]).unwrap_err();
+        assert!(matches!(err, ConfigError::Inconsistent(_)), "{err}");
+        let err = Config::from_lookup(&[("RUNBOX_BACKEND", "gcp")]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Missing {
+                var: "RUNBOX_BUCKET",
+                because: "RUNBOX_BACKEND=gcp"
+            }
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! The object layout (DESIGN §4): one function per object name, so no other
+//! code formats a path by hand.
+
+use crate::ids::{ExecutionId, SessionId};
+
+/// Prefix of every request object.
+pub const REQUESTS_PREFIX: &str = "requests/";
+/// Prefix of every result object; its finalize events are completion signals.
+pub const RESULTS_PREFIX: &str = "results/";
+/// Prefix of every log object.
+pub const LOGS_PREFIX: &str = "logs/";
+/// Prefix of every session's objects.
+pub const SESSIONS_PREFIX: &str = "sessions/";
+
+/// `requests/{execution}.json`: the ExecRequest, written before launch.
+pub fn request(id: &ExecutionId) -> String {
+    format!("{REQUESTS_PREFIX}{id}.json")
+}
+
+/// `results/{execution}.json`: the ExecResult, written last and once.
+pub fn result(id: &ExecutionId) -> String {
+    format!("{RESULTS_PREFIX}{id}.json")
+}
+
+/// The execution id of a result object name, if `name` is one.
+pub fn parse_result(name: &str) -> Option<ExecutionId> {
+    let id = name.strip_prefix(RESULTS_PREFIX)?.strip_suffix(".json")?;
+    ExecutionId::new(id).ok()
+}
+
+/// `logs/{execution}/stdout` or `…/stderr`: a full output stream.
+pub fn log(id: &ExecutionId, stream: Stream) -> String {
+    format!("{LOGS_PREFIX}{id}/{}", stream.as_str())
+}
+
+/// `logs/{execution}/`: every log object of one execution.
+pub fn logs_prefix(id: &ExecutionId) -> String {
+    format!("{LOGS_PREFIX}{id}/")
+}
+
+/// `sessions/{session}/`: every object of one session.
+pub fn session_prefix(id: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{id}/")
+}
+
+/// `sessions/{session}/state.json`: the SessionState.
+pub fn session_state(id: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{id}/state.json")
+}
+
+/// `sessions/{session}/workspace/`: the session's files, one object per file.
+pub fn workspace_prefix(id: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{id}/workspace/")
+}
+
+/// One of the two captured output streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// "stdout" or "stderr".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_names_round_trip() {
+        let id = ExecutionId::new("abc123-0001").unwrap();
+        assert_eq!(result(&id), "results/abc123-0001.json");
+        assert_eq!(parse_result(&result(&id)), Some(id.clone()));
+        assert_eq!(parse_result("results/../x.json"), None);
+        assert_eq!(parse_result("requests/abc.json"), None);
+        assert_eq!(parse_result("results/abc.txt"), None);
+        assert_eq!(log(&id, Stream::Stderr), "logs/abc123-0001/stderr");
+    }
+}

@@ -1,0 +1,14 @@
+//! runbox's domain core: identifiers and their validation, the object layout
+//! (one function per object name), configuration, and the [`Store`] trait with
+//! its backends.
+
+pub mod config;
+pub mod ids;
+pub mod layout;
+pub mod store;
+
+pub use config::{Config, ConfigError, Lookup};
+pub use ids::{ExecutionId, IdError, InstanceId, SessionId};
+pub use store::{
+    ListOptions, ListPage, Object, ObjectMeta, Precondition, PutOptions, Store, StoreError,
+};
