@@ -214,6 +214,54 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The variables that reproduce this configuration in a child process
+    /// (the local launcher passes them to the executor, which reads the same
+    /// names).
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            (
+                "RUNBOX_BACKEND",
+                match self.backend {
+                    Backend::Local => "local",
+                    Backend::Gcp => "gcp",
+                }
+                .to_owned(),
+            ),
+            ("RUNBOX_HOME", self.home.to_string_lossy().into_owned()),
+            (
+                "RUNBOX_NOTIFICATIONS_TOPIC",
+                self.notifications_topic.clone(),
+            ),
+            (
+                "RUNBOX_DEFAULT_TIMEOUT_SECS",
+                self.default_timeout.as_secs().to_string(),
+            ),
+            (
+                "RUNBOX_MAX_TIMEOUT_SECS",
+                self.max_timeout.as_secs().to_string(),
+            ),
+            ("RUNBOX_OUTPUT_CAP_BYTES", self.output_cap.to_string()),
+            (
+                "RUNBOX_DEADLINE_GRACE_SECS",
+                self.deadline_grace.as_secs().to_string(),
+            ),
+            (
+                "RUNBOX_KILL_GRACE_MS",
+                self.kill_grace.as_millis().to_string(),
+            ),
+        ];
+        if let Some(bucket) = &self.bucket {
+            env.push(("RUNBOX_BUCKET", bucket.clone()));
+        }
+        if let Some(project) = &self.project {
+            env.push(("RUNBOX_PROJECT", project.clone()));
+        }
+        if let Some(bin) = &self.executor_bin {
+            env.push(("RUNBOX_EXECUTOR", bin.to_string_lossy().into_owned()));
+        }
+        env
+    }
+
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.default_timeout > self.max_timeout {
@@ -259,6 +307,28 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.home, PathBuf::from("/x"));
         assert_eq!(cfg.max_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn to_env_round_trips() {
+        let cfg = Config::from_lookup(&[
+            ("RUNBOX_HOME", "/x"),
+            ("RUNBOX_BACKEND", "gcp"),
+            ("RUNBOX_BUCKET", "b"),
+            ("RUNBOX_PROJECT", "p"),
+            ("RUNBOX_KILL_GRACE_MS", "250"),
+        ])
+        .unwrap();
+        let map: HashMap<String, String> = cfg
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let again = Config::from_lookup(&map).unwrap();
+        assert_eq!(again.home, cfg.home);
+        assert_eq!(again.backend, Backend::Gcp);
+        assert_eq!(again.bucket.as_deref(), Some("b"));
+        assert_eq!(again.kill_grace, Duration::from_millis(250));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (one function per object name), configuration, and the [`Store`] trait with
 //! its backends.
 
+pub mod backend;
 pub mod config;
 pub mod ids;
 pub mod layout;

@@ -1,1 +1,107 @@
-fn main() {}
+//! `runbox-executor`: runs one execution. Configured only by environment:
+//! `RUNBOX_EXECUTION_ID` names the request to run; the store is chosen by the
+//! same variables as the dispatcher's (`RUNBOX_BACKEND`, `RUNBOX_HOME`,
+//! `RUNBOX_BUCKET`, ...). Exit status: 0 when a result object exists for the
+//! execution (ours or an earlier one), 1 when none could be written, 64 on
+//! bad configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use runbox_core::ExecutionId;
+use runbox_core::config::{Backend, Config};
+use runbox_executor::{Outcome, Settings, error_chain, execute, process};
+
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUNBOX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let id = match std::env::var("RUNBOX_EXECUTION_ID") {
+        Ok(v) => match ExecutionId::new(&v) {
+            Ok(id) => id,
+            Err(e) => return config_error(&format!("RUNBOX_EXECUTION_ID: {e}")),
+        },
+        Err(_) => return config_error("RUNBOX_EXECUTION_ID must be set"),
+    };
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => return config_error(&e.to_string()),
+    };
+    let workspace_base = match config.backend {
+        Backend::Local => config.home.clone(),
+        Backend::Gcp => std::env::var_os("RUNBOX_WORKSPACE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp/runbox")),
+    };
+    // Orphans that escape the command's process group are re-parented here,
+    // so the executor can kill them before it exits.
+    process::become_subreaper();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runbox-executor: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let store = match runbox_core::backend::open_store(&config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("runbox-executor: open store: {}", error_chain(&e));
+                return ExitCode::FAILURE;
+            }
+        };
+        let settings = Settings {
+            execution_id: id.clone(),
+            config,
+            workspace_base,
+        };
+        match execute(store, &settings, shutdown_signal()).await {
+            Ok(Outcome::Written(r)) => {
+                tracing::debug!(execution = %id, status = %r.exec_status(), "result written");
+                ExitCode::SUCCESS
+            }
+            Ok(Outcome::AlreadyWritten(_)) => {
+                tracing::warn!(execution = %id, "a result already existed; ours was dropped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("runbox-executor: {}", error_chain(&e));
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn config_error(message: &str) -> ExitCode {
+    eprintln!("runbox-executor: bad configuration: {message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Resolves on SIGTERM (Cloud Run's cancel) or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the default action (exit) applies, and
+        // reconciliation reports the execution LOST.
+        _ => std::future::pending().await,
+    }
+}

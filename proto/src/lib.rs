@@ -175,6 +175,10 @@ pub struct ExecResult {
     /// Generation of the session state written by this execution; 0 when none.
     #[prost(int64, tag = "19")]
     pub state_generation: i64,
+    /// The session state changed while the command ran (another writer), so
+    /// this execution's cwd and env were not saved.
+    #[prost(bool, tag = "20")]
+    pub state_conflict: bool,
 }
 
 impl ExecResult {

@@ -1,0 +1,19 @@
+//! Choosing the store backend once, at start-up, from configuration.
+
+use std::sync::Arc;
+
+use crate::config::{Backend, Config};
+use crate::store::{LocalStore, Store, StoreError};
+
+/// Opens the store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match config.backend {
+        Backend::Local => Ok(Arc::new(LocalStore::open(&config.home)?)),
+        Backend::Gcp => Err(StoreError::Backend {
+            op: "open store",
+            name: config.bucket.clone().unwrap_or_default(),
+            retryable: false,
+            source: "the gcp backend is not built into this version".into(),
+        }),
+    }
+}

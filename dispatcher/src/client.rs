@@ -1,0 +1,633 @@
+//! The public library API: [`Client`] → [`Session`] → `exec(..).await`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), runbox_dispatcher::Error> {
+//! use std::time::Duration;
+//! let client = runbox_dispatcher::Client::from_env().await?;
+//! let session = client.session("demo")?;
+//! session.exec("cd /tmp && export GREETING=hi").await?;
+//! let result = session
+//!     .exec("echo $GREETING from $(pwd)")
+//!     .timeout(Duration::from_secs(10))
+//!     .await?;
+//! assert_eq!(result.stdout, "hi from /tmp\n");
+//! # Ok(()) }
+//! ```
+//!
+//! Each `exec` follows DESIGN §2: the request object is written first, the
+//! waiter registered before the launch, and the future resolves from the
+//! result object's finalize event. When the platform reports that the
+//! executor ended, or the deadline (timeout + grace) passes, the dispatcher
+//! reads the result object once; if there is none it writes a LOST result,
+//! so no future waits forever.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use runbox_core::config::{Backend, MAX_COMMAND_BYTES};
+use runbox_core::layout;
+use runbox_core::store::{self, JsonObjectError, ListOptions, PutOptions, Store};
+use runbox_core::{Config, ExecutionId, InstanceId, SessionId};
+use runbox_notifier::{EventSource, FsEventSource, Notifier, NotifierStats, Waiters};
+use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::launcher::{ExecutionState, LaunchSpec, Launcher};
+use crate::local_launcher::LocalLauncher;
+
+/// Most executors the embedded launcher runs at once; more wait for a slot.
+const LOCAL_MAX_RUNNING: usize = 64;
+
+/// A handle to runbox: cheap to clone, shared by all sessions.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    instance: InstanceId,
+    store: Arc<dyn Store>,
+    launcher: Arc<dyn Launcher>,
+    waiters: Arc<Waiters>,
+    notifier: std::sync::Mutex<Option<Notifier>>,
+    sessions: DashMap<SessionId, mpsc::UnboundedSender<Job>>,
+}
+
+/// The parts a client is assembled from; [`Client::from_config`] picks them
+/// from configuration, tests and other backends pass their own.
+pub struct Parts {
+    /// Configuration (limits, grace periods).
+    pub config: Config,
+    /// Where objects live.
+    pub store: Arc<dyn Store>,
+    /// Where completion events come from.
+    pub events: Box<dyn EventSource>,
+    /// How executions start.
+    pub launcher: Arc<dyn Launcher>,
+    /// This dispatcher instance's id (the execution-id prefix).
+    pub instance: InstanceId,
+}
+
+impl Client {
+    /// A client configured from the process environment (see [`Config`]).
+    pub async fn from_env() -> Result<Self> {
+        let config = Config::from_env().map_err(Error::Config)?;
+        Self::from_config(config).await
+    }
+
+    /// The embedded backend rooted at `home` (objects, events and executors
+    /// all local), with default limits.
+    pub async fn embedded(home: impl Into<PathBuf>) -> Result<Self> {
+        let config = Config {
+            home: home.into(),
+            ..Config::default()
+        };
+        Self::from_config(config).await
+    }
+
+    /// A client for the backends the configuration names.
+    pub async fn from_config(config: Config) -> Result<Self> {
+        let store = runbox_core::backend::open_store(&config)
+            .await
+            .map_err(|e| Error::store("open store", e))?;
+        let events: Box<dyn EventSource> = match config.backend {
+            Backend::Local => {
+                Box::new(FsEventSource::new(&config.home, store.clone()).map_err(Error::Events)?)
+            }
+            Backend::Gcp => {
+                return Err(Error::Events(runbox_notifier::SourceError {
+                    source_name: "pubsub".to_owned(),
+                    reason: "the gcp backend is not built into this version".to_owned(),
+                }));
+            }
+        };
+        let launcher = Arc::new(LocalLauncher::new(&config, LOCAL_MAX_RUNNING)?);
+        Ok(Self::from_parts(Parts {
+            config,
+            store,
+            events,
+            launcher,
+            instance: InstanceId::random(),
+        }))
+    }
+
+    /// Assembles a client from explicit parts and starts its notifier.
+    pub fn from_parts(parts: Parts) -> Self {
+        let waiters = Waiters::new();
+        let notifier = Notifier::spawn(parts.events, waiters.clone(), parts.store.clone());
+        Self {
+            inner: Arc::new(Inner {
+                config: parts.config,
+                instance: parts.instance,
+                store: parts.store,
+                launcher: parts.launcher,
+                waiters,
+                notifier: std::sync::Mutex::new(Some(notifier)),
+                sessions: DashMap::new(),
+            }),
+        }
+    }
+
+    /// A session by id; fails on ids outside `[A-Za-z0-9_-]{1,64}`. Sessions
+    /// need no creation: the first command creates its state.
+    pub fn session(&self, id: &str) -> Result<Session> {
+        let id = SessionId::new(id).map_err(Error::InvalidSession)?;
+        Ok(Session {
+            client: self.clone(),
+            id,
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The object store in use.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// This dispatcher instance's id.
+    pub fn instance(&self) -> &InstanceId {
+        &self.inner.instance
+    }
+
+    /// What the notifier has routed so far.
+    pub fn notifier_stats(&self) -> NotifierStats {
+        self.inner
+            .notifier
+            .lock()
+            .expect("notifier lock")
+            .as_ref()
+            .map(Notifier::stats)
+            .unwrap_or_default()
+    }
+
+    /// Every session that has objects, with its state where it has one.
+    pub async fn list_sessions(&self) -> Result<Vec<SessionInfo>> {
+        let store = &*self.inner.store;
+        let mut opts = ListOptions {
+            prefix: layout::SESSIONS_PREFIX.to_owned(),
+            delimiter: Some('/'),
+            ..ListOptions::default()
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = store
+                .list(&opts)
+                .await
+                .map_err(|e| Error::store("list sessions", e))?;
+            ids.extend(page.prefixes.iter().filter_map(|p| {
+                let id = p.strip_prefix(layout::SESSIONS_PREFIX)?.strip_suffix('/')?;
+                SessionId::new(id).ok()
+            }));
+            match page.next_page_token {
+                Some(t) => opts.page_token = Some(t),
+                None => break,
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.session_info_of(&id).await?);
+        }
+        Ok(out)
+    }
+
+    /// One session's state. A corrupt state object is an error naming the session.
+    pub async fn session_info(&self, id: &str) -> Result<SessionInfo> {
+        let id = SessionId::new(id).map_err(Error::InvalidSession)?;
+        let info = self.session_info_of(&id).await?;
+        if info.state.is_none() {
+            let any = store::list_all(&*self.inner.store, &layout::session_prefix(&id))
+                .await
+                .map_err(|e| Error::store(format!("list session {id}"), e))?;
+            if any.is_empty() {
+                return Err(Error::NoSuchSession(id.to_string()));
+            }
+        }
+        Ok(info)
+    }
+
+    async fn session_info_of(&self, id: &SessionId) -> Result<SessionInfo> {
+        let state = match store::get_json::<SessionState>(
+            &*self.inner.store,
+            &layout::session_state(id),
+            "SessionState",
+        )
+        .await
+        {
+            Ok(v) => Some(v.value),
+            Err(JsonObjectError::Store(e)) if e.is_not_found() => None,
+            Err(JsonObjectError::Store(e)) => {
+                return Err(Error::store(format!("read session {id} state"), e));
+            }
+            Err(e @ JsonObjectError::Invalid { .. }) => {
+                return Err(Error::store(
+                    format!("read session {id} state"),
+                    runbox_core::StoreError::Corrupt {
+                        name: layout::session_state(id),
+                        detail: crate::error_chain(&e),
+                    },
+                ));
+            }
+        };
+        Ok(SessionInfo {
+            id: id.clone(),
+            state,
+        })
+    }
+
+    /// Deletes every object of a session; returns how many were deleted.
+    /// Fails with [`Error::NoSuchSession`] when it had none.
+    pub async fn delete_session(&self, id: &str) -> Result<usize> {
+        let id = SessionId::new(id).map_err(Error::InvalidSession)?;
+        let n = store::delete_prefix(&*self.inner.store, &layout::session_prefix(&id))
+            .await
+            .map_err(|e| Error::store(format!("delete session {id}"), e))?;
+        if n == 0 {
+            return Err(Error::NoSuchSession(id.to_string()));
+        }
+        Ok(n)
+    }
+
+    /// The bytes of a log object named in a result (`stdout_log`, `stderr_log`).
+    pub async fn read_log(&self, name: &str) -> Result<Bytes> {
+        self.inner
+            .store
+            .get(name)
+            .await
+            .map(|o| o.data)
+            .map_err(|e| Error::store(format!("read log {name}"), e))
+    }
+
+    /// Stops the notifier: every future still waiting resolves with an error.
+    pub async fn shutdown(&self) {
+        let notifier = self.inner.notifier.lock().expect("notifier lock").take();
+        if let Some(n) = notifier {
+            n.shutdown().await;
+        }
+    }
+}
+
+/// A session and its state, as listed.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// The session.
+    pub id: SessionId,
+    /// Its state; `None` when no command has completed in it yet.
+    pub state: Option<SessionState>,
+}
+
+/// A stateful shell session. Commands on one session run one at a time, in
+/// the order their futures were created; sessions run in parallel.
+#[derive(Clone)]
+pub struct Session {
+    client: Client,
+    id: SessionId,
+}
+
+impl Session {
+    /// The session id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    /// Prepares a command; `.await` it (optionally after setting options) to
+    /// run it. Its place in the session's queue is taken when it is awaited.
+    pub fn exec(&self, command: impl Into<String>) -> Exec {
+        Exec {
+            session: self.clone(),
+            command: command.into(),
+            timeout: None,
+            env: BTreeMap::new(),
+            output_cap: None,
+            request_id: String::new(),
+        }
+    }
+}
+
+/// A command about to run: set options, then `.await`.
+#[must_use = "an Exec does nothing until awaited"]
+pub struct Exec {
+    session: Session,
+    command: String,
+    timeout: Option<Duration>,
+    env: BTreeMap<String, String>,
+    output_cap: Option<u64>,
+    request_id: String,
+}
+
+impl Exec {
+    /// The command's wall-clock limit (default `RUNBOX_DEFAULT_TIMEOUT_SECS`);
+    /// more than zero and at most `RUNBOX_MAX_TIMEOUT_SECS`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// An extra environment variable for this command only.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// Inline output kept per stream, in bytes (default `RUNBOX_OUTPUT_CAP_BYTES`).
+    pub fn output_cap(mut self, bytes: u64) -> Self {
+        self.output_cap = Some(bytes);
+        self
+    }
+
+    /// A correlation id stored in the request.
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = id.into();
+        self
+    }
+
+    fn validate(&self) -> Result<Duration> {
+        let config = &self.session.client.inner.config;
+        if self.command.len() > MAX_COMMAND_BYTES {
+            return Err(Error::CommandTooLarge {
+                bytes: self.command.len(),
+                max: MAX_COMMAND_BYTES,
+            });
+        }
+        if self.command.contains('\0') {
+            return Err(Error::CommandHasNul);
+        }
+        let timeout = self.timeout.unwrap_or(config.default_timeout);
+        if timeout.is_zero() || timeout > config.max_timeout {
+            return Err(Error::InvalidTimeout {
+                requested: timeout,
+                max: config.max_timeout,
+            });
+        }
+        for (name, value) in &self.env {
+            validate_env(name, value)?;
+        }
+        Ok(timeout)
+    }
+}
+
+fn validate_env(name: &str, value: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidEnv {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return bad("empty name"),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return bad("a name starts with a letter or '_'");
+        }
+        _ => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return bad("a name holds only letters, digits and '_'");
+    }
+    if value.contains('\0') {
+        return bad("the value contains a NUL byte");
+    }
+    Ok(())
+}
+
+impl IntoFuture for Exec {
+    type Output = Result<ExecResult>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<ExecResult>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        // Validation and queueing happen here, synchronously, so bad input
+        // fails before any side effect and the queue order is the order in
+        // which the futures were created.
+        let timeout = match self.validate() {
+            Ok(t) => t,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            command: self.command,
+            timeout,
+            env: self.env,
+            output_cap: self.output_cap.unwrap_or(0),
+            request_id: self.request_id,
+            reply,
+        };
+        let queued = self.session.client.inner.enqueue(&self.session.id, job);
+        Box::pin(async move {
+            queued?;
+            rx.await.unwrap_or(Err(Error::Closed))
+        })
+    }
+}
+
+struct Job {
+    command: String,
+    timeout: Duration,
+    env: BTreeMap<String, String>,
+    output_cap: u64,
+    request_id: String,
+    reply: oneshot::Sender<Result<ExecResult>>,
+}
+
+impl Inner {
+    fn enqueue(self: &Arc<Self>, session: &SessionId, job: Job) -> Result<()> {
+        let tx = self
+            .sessions
+            .entry(session.clone())
+            .or_insert_with(|| spawn_worker(Arc::downgrade(self), session.clone()))
+            .clone();
+        tx.send(job).map_err(|_| Error::Closed)
+    }
+
+    async fn run(&self, session: &SessionId, job: &Job) -> Result<ExecResult> {
+        let id = self.instance.next_execution_id();
+        let request = ExecRequest {
+            execution_id: id.to_string(),
+            session_id: session.to_string(),
+            command: job.command.clone(),
+            env: job.env.clone(),
+            timeout_ms: u64::try_from(job.timeout.as_millis()).unwrap_or(u64::MAX),
+            output_cap_bytes: job.output_cap,
+            created_at: Some(runbox_proto::now()),
+            traceparent: String::new(),
+            request_id: job.request_id.clone(),
+        };
+        store::put_json(
+            &*self.store,
+            &layout::request(&id),
+            &request,
+            PutOptions::create(),
+        )
+        .await
+        .map_err(|e| Error::store(format!("write request of execution {id}"), e))?;
+
+        // Registered before the launch: the completion cannot come earlier.
+        let waiter = self
+            .waiters
+            .register(id.clone())
+            .map_err(|source| Error::Wait {
+                id: id.clone(),
+                source,
+            })?;
+        self.launcher
+            .launch(LaunchSpec {
+                execution_id: id.clone(),
+                timeout: job.timeout,
+                traceparent: None,
+            })
+            .await?;
+        let deadline = job.timeout + self.config.deadline_grace;
+        let outcome = tokio::select! {
+            completion = waiter => match completion {
+                Ok(_event) => self.read_result(&id).await,
+                Err(source) => Err(Error::Wait { id: id.clone(), source }),
+            },
+            ended = self.launcher.ended(&id) => {
+                // The executor has exited, so its result write, if it made
+                // one, is complete: read it once instead of waiting for the
+                // event, and write LOST if there is none.
+                let message = format!("execution ended without a result: {}", ended.message);
+                self.result_or_lost(&id, session, message).await
+            }
+            () = tokio::time::sleep(deadline) => self.reconcile(&id, session, deadline).await,
+        };
+        self.launcher.release(&id);
+        let result = outcome?;
+        if result.state_conflict {
+            return Err(Error::StateConflict {
+                session: session.to_string(),
+                result: Box::new(result),
+            });
+        }
+        Ok(result)
+    }
+
+    async fn read_result(&self, id: &ExecutionId) -> Result<ExecResult> {
+        match store::get_json::<ExecResult>(&*self.store, &layout::result(id), "ExecResult").await {
+            Ok(v) => Ok(v.value),
+            Err(JsonObjectError::Store(e)) => {
+                Err(Error::store(format!("read result of execution {id}"), e))
+            }
+            Err(e) => Err(Error::InvalidResult {
+                id: id.clone(),
+                detail: crate::error_chain(&e),
+            }),
+        }
+    }
+
+    /// The deadline passed with no completion: ask the platform, stop the
+    /// execution if it still runs, then settle the result.
+    async fn reconcile(
+        &self,
+        id: &ExecutionId,
+        session: &SessionId,
+        deadline: Duration,
+    ) -> Result<ExecResult> {
+        let state = self.launcher.state(id).await;
+        let message = match state {
+            Ok(ExecutionState::Running) => {
+                if let Err(e) = self.launcher.cancel(id).await {
+                    tracing::warn!(execution = %id, error = %e, "cancel after deadline failed");
+                }
+                format!("no result {deadline:?} after launch; the execution was stopped")
+            }
+            Ok(ExecutionState::Ended(e)) => {
+                format!("execution ended without a result: {}", e.message)
+            }
+            Ok(ExecutionState::Unknown) => {
+                format!(
+                    "no result {deadline:?} after launch and the platform does not know the execution"
+                )
+            }
+            Err(e) => format!(
+                "no result {deadline:?} after launch; status lookup failed: {}",
+                crate::error_chain(&e)
+            ),
+        };
+        self.result_or_lost(id, session, message).await
+    }
+
+    /// Reads the result once; if there is none, writes a LOST result with
+    /// if-generation-match=0 (so a late executor's result and ours cannot
+    /// both land) and returns whichever won.
+    async fn result_or_lost(
+        &self,
+        id: &ExecutionId,
+        session: &SessionId,
+        message: String,
+    ) -> Result<ExecResult> {
+        match self.read_result(id).await {
+            Err(Error::Store { source, .. }) if source.is_not_found() => {}
+            other => return other,
+        }
+        let mut lost = ExecResult {
+            execution_id: id.to_string(),
+            session_id: session.to_string(),
+            exit_code: -1,
+            message,
+            completed_at: Some(runbox_proto::timestamp(SystemTime::now())),
+            ..Default::default()
+        };
+        lost.set_exec_status(ExecStatus::Lost);
+        match store::put_json(
+            &*self.store,
+            &layout::result(id),
+            &lost,
+            PutOptions::create(),
+        )
+        .await
+        {
+            Ok(_) => Ok(lost),
+            Err(e) if e.is_conflict() => self.read_result(id).await,
+            Err(e) => Err(Error::store(
+                format!("write LOST result of execution {id}"),
+                e,
+            )),
+        }
+    }
+}
+
+fn spawn_worker(inner: Weak<Inner>, session: SessionId) -> mpsc::UnboundedSender<Job> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            if job.reply.is_closed() {
+                // The caller dropped its future before its turn: skip it.
+                continue;
+            }
+            // Upgraded per job so an idle worker does not keep the client alive.
+            let Some(inner) = inner.upgrade() else {
+                let _ = job.reply.send(Err(Error::Closed));
+                continue;
+            };
+            let result = inner.run(&session, &job).await;
+            let _ = job.reply.send(result);
+        }
+    });
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_are_checked() {
+        assert!(validate_env("FOO_1", "x").is_ok());
+        assert!(validate_env("_x", "").is_ok());
+        for bad in ["", "1A", "A-B", "A=B", "A B"] {
+            assert!(validate_env(bad, "v").is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_env("A", "a\0b").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Running the shell as its own process group, with a timeout that kills the
+//! whole group (grandchildren too), and sweeping up anything that escaped
+//! the group.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// How the shell process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited by itself (any status, or a signal it caused itself).
+    Exited(ExitStatus),
+    /// The timeout passed; the group was terminated.
+    TimedOut,
+    /// The executor was asked to stop (SIGTERM/SIGINT); the group was terminated.
+    Cancelled,
+}
+
+/// Everything needed to start the shell.
+pub struct Spawn<'a> {
+    /// The `bash -c` script.
+    pub script: &'a str,
+    /// Initial working directory.
+    pub cwd: &'a Path,
+    /// The complete environment (nothing is inherited).
+    pub env: &'a BTreeMap<String, String>,
+    /// Where standard output goes.
+    pub stdout: std::fs::File,
+    /// Where standard error goes.
+    pub stderr: std::fs::File,
+    /// Wall-clock limit.
+    pub timeout: Duration,
+    /// Between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+}
+
+/// Runs the shell to its end. Output goes straight to files, not pipes, so a
+/// grandchild that keeps the descriptors open cannot make us wait.
+pub async fn run(
+    spawn: Spawn<'_>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> std::io::Result<Ending> {
+    let mut child = Command::new("bash")
+        .arg("--noprofile")
+        .arg("--norc")
+        .arg("-c")
+        .arg(spawn.script)
+        .arg("bash")
+        .current_dir(spawn.cwd)
+        .env_clear()
+        .envs(spawn.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(spawn.stdout))
+        .stderr(Stdio::from(spawn.stderr))
+        // Its own process group, so one signal reaches every descendant
+        // that did not deliberately leave it.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let pgid = child.id().map(|p| p as libc::pid_t);
+
+    let ending = tokio::select! {
+        status = child.wait() => Ending::Exited(status?),
+        () = tokio::time::sleep(spawn.timeout) => Ending::TimedOut,
+        () = cancel => Ending::Cancelled,
+    };
+    if !matches!(ending, Ending::Exited(_)) {
+        if let Some(pgid) = pgid {
+            signal_group(pgid, libc::SIGTERM);
+        }
+        if tokio::time::timeout(spawn.kill_grace, child.wait())
+            .await
+            .is_err()
+        {
+            if let Some(pgid) = pgid {
+                signal_group(pgid, libc::SIGKILL);
+            }
+            child.wait().await?;
+        }
+    }
+    // Background jobs (`cmd &`) stay in the group after the shell exits; in
+    // oneshot mode nothing outlives its execution, as on Cloud Run where the
+    // container stops.
+    if let Some(pgid) = pgid {
+        signal_group(pgid, libc::SIGKILL);
+    }
+    Ok(ending)
+}
+
+/// The exit code the protocol reports for a status: the code, or 128+N for
+/// signal N (as a shell reports it).
+pub fn exit_code(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: killpg has no memory-safety preconditions; ESRCH (group gone)
+    // is the expected outcome once everything has exited.
+    unsafe {
+        libc::killpg(pgid, signal);
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants, so processes
+/// that escape the group (`setsid`, double fork) are still found by
+/// [`sweep_descendants`]. Linux only; elsewhere the group kill is all we do.
+pub fn become_subreaper() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Kills and reaps every remaining child of this process (orphans adopted as
+/// subreaper). Call only after the shell itself has been waited for, so no
+/// status that tokio expects is stolen.
+pub fn sweep_descendants() -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        let mut killed = 0;
+        // Each round kills the current children; their own children are then
+        // re-parented to us and show up in the next round.
+        for _ in 0..50 {
+            let children = list_children();
+            if children.is_empty() {
+                break;
+            }
+            for pid in children {
+                // SAFETY: plain signal and wait syscalls on pids that are our
+                // children; failures (already gone) are harmless.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                killed += 1;
+            }
+        }
+        killed
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn list_children() -> Vec<libc::pid_t> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<libc::pid_t>().ok()),
+            );
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}

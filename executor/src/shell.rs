@@ -1,0 +1,204 @@
+//! The shell side of an execution: the wrapper script that runs the user's
+//! command and, in the same shell, captures its exit status, working
+//! directory and exported environment; and how that capture updates the
+//! session state.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use runbox_proto::SessionState;
+
+/// Variables bash maintains itself; persisting them would be wrong (PWD,
+/// OLDPWD follow `cwd`; SHLVL, `_` change on their own).
+const SHELL_OWNED: &[&str] = &["PWD", "OLDPWD", "SHLVL", "_"];
+
+/// The script given to `bash -c`. The user's command is sourced from a file
+/// (never passed in argv or env: no size limit, no quoting), as the last
+/// command of the script, so its status is the script's status; the EXIT trap
+/// runs after it whatever happens — `exit N`, `set -e`, a syntax error — and
+/// writes the capture with builtins only (a command that breaks PATH still
+/// gets its cwd and env saved).
+pub fn wrapper_script(command_file: &Path, capture_file: &Path) -> String {
+    format!(
+        r#"__runbox_capture() {{
+  __runbox_rc=$?
+  {{
+    printf '%s\0' "$__runbox_rc"
+    printf '%s\0' "$(pwd)"
+    for __runbox_k in $(compgen -e); do
+      printf '%s\0%s\0' "$__runbox_k" "${{!__runbox_k}}"
+    done
+    printf '\0'
+  }} >| {capture} 2>/dev/null
+}}
+trap __runbox_capture EXIT
+. {command}
+"#,
+        capture = quote(capture_file),
+        command = quote(command_file),
+    )
+}
+
+/// Single-quotes a path for bash.
+fn quote(path: &Path) -> String {
+    format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
+}
+
+/// What the EXIT trap recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// `$?` at exit.
+    pub exit_code: i32,
+    /// `pwd` at exit.
+    pub cwd: String,
+    /// Exported variables at exit.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Parses the capture file: NUL-separated status, cwd, then name/value pairs.
+/// `None` when the trap never ran or was cut short (killed, `exec`).
+pub fn parse_capture(bytes: &[u8]) -> Option<Capture> {
+    // The trap writes: status NUL cwd NUL (name NUL value NUL)* NUL. Without
+    // the final lone NUL the capture was cut short and cannot be trusted.
+    let body = bytes.strip_suffix(b"\0")?;
+    let fields: Vec<&[u8]> = body.split(|b| *b == 0).collect();
+    let (last, rest) = fields.split_last()?;
+    if !last.is_empty() || rest.len() < 2 || rest.len() % 2 != 0 {
+        return None;
+    }
+    let exit_code = std::str::from_utf8(rest[0]).ok()?.parse().ok()?;
+    let cwd = String::from_utf8(rest[1].to_vec()).ok()?;
+    if cwd.is_empty() {
+        return None;
+    }
+    let mut env = BTreeMap::new();
+    for pair in rest[2..].chunks_exact(2) {
+        // Non-UTF-8 values cannot be stored in the JSON state: skip them
+        // rather than corrupt them.
+        if let (Ok(name), Ok(value)) = (std::str::from_utf8(pair[0]), std::str::from_utf8(pair[1]))
+        {
+            env.insert(name.to_owned(), value.to_owned());
+        }
+    }
+    Some(Capture {
+        exit_code,
+        cwd,
+        env,
+    })
+}
+
+/// The environment a command starts with: the executor's base environment,
+/// minus what the session unset, plus what the session exported, plus the
+/// request's extra variables (this command only).
+pub fn start_env(
+    base: &BTreeMap<String, String>,
+    state: &SessionState,
+    extra: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut env = base.clone();
+    for name in &state.unset_env {
+        env.remove(name);
+    }
+    env.extend(state.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env
+}
+
+/// Folds what the command changed (`after` against `start`) into the
+/// session's env. Only changes made by the command persist: a request's
+/// extra variable that the command left alone is not saved.
+pub fn apply_env_changes(
+    state: &mut SessionState,
+    base: &BTreeMap<String, String>,
+    start: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) {
+    for (name, value) in after {
+        if SHELL_OWNED.contains(&name.as_str()) || start.get(name) == Some(value) {
+            continue;
+        }
+        state.unset_env.retain(|n| n != name);
+        if base.get(name) == Some(value) {
+            // Back to the base value: nothing to remember.
+            state.env.remove(name);
+        } else {
+            state.env.insert(name.clone(), value.clone());
+        }
+    }
+    for name in start.keys() {
+        if SHELL_OWNED.contains(&name.as_str()) || after.contains_key(name) {
+            continue;
+        }
+        state.env.remove(name);
+        if base.contains_key(name) && !state.unset_env.contains(name) {
+            state.unset_env.push(name.clone());
+        }
+    }
+    state.unset_env.sort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn capture_parses_and_rejects_truncation() {
+        let c = parse_capture(b"3\0/tmp\0A\x001\0B\0x=y\0\0").unwrap();
+        assert_eq!(c.exit_code, 3);
+        assert_eq!(c.cwd, "/tmp");
+        assert_eq!(c.env, map(&[("A", "1"), ("B", "x=y")]));
+        assert_eq!(parse_capture(b""), None);
+        assert_eq!(parse_capture(b"0\0"), None);
+        assert_eq!(parse_capture(b"0\0/tmp\0A\0"), None);
+        assert_eq!(parse_capture(b"0\0/tmp\0A\x001\0"), None);
+        assert!(parse_capture(b"0\0/tmp\0\0").unwrap().env.is_empty());
+        let empty_value = parse_capture(b"0\0/tmp\0A\0\0\0").unwrap();
+        assert_eq!(empty_value.env, map(&[("A", "")]));
+        assert_eq!(parse_capture(b"0\0/tmp\0A\0\0"), None);
+    }
+
+    #[test]
+    fn only_the_commands_changes_persist() {
+        let base = map(&[("PATH", "/bin"), ("HOME", "/w"), ("LANG", "C")]);
+        let mut state = SessionState {
+            env: map(&[("KEEP", "1"), ("DROP", "1")]),
+            ..Default::default()
+        };
+        let extra = map(&[("ONCE", "x")]);
+        let start = start_env(&base, &state, &extra);
+        assert_eq!(start.get("ONCE").map(String::as_str), Some("x"));
+        // The command exports NEW, unsets DROP and LANG, changes PATH,
+        // leaves ONCE and KEEP alone; bash adds PWD/SHLVL.
+        let after = map(&[
+            ("PATH", "/bin:/x"),
+            ("HOME", "/w"),
+            ("KEEP", "1"),
+            ("ONCE", "x"),
+            ("NEW", "v"),
+            ("PWD", "/w"),
+            ("SHLVL", "1"),
+        ]);
+        apply_env_changes(&mut state, &base, &start, &after);
+        assert_eq!(
+            state.env,
+            map(&[("KEEP", "1"), ("NEW", "v"), ("PATH", "/bin:/x")])
+        );
+        assert_eq!(state.unset_env, vec!["LANG".to_owned()]);
+
+        // Re-exporting LANG later removes it from the unset list.
+        let start = start_env(&base, &state, &BTreeMap::new());
+        assert!(!start.contains_key("LANG"));
+        let mut after = start.clone();
+        after.insert("LANG".into(), "C".into());
+        apply_env_changes(&mut state, &base, &start, &after);
+        assert!(state.unset_env.is_empty());
+        assert!(!state.env.contains_key("LANG"));
+    }
+}
