@@ -1,0 +1,321 @@
+//! The spine through the library API on the embedded backend: every
+//! behaviour of DESIGN §5 and §6 that a caller can observe.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use runbox_core::layout;
+use runbox_core::store::{self, PutOptions};
+use runbox_dispatcher::{Error, ExecStatus};
+use runbox_tests::embedded::{client, process_gone, within};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cd_and_export_persist_across_commands() {
+    let (client, dir) = client().await;
+    let s = client.session("persist").unwrap();
+    let r = within(
+        30,
+        s.exec("mkdir -p sub && cd sub && export GREETING='hello world'"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    let r = within(30, s.exec("pwd; echo \"$GREETING\"")).await.unwrap();
+    let ws = dir.path().join("sessions/persist/workspace/sub");
+    assert_eq!(r.stdout, format!("{}\nhello world\n", ws.display()));
+    assert_eq!(r.cwd, ws.display().to_string());
+
+    // They persist whatever the exit status, and `unset` persists too.
+    let r = within(30, s.exec("cd /tmp; unset GREETING; export AFTER=1; false"))
+        .await
+        .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Failed);
+    let r = within(30, s.exec("pwd; echo \"${GREETING:-unset} $AFTER\""))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "/tmp\nunset 1\n");
+
+    // Even `exit` in the middle of a command.
+    within(30, s.exec("cd /; export X=2; exit 4"))
+        .await
+        .unwrap();
+    let r = within(30, s.exec("echo $(pwd) $X")).await.unwrap();
+    assert_eq!(r.stdout, "/ 2\n");
+
+    // Extra env applies to one command only.
+    let r = within(30, s.exec("echo ${ONCE:-none}").env("ONCE", "yes"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "yes\n");
+    let r = within(30, s.exec("echo ${ONCE:-none}")).await.unwrap();
+    assert_eq!(r.stdout, "none\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_command_reports_exit_code_and_stderr() {
+    let (client, _dir) = client().await;
+    let s = client.session("fail").unwrap();
+    let r = within(30, s.exec("echo out; echo 'something broke' >&2; exit 42"))
+        .await
+        .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Failed);
+    assert_eq!(r.exit_code, 42);
+    assert_eq!(r.stdout, "out\n");
+    assert_eq!(r.stderr, "something broke\n");
+    assert!(r.started_at.is_some() && r.completed_at.is_some());
+
+    let r = within(30, s.exec("no_such_command_xyz")).await.unwrap();
+    assert_eq!(r.exit_code, 127);
+    assert!(r.stderr.contains("no_such_command_xyz"), "{}", r.stderr);
+
+    let r = within(30, s.exec("if then fi")).await.unwrap();
+    assert_eq!(r.exit_code, 2, "a syntax error is bash's status 2");
+    assert!(r.stderr.contains("syntax error"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_whole_process_group() {
+    let (client, _dir) = client().await;
+    let s = client.session("timeout").unwrap();
+    let r = within(
+        30,
+        s.exec("(sleep 1000 & echo $! > sleeper.pid); echo started; sleep 1000")
+            .timeout(Duration::from_millis(1500)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::TimedOut, "{r:?}");
+    assert_eq!(r.exit_code, 124);
+    assert_eq!(r.stdout, "started\n", "partial output is kept");
+    let pid: i32 = within(30, s.exec("cat sleeper.pid"))
+        .await
+        .unwrap()
+        .stdout
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        process_gone(pid),
+        "background sleep {pid} survived the timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_output_is_truncated_inline_and_complete_in_the_log() {
+    let (client, _dir) = client().await;
+    let s = client.session("big").unwrap();
+    let five_mib = 5 * 1024 * 1024;
+    let r = within(
+        60,
+        s.exec(format!(
+            "head -c {five_mib} /dev/zero | tr '\\0' a; echo tail >&2"
+        )),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded);
+    assert!(r.stdout_truncated);
+    assert_eq!(r.stdout.len(), 1024 * 1024);
+    assert_eq!(r.stdout_bytes, five_mib);
+    assert_eq!(r.stdout_log, format!("logs/{}/stdout", r.execution_id));
+    let log = client.read_log(&r.stdout_log).await.unwrap();
+    assert_eq!(log.len() as u64, five_mib);
+    assert!(log.iter().all(|b| *b == b'a'));
+    assert!(!r.stderr_truncated);
+    assert_eq!(r.stderr, "tail\n");
+    assert!(r.stderr_log.is_empty(), "a short stream needs no log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_output_is_flagged_and_preserved() {
+    let (client, _dir) = client().await;
+    let s = client.session("bin").unwrap();
+    let r = within(30, s.exec(r"printf 'ok\xff\xfe\x00end'"))
+        .await
+        .unwrap();
+    assert!(r.stdout_lossy);
+    assert!(r.stdout.starts_with("ok\u{FFFD}"), "{:?}", r.stdout);
+    let exact = client.read_log(&r.stdout_log).await.unwrap();
+    assert_eq!(&exact[..], b"ok\xff\xfe\x00end");
+    assert_eq!(r.stdout_bytes, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_isolated() {
+    let (client, dir) = client().await;
+    let a = client.session("a").unwrap();
+    let b = client.session("b").unwrap();
+    within(30, a.exec("cd /tmp && export ONLY_A=1 && echo hi > note"))
+        .await
+        .unwrap();
+    let r = within(30, b.exec("pwd; echo \"${ONLY_A:-unset}\"; ls"))
+        .await
+        .unwrap();
+    let ws_b = dir.path().join("sessions/b/workspace");
+    assert_eq!(r.stdout, format!("{}\nunset\n", ws_b.display()));
+    let r = within(30, a.exec("pwd; echo $ONLY_A")).await.unwrap();
+    assert_eq!(r.stdout, "/tmp\n1\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_on_one_session_run_in_submission_order() {
+    let (client, _dir) = client().await;
+    let s = client.session("ordered").unwrap();
+    within(30, s.exec("export N=0")).await.unwrap();
+    let futures: Vec<_> = (0..50)
+        .map(|i| {
+            s.exec(format!("echo {i} >> order.txt; export N=$((N+1)); echo $N"))
+                .into_future()
+        })
+        .collect();
+    let results = within(180, join_all(futures)).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let r = r.unwrap();
+        assert_eq!(r.exec_status(), ExecStatus::Succeeded);
+        assert_eq!(
+            r.stdout.trim(),
+            (i + 1).to_string(),
+            "command {i} saw a lost update"
+        );
+    }
+    let r = within(30, s.exec("cat order.txt; echo N=$N"))
+        .await
+        .unwrap();
+    let expected: String = (0..50).map(|i| format!("{i}\n")).collect::<String>() + "N=50\n";
+    assert_eq!(r.stdout, expected);
+    let info = client.session_info("ordered").await.unwrap();
+    assert_eq!(info.state.unwrap().exec_count, 52);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_commands_across_twenty_sessions_complete() {
+    let (client, _dir) = client().await;
+    let mut futures = Vec::new();
+    for round in 0..10 {
+        for s in 0..20 {
+            let session = client.session(&format!("s{s}")).unwrap();
+            futures.push(
+                session
+                    .exec(format!("export C=$((${{C:-0}}+1)); echo {s}-{round}-$C"))
+                    .into_future(),
+            );
+        }
+    }
+    let results = within(300, join_all(futures)).await;
+    assert_eq!(results.len(), 200);
+    for (k, r) in results.into_iter().enumerate() {
+        let r = r.unwrap();
+        let (round, s) = (k / 20, k % 20);
+        assert_eq!(r.exec_status(), ExecStatus::Succeeded);
+        assert_eq!(r.stdout, format!("{s}-{round}-{}\n", round + 1));
+    }
+    let sessions = client.list_sessions().await.unwrap();
+    assert_eq!(sessions.len(), 20);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.state.as_ref().unwrap().exec_count == 10)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_killed_mid_command_is_lost_not_a_hang() {
+    let (client, _dir) = client().await;
+    let s = client.session("crash").unwrap();
+    // bash -c is the executor's direct child, so $PPID is the executor.
+    let r = within(30, s.exec("echo about to crash; kill -9 $PPID; sleep 2"))
+        .await
+        .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Lost, "{r:?}");
+    assert!(r.message.contains("SIGKILL"), "{}", r.message);
+    // The session is still usable afterwards.
+    let r = within(30, s.exec("echo alive")).await.unwrap();
+    assert_eq!(r.stdout, "alive\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_before_any_write() {
+    let (client, dir) = client().await;
+    for bad in ["../x", "", &"a".repeat(65), "a b", "a/b"] {
+        let err = client
+            .session(bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} accepted"));
+        assert!(matches!(err, Error::InvalidSession(_)), "{err:?}");
+        assert!(
+            runbox_dispatcher::error_chain(&err).contains("[A-Za-z0-9_-]"),
+            "the error says what is allowed: {err}"
+        );
+    }
+    let s = client.session("ok").unwrap();
+    let big = "x".repeat(256 * 1024 + 1);
+    assert!(matches!(
+        s.exec(big).await,
+        Err(Error::CommandTooLarge { .. })
+    ));
+    assert!(matches!(
+        s.exec("true").timeout(Duration::ZERO).await,
+        Err(Error::InvalidTimeout { .. })
+    ));
+    let over = client.config().max_timeout + Duration::from_secs(1);
+    assert!(matches!(
+        s.exec("true").timeout(over).await,
+        Err(Error::InvalidTimeout { .. })
+    ));
+    assert!(matches!(
+        s.exec("true").env("NOT-VALID", "1").await,
+        Err(Error::InvalidEnv { .. })
+    ));
+    assert!(matches!(
+        s.exec("echo a\0b").await,
+        Err(Error::CommandHasNul)
+    ));
+    for prefix in ["requests", "results", "sessions"] {
+        assert!(
+            !dir.path().join(prefix).join("ok").exists()
+                && store::list_all(&**client.store(), &format!("{prefix}/"))
+                    .await
+                    .unwrap()
+                    .is_empty(),
+            "bad input wrote under {prefix}/"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_session_state_is_a_clear_rejection() {
+    let (client, _dir) = client().await;
+    let id = runbox_core::SessionId::new("broken").unwrap();
+    client
+        .store()
+        .put(
+            &layout::session_state(&id),
+            bytes::Bytes::from_static(b"{not json"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let s = client.session("broken").unwrap();
+    let r = within(30, s.exec("echo should not run")).await.unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Rejected);
+    assert!(r.message.contains("session broken"), "{}", r.message);
+    assert!(r.message.contains("state.json"), "{}", r.message);
+    assert!(r.stdout.is_empty());
+    let err = client.session_info("broken").await.unwrap_err();
+    assert!(
+        runbox_dispatcher::error_chain(&err).contains("broken"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn futures_fail_at_once_when_the_notifier_stops() {
+    let (client, _dir) = client().await;
+    let s = client.session("stop").unwrap();
+    let pending = tokio::spawn(s.exec("sleep 20").into_future());
+    // Shutting down while the command runs: the waiting future resolves
+    // with a typed error instead of hanging until the command ends.
+    client.shutdown().await;
+    let outcome = within(10, pending).await.unwrap();
+    assert!(matches!(outcome, Err(Error::Wait { .. })), "{outcome:?}");
+}
