@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::launcher::{ExecutionState, LaunchSpec, Launcher};
 use crate::local_launcher::LocalLauncher;
+use crate::session_lock::SessionLocks;
 
 /// Most executors the embedded launcher runs at once; more wait for a slot.
 const LOCAL_MAX_RUNNING: usize = 64;
@@ -59,6 +60,7 @@ struct Inner {
     waiters: Arc<Waiters>,
     notifier: std::sync::Mutex<Option<Notifier>>,
     sessions: DashMap<SessionId, mpsc::UnboundedSender<Job>>,
+    session_locks: Option<SessionLocks>,
 }
 
 /// The parts a client is assembled from; [`Client::from_config`] picks them
@@ -74,6 +76,9 @@ pub struct Parts {
     pub launcher: Arc<dyn Launcher>,
     /// This dispatcher instance's id (the execution-id prefix).
     pub instance: InstanceId,
+    /// Per-session file locks that order commands across processes sharing
+    /// one machine (embedded backend); `None` elsewhere.
+    pub session_locks: Option<SessionLocks>,
 }
 
 impl Client {
@@ -110,7 +115,12 @@ impl Client {
             }
         };
         let launcher = Arc::new(LocalLauncher::new(&config, LOCAL_MAX_RUNNING)?);
+        let session_locks = match config.backend {
+            Backend::Local => Some(SessionLocks::new(config.home.join(".runbox/session-locks"))),
+            Backend::Gcp => None,
+        };
         Ok(Self::from_parts(Parts {
+            session_locks,
             config,
             store,
             events,
@@ -132,6 +142,7 @@ impl Client {
                 waiters,
                 notifier: std::sync::Mutex::new(Some(notifier)),
                 sessions: DashMap::new(),
+                session_locks: parts.session_locks,
             }),
         }
     }
@@ -253,6 +264,27 @@ impl Client {
         let n = store::delete_prefix(&*self.inner.store, &layout::session_prefix(&id))
             .await
             .map_err(|e| Error::store(format!("delete session {id}"), e))?;
+        if self.inner.config.backend == Backend::Local {
+            // Empty directories (a fresh workspace, `mkdir` in a command) are
+            // not objects, so deleting the objects leaves them behind.
+            let dir = self.inner.config.home.join(layout::session_prefix(&id));
+            let existed = dir.exists();
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(Error::store(
+                    format!("delete session {id}"),
+                    runbox_core::StoreError::Io {
+                        op: "remove directory",
+                        name: layout::session_prefix(&id),
+                        source: e,
+                    },
+                ));
+            }
+            if n == 0 && existed {
+                return Ok(0);
+            }
+        }
         if n == 0 {
             return Err(Error::NoSuchSession(id.to_string()));
         }
@@ -450,6 +482,19 @@ impl Inner {
     }
 
     async fn run(&self, session: &SessionId, job: &Job) -> Result<ExecResult> {
+        let _guard = match &self.session_locks {
+            Some(locks) => Some(locks.lock(session).await.map_err(|source| {
+                Error::store(
+                    format!("lock session {session}"),
+                    runbox_core::StoreError::Io {
+                        op: "lock",
+                        name: layout::session_prefix(session),
+                        source,
+                    },
+                )
+            })?),
+            None => None,
+        };
         let id = self.instance.next_execution_id();
         let request = ExecRequest {
             execution_id: id.to_string(),

@@ -6,12 +6,14 @@ mod client;
 mod error;
 pub mod launcher;
 pub mod local_launcher;
+pub mod session_lock;
 
 pub use client::{Client, Exec, Parts, Session, SessionInfo};
 pub use error::{Error, Result};
 pub use launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher};
 pub use local_launcher::LocalLauncher;
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};
+pub use session_lock::{SessionGuard, SessionLocks};
 
 /// An error and its causes on one line.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -46,7 +46,7 @@ struct ExecArgs {
     #[arg(short, long, default_value = "default")]
     session: String,
     /// Timeout in seconds (fractions allowed); default RUNBOX_DEFAULT_TIMEOUT_SECS.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     timeout: Option<f64>,
     /// Extra environment variable for this command only (repeatable).
     #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]

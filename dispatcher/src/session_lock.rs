@@ -1,0 +1,63 @@
+//! Cross-process ordering of one session's commands on the embedded backend.
+//!
+//! Inside one dispatcher, a session's commands already run one at a time.
+//! Several `runbox` processes on one machine (a shell loop firing commands in
+//! the background) are separate dispatchers; without this lock their
+//! commands would race and all but one state update per race would be
+//! refused as a conflict. On Cloud Storage the generation precondition still
+//! detects such races; this lock only avoids them where it can.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use runbox_core::SessionId;
+
+/// A directory of per-session lock files.
+#[derive(Clone, Debug)]
+pub struct SessionLocks {
+    dir: PathBuf,
+}
+
+/// Held while a command of the session runs; released on drop.
+#[derive(Debug)]
+pub struct SessionGuard {
+    _file: File,
+}
+
+impl SessionLocks {
+    /// Lock files live in `dir` (created on first use).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// Waits for the session's lock.
+    pub async fn lock(&self, session: &SessionId) -> std::io::Result<SessionGuard> {
+        let path = self.dir.join(format!("{session}.lock"));
+        tokio::task::spawn_blocking(move || lock_file(&path))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+}
+
+fn lock_file(path: &Path) -> std::io::Result<SessionGuard> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    loop {
+        // SAFETY: flock on a descriptor we own; blocks until granted.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc == 0 {
+            return Ok(SessionGuard { _file: file });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Spine benchmark: prints figures, asserts nothing about speed.
+//!
+//! Run with `cargo bench --workspace --bench spine` (the workspace flag makes
+//! cargo build the `runbox-executor` binary the embedded launcher starts).
+//!
+//! 1. Wall time of `exec("true")` through the library on the embedded
+//!    backend vs `bash -c true` spawned directly, in the same run.
+//! 2. Waiters: register + complete per second on one thread with 100k
+//!    pending, and heap bytes per pending waiter (counting allocator).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use runbox_core::{ExecutionId, InstanceId};
+use runbox_notifier::{ObjectEvent, Waiters};
+
+struct Counting;
+
+static ALLOCATED: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATED.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same layout, passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        ALLOCATED.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: ptr came from System.alloc with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATED.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: forwarded unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let iterations: usize = std::env::var("RUNBOX_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(exec_vs_spawn(iterations));
+    waiters_throughput();
+}
+
+async fn exec_vs_spawn(iterations: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = runbox_tests::embedded::config(dir.path());
+    let client = runbox_dispatcher::Client::from_config(config)
+        .await
+        .expect("embedded client");
+    let session = client.session("bench").expect("session");
+    let mut exec = Vec::with_capacity(iterations);
+    let mut spawn = Vec::with_capacity(iterations);
+    // Warm-up: page cache, first-session state creation.
+    for _ in 0..20 {
+        session.exec("true").await.expect("exec");
+        std::process::Command::new("bash")
+            .args(["-c", "true"])
+            .status()
+            .expect("bash");
+    }
+    // Interleaved, so drift on a noisy machine hits both series alike.
+    for _ in 0..iterations {
+        let t = Instant::now();
+        let r = session.exec("true").await.expect("exec");
+        exec.push(t.elapsed());
+        assert_eq!(r.exit_code, 0);
+        let t = Instant::now();
+        let status = tokio::process::Command::new("bash")
+            .args(["-c", "true"])
+            .status()
+            .await
+            .expect("bash");
+        spawn.push(t.elapsed());
+        assert!(status.success());
+    }
+    exec.sort();
+    spawn.sort();
+    let (e50, e99) = (percentile(&exec, 0.5), percentile(&exec, 0.99));
+    let (s50, s99) = (percentile(&spawn, 0.5), percentile(&spawn, 0.99));
+    println!(
+        "== exec(\"true\") on the embedded backend vs bash -c true ({iterations} each, interleaved)"
+    );
+    println!(
+        "runbox exec      p50 {:>8.3} ms   p99 {:>8.3} ms",
+        ms(e50),
+        ms(e99)
+    );
+    println!(
+        "bash -c true     p50 {:>8.3} ms   p99 {:>8.3} ms",
+        ms(s50),
+        ms(s99)
+    );
+    println!(
+        "overhead         p50 {:>8.3} ms   p99 {:>8.3} ms   (target: <= 5 ms at p50)",
+        ms(e50.saturating_sub(s50)),
+        ms(e99.saturating_sub(s99))
+    );
+    println!(
+        "ratio exec/spawn p50 {:>8.2}x     p99 {:>8.2}x",
+        e50.as_secs_f64() / s50.as_secs_f64(),
+        e99.as_secs_f64() / s99.as_secs_f64()
+    );
+    client.shutdown().await;
+}
+
+fn event(id: &ExecutionId) -> ObjectEvent {
+    ObjectEvent {
+        bucket: "bench".to_owned(),
+        name: runbox_core::layout::result(id),
+        generation: 1,
+        metadata: Default::default(),
+    }
+}
+
+fn waiters_throughput() {
+    const PENDING: usize = 100_000;
+    const OPS: usize = 1_000_000;
+    let instance = InstanceId::random();
+    let pending_ids: Vec<ExecutionId> =
+        (0..PENDING).map(|_| instance.next_execution_id()).collect();
+    let op_ids: Vec<ExecutionId> = (0..OPS).map(|_| instance.next_execution_id()).collect();
+    let events: Vec<ObjectEvent> = op_ids.iter().map(event).collect();
+
+    let waiters = Waiters::with_capacity(PENDING + 1024);
+    let before = ALLOCATED.load(Ordering::Relaxed);
+    let held: Vec<_> = pending_ids
+        .iter()
+        .map(|id| waiters.register(id.clone()).expect("register"))
+        .collect();
+    let after = ALLOCATED.load(Ordering::Relaxed);
+    // The Vec holding the futures is the caller's, not the table's.
+    let holder = (held.capacity() * std::mem::size_of_val(&held[0])) as isize;
+    let per_waiter = (after - before - holder) as f64 / PENDING as f64;
+    let future_size = std::mem::size_of_val(&held[0]);
+
+    let t = Instant::now();
+    for (id, ev) in op_ids.iter().zip(events) {
+        let waiter = waiters.register(id.clone()).expect("register");
+        waiters.complete(id, ev);
+        let out = waiter.now_or_never().expect("resolved at once");
+        assert!(out.is_ok());
+    }
+    let elapsed = t.elapsed();
+    assert_eq!(waiters.len(), PENDING);
+    drop(held);
+    println!("== Waiters (single thread, {PENDING} pending)");
+    println!(
+        "register+complete {:>10.0} /s   ({OPS} in {:.3} s; target >= 1,000,000 /s)",
+        OPS as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "heap per pending  {per_waiter:>10.1} B    (+ {future_size} B for the Waiter future the caller holds; target <= 256 B)"
+    );
+}

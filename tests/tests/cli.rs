@@ -1,0 +1,264 @@
+//! The spine through the `runbox` binary, as a person or a script uses it.
+
+use std::process::Output;
+
+use runbox_tests::embedded::{binary, process_gone, within};
+use tokio::process::Command;
+
+struct Cli {
+    home: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("runbox"));
+        cmd.args(args)
+            .env_remove("RUNBOX_BACKEND")
+            .env_remove("RUNBOX_EXECUTOR")
+            .env("RUNBOX_HOME", self.home.path())
+            .env("RUNBOX_KILL_GRACE_MS", "300")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        within(120, self.command(args).output()).await.unwrap()
+    }
+
+    async fn exec(&self, session: &str, script: &str) -> Output {
+        self.run(&["exec", "-s", session, "--", script]).await
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cd_and_export_persist_between_invocations() {
+    let cli = Cli::new();
+    let out = cli.exec("demo", "cd /tmp && export FOO=bar").await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli.exec("demo", "pwd; echo $FOO").await;
+    assert_eq!(text(&out.stdout), "/tmp\nbar\n");
+    assert_eq!(out.status.code(), Some(0));
+    // Several words after `--` are joined like ssh does.
+    let out = cli
+        .run(&["exec", "-s", "demo", "--", "echo", "$FOO", "again"])
+        .await;
+    assert_eq!(text(&out.stdout), "bar again\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_code_and_stderr_pass_through() {
+    let cli = Cli::new();
+    let out = cli.exec("f", "echo out; echo err >&2; exit 3").await;
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    let out = cli
+        .run(&[
+            "exec",
+            "-s",
+            "f",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--",
+            "echo $A $B",
+        ])
+        .await;
+    assert_eq!(text(&out.stdout), "1 x=y\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_exits_124_and_leaves_no_process() {
+    let cli = Cli::new();
+    let out = cli
+        .run(&[
+            "exec",
+            "-s",
+            "t",
+            "--timeout",
+            "1",
+            "--",
+            "(sleep 1000 & echo $! > sleeper.pid); sleep 1000",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+    let pid = cli.exec("t", "cat sleeper.pid").await;
+    let pid: i32 = text(&pid.stdout).trim().parse().unwrap();
+    assert!(process_gone(pid), "sleep {pid} survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_binary_output_reach_the_terminal_exactly() {
+    let cli = Cli::new();
+    let out = cli
+        .exec("o", "head -c 5242880 /dev/zero | tr '\\0' b")
+        .await;
+    assert_eq!(out.stdout.len(), 5 * 1024 * 1024);
+    assert!(out.stdout.iter().all(|b| *b == b'b'));
+    let out = cli.exec("o", r"printf '\x00\xff\xfeA'").await;
+    assert_eq!(out.stdout, b"\x00\xff\xfeA");
+
+    let out = cli
+        .run(&[
+            "exec",
+            "-s",
+            "o",
+            "--json",
+            "--",
+            "head -c 2000000 /dev/zero",
+        ])
+        .await;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"], "SUCCEEDED");
+    assert_eq!(json["stdoutTruncated"], true);
+    assert_eq!(json["stdoutBytes"], 2_000_000);
+    assert!(json["stdoutLog"].as_str().unwrap().starts_with("logs/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stay_isolated_and_can_be_listed_shown_removed() {
+    let cli = Cli::new();
+    cli.exec("one", "cd /tmp; export ONE=1").await;
+    let out = cli.exec("two", "echo ${ONE:-none}; pwd").await;
+    let ws = cli.home.path().join("sessions/two/workspace");
+    assert_eq!(text(&out.stdout), format!("none\n{}\n", ws.display()));
+
+    let out = cli.run(&["sessions", "list"]).await;
+    let listing = text(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("one ") && l.ends_with("/tmp")),
+        "{listing}"
+    );
+    assert!(listing.lines().any(|l| l.starts_with("two ")), "{listing}");
+    let out = cli.run(&["sessions", "show", "one"]).await;
+    assert!(text(&out.stdout).contains("ONE=1"), "{}", text(&out.stdout));
+    let out = cli.run(&["sessions", "show", "one", "--json"]).await;
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["cwd"], "/tmp");
+    assert_eq!(state["env"]["ONE"], "1");
+
+    let out = cli.run(&["sessions", "rm", "one"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!cli.home.path().join("sessions/one").exists());
+    let out = cli.run(&["sessions", "show", "one"]).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli.run(&["sessions", "rm", "one"]).await;
+    assert_eq!(out.status.code(), Some(125));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invocations_on_one_session_lose_no_update() {
+    let cli = Cli::new();
+    cli.exec("shared", "export N=0").await;
+    let scripts: Vec<String> = (0..50)
+        .map(|i| format!("echo {i} >> seen.txt; export N=$((N+1))"))
+        .collect();
+    let runs: Vec<_> = scripts.iter().map(|s| cli.exec("shared", s)).collect();
+    let outs = within(300, futures::future::join_all(runs)).await;
+    for out in &outs {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let out = cli
+        .exec("shared", "sort -n seen.txt | tr '\\n' ' '; echo N=$N")
+        .await;
+    let expected: String = (0..50).map(|i| format!("{i} ")).collect::<String>() + "N=50\n";
+    assert_eq!(text(&out.stdout), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_executor_is_reported_lost() {
+    let cli = Cli::new();
+    let out = cli.exec("c", "kill -9 $PPID; sleep 2").await;
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(err.contains("LOST") && err.contains("SIGKILL"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_and_bad_config_are_clear_errors() {
+    let cli = Cli::new();
+    for bad in ["../x", "", &"a".repeat(65)] {
+        let out = cli.exec(bad, "true").await;
+        assert_eq!(out.status.code(), Some(125), "session {bad:?}");
+        assert!(
+            text(&out.stderr).contains("[A-Za-z0-9_-]"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // Three 100 KiB words: over the 256 KiB limit once joined.
+    let word = "x".repeat(100 * 1024);
+    let out = cli.run(&["exec", "--", &word, &word, &word]).await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("at most 262144 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+    for t in ["0", "-1", "99999999"] {
+        let out = cli.run(&["exec", "--timeout", t, "--", "true"]).await;
+        assert_ne!(out.status.code(), Some(0), "timeout {t}");
+        assert!(
+            text(&out.stderr).contains("timeout"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert!(
+        !cli.home.path().join("requests").exists()
+            || std::fs::read_dir(cli.home.path().join("requests"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "bad input wrote a request"
+    );
+
+    let out = within(
+        30,
+        cli.command(&["sessions", "list"])
+            .env("RUNBOX_BACKEND", "aws")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out.stderr).contains("RUNBOX_BACKEND"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    std::fs::create_dir_all(cli.home.path().join("sessions/bad")).unwrap();
+    std::fs::write(cli.home.path().join("sessions/bad/state.json"), "][").unwrap();
+    let out = cli.exec("bad", "echo no").await;
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("REJECTED") && err.contains("session bad"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
