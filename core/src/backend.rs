@@ -3,12 +3,19 @@
 use std::sync::Arc;
 
 use crate::config::{Backend, Config};
-use crate::store::{LocalStore, Store, StoreError};
+use crate::store::{Durability, LocalStore, Store, StoreError};
 
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     match config.backend {
-        Backend::Local => Ok(Arc::new(LocalStore::open(&config.home)?)),
+        Backend::Local => {
+            let durability = if config.local_sync {
+                Durability::Sync
+            } else {
+                Durability::NoSync
+            };
+            Ok(Arc::new(LocalStore::open_with(&config.home, durability)?))
+        }
         Backend::Gcp => Err(StoreError::Backend {
             op: "open store",
             name: config.bucket.clone().unwrap_or_default(),

@@ -111,6 +111,10 @@ pub struct Config {
     /// `RUNBOX_KILL_GRACE_MS`: between SIGTERM and SIGKILL when a command
     /// times out, in milliseconds. Default: 2000.
     pub kill_grace: Duration,
+    /// `RUNBOX_LOCAL_SYNC`: whether the embedded store fsyncs every write
+    /// (`true`, default) or only keeps writes atomic (`false`: faster, but
+    /// the last writes may be lost on power loss). Ignored by other backends.
+    pub local_sync: bool,
 }
 
 /// The largest command accepted, in bytes (DESIGN §8).
@@ -130,6 +134,7 @@ impl Default for Config {
             output_cap: 1024 * 1024,
             deadline_grace: Duration::from_secs(30),
             kill_grace: Duration::from_millis(2000),
+            local_sync: true,
         }
     }
 }
@@ -210,6 +215,19 @@ impl Config {
         if let Some(ms) = parse_num(env, "RUNBOX_KILL_GRACE_MS", 0, 60_000)? {
             cfg.kill_grace = Duration::from_millis(ms);
         }
+        if let Some(value) = env.get("RUNBOX_LOCAL_SYNC") {
+            cfg.local_sync = match value.as_str() {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: "RUNBOX_LOCAL_SYNC",
+                        value,
+                        reason: "expected true or false".to_owned(),
+                    });
+                }
+            };
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -249,6 +267,7 @@ impl Config {
                 "RUNBOX_KILL_GRACE_MS",
                 self.kill_grace.as_millis().to_string(),
             ),
+            ("RUNBOX_LOCAL_SYNC", self.local_sync.to_string()),
         ];
         if let Some(bucket) = &self.bucket {
             env.push(("RUNBOX_BUCKET", bucket.clone()));
@@ -317,6 +336,7 @@ mod tests {
             ("RUNBOX_BUCKET", "b"),
             ("RUNBOX_PROJECT", "p"),
             ("RUNBOX_KILL_GRACE_MS", "250"),
+            ("RUNBOX_LOCAL_SYNC", "false"),
         ])
         .unwrap();
         let map: HashMap<String, String> = cfg
@@ -329,6 +349,7 @@ mod tests {
         assert_eq!(again.backend, Backend::Gcp);
         assert_eq!(again.bucket.as_deref(), Some("b"));
         assert_eq!(again.kill_grace, Duration::from_millis(250));
+        assert!(!again.local_sync);
     }
 
     #[test]
