@@ -1,10 +1,25 @@
-//! The routing task between an EventSource and the Waiters. STUB.
+//! The routing task between an [`EventSource`] and the [`Waiters`].
+//!
+//! One background task pulls items from the source and routes finalize
+//! events of `results/{id}.json` to the waiter of `id`, acknowledging each
+//! message only after it has been routed. Whenever the task ends — source
+//! failure, shutdown, the [`Notifier`] being dropped, even a panic — the
+//! waiters are closed, so no completion future is left hanging.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use runbox_core::Store;
+use futures::StreamExt;
+use runbox_core::{ExecutionId, Store, layout};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
-use crate::{EventSource, Waiters};
+use crate::{EventSource, ObjectEvent, Routed, SourceItem, Waiters};
+
+/// How many result objects are read at once when resyncing after a
+/// (re)subscribe: enough to hide store latency, few enough not to flood it
+/// when thousands of executions are pending.
+pub const RESYNC_CONCURRENCY: usize = 16;
 
 /// Counters of what the notifier has routed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,26 +40,253 @@ pub struct NotifierStats {
 
 /// A running notifier; dropping it (or [`Notifier::shutdown`]) stops routing
 /// and fails every pending waiter.
-pub struct Notifier {}
+pub struct Notifier {
+    counters: Arc<Counters>,
+    waiters: Arc<Waiters>,
+    source_name: String,
+    /// Dropped or fired to stop the task; `None` once shut down.
+    stop: Option<oneshot::Sender<()>>,
+    /// `None` once shut down.
+    task: Option<JoinHandle<()>>,
+}
 
 impl Notifier {
     /// Starts routing `source` into `waiters`; `store` is read on every
     /// (re)subscribe for the results of pending executions.
+    ///
+    /// Must be called within a tokio runtime.
     pub fn spawn(
-        _source: Box<dyn EventSource>,
-        _waiters: Arc<Waiters>,
-        _store: Arc<dyn Store>,
+        source: Box<dyn EventSource>,
+        waiters: Arc<Waiters>,
+        store: Arc<dyn Store>,
     ) -> Self {
-        todo!()
+        let counters = Arc::new(Counters::default());
+        let source_name = source.describe();
+        let (stop, stopped) = oneshot::channel();
+        let router = Router {
+            bucket: store.describe(),
+            waiters: Arc::clone(&waiters),
+            store,
+            counters: Arc::clone(&counters),
+        };
+        let task = tokio::spawn(run(source, router, stopped));
+        Self {
+            counters,
+            waiters,
+            source_name,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     /// Current counters.
     pub fn stats(&self) -> NotifierStats {
-        todo!()
+        self.counters.snapshot()
+    }
+
+    /// The source being routed, as it describes itself.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
     }
 
     /// Stops routing and waits for the task to end; pending waiters fail.
-    pub async fn shutdown(self) {
-        todo!()
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            // An error means the task has already ended on its own.
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                tracing::error!(source = %self.source_name, error = %e, "notifier task failed");
+            }
+        }
+        // The task closed the table on its way out; this only matters if it
+        // was cancelled before it could (runtime shutting down).
+        self.waiters.close("notifier shut down".to_owned());
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            // Close first, so waiters fail now rather than whenever the
+            // aborted task is next polled; the task's own guard then finds
+            // the table already closed.
+            self.waiters.close("notifier dropped".to_owned());
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("source", &self.source_name)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The task body: route until the source fails or we are told to stop.
+async fn run(mut source: Box<dyn EventSource>, router: Router, mut stopped: oneshot::Receiver<()>) {
+    let source_name = source.describe();
+    let mut guard = CloseOnExit {
+        waiters: Arc::clone(&router.waiters),
+        reason: None,
+    };
+    tracing::debug!(source = %source_name, "notifier started");
+    let reason = loop {
+        // Handling is inside the select too, so a slow ack or resync cannot
+        // delay shutdown. Cancelling `next()` is safe by the trait's
+        // contract; cancelling mid-ack only means the message is redelivered
+        // (to whoever subscribes next).
+        let step = async {
+            let item = source.next().await?;
+            router.handle(item).await;
+            Ok::<(), crate::SourceError>(())
+        };
+        tokio::select! {
+            biased;
+            // Fired by `shutdown`, or the sender was dropped with the Notifier.
+            _ = &mut stopped => break "notifier shut down".to_owned(),
+            result = step => {
+                if let Err(e) = result {
+                    tracing::error!(source = %source_name, error = %e, "event source failed");
+                    break e.to_string();
+                }
+            }
+        }
+    };
+    tracing::debug!(source = %source_name, %reason, "notifier stopped");
+    guard.reason = Some(reason);
+}
+
+/// Closes the waiters however the task ends: normally with the reason set,
+/// or by panic or cancellation (abort, runtime shutdown) without one.
+struct CloseOnExit {
+    waiters: Arc<Waiters>,
+    reason: Option<String>,
+}
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        let reason = self.reason.take().unwrap_or_else(|| {
+            if std::thread::panicking() {
+                "notifier task panicked".to_owned()
+            } else {
+                "notifier task cancelled".to_owned()
+            }
+        });
+        self.waiters.close(reason);
+    }
+}
+
+/// What the task needs to route one item.
+struct Router {
+    waiters: Arc<Waiters>,
+    store: Arc<dyn Store>,
+    counters: Arc<Counters>,
+    /// Reported as [`ObjectEvent::bucket`] for results read by a resync.
+    bucket: String,
+}
+
+impl Router {
+    async fn handle(&self, item: SourceItem) {
+        match item {
+            SourceItem::Event(event, ack) => {
+                self.route(event);
+                // Only now: a message acked before routing would be lost if
+                // we crashed in between.
+                ack.ack().await;
+            }
+            SourceItem::Malformed { reason, ack } => {
+                tracing::warn!(%reason, "unusable event message; acked and dropped");
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                ack.ack().await;
+            }
+            SourceItem::Resubscribed => self.resync().await,
+        }
+    }
+
+    fn route(&self, event: ObjectEvent) {
+        let Some(id) = layout::parse_result(&event.name) else {
+            tracing::trace!(name = %event.name, "event outside results/; ignored");
+            self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let counter = match self.waiters.complete(&id, event) {
+            Routed::Delivered => &self.counters.delivered,
+            Routed::Duplicate => &self.counters.duplicates,
+            Routed::Unknown => &self.counters.unknown,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events may have been lost while (re)subscribing: read the result of
+    /// every pending execution once. One that is not there yet will arrive
+    /// as an event, since the subscription is now in place.
+    async fn resync(&self) {
+        let pending = self.waiters.pending();
+        if pending.is_empty() {
+            return;
+        }
+        tracing::debug!(pending = pending.len(), "resyncing pending results");
+        futures::stream::iter(pending)
+            .map(|id| async move {
+                let name = layout::result(&id);
+                let meta = self.store.head(&name).await;
+                (id, name, meta)
+            })
+            .buffer_unordered(RESYNC_CONCURRENCY)
+            .for_each(|(id, name, meta)| async move {
+                match meta {
+                    Ok(meta) => self.resynced(&id, meta),
+                    Err(e) if e.is_not_found() => {}
+                    // The event (or the reconciliation deadline) still
+                    // completes this execution; a failed read is no reason to
+                    // stop routing the others.
+                    Err(e) => tracing::warn!(%name, error = %e, "reading a pending result failed"),
+                }
+            })
+            .await;
+    }
+
+    fn resynced(&self, id: &ExecutionId, meta: runbox_core::ObjectMeta) {
+        let event = ObjectEvent {
+            bucket: self.bucket.clone(),
+            name: meta.name,
+            generation: meta.generation,
+            metadata: meta.metadata,
+        };
+        // Duplicate or Unknown here just means the event won the race (or
+        // the caller gave up); neither is a routed message, so not counted.
+        if self.waiters.complete(id, event) == Routed::Delivered {
+            self.counters.resynced.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The counters shared between the task (writer) and [`Notifier::stats`].
+#[derive(Default)]
+struct Counters {
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    unknown: AtomicU64,
+    ignored: AtomicU64,
+    malformed: AtomicU64,
+    resynced: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> NotifierStats {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NotifierStats {
+            delivered: read(&self.delivered),
+            duplicates: read(&self.duplicates),
+            unknown: read(&self.unknown),
+            ignored: read(&self.ignored),
+            malformed: read(&self.malformed),
+            resynced: read(&self.resynced),
+        }
     }
 }

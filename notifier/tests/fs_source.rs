@@ -1,0 +1,189 @@
+//! The filesystem event source against a real directory (inotify on Linux).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runbox_core::{ExecutionId, Store, layout};
+use runbox_notifier::{EventSource, FsEventSource, Notifier, ObjectEvent, SourceItem, Waiters};
+use support::MemStore;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// Publishes a file the way the local store does: written under
+/// `.runbox/tmp/`, then renamed into place as the last step.
+fn publish(root: &Path, name: &str, content: &str) {
+    let tmp_dir = root.join(".runbox/tmp");
+    std::fs::create_dir_all(&tmp_dir).unwrap();
+    let tmp = tmp_dir.join(name.replace('/', "_"));
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, root.join(name)).unwrap();
+}
+
+fn source(root: &Path, store: &Arc<MemStore>) -> FsEventSource {
+    FsEventSource::new(root, Arc::clone(store) as Arc<dyn Store>).unwrap()
+}
+
+async fn next(source: &mut FsEventSource) -> SourceItem {
+    timeout(LIMIT, source.next())
+        .await
+        .expect("an item in time")
+        .expect("the source works")
+}
+
+async fn next_event(source: &mut FsEventSource) -> ObjectEvent {
+    match next(source).await {
+        SourceItem::Event(event, _ack) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+async fn resubscribed(source: &mut FsEventSource) {
+    assert!(matches!(next(source).await, SourceItem::Resubscribed));
+}
+
+#[tokio::test]
+async fn a_file_renamed_into_results_is_an_event_with_the_stored_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Arc::new(MemStore::default());
+    let mut src = source(root, &store);
+    assert!(root.join("results").is_dir());
+    assert!(src.describe().ends_with("results"), "{}", src.describe());
+    resubscribed(&mut src).await;
+
+    store.insert("results/inst-1.json", 1234, &[("traceparent", "00-t-s-01")]);
+    publish(root, "results/inst-1.json", "{}");
+
+    let event = next_event(&mut src).await;
+    assert_eq!(event.name, "results/inst-1.json");
+    assert_eq!(event.generation, 1234);
+    assert_eq!(event.metadata["traceparent"], "00-t-s-01");
+    assert_eq!(event.bucket, root.display().to_string());
+}
+
+#[tokio::test]
+async fn dot_files_directories_and_vanished_objects_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Arc::new(MemStore::default());
+    let mut src = source(root, &store);
+    resubscribed(&mut src).await;
+
+    // Both readable in the store, so only the source's own filter keeps
+    // them from being reported.
+    store.insert("results/.partial", 1, &[]);
+    store.insert("results/sub", 1, &[]);
+    std::fs::write(root.join("results/.partial"), "x").unwrap();
+    std::fs::create_dir(root.join("results/sub")).unwrap();
+    // Renamed in, but gone from the store by the time it is read.
+    publish(root, "results/gone.json", "{}");
+    store.insert("results/kept.json", 7, &[]);
+    publish(root, "results/kept.json", "{}");
+
+    let event = next_event(&mut src).await;
+    assert_eq!(event.name, "results/kept.json");
+    assert_eq!(event.generation, 7);
+}
+
+#[tokio::test]
+async fn every_file_of_a_burst_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Arc::new(MemStore::default());
+    let mut src = source(root, &store);
+    resubscribed(&mut src).await;
+
+    let mut expected = BTreeSet::new();
+    for i in 0..200 {
+        let name = format!("results/burst-{i}.json");
+        store.insert(&name, i, &[]);
+        publish(root, &name, "{}");
+        expected.insert(name);
+    }
+    let mut seen = BTreeSet::new();
+    while seen != expected {
+        let event = next_event(&mut src).await;
+        assert!(expected.contains(&event.name), "{}", event.name);
+        seen.insert(event.name);
+    }
+}
+
+#[tokio::test]
+async fn next_is_cancel_safe_while_reading_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Arc::new(MemStore::gated());
+    let mut src = source(root, &store);
+    resubscribed(&mut src).await;
+
+    store.insert("results/inst-2.json", 5, &[]);
+    publish(root, "results/inst-2.json", "{}");
+    // Drop `next()` while its store read is in flight...
+    timeout(LIMIT, async {
+        tokio::select! {
+            item = src.next() => panic!("the read is gated, yet got {item:?}"),
+            () = store.head_started() => {}
+        }
+    })
+    .await
+    .unwrap();
+    // ...and the object is still reported by the next call.
+    store.release(1);
+    let event = next_event(&mut src).await;
+    assert_eq!(event.name, "results/inst-2.json");
+    assert_eq!(event.generation, 5);
+}
+
+#[tokio::test]
+async fn removing_the_results_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Arc::new(MemStore::default());
+    let mut src = source(root, &store);
+    resubscribed(&mut src).await;
+
+    std::fs::remove_dir(root.join("results")).unwrap();
+    let err = timeout(LIMIT, src.next())
+        .await
+        .unwrap()
+        .expect_err("the watch is gone");
+    assert!(err.reason.contains("removed"), "{err}");
+    // And it stays failed.
+    assert!(timeout(LIMIT, src.next()).await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn with_the_notifier_a_result_written_before_the_watch_is_not_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Arc::new(MemStore::default());
+    let waiters = Waiters::new();
+    let early = ExecutionId::new("inst-early").unwrap();
+    let late = ExecutionId::new("inst-late").unwrap();
+    let early_waiter = waiters.register(early.clone()).unwrap();
+    let late_waiter = waiters.register(late.clone()).unwrap();
+
+    // Finished before anything watched: only the resync can find it.
+    std::fs::create_dir_all(root.join("results")).unwrap();
+    store.insert(&layout::result(&early), 1, &[]);
+    publish(root, &layout::result(&early), "{}");
+
+    let notifier = Notifier::spawn(
+        Box::new(source(root, &store)),
+        Arc::clone(&waiters),
+        Arc::clone(&store) as Arc<dyn Store>,
+    );
+    let got = timeout(LIMIT, early_waiter).await.unwrap().unwrap();
+    assert_eq!(got.name, layout::result(&early));
+
+    store.insert(&layout::result(&late), 2, &[]);
+    publish(root, &layout::result(&late), "{}");
+    let got = timeout(LIMIT, late_waiter).await.unwrap().unwrap();
+    assert_eq!(got.generation, 2);
+    notifier.shutdown().await;
+}
