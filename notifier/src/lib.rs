@@ -5,9 +5,13 @@
 mod event;
 mod fs_source;
 mod notifier;
+mod pubsub_source;
 mod waiters;
 
 pub use event::{Acker, EventSource, ObjectEvent, SourceError, SourceItem};
 pub use fs_source::FsEventSource;
 pub use notifier::{Notifier, NotifierStats};
+pub use pubsub_source::{
+    PUBSUB_EMULATOR_HOST, PubSubConfig, PubSubEventSource, PubSubSubscription,
+};
 pub use waiters::{Routed, WaitError, Waiter, Waiters};

@@ -1,1 +1,4 @@
 //! Shared helpers for runbox integration tests.
+pub mod embedded;
+pub mod harness;
+pub mod store_conformance;

@@ -17,9 +17,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncRead;
 
+pub mod gcs;
 pub mod local;
 
-pub use local::LocalStore;
+pub use gcs::GcsStore;
+pub use local::{Durability, LocalStore};
 
 /// Result alias for store operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
