@@ -482,6 +482,7 @@ impl Inner {
     }
 
     async fn run(&self, session: &SessionId, job: &Job) -> Result<ExecResult> {
+        let t0 = std::time::Instant::now();
         let _guard = match &self.session_locks {
             Some(locks) => Some(locks.lock(session).await.map_err(|source| {
                 Error::store(
@@ -516,6 +517,7 @@ impl Inner {
         .await
         .map_err(|e| Error::store(format!("write request of execution {id}"), e))?;
 
+        tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "request written");
         // Registered before the launch: the completion cannot come earlier.
         let waiter = self
             .waiters
@@ -531,10 +533,14 @@ impl Inner {
                 traceparent: None,
             })
             .await?;
+        tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "launched");
         let deadline = job.timeout + self.config.deadline_grace;
         let outcome = tokio::select! {
             completion = waiter => match completion {
-                Ok(_event) => self.read_result(&id).await,
+                Ok(_event) => {
+                    tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "completion event");
+                    self.read_result(&id).await
+                }
                 Err(source) => Err(Error::Wait { id: id.clone(), source }),
             },
             ended = self.launcher.ended(&id) => {
@@ -547,6 +553,7 @@ impl Inner {
             () = tokio::time::sleep(deadline) => self.reconcile(&id, session, deadline).await,
         };
         self.launcher.release(&id);
+        tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "settled");
         let result = outcome?;
         if result.state_conflict {
             return Err(Error::StateConflict {

@@ -73,6 +73,7 @@ pub async fn execute(
 ) -> Result<Outcome, ExecutorError> {
     let id = &settings.execution_id;
     let started = runbox_proto::now();
+    tracing::debug!(execution = %id, "loading request");
     let (mut result, traceparent) = match load(&*store, settings).await {
         Err(rejection) => (rejection.into_result(id), String::new()),
         Ok(loaded) => {
@@ -265,12 +266,12 @@ async fn run(
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => return fail(result, format!("create output files: {e}")),
     };
-    let script = shell::wrapper_script(&files.command, &files.capture);
+    let script = shell::wrapper_script(&cwd, &files.command, &files.capture);
+    tracing::debug!(execution = %id, "starting bash");
     result.started_at = Some(runbox_proto::now());
     let ending = process::run(
         process::Spawn {
             script: &script,
-            cwd: &cwd,
             env: &start,
             stdout,
             stderr,
@@ -280,10 +281,12 @@ async fn run(
         cancel,
     )
     .await;
+    tracing::debug!(execution = %id, ?ending, "command ended");
     let swept = process::sweep_descendants();
     if swept > 0 {
         tracing::debug!(swept, "killed processes that left the command's group");
     }
+    tracing::debug!(execution = %id, "swept");
     let capture = std::fs::read(&files.capture)
         .ok()
         .and_then(|b| shell::parse_capture(&b));
@@ -343,6 +346,7 @@ async fn run(
         }
     }
 
+    tracing::debug!(execution = %id, "output collected");
     // cd and export persist whatever the exit status; a command that never
     // reached its EXIT trap (killed, `exec`) leaves them as they were.
     match &capture {
@@ -375,6 +379,7 @@ async fn run(
         }
         Err(e) => notes.push(format!("save session {session} state: {}", error_chain(&e))),
     }
+    tracing::debug!(execution = %id, "state saved");
     result.message = notes.join("; ");
     result
 }

@@ -15,8 +15,10 @@ use runbox_executor::{Outcome, Settings, error_chain, execute, process};
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUNBOX_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -67,7 +69,12 @@ fn main() -> ExitCode {
         };
         match execute(store, &settings, shutdown_signal()).await {
             Ok(Outcome::Written(r)) => {
-                tracing::debug!(execution = %id, status = %r.exec_status(), "result written");
+                tracing::debug!(
+                    execution = %id,
+                    status = %r.exec_status(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "result written"
+                );
                 ExitCode::SUCCESS
             }
             Ok(Outcome::AlreadyWritten(_)) => {

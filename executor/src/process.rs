@@ -3,7 +3,7 @@
 //! the group.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -24,8 +24,6 @@ pub enum Ending {
 pub struct Spawn<'a> {
     /// The `bash -c` script.
     pub script: &'a str,
-    /// Initial working directory.
-    pub cwd: &'a Path,
     /// The complete environment (nothing is inherited).
     pub env: &'a BTreeMap<String, String>,
     /// Where standard output goes.
@@ -44,13 +42,14 @@ pub async fn run(
     spawn: Spawn<'_>,
     cancel: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<Ending> {
-    let mut child = Command::new("bash")
+    // No `current_dir`: the script changes directory itself, which lets the
+    // standard library spawn with posix_spawn (vfork) instead of fork.
+    let mut child = Command::new(bash_path())
         .arg("--noprofile")
         .arg("--norc")
         .arg("-c")
         .arg(spawn.script)
         .arg("bash")
-        .current_dir(spawn.cwd)
         .env_clear()
         .envs(spawn.env)
         .stdin(Stdio::null())
@@ -89,6 +88,19 @@ pub async fn run(
         signal_group(pgid, libc::SIGKILL);
     }
     Ok(ending)
+}
+
+/// The bash binary: looked up once, at a fixed place where it usually is,
+/// rather than searched along PATH on every command.
+fn bash_path() -> &'static Path {
+    static BASH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BASH.get_or_init(|| {
+        ["/bin/bash", "/usr/bin/bash", "/usr/local/bin/bash"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("bash"))
+    })
 }
 
 /// The exit code the protocol reports for a status: the code, or 128+N for

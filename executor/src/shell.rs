@@ -16,24 +16,36 @@ const SHELL_OWNED: &[&str] = &["PWD", "OLDPWD", "SHLVL", "_"];
 /// (never passed in argv or env: no size limit, no quoting), as the last
 /// command of the script, so its status is the script's status; the EXIT trap
 /// runs after it whatever happens — `exit N`, `set -e`, a syntax error — and
-/// writes the capture with builtins only (a command that breaks PATH still
-/// gets its cwd and env saved).
-pub fn wrapper_script(command_file: &Path, capture_file: &Path) -> String {
+/// writes the capture. The trap forks nothing (no `$(...)`, no external
+/// command): it is on every command's path, and a command that broke PATH or
+/// redefined `printf` still gets its cwd and env saved.
+pub fn wrapper_script(cwd: &Path, command_file: &Path, capture_file: &Path) -> String {
+    // `${!A@}` expands to the names of all variables starting with A; one
+    // expansion per possible first character lists them all without a
+    // subshell. The `x` attribute marks the exported ones.
+    let mut all_names = String::new();
+    for c in ('A'..='Z').chain('a'..='z').chain(std::iter::once('_')) {
+        all_names.push_str(&format!("${{!{c}@}} "));
+    }
     format!(
-        r#"__runbox_capture() {{
+        r#"builtin cd -- {cwd} || exit 126
+__runbox_capture() {{
   __runbox_rc=$?
+  set +eu
   {{
-    printf '%s\0' "$__runbox_rc"
-    printf '%s\0' "$(pwd)"
-    for __runbox_k in $(compgen -e); do
-      printf '%s\0%s\0' "$__runbox_k" "${{!__runbox_k}}"
+    builtin printf '%s\0' "$__runbox_rc"
+    builtin pwd
+    builtin printf '\0'
+    for __runbox_k in {all_names}; do
+      [[ ${{!__runbox_k@a}} == *x* ]] && builtin printf '%s\0%s\0' "$__runbox_k" "${{!__runbox_k}}"
     done
-    printf '\0'
+    builtin printf '\0'
   }} >| {capture} 2>/dev/null
 }}
 trap __runbox_capture EXIT
 . {command}
 "#,
+        cwd = quote(cwd),
         capture = quote(capture_file),
         command = quote(command_file),
     )
@@ -67,7 +79,9 @@ pub fn parse_capture(bytes: &[u8]) -> Option<Capture> {
         return None;
     }
     let exit_code = std::str::from_utf8(rest[0]).ok()?.parse().ok()?;
-    let cwd = String::from_utf8(rest[1].to_vec()).ok()?;
+    // `pwd` ends its line with a newline; a path may hold newlines itself,
+    // so only the last one is dropped.
+    let cwd = String::from_utf8(rest[1].strip_suffix(b"\n")?.to_vec()).ok()?;
     if cwd.is_empty() {
         return None;
     }
@@ -150,18 +164,20 @@ mod tests {
 
     #[test]
     fn capture_parses_and_rejects_truncation() {
-        let c = parse_capture(b"3\0/tmp\0A\x001\0B\0x=y\0\0").unwrap();
+        let c = parse_capture(b"3\0/tmp\n\0A\x001\0B\0x=y\0\0").unwrap();
         assert_eq!(c.exit_code, 3);
         assert_eq!(c.cwd, "/tmp");
         assert_eq!(c.env, map(&[("A", "1"), ("B", "x=y")]));
         assert_eq!(parse_capture(b""), None);
         assert_eq!(parse_capture(b"0\0"), None);
-        assert_eq!(parse_capture(b"0\0/tmp\0A\0"), None);
-        assert_eq!(parse_capture(b"0\0/tmp\0A\x001\0"), None);
-        assert!(parse_capture(b"0\0/tmp\0\0").unwrap().env.is_empty());
-        let empty_value = parse_capture(b"0\0/tmp\0A\0\0\0").unwrap();
+        assert_eq!(parse_capture(b"0\0/tmp\n\0A\0"), None);
+        assert_eq!(parse_capture(b"0\0/tmp\n\0A\x001\0"), None);
+        assert!(parse_capture(b"0\0/tmp\n\0\0").unwrap().env.is_empty());
+        let empty_value = parse_capture(b"0\0/tmp\n\0A\0\0\0").unwrap();
         assert_eq!(empty_value.env, map(&[("A", "")]));
-        assert_eq!(parse_capture(b"0\0/tmp\0A\0\0"), None);
+        assert_eq!(parse_capture(b"0\0/tmp\n\0A\0\0"), None);
+        let newline_dir = parse_capture(b"0\0/tmp/a\nb\n\0\0").unwrap();
+        assert_eq!(newline_dir.cwd, "/tmp/a\nb");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Spine benchmark: prints figures, asserts nothing about speed.
 //!
-//! Run with `cargo bench --workspace --bench spine` (the workspace flag makes
-//! cargo build the `runbox-executor` binary the embedded launcher starts).
+//! Run with `cargo build --release && cargo bench -p runbox-tests --bench spine`
+//! (the build step provides the `runbox-executor` binary the embedded
+//! launcher starts; cargo bench builds only this package's targets).
 //!
 //! 1. Wall time of `exec("true")` through the library on the embedded
 //!    backend vs `bash -c true` spawned directly, in the same run.
@@ -69,65 +70,107 @@ fn main() {
 }
 
 async fn exec_vs_spawn(iterations: usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = runbox_tests::embedded::config(dir.path());
-    let client = runbox_dispatcher::Client::from_config(config)
-        .await
-        .expect("embedded client");
-    let session = client.session("bench").expect("session");
-    let mut exec = Vec::with_capacity(iterations);
-    let mut spawn = Vec::with_capacity(iterations);
+    let durable_dir = tempfile::tempdir().expect("tempdir");
+    let fast_dir = tempfile::tempdir().expect("tempdir");
+    let durable =
+        runbox_dispatcher::Client::from_config(runbox_tests::embedded::config(durable_dir.path()))
+            .await
+            .expect("embedded client");
+    let fast = runbox_dispatcher::Client::from_config(runbox_core::Config {
+        local_sync: false,
+        ..runbox_tests::embedded::config(fast_dir.path())
+    })
+    .await
+    .expect("embedded client");
+    let durable_session = durable.session("bench").expect("session");
+    let fast_session = fast.session("bench").expect("session");
+    // Phase boundaries from the result's own timestamps (same clock, same
+    // machine): submit → bash spawned → result being written → resolved.
+    let mut phases: [Vec<Duration>; 3] = Default::default();
+    let mut series = [
+        ("runbox exec (fsync)", Vec::with_capacity(iterations)),
+        ("runbox exec (no fsync)", Vec::with_capacity(iterations)),
+        ("bash -c true", Vec::with_capacity(iterations)),
+    ];
     // Warm-up: page cache, first-session state creation.
     for _ in 0..20 {
-        session.exec("true").await.expect("exec");
+        durable_session.exec("true").await.expect("exec");
+        fast_session.exec("true").await.expect("exec");
         std::process::Command::new("bash")
             .args(["-c", "true"])
             .status()
             .expect("bash");
     }
-    // Interleaved, so drift on a noisy machine hits both series alike.
+    // Interleaved, so drift on a noisy machine hits every series alike.
     for _ in 0..iterations {
-        let t = Instant::now();
-        let r = session.exec("true").await.expect("exec");
-        exec.push(t.elapsed());
-        assert_eq!(r.exit_code, 0);
+        for (session, slot) in [(&durable_session, 0), (&fast_session, 1)] {
+            let wall = std::time::SystemTime::now();
+            let t = Instant::now();
+            let r = session.exec("true").await.expect("exec");
+            series[slot].1.push(t.elapsed());
+            let resolved = std::time::SystemTime::now();
+            assert_eq!(r.exit_code, 0);
+            if slot == 0 {
+                let at = |ts: Option<runbox_proto::Timestamp>| {
+                    std::time::SystemTime::try_from(ts.expect("timestamp")).expect("time")
+                };
+                let (started, completed) = (at(r.started_at), at(r.completed_at));
+                let span = |a: std::time::SystemTime, b: std::time::SystemTime| {
+                    b.duration_since(a).unwrap_or_default()
+                };
+                phases[0].push(span(wall, started));
+                phases[1].push(span(started, completed));
+                phases[2].push(span(completed, resolved));
+            }
+        }
         let t = Instant::now();
         let status = tokio::process::Command::new("bash")
             .args(["-c", "true"])
             .status()
             .await
             .expect("bash");
-        spawn.push(t.elapsed());
+        series[2].1.push(t.elapsed());
         assert!(status.success());
     }
-    exec.sort();
-    spawn.sort();
-    let (e50, e99) = (percentile(&exec, 0.5), percentile(&exec, 0.99));
-    let (s50, s99) = (percentile(&spawn, 0.5), percentile(&spawn, 0.99));
+    for (_, s) in series.iter_mut() {
+        s.sort();
+    }
+    let (b50, b99) = (
+        percentile(&series[2].1, 0.5),
+        percentile(&series[2].1, 0.99),
+    );
     println!(
         "== exec(\"true\") on the embedded backend vs bash -c true ({iterations} each, interleaved)"
     );
-    println!(
-        "runbox exec      p50 {:>8.3} ms   p99 {:>8.3} ms",
-        ms(e50),
-        ms(e99)
-    );
-    println!(
-        "bash -c true     p50 {:>8.3} ms   p99 {:>8.3} ms",
-        ms(s50),
-        ms(s99)
-    );
-    println!(
-        "overhead         p50 {:>8.3} ms   p99 {:>8.3} ms   (target: <= 5 ms at p50)",
-        ms(e50.saturating_sub(s50)),
-        ms(e99.saturating_sub(s99))
-    );
-    println!(
-        "ratio exec/spawn p50 {:>8.2}x     p99 {:>8.2}x",
-        e50.as_secs_f64() / s50.as_secs_f64(),
-        e99.as_secs_f64() / s99.as_secs_f64()
-    );
-    client.shutdown().await;
+    for (label, s) in &series {
+        let (p50, p99) = (percentile(s, 0.5), percentile(s, 0.99));
+        println!(
+            "{label:<24} p50 {:>8.3} ms   p99 {:>8.3} ms",
+            ms(p50),
+            ms(p99)
+        );
+    }
+    for (label, s) in &series[..2] {
+        let (p50, p99) = (percentile(s, 0.5), percentile(s, 0.99));
+        println!(
+            "{label:<24} overhead p50 {:>7.3} ms  p99 {:>7.3} ms  ratio p50 {:.2}x  (target: overhead <= 5 ms at p50)",
+            ms(p50.saturating_sub(b50)),
+            ms(p99.saturating_sub(b99)),
+            p50.as_secs_f64() / b50.as_secs_f64(),
+        );
+    }
+    let labels = [
+        "submit -> bash spawned (request write, executor start, state read)",
+        "bash spawned -> result write begins (bash, output, state write)",
+        "result write begins -> future resolved (write, event, read)",
+    ];
+    println!("where the time goes (fsync series, p50 of each phase):");
+    for (label, mut p) in labels.into_iter().zip(phases) {
+        p.sort();
+        println!("  {:>7.3} ms  {label}", ms(percentile(&p, 0.5)));
+    }
+    durable.shutdown().await;
+    fast.shutdown().await;
 }
 
 fn event(id: &ExecutionId) -> ObjectEvent {

@@ -25,7 +25,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "{} not built; run the tests with `cargo test --workspace`",
+        "{} not built; run `cargo test --workspace` (tests) or `cargo build --release` first (benchmarks)",
         path.display()
     );
     path
