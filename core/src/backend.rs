@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::config::{Backend, Config};
-use crate::store::{Durability, LocalStore, Store, StoreError};
+use crate::store::{Durability, GcsStore, LocalStore, Store, StoreError};
 
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
@@ -16,11 +16,11 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             };
             Ok(Arc::new(LocalStore::open_with(&config.home, durability)?))
         }
-        Backend::Gcp => Err(StoreError::Backend {
-            op: "open store",
-            name: config.bucket.clone().unwrap_or_default(),
-            retryable: false,
-            source: "the gcp backend is not built into this version".into(),
-        }),
+        Backend::Gcp => {
+            // Config::validate guarantees a bucket for the gcp backend.
+            let bucket = config.bucket.clone().unwrap_or_default();
+            let store = GcsStore::connect(bucket, config.storage_emulator_host.as_deref()).await?;
+            Ok(Arc::new(store))
+        }
     }
 }

@@ -111,6 +111,17 @@ pub struct Config {
     /// `RUNBOX_KILL_GRACE_MS`: between SIGTERM and SIGKILL when a command
     /// times out, in milliseconds. Default: 2000.
     pub kill_grace: Duration,
+    /// `STORAGE_EMULATOR_HOST`: a Cloud Storage emulator (`host:port` or
+    /// `http://host:port`) instead of Cloud Storage (gcp backend).
+    pub storage_emulator_host: Option<String>,
+    /// `PUBSUB_EMULATOR_HOST`: a Pub/Sub emulator (`host:port`) instead of
+    /// Pub/Sub (gcp backend).
+    pub pubsub_emulator_host: Option<String>,
+    /// `RUNBOX_COMPLETION_GRACE_MS`: after the platform reports that an
+    /// execution ended, how long the dispatcher still waits for its
+    /// completion event before reading the result object directly (and
+    /// writing LOST if there is none), in milliseconds. Default: 2000.
+    pub completion_grace: Duration,
     /// `RUNBOX_LOCAL_SYNC`: whether the embedded store fsyncs every write
     /// (`true`, default) or only keeps writes atomic (`false`: faster, but
     /// the last writes may be lost on power loss). Ignored by other backends.
@@ -135,6 +146,9 @@ impl Default for Config {
             deadline_grace: Duration::from_secs(30),
             kill_grace: Duration::from_millis(2000),
             local_sync: true,
+            storage_emulator_host: None,
+            pubsub_emulator_host: None,
+            completion_grace: Duration::from_millis(2000),
         }
     }
 }
@@ -215,6 +229,11 @@ impl Config {
         if let Some(ms) = parse_num(env, "RUNBOX_KILL_GRACE_MS", 0, 60_000)? {
             cfg.kill_grace = Duration::from_millis(ms);
         }
+        cfg.storage_emulator_host = env.get("STORAGE_EMULATOR_HOST");
+        cfg.pubsub_emulator_host = env.get("PUBSUB_EMULATOR_HOST");
+        if let Some(ms) = parse_num(env, "RUNBOX_COMPLETION_GRACE_MS", 0, 600_000)? {
+            cfg.completion_grace = Duration::from_millis(ms);
+        }
         if let Some(value) = env.get("RUNBOX_LOCAL_SYNC") {
             cfg.local_sync = match value.as_str() {
                 "true" | "1" | "yes" => true,
@@ -268,7 +287,17 @@ impl Config {
                 self.kill_grace.as_millis().to_string(),
             ),
             ("RUNBOX_LOCAL_SYNC", self.local_sync.to_string()),
+            (
+                "RUNBOX_COMPLETION_GRACE_MS",
+                self.completion_grace.as_millis().to_string(),
+            ),
         ];
+        if let Some(host) = &self.storage_emulator_host {
+            env.push(("STORAGE_EMULATOR_HOST", host.clone()));
+        }
+        if let Some(host) = &self.pubsub_emulator_host {
+            env.push(("PUBSUB_EMULATOR_HOST", host.clone()));
+        }
         if let Some(bucket) = &self.bucket {
             env.push(("RUNBOX_BUCKET", bucket.clone()));
         }
@@ -337,6 +366,7 @@ mod tests {
             ("RUNBOX_PROJECT", "p"),
             ("RUNBOX_KILL_GRACE_MS", "250"),
             ("RUNBOX_LOCAL_SYNC", "false"),
+            ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1"),
         ])
         .unwrap();
         let map: HashMap<String, String> = cfg
@@ -350,6 +380,10 @@ mod tests {
         assert_eq!(again.bucket.as_deref(), Some("b"));
         assert_eq!(again.kill_grace, Duration::from_millis(250));
         assert!(!again.local_sync);
+        assert_eq!(
+            again.storage_emulator_host.as_deref(),
+            Some("http://127.0.0.1:1")
+        );
     }
 
     #[test]

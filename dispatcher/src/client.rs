@@ -30,11 +30,14 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use futures::future::BoxFuture;
 use runbox_core::config::{Backend, MAX_COMMAND_BYTES};
 use runbox_core::layout;
 use runbox_core::store::{self, JsonObjectError, ListOptions, PutOptions, Store};
 use runbox_core::{Config, ExecutionId, InstanceId, SessionId};
-use runbox_notifier::{EventSource, FsEventSource, Notifier, NotifierStats, Waiters};
+use runbox_notifier::{
+    EventSource, FsEventSource, Notifier, NotifierStats, PubSubConfig, PubSubEventSource, Waiters,
+};
 use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,6 +64,7 @@ struct Inner {
     notifier: std::sync::Mutex<Option<Notifier>>,
     sessions: DashMap<SessionId, mpsc::UnboundedSender<Job>>,
     session_locks: Option<SessionLocks>,
+    shutdown_hook: std::sync::Mutex<Option<ShutdownHook>>,
 }
 
 /// The parts a client is assembled from; [`Client::from_config`] picks them
@@ -79,7 +83,13 @@ pub struct Parts {
     /// Per-session file locks that order commands across processes sharing
     /// one machine (embedded backend); `None` elsewhere.
     pub session_locks: Option<SessionLocks>,
+    /// Run once by [`Client::shutdown`] after the notifier stopped (for
+    /// example: delete this instance's subscription).
+    pub shutdown_hook: Option<ShutdownHook>,
 }
+
+/// Cleanup run at graceful shutdown.
+pub type ShutdownHook = Box<dyn FnOnce() -> BoxFuture<'static, ()> + Send>;
 
 impl Client {
     /// A client configured from the process environment (see [`Config`]).
@@ -100,6 +110,8 @@ impl Client {
 
     /// A client for the backends the configuration names.
     pub async fn from_config(config: Config) -> Result<Self> {
+        let instance = InstanceId::random();
+        let mut shutdown_hook: Option<ShutdownHook> = None;
         let store = runbox_core::backend::open_store(&config)
             .await
             .map_err(|e| Error::store("open store", e))?;
@@ -108,10 +120,27 @@ impl Client {
                 Box::new(FsEventSource::new(&config.home, store.clone()).map_err(Error::Events)?)
             }
             Backend::Gcp => {
-                return Err(Error::Events(runbox_notifier::SourceError {
-                    source_name: "pubsub".to_owned(),
-                    reason: "the gcp backend is not built into this version".to_owned(),
+                // Config::validate guarantees a project for the gcp backend.
+                let mut settings = PubSubConfig::new(
+                    config.project.clone().unwrap_or_default(),
+                    config.notifications_topic.clone(),
+                    instance.as_str(),
+                );
+                settings.emulator_host = config.pubsub_emulator_host.clone();
+                let source = PubSubEventSource::connect(settings)
+                    .await
+                    .map_err(Error::Events)?;
+                let subscription = source.subscription();
+                // The subscription is this instance's alone: delete it at a
+                // graceful shutdown (its expiration policy covers crashes).
+                shutdown_hook = Some(Box::new(move || {
+                    Box::pin(async move {
+                        if let Err(e) = subscription.delete().await {
+                            tracing::warn!(error = %e, "could not delete the notifications subscription");
+                        }
+                    })
                 }));
+                Box::new(source)
             }
         };
         let launcher = Arc::new(LocalLauncher::new(&config, LOCAL_MAX_RUNNING)?);
@@ -125,7 +154,8 @@ impl Client {
             store,
             events,
             launcher,
-            instance: InstanceId::random(),
+            instance,
+            shutdown_hook,
         }))
     }
 
@@ -143,6 +173,7 @@ impl Client {
                 notifier: std::sync::Mutex::new(Some(notifier)),
                 sessions: DashMap::new(),
                 session_locks: parts.session_locks,
+                shutdown_hook: std::sync::Mutex::new(parts.shutdown_hook),
             }),
         }
     }
@@ -181,6 +212,29 @@ impl Client {
             .as_ref()
             .map(Notifier::stats)
             .unwrap_or_default()
+    }
+
+    /// Waits until the notifier's counters satisfy `done` (checked after
+    /// every item it handles); fails with [`Error::Closed`] if it stops first.
+    pub async fn wait_for_stats(
+        &self,
+        done: impl Fn(&NotifierStats) -> bool,
+    ) -> Result<NotifierStats> {
+        let mut changed = self
+            .inner
+            .notifier
+            .lock()
+            .expect("notifier lock")
+            .as_ref()
+            .map(Notifier::stats_changed)
+            .ok_or(Error::Closed)?;
+        loop {
+            let stats = self.notifier_stats();
+            if done(&stats) {
+                return Ok(stats);
+            }
+            changed.changed().await.map_err(|_| Error::Closed)?;
+        }
     }
 
     /// Every session that has objects, with its state where it has one.
@@ -306,6 +360,10 @@ impl Client {
         let notifier = self.inner.notifier.lock().expect("notifier lock").take();
         if let Some(n) = notifier {
             n.shutdown().await;
+        }
+        let hook = self.inner.shutdown_hook.lock().expect("hook lock").take();
+        if let Some(hook) = hook {
+            hook().await;
         }
     }
 }
@@ -535,8 +593,9 @@ impl Inner {
             .await?;
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "launched");
         let deadline = job.timeout + self.config.deadline_grace;
+        tokio::pin!(waiter);
         let outcome = tokio::select! {
-            completion = waiter => match completion {
+            completion = &mut waiter => match completion {
                 Ok(_event) => {
                     tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "completion event");
                     self.read_result(&id).await
@@ -545,10 +604,18 @@ impl Inner {
             },
             ended = self.launcher.ended(&id) => {
                 // The executor has exited, so its result write, if it made
-                // one, is complete: read it once instead of waiting for the
-                // event, and write LOST if there is none.
-                let message = format!("execution ended without a result: {}", ended.message);
-                self.result_or_lost(&id, session, message).await
+                // one, is complete. Its event normally follows within
+                // milliseconds; if none comes within the grace, read the
+                // result object once and write LOST if there is none.
+                match tokio::time::timeout(self.config.completion_grace, &mut waiter).await {
+                    Ok(Ok(_event)) => self.read_result(&id).await,
+                    Ok(Err(source)) => Err(Error::Wait { id: id.clone(), source }),
+                    Err(_) => {
+                        let message =
+                            format!("execution ended without a result: {}", ended.message);
+                        self.result_or_lost(&id, session, message).await
+                    }
+                }
             }
             () = tokio::time::sleep(deadline) => self.reconcile(&id, session, deadline).await,
         };

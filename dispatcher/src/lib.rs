@@ -8,7 +8,7 @@ pub mod launcher;
 pub mod local_launcher;
 pub mod session_lock;
 
-pub use client::{Client, Exec, Parts, Session, SessionInfo};
+pub use client::{Client, Exec, Parts, Session, SessionInfo, ShutdownHook};
 pub use error::{Error, Result};
 pub use launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher};
 pub use local_launcher::LocalLauncher;

@@ -26,8 +26,6 @@ const PASS_THROUGH: &[&str] = &[
     "TZ",
     "TMPDIR",
     "RUNBOX_LOG",
-    "STORAGE_EMULATOR_HOST",
-    "PUBSUB_EMULATOR_HOST",
     "GOOGLE_APPLICATION_CREDENTIALS",
 ];
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
 use runbox_core::{ExecutionId, Store, layout};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::{EventSource, ObjectEvent, Routed, SourceItem, Waiters};
@@ -82,6 +82,12 @@ impl Notifier {
     /// Current counters.
     pub fn stats(&self) -> NotifierStats {
         self.counters.snapshot()
+    }
+
+    /// A receiver that changes after every item the notifier has handled;
+    /// read [`Notifier::stats`] after each change.
+    pub fn stats_changed(&self) -> watch::Receiver<()> {
+        self.counters.changed.subscribe()
     }
 
     /// The source being routed, as it describes itself.
@@ -206,6 +212,7 @@ impl Router {
             }
             SourceItem::Resubscribed => self.resync().await,
         }
+        self.counters.changed.send_replace(());
     }
 
     fn route(&self, event: ObjectEvent) {
@@ -269,6 +276,8 @@ impl Router {
 /// The counters shared between the task (writer) and [`Notifier::stats`].
 #[derive(Default)]
 struct Counters {
+    /// Bumped after every routed item, so observers wait instead of polling.
+    changed: watch::Sender<()>,
     delivered: AtomicU64,
     duplicates: AtomicU64,
     unknown: AtomicU64,

@@ -1,0 +1,281 @@
+//! `exec` end to end on the production wire: objects in fake-gcs-server,
+//! completions as real GCS notifications through Google's Pub/Sub emulator,
+//! executors as local child processes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::future::join_all;
+use gcloud_googleapis::pubsub::v1::PubsubMessage;
+use runbox_core::store::list_all;
+use runbox_core::{Config, Store, layout};
+use runbox_dispatcher::{Client, Error, ExecStatus};
+use runbox_tests::embedded::{binary, within};
+use runbox_tests::harness::Emulators;
+
+async fn emulators() -> Emulators {
+    within(120, Emulators::start()).await.expect("emulators")
+}
+
+/// A gcp configuration on the harness, with extra settings on top.
+fn config(emu: &Emulators, home: &std::path::Path, extra: &[(&str, &str)]) -> Config {
+    let mut env: BTreeMap<String, String> = emu.env();
+    env.insert("RUNBOX_HOME".into(), home.display().to_string());
+    env.insert(
+        "RUNBOX_EXECUTOR".into(),
+        binary("runbox-executor").display().to_string(),
+    );
+    env.insert("RUNBOX_KILL_GRACE_MS".into(), "300".into());
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Config::from_lookup(&env).expect("config")
+}
+
+async fn client(config: Config) -> Client {
+    within(60, Client::from_config(config))
+        .await
+        .expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_completes_through_gcs_notifications() {
+    let emu = emulators().await;
+    let home = tempfile::tempdir().unwrap();
+    // A long completion grace: every result must arrive as an event, not
+    // through the read that follows the executor's exit.
+    let client = client(config(
+        &emu,
+        home.path(),
+        &[("RUNBOX_COMPLETION_GRACE_MS", "60000")],
+    ))
+    .await;
+    let s = client.session("wire").unwrap();
+    let r = within(60, s.exec("cd /tmp && export WIRE=1 && echo hi"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.exec_status(),
+        ExecStatus::Succeeded,
+        "{r:?}\n{}",
+        emu.logs()
+    );
+    assert_eq!(r.stdout, "hi\n");
+    let r = within(60, s.exec("echo $WIRE $(pwd); exit 3"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "1 /tmp\n");
+    assert_eq!(r.exit_code, 3);
+
+    let stats = client.notifier_stats();
+    assert_eq!(stats.delivered, 2, "{stats:?}");
+
+    // Every object of the pipeline lives in the bucket.
+    let store = emu.store();
+    let id = runbox_core::ExecutionId::new(&r.execution_id).unwrap();
+    for name in [layout::request(&id), layout::result(&id)] {
+        store
+            .head(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let session = runbox_core::SessionId::new("wire").unwrap();
+    let state = store.head(&layout::session_state(&session)).await.unwrap();
+    assert_eq!(state.generation, r.state_generation);
+    assert_eq!(list_all(&store, "results/").await.unwrap().len(), 2);
+
+    // Graceful shutdown deletes this instance's subscription.
+    client.shutdown().await;
+    let sub = emu
+        .pubsub_client()
+        .await
+        .unwrap()
+        .subscription(&format!("runbox-{}", client.instance()));
+    assert!(!sub.exists(None).await.unwrap(), "subscription left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_executions_survive_a_pubsub_restart() {
+    let mut emu = emulators().await;
+    let home = tempfile::tempdir().unwrap();
+    // Only events and the resync after the resubscribe may complete these.
+    let client = client(config(
+        &emu,
+        home.path(),
+        &[("RUNBOX_COMPLETION_GRACE_MS", "600000")],
+    ))
+    .await;
+    let futures: Vec<_> = (0..20)
+        .map(|i| {
+            let s = client.session(&format!("r{i}")).unwrap();
+            tokio::spawn(
+                s.exec(format!("sleep 2; echo {i}"))
+                    .timeout(Duration::from_secs(120))
+                    .into_future(),
+            )
+        })
+        .collect();
+    // Restart while the commands sleep: results written while the emulator
+    // is down are never notified; the resync must find them.
+    within(120, emu.pubsub_restart()).await.expect("restart");
+    let results = within(90, join_all(futures)).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let r = r
+            .unwrap()
+            .unwrap_or_else(|e| panic!("exec {i}: {e}\n{}", emu.logs()));
+        assert_eq!(r.exec_status(), ExecStatus::Succeeded);
+        assert_eq!(r.stdout, format!("{i}\n"));
+    }
+    let stats = client.notifier_stats();
+    assert_eq!(stats.delivered + stats.resynced, 20, "{stats:?}");
+    client.shutdown().await;
+}
+
+fn notification(emu: &Emulators, name: &str, generation: &str, data: &[u8]) -> PubsubMessage {
+    PubsubMessage {
+        data: data.to_vec(),
+        attributes: [
+            ("eventType", "OBJECT_FINALIZE"),
+            ("objectId", name),
+            ("objectGeneration", generation),
+            ("bucketId", emu.bucket.as_str()),
+            ("payloadFormat", "JSON_API_V1"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect(),
+        ..PubsubMessage::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_unknown_and_malformed_notifications_are_acked_and_counted() {
+    let emu = emulators().await;
+    let home = tempfile::tempdir().unwrap();
+    let client = client(config(
+        &emu,
+        home.path(),
+        &[("RUNBOX_COMPLETION_GRACE_MS", "60000")],
+    ))
+    .await;
+    let s = client.session("noise").unwrap();
+    let r = within(60, s.exec("echo first")).await.unwrap();
+    assert_eq!(r.stdout, "first\n");
+    let id = runbox_core::ExecutionId::new(&r.execution_id).unwrap();
+    let result = emu.store().head(&layout::result(&id)).await.unwrap();
+
+    let prefix = client.instance().execution_prefix();
+    let generation = result.generation.to_string();
+    for message in [
+        // The same notification again.
+        notification(&emu, &result.name, &generation, b"{}"),
+        // A result of this instance's prefix that nobody awaits.
+        notification(&emu, &format!("results/{prefix}unknown.json"), "7", b"{}"),
+        // Not JSON at all.
+        notification(
+            &emu,
+            &format!("results/{prefix}x.json"),
+            "8",
+            b"\xff not json",
+        ),
+        // Not a result.
+        notification(&emu, "sessions/noise/state.json", "9", b"{}"),
+    ] {
+        within(30, emu.publish(message)).await.unwrap();
+    }
+    // Each counter moves as its message is routed; the next exec proves the
+    // notifier is still alive.
+    let wanted = |s: runbox_notifier::NotifierStats| {
+        s.duplicates >= 1 && s.unknown >= 1 && s.malformed >= 1 && s.ignored >= 1
+    };
+    within(60, client.wait_for_stats(|s| wanted(*s)))
+        .await
+        .unwrap();
+    let r = within(60, s.exec("echo second")).await.unwrap();
+    assert_eq!(r.stdout, "second\n");
+    let stats = client.notifier_stats();
+    assert_eq!(stats.delivered, 2, "{stats:?}");
+    assert_eq!(stats.duplicates, 1, "{stats:?}");
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dispatchers_racing_on_one_session_conflict_instead_of_overwriting() {
+    let emu = emulators().await;
+    let home = tempfile::tempdir().unwrap();
+    let a = client(config(&emu, home.path(), &[])).await;
+    let b = client(config(&emu, home.path(), &[])).await;
+    within(60, a.session("race").unwrap().exec("export BASE=1"))
+        .await
+        .unwrap();
+    // Both executors read the same state generation, then both write.
+    let (ra, rb) = within(
+        90,
+        futures::future::join(
+            a.session("race")
+                .unwrap()
+                .exec("sleep 2; export FROM=a")
+                .into_future(),
+            b.session("race")
+                .unwrap()
+                .exec("sleep 2; export FROM=b")
+                .into_future(),
+        ),
+    )
+    .await;
+    let conflicts = [&ra, &rb]
+        .iter()
+        .filter(|r| matches!(r, Err(Error::StateConflict { .. })))
+        .count();
+    let wins = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+    assert_eq!((wins, conflicts), (1, 1), "{ra:?}\n{rb:?}");
+    let winner = if ra.is_ok() { "a" } else { "b" };
+    let r = within(60, a.session("race").unwrap().exec("echo $BASE $FROM"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("1 {winner}\n"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_on_the_emulators() {
+    let emu = emulators().await;
+    let home = tempfile::tempdir().unwrap();
+    let run = |script: &'static str| {
+        let mut cmd = tokio::process::Command::new(binary("runbox"));
+        cmd.args(["exec", "-s", "cli", "--", script])
+            .envs(emu.env())
+            .env("RUNBOX_HOME", home.path())
+            .kill_on_drop(true);
+        async move { within(60, cmd.output()).await.unwrap() }
+    };
+    let out = run("cd /tmp; export V=ok").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run("echo $V $(pwd) >&2; exit 5").await;
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "ok /tmp\n");
+    // Nothing of the session landed in the local home: it is all in the bucket.
+    assert!(!home.path().join("sessions").exists());
+    let names = list_all(&emu.store(), "sessions/cli/").await.unwrap();
+    assert_eq!(names.len(), 1, "{names:?}");
+
+    // A gcp configuration without a bucket is refused at start.
+    let out = within(
+        30,
+        tokio::process::Command::new(binary("runbox"))
+            .args(["sessions", "list"])
+            .env("RUNBOX_BACKEND", "gcp")
+            .env_remove("RUNBOX_BUCKET")
+            .env("RUNBOX_PROJECT", "p")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUNBOX_BUCKET"));
+}
