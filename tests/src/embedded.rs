@@ -25,7 +25,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "{} not built; run `cargo test --workspace` (tests) or `cargo build --release` first (benchmarks)",
+        "{} not built: run `cargo build` before `cargo test --workspace` (or `cargo build --release` before the benchmarks)",
         path.display()
     );
     path
