@@ -73,7 +73,14 @@ pub(crate) mod timestamp {
             None => s.serialize_none(),
             Some(ts) => {
                 let t = SystemTime::try_from(*ts).map_err(serde::ser::Error::custom)?;
-                s.serialize_str(&humantime::format_rfc3339_nanos(t).to_string())
+                // proto3 JSON: 0, 3, 6 or 9 fractional digits, as few as exact.
+                let text = match ts.nanos {
+                    0 => humantime::format_rfc3339_seconds(t).to_string(),
+                    n if n % 1_000_000 == 0 => humantime::format_rfc3339_millis(t).to_string(),
+                    n if n % 1_000 == 0 => humantime::format_rfc3339_micros(t).to_string(),
+                    _ => humantime::format_rfc3339_nanos(t).to_string(),
+                };
+                s.serialize_str(&text)
             }
         }
     }
