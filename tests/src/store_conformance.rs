@@ -3,7 +3,7 @@
 //! backend (DESIGN §7). A backend's test file calls [`run_all`], or, for
 //! readable failures, each property on its own:
 //!
-//! ```ignore
+//! ```text
 //! #[tokio::test(flavor = "multi_thread")]
 //! async fn create_if_absent() {
 //!     let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.path())?);
