@@ -52,15 +52,15 @@ const LOCAL_MAX_RUNNING: usize = 64;
 /// A handle to runbox: cheap to clone, shared by all sessions.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: Config,
-    instance: InstanceId,
-    store: Arc<dyn Store>,
-    launcher: Arc<dyn Launcher>,
-    waiters: Arc<Waiters>,
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) instance: InstanceId,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) launcher: Arc<dyn Launcher>,
+    pub(crate) waiters: Arc<Waiters>,
     notifier: std::sync::Mutex<Option<Notifier>>,
     sessions: DashMap<SessionId, mpsc::UnboundedSender<Job>>,
     session_locks: Option<SessionLocks>,
@@ -381,8 +381,8 @@ pub struct SessionInfo {
 /// the order their futures were created; sessions run in parallel.
 #[derive(Clone)]
 pub struct Session {
-    client: Client,
-    id: SessionId,
+    pub(crate) client: Client,
+    pub(crate) id: SessionId,
 }
 
 impl Session {
@@ -565,6 +565,7 @@ impl Inner {
             created_at: Some(runbox_proto::now()),
             traceparent: String::new(),
             request_id: job.request_id.clone(),
+            background: false,
         };
         store::put_json(
             &*self.store,

@@ -109,6 +109,10 @@ pub struct ExecRequest {
     /// Caller-chosen correlation id, echoed in [`ExecCompleted`].
     #[prost(string, tag = "9")]
     pub request_id: String,
+    /// Run as a background process: output is streamed to numbered log
+    /// objects while it runs, and cwd/env changes are not saved.
+    #[prost(bool, tag = "10")]
+    pub background: bool,
 }
 
 /// The outcome of one execution; stored once as `results/{execution_id}.json`.

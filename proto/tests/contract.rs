@@ -118,6 +118,7 @@ fn the_proto_document_matches_the_rust_definitions() {
         created_at: ts(),
         traceparent: "t".into(),
         request_id: "r".into(),
+        background: true,
     };
     check("ExecRequest", &request);
     let result = ExecResult {
