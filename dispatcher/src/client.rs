@@ -311,6 +311,54 @@ impl Client {
         })
     }
 
+    /// Creates a session: writes its initial state (cwd = its workspace).
+    /// Fails with [`Error::SessionExists`] when it already has a state.
+    pub async fn create_session(&self, id: &str) -> Result<SessionInfo> {
+        let id = SessionId::new(id).map_err(Error::InvalidSession)?;
+        match self.write_initial_state(&id).await? {
+            Some(info) => Ok(info),
+            None => Err(Error::SessionExists(id.to_string())),
+        }
+    }
+
+    /// Creates the session if it does not exist yet; returns its info either
+    /// way (idempotent, safe to call before every use).
+    pub async fn ensure_session(&self, id: &str) -> Result<SessionInfo> {
+        let id = SessionId::new(id).map_err(Error::InvalidSession)?;
+        match self.write_initial_state(&id).await? {
+            Some(info) => Ok(info),
+            None => self.session_info_of(&id).await,
+        }
+    }
+
+    /// Writes a fresh state unless one exists (`None` then). The cwd is left
+    /// empty: the executor starts an empty cwd in the session's workspace,
+    /// wherever the backend puts it.
+    async fn write_initial_state(&self, id: &SessionId) -> Result<Option<SessionInfo>> {
+        let now = Some(runbox_proto::now());
+        let state = SessionState {
+            session_id: id.to_string(),
+            created_at: now,
+            updated_at: now,
+            ..Default::default()
+        };
+        match store::put_json(
+            &*self.inner.store,
+            &layout::session_state(id),
+            &state,
+            PutOptions::create(),
+        )
+        .await
+        {
+            Ok(_) => Ok(Some(SessionInfo {
+                id: id.clone(),
+                state: Some(state),
+            })),
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(Error::store(format!("create session {id}"), e)),
+        }
+    }
+
     /// Deletes every object of a session; returns how many were deleted.
     /// Fails with [`Error::NoSuchSession`] when it had none.
     pub async fn delete_session(&self, id: &str) -> Result<usize> {

@@ -91,6 +91,9 @@ pub enum Error {
         /// The command's result.
         result: Box<ExecResult>,
     },
+    /// The session already exists.
+    #[error("session {0} already exists")]
+    SessionExists(String),
     /// The session has no objects.
     #[error("session {0} does not exist")]
     NoSuchSession(String),

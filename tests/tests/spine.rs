@@ -319,3 +319,52 @@ async fn futures_fail_at_once_when_the_notifier_stops() {
     let outcome = within(10, pending).await.unwrap();
     assert!(matches!(outcome, Err(Error::Wait { .. })), "{outcome:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_can_be_created_ensured_and_destroyed() {
+    let (client, dir) = client().await;
+    let info = client.create_session("made").await.unwrap();
+    assert_eq!(info.state.unwrap().exec_count, 0);
+    assert!(matches!(
+        client.create_session("made").await,
+        Err(Error::SessionExists(_))
+    ));
+    // ensure is idempotent and keeps what is there.
+    let s = client.session("made").unwrap();
+    within(30, s.exec("cd /tmp; export KEPT=1")).await.unwrap();
+    let info = client.ensure_session("made").await.unwrap();
+    assert_eq!(info.state.as_ref().unwrap().cwd, "/tmp");
+    assert_eq!(
+        client
+            .ensure_session("fresh")
+            .await
+            .unwrap()
+            .state
+            .unwrap()
+            .exec_count,
+        0
+    );
+    // A created session starts in its workspace like any other.
+    let r = within(30, client.session("fresh").unwrap().exec("pwd"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.stdout.trim(),
+        dir.path()
+            .join("sessions/fresh/workspace")
+            .display()
+            .to_string()
+    );
+    let n = client.delete_session("made").await.unwrap();
+    assert!(n >= 1);
+    assert!(
+        store::list_all(&**client.store(), "sessions/made/")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        client.session_info("made").await,
+        Err(Error::NoSuchSession(_))
+    ));
+}
