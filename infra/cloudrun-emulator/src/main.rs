@@ -1,0 +1,115 @@
+//! `runbox-cloudrun-emulator --listen ADDR [--image IMAGE=COMMAND]...`
+//!
+//! Serves the Cloud Run Admin API v2 (plaintext gRPC) on ADDR. The first line
+//! on stdout is `listening on HOST:PORT` with the bound address (useful with
+//! port 0); logs go to stderr. Stops on SIGINT or SIGTERM, killing running
+//! tasks. Exits 64 on bad arguments.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use runbox_cloudrun_emulator::{Config, Emulator, ImageMapping};
+
+/// Exit status for a command line that cannot be used (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// A local Cloud Run Admin API v2 (Jobs, Executions, Operations) that runs
+/// job tasks as local processes.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Address to serve gRPC on; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// Run containers of IMAGE as COMMAND (split on whitespace), followed by
+    /// the container's args. Repeatable.
+    #[arg(long = "image", value_name = "IMAGE=COMMAND")]
+    images: Vec<ImageMapping>,
+    /// Time between SIGTERM and SIGKILL when a task is stopped.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    kill_grace: Duration,
+    /// Write each task's stdout and stderr to DIR/EXECUTION/taskN.{stdout,stderr}
+    /// instead of the emulator's own.
+    #[arg(long, value_name = "DIR")]
+    log_dir: Option<PathBuf>,
+    /// Give tasks only PATH and HOME from the emulator's environment.
+    #[arg(long)]
+    clean_env: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { EX_USAGE } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    // stdout carries the address line; logs must not mix into it.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: starting the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::default()
+        .kill_grace(cli.kill_grace)
+        .inherit_env(!cli.clean_env);
+    if let Some(dir) = cli.log_dir {
+        config = config.log_dir(dir);
+    }
+    for mapping in cli.images {
+        config = config.mapping(mapping);
+    }
+    let emulator = Emulator::start(cli.listen, config).await?;
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", emulator.local_addr())
+            .context("writing the address to stdout")?;
+        stdout.flush().context("flushing stdout")?;
+    }
+    emulator.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the emulator");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
