@@ -66,6 +66,46 @@ pub enum LaunchError {
     /// The launcher is shutting down.
     #[error("launcher closed")]
     Closed,
+    /// The platform kept refusing the launch for quota or availability
+    /// (Cloud Run: RESOURCE_EXHAUSTED, UNAVAILABLE) until the retry budget
+    /// ran out. Trying again later may succeed.
+    #[error(
+        "launch execution {id}: refused {attempts} time(s) in {elapsed:?}, retry budget used up"
+    )]
+    Throttled {
+        /// The execution.
+        id: ExecutionId,
+        /// Calls made.
+        attempts: u32,
+        /// Time from the first call to giving up.
+        elapsed: Duration,
+        /// The last refusal.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Asking the platform about an execution failed.
+    #[error("{op} execution {id}")]
+    Platform {
+        /// What was asked: `look up`, `cancel`.
+        op: &'static str,
+        /// The execution.
+        id: ExecutionId,
+        /// Whether trying again may succeed.
+        retryable: bool,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The launcher could not be set up to reach the platform (endpoint,
+    /// TLS, credentials).
+    #[error("connect the launcher to {endpoint}")]
+    Connect {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl LaunchError {
@@ -76,7 +116,10 @@ impl LaunchError {
             LaunchError::Spawn {
                 retryable: true,
                 ..
-            }
+            } | LaunchError::Platform {
+                retryable: true,
+                ..
+            } | LaunchError::Throttled { .. }
         )
     }
 }

@@ -1,0 +1,82 @@
+//! The Launcher conformance suite against the embedded [`LocalLauncher`]:
+//! one test per property, each with its own store in a fresh directory,
+//! plus the whole suite on one launcher.
+
+use std::sync::Arc;
+
+use runbox_core::config::Backend;
+use runbox_dispatcher::{Launcher, LocalLauncher};
+use runbox_tests::embedded;
+use runbox_tests::launcher_conformance::{self as suite, Fixture};
+
+/// Most executors one test's launcher runs at once.
+const MAX_RUNNING: usize = 4;
+
+/// A LocalLauncher over an embedded store in a fresh directory, and a
+/// second one whose executors get an unusable configuration (the gcp
+/// backend without a bucket), so they exit at once with status 64.
+fn fixture() -> (tempfile::TempDir, Fixture) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let config = embedded::config(&home);
+    let store = runbox_core::store::LocalStore::open(&home).expect("open the embedded store");
+    let launcher = LocalLauncher::new(&config, MAX_RUNNING).expect("local launcher");
+    let mut broken = config.clone();
+    broken.backend = Backend::Gcp;
+    broken.bucket = None;
+    let failing = LocalLauncher::new(&broken, MAX_RUNNING).expect("failing local launcher");
+    let fixture = Fixture {
+        launcher: Arc::new(launcher) as Arc<dyn Launcher>,
+        failing: Arc::new(failing),
+        store: Arc::new(store),
+        scratch,
+    };
+    (dir, fixture)
+}
+
+/// One `#[tokio::test]` per property of the suite.
+macro_rules! properties {
+    ($($property:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $property() {
+            let (_dir, fixture) = fixture();
+            suite::$property(&fixture).await;
+        }
+    )*};
+}
+
+properties!(
+    launch_runs_to_success,
+    failing_executor_reports_failure,
+    state_follows_the_execution,
+    cancel_stops_a_running_execution,
+    unknown_execution_is_unknown,
+);
+
+/// The whole suite on one launcher and one store: properties must not
+/// disturb each other.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_all_on_one_launcher() {
+    let (_dir, fixture) = fixture();
+    suite::run_all(&fixture).await;
+}
+
+/// The failing executor's message says why it failed.
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_message_carries_the_executor_error() {
+    let (_dir, fixture) = fixture();
+    let id = suite::write_request(&fixture, "true").await;
+    let spec = runbox_dispatcher::LaunchSpec {
+        execution_id: id.clone(),
+        timeout: std::time::Duration::from_secs(10),
+        traceparent: None,
+    };
+    embedded::within(30, fixture.failing.launch(spec))
+        .await
+        .expect("launch");
+    let ended = embedded::within(30, fixture.failing.ended(&id)).await;
+    assert!(ended.message.contains("status 64"), "{}", ended.message);
+    assert!(ended.message.contains("RUNBOX_BUCKET"), "{}", ended.message);
+}
