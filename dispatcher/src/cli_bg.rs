@@ -1,0 +1,307 @@
+//! `runbox bg ...` and `runbox exec --background`: background processes from
+//! the command line.
+//!
+//! ```text
+//! runbox exec -s S --background -- CMD        prints the handle, nothing else
+//! runbox bg list -s S [--json]                 HANDLE STATE EXIT STARTED COMMAND
+//! runbox bg logs -s S HANDLE [-f]              stdout to stdout, stderr to stderr
+//! runbox bg kill -s S (HANDLE | --all | --match TEXT)
+//! runbox bg wait -s S HANDLE [--timeout SECS]  exits with the process's code
+//! ```
+//!
+//! `bg wait` exits like `runbox exec`: the process's exit code, 124 when it
+//! timed out, 130 when it was cancelled (killed), 125 when it was LOST or
+//! REJECTED, or when the wait itself timed out (the process still runs).
+//! `bg logs -f` reads new output every 0.5 s (chunk objects raise no events)
+//! and stops at once when the process's completion event arrives.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use runbox_dispatcher::{
+    BackgroundHandle, BackgroundState, Client, Error, ExecResult, ExecStatus, Session, Stream,
+};
+
+const EXIT_RUNBOX: u8 = 125;
+
+/// Background process operations.
+#[derive(Subcommand)]
+pub enum BgCommand {
+    /// List a session's background processes, running and ended.
+    List {
+        /// The session.
+        #[arg(short, long)]
+        session: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a background process's output so far (stdout to stdout,
+    /// stderr to stderr).
+    Logs {
+        /// The session.
+        #[arg(short, long)]
+        session: String,
+        /// The handle printed by `runbox exec --background`.
+        handle: String,
+        /// Keep printing new output until the process ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Stop background processes: SIGTERM, then SIGKILL after the kill grace.
+    #[command(group = clap::ArgGroup::new("which").required(true))]
+    Kill {
+        /// The session.
+        #[arg(short, long)]
+        session: String,
+        /// The handle of the process to stop.
+        #[arg(group = "which")]
+        handle: Option<String>,
+        /// Stop every running background process of the session.
+        #[arg(long, group = "which")]
+        all: bool,
+        /// Stop the running processes whose command contains this text
+        /// (plain substring, case-sensitive).
+        #[arg(long = "match", value_name = "TEXT", group = "which")]
+        pattern: Option<String>,
+    },
+    /// Wait for a background process to end; exit with its exit code.
+    Wait {
+        /// The session.
+        #[arg(short, long)]
+        session: String,
+        /// The handle.
+        handle: String,
+        /// Give up after this many seconds (fractions allowed); default
+        /// RUNBOX_MAX_TIMEOUT_SECS.
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+        timeout: Option<f64>,
+    },
+}
+
+/// Runs one `bg` subcommand.
+pub async fn run(client: &Client, command: BgCommand) -> Result<ExitCode, Error> {
+    match command {
+        BgCommand::List { session, json } => list(client, &session, json).await,
+        BgCommand::Logs {
+            session,
+            handle,
+            follow,
+        } => {
+            let handle = client.session(&session)?.background(&handle).await?;
+            logs(client, &handle, follow).await
+        }
+        BgCommand::Kill {
+            session,
+            handle,
+            all,
+            pattern,
+        } => {
+            let session = client.session(&session)?;
+            let results = match (handle, pattern) {
+                (Some(h), _) => vec![session.kill_background(&h).await?],
+                (None, Some(p)) => session.kill_background_matching(&p).await?,
+                (None, None) => {
+                    debug_assert!(all, "clap requires one of HANDLE, --all, --match");
+                    session.kill_all_background().await?
+                }
+            };
+            if results.is_empty() {
+                eprintln!(
+                    "no running background process in session {} matched",
+                    session.id()
+                );
+            }
+            for r in &results {
+                eprintln!("{}: {}", r.execution_id, describe_end(r));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        BgCommand::Wait {
+            session,
+            handle,
+            timeout,
+        } => {
+            let timeout = match timeout {
+                None => client.config().max_timeout,
+                // Zero is fine here: look once, do not wait.
+                Some(secs) => seconds(secs).ok_or(Error::InvalidTimeout {
+                    requested: Duration::ZERO,
+                    max: client.config().max_timeout,
+                })?,
+            };
+            let handle = client.session(&session)?.background(&handle).await?;
+            let result = client.wait_background(&handle, timeout).await?;
+            if !result.exec_status().is_exit() {
+                eprintln!("runbox: {}: {}", handle, describe_end(&result));
+            }
+            Ok(exit_code(&result))
+        }
+    }
+}
+
+/// `runbox exec --background`: starts the command and prints its handle
+/// (only the handle, so `h=$(runbox exec --background ...)` works).
+pub async fn spawn(
+    session: &Session,
+    command: String,
+    env: Vec<(String, String)>,
+    timeout: Option<f64>,
+) -> Result<ExitCode, Error> {
+    let mut spawn = session.spawn(command);
+    if let Some(secs) = timeout {
+        // Zero, negative or not a number: the library rejects zero with the
+        // same error `runbox exec` gives.
+        spawn = spawn.timeout(seconds(secs).unwrap_or(Duration::ZERO));
+    }
+    for (k, v) in env {
+        spawn = spawn.env(k, v);
+    }
+    let handle = spawn.await?;
+    println!("{handle}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(client: &Client, session: &str, json: bool) -> Result<ExitCode, Error> {
+    let entries = client.list_background(session).await?;
+    if json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let (state, status, exit_code) = match e.state {
+                    BackgroundState::Running => ("running", None, None),
+                    BackgroundState::Exited { status, exit_code } => {
+                        ("exited", Some(status.name()), Some(exit_code))
+                    }
+                };
+                serde_json::json!({
+                    "handle": e.handle.execution_id.as_str(),
+                    "sessionId": e.handle.session.as_str(),
+                    "command": e.handle.command,
+                    "startedAt": humantime::format_rfc3339_seconds(e.handle.started_at).to_string(),
+                    "state": state,
+                    "status": status,
+                    "exitCode": exit_code,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else if entries.is_empty() {
+        eprintln!("session {session} has no background processes");
+    } else {
+        println!(
+            "{:<26} {:<10} {:>4}  {:<20} COMMAND",
+            "HANDLE", "STATE", "EXIT", "STARTED"
+        );
+        for e in &entries {
+            let (state, exit) = match e.state {
+                BackgroundState::Running => ("running".to_owned(), "-".to_owned()),
+                BackgroundState::Exited { status, exit_code } => {
+                    (status.name().to_lowercase(), exit_code.to_string())
+                }
+            };
+            println!(
+                "{:<26} {state:<10} {exit:>4}  {:<20} {}",
+                e.handle.execution_id,
+                humantime::format_rfc3339_seconds(e.handle.started_at).to_string(),
+                one_line(&e.handle.command)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints both streams from the start; with `follow`, keeps printing as
+/// output comes until the process has ended and its last chunks are out.
+async fn logs(client: &Client, handle: &BackgroundHandle, follow: bool) -> Result<ExitCode, Error> {
+    if !follow {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            // One read returns at most MAX_LOG_READ_BYTES: read on until
+            // caught up.
+            let mut offset = 0;
+            loop {
+                let read = client.background_logs(handle, stream, offset).await?;
+                write(stream, &read.data);
+                if read.data.is_empty() {
+                    break;
+                }
+                offset = read.next_offset;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut offsets = [0u64; 2];
+    loop {
+        let reads = client
+            .follow_background_output(handle, offsets[0], offsets[1])
+            .await?;
+        for (i, (read, stream)) in reads
+            .iter()
+            .zip([Stream::Stdout, Stream::Stderr])
+            .enumerate()
+        {
+            offsets[i] = read.next_offset;
+            write(stream, &read.data);
+        }
+        if reads.iter().all(|r| r.ended) {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Writes a chunk of a stream to the same stream of the terminal.
+fn write(stream: Stream, data: &[u8]) {
+    // A closed pipe (`runbox bg logs ... | head`) is not runbox's error.
+    let _ = match stream {
+        Stream::Stdout => std::io::stdout().lock().write_all(data),
+        Stream::Stderr => std::io::stderr().lock().write_all(data),
+    };
+}
+
+/// Seconds from the command line; `None` when negative or not a number.
+fn seconds(secs: f64) -> Option<Duration> {
+    if secs.is_finite() && secs >= 0.0 {
+        Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+    } else {
+        None
+    }
+}
+
+fn describe_end(result: &ExecResult) -> String {
+    let status = result.exec_status();
+    if status.is_exit() {
+        format!("{status}, exit code {}", result.exit_code)
+    } else if result.message.is_empty() {
+        status.to_string()
+    } else {
+        format!("{status}: {}", result.message)
+    }
+}
+
+/// The exit code `runbox exec` would give for this result.
+fn exit_code(result: &ExecResult) -> ExitCode {
+    match result.exec_status() {
+        ExecStatus::Succeeded | ExecStatus::Failed => {
+            ExitCode::from(u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1))
+        }
+        ExecStatus::TimedOut => ExitCode::from(124),
+        ExecStatus::Cancelled => ExitCode::from(130),
+        _ => ExitCode::from(EXIT_RUNBOX),
+    }
+}
+
+/// A command on one line of the listing.
+fn one_line(command: &str) -> String {
+    let line: String = command
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(80)
+        .collect();
+    if command.chars().count() > 80 {
+        format!("{line}…")
+    } else {
+        line
+    }
+}

@@ -1,0 +1,276 @@
+//! Background processes through the `runbox` binary: the exact shapes of
+//! `exec --background` and `bg list|logs|kill|wait`. Every invocation is its
+//! own process, so `bg kill` and `bg wait` here act on processes that a CLI
+//! process which has already exited started.
+
+use std::process::Output;
+
+use runbox_tests::embedded::{binary, config, process_gone, within};
+use tokio::process::Command;
+
+struct Cli {
+    home: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(binary("runbox"));
+        cmd.args(args)
+            .env_remove("RUNBOX_BACKEND")
+            .env_remove("RUNBOX_EXECUTOR")
+            .env_remove("RUNBOX_LAUNCHER")
+            .env("RUNBOX_HOME", self.home.path())
+            .env("RUNBOX_KILL_GRACE_MS", "300")
+            .kill_on_drop(true);
+        within(120, cmd.output()).await.unwrap()
+    }
+
+    /// `runbox exec -s S --background -- CMD`; returns the handle. A two
+    /// minute timeout ends the process even if the test fails before
+    /// killing it.
+    async fn spawn(&self, session: &str, script: &str) -> String {
+        let out = self
+            .run(&[
+                "exec",
+                "-s",
+                session,
+                "--background",
+                "--timeout",
+                "120",
+                "--",
+                script,
+            ])
+            .await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let handle = text(&out.stdout);
+        let handle = handle
+            .strip_suffix('\n')
+            .expect("one line on stdout")
+            .to_owned();
+        assert!(
+            !handle.is_empty()
+                && handle
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "stdout is the handle only: {handle:?}"
+        );
+        handle
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawn_prints_the_handle_and_logs_wait_list_report_the_end() {
+    let cli = Cli::new();
+    // The gate keeps it running until the test has seen it listed.
+    let out = cli.run(&["exec", "-s", "s", "--", "mkfifo gate"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let h = cli
+        .spawn(
+            "s",
+            "echo hello; echo warn >&2; read x < gate; echo bye; exit 3",
+        )
+        .await;
+
+    let out = cli.run(&["bg", "list", "-s", "s"]).await;
+    let listing = text(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with(&h))
+        .unwrap_or_else(|| panic!("{h} not listed: {listing}"));
+    assert!(line.contains(" running "), "{line}");
+    assert!(line.ends_with("echo bye; exit 3"), "{line}");
+
+    // A foreground command opens the gate while the process runs.
+    let out = cli.run(&["exec", "-s", "s", "--", "echo go > gate"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = cli.run(&["bg", "logs", "-s", "s", &h, "-f"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "hello\nbye\n");
+    assert_eq!(text(&out.stderr), "warn\n");
+
+    let out = cli.run(&["bg", "wait", "-s", "s", &h]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    let out = cli.run(&["bg", "list", "-s", "s", "--json"]).await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["handle"], h.as_str());
+    assert_eq!(list[0]["state"], "exited");
+    assert_eq!(list[0]["status"], "FAILED");
+    assert_eq!(list[0]["exitCode"], 3);
+
+    // Without -f, the output so far (here: all of it).
+    let out = cli.run(&["bg", "logs", "-s", "s", &h]).await;
+    assert_eq!(text(&out.stdout), "hello\nbye\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_from_another_invocation_cancels_the_process_group() {
+    let cli = Cli::new();
+    let h = cli
+        .spawn("k", "echo $$ > bg.pid; echo started; exec sleep 600")
+        .await;
+    // Follow until the first output shows it runs; then stop following by
+    // killing it from yet another process.
+    let out = cli
+        .run(&["bg", "wait", "-s", "k", &h, "--timeout", "0.5"])
+        .await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("still running"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = cli.run(&["bg", "kill", "-s", "k", &h]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("CANCELLED"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli
+        .run(&["bg", "wait", "-s", "k", &h, "--timeout", "30"])
+        .await;
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let out = cli.run(&["exec", "-s", "k", "--", "cat bg.pid"]).await;
+    let pid: i32 = text(&out.stdout).trim().parse().unwrap();
+    assert!(process_gone(pid), "background process {pid} survived");
+    let out = cli.run(&["bg", "logs", "-s", "k", &h]).await;
+    assert_eq!(text(&out.stdout), "started\n");
+    let out = cli.run(&["bg", "list", "-s", "k"]).await;
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with(&h) && l.contains(" cancelled ")),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_all_and_by_match() {
+    let cli = Cli::new();
+    let a = cli.spawn("m", "exec sleep 600 # web").await;
+    let b = cli.spawn("m", "exec sleep 600 # worker").await;
+    let out = cli
+        .run(&["bg", "kill", "-s", "m", "--match", "# web"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains(&a) && !err.contains(&b), "{err}");
+    let out = cli.run(&["bg", "kill", "-s", "m", "--all"]).await;
+    let err = text(&out.stderr);
+    assert!(err.contains(&b) && !err.contains(&a), "{err}");
+    let out = cli.run(&["bg", "list", "-s", "m", "--json"]).await;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["CANCELLED", "CANCELLED"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_handles_and_bad_usage_are_clear_errors() {
+    let cli = Cli::new();
+    for sub in ["kill", "wait", "logs"] {
+        let out = cli.run(&["bg", sub, "-s", "s", "nope-123"]).await;
+        assert_eq!(out.status.code(), Some(125), "bg {sub}");
+        assert!(
+            text(&out.stderr).contains("session s has no background process \"nope-123\""),
+            "bg {sub}: {}",
+            text(&out.stderr)
+        );
+    }
+    // kill needs exactly one of HANDLE, --all, --match.
+    let out = cli.run(&["bg", "kill", "-s", "s"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli.run(&["bg", "kill", "-s", "s", "x", "--all"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    // Bad input to a spawn fails like exec, before anything is written.
+    let out = cli
+        .run(&[
+            "exec",
+            "-s",
+            "s",
+            "--background",
+            "--timeout",
+            "0",
+            "--",
+            "true",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert!(!cli.home.path().join("requests").exists());
+    let out = cli.run(&["bg", "list", "-s", "s"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_crash_after_the_spawner_exited_is_lost_for_wait_and_follow() {
+    let cli = Cli::new();
+    let out = cli.run(&["exec", "-s", "c", "--", "mkfifo gate"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // bash -c is the executor's direct child, so $PPID is the executor:
+    // once the gate opens, the executor dies without writing a result.
+    let h = cli
+        .spawn(
+            "c",
+            "echo waiting; read x < gate; kill -9 $PPID; exec sleep 5",
+        )
+        .await;
+    // Its first line is in a chunk (read through the library on the same
+    // home) before the gate opens: output not yet uploaded when an
+    // executor dies is lost with it.
+    let client = runbox_dispatcher::Client::from_config(config(cli.home.path()))
+        .await
+        .unwrap();
+    let handle = within(30, client.session("c").unwrap().background(&h))
+        .await
+        .unwrap();
+    let first = within(
+        30,
+        client.follow_background_logs(&handle, runbox_dispatcher::Stream::Stdout, 0),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&first.data[..], b"waiting\n");
+    // The spawning invocation has exited: nobody watches the launch any
+    // more. A waiting and a following invocation must still see the end.
+    let wait_args = ["bg", "wait", "-s", "c", &h];
+    let follow_args = ["bg", "logs", "-s", "c", &h, "-f"];
+    let (wait, follow, gate) = tokio::join!(
+        cli.run(&wait_args),
+        cli.run(&follow_args),
+        cli.run(&["exec", "-s", "c", "--", "echo go > gate"]),
+    );
+    assert!(gate.status.success(), "{}", text(&gate.stderr));
+    assert_eq!(wait.status.code(), Some(125), "{}", text(&wait.stderr));
+    assert!(
+        text(&wait.stderr).contains("LOST"),
+        "{}",
+        text(&wait.stderr)
+    );
+    assert_eq!(follow.status.code(), Some(0), "{}", text(&follow.stderr));
+    assert_eq!(text(&follow.stdout), "waiting\n");
+}
