@@ -78,6 +78,16 @@ pub enum Backend {
     Gcp,
 }
 
+/// Which launcher starts executions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LauncherKind {
+    /// A local child process of `runbox-executor` (no setup).
+    Local,
+    /// Cloud Run Jobs over gRPC: RunJob on a pre-created job template (or
+    /// the Cloud Run emulator at `RUNBOX_CLOUD_RUN_ENDPOINT`).
+    CloudRun,
+}
+
 /// runbox configuration shared by the dispatcher, the CLI and the executor.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -126,6 +136,30 @@ pub struct Config {
     /// (`true`, default) or only keeps writes atomic (`false`: faster, but
     /// the last writes may be lost on power loss). Ignored by other backends.
     pub local_sync: bool,
+    /// `RUNBOX_LAUNCHER`: `local` (default: child processes) or `cloudrun`
+    /// (Cloud Run Jobs).
+    pub launcher: LauncherKind,
+    /// `RUNBOX_CLOUD_RUN_JOB`: the job template every execution runs, as a
+    /// full name `projects/P/locations/L/jobs/J`. Required when
+    /// `RUNBOX_LAUNCHER=cloudrun`.
+    pub cloud_run_job: Option<String>,
+    /// `RUNBOX_CLOUD_RUN_ENDPOINT`: a Cloud Run Admin API emulator reached
+    /// over plaintext gRPC without credentials (`host:port` or
+    /// `http://host:port`), instead of Cloud Run over TLS with Application
+    /// Default Credentials.
+    pub cloud_run_endpoint: Option<String>,
+    /// `RUNBOX_RUNJOB_PER_MINUTE`: RunJob calls allowed per minute; launches
+    /// beyond it wait their turn. Default: 60 (Cloud Run's quota is reported
+    /// between 60 and 180 per minute and region).
+    pub runjob_per_minute: u32,
+    /// `RUNBOX_MAX_RUNNING`: executions the Cloud Run launcher keeps running
+    /// at once; more launches wait for one to end. Default: 1000 (Cloud Run's
+    /// limit per project and region).
+    pub max_running: u32,
+    /// `RUNBOX_WORKSPACE_MAX_BYTES`: largest total size of a session's
+    /// workspace the executor saves, in bytes; a larger one is not saved and
+    /// the result says why. Default: 10737418240 (10 GiB).
+    pub workspace_max_bytes: u64,
 }
 
 /// The largest command accepted, in bytes (DESIGN §8).
@@ -149,6 +183,12 @@ impl Default for Config {
             storage_emulator_host: None,
             pubsub_emulator_host: None,
             completion_grace: Duration::from_millis(2000),
+            launcher: LauncherKind::Local,
+            cloud_run_job: None,
+            cloud_run_endpoint: None,
+            runjob_per_minute: 60,
+            max_running: 1000,
+            workspace_max_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -247,6 +287,28 @@ impl Config {
                 }
             };
         }
+        cfg.launcher = match env.get("RUNBOX_LAUNCHER").as_deref() {
+            None | Some("local") => LauncherKind::Local,
+            Some("cloudrun") => LauncherKind::CloudRun,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "RUNBOX_LAUNCHER",
+                    value: other.to_owned(),
+                    reason: "expected `local` or `cloudrun`".to_owned(),
+                });
+            }
+        };
+        cfg.cloud_run_job = env.get("RUNBOX_CLOUD_RUN_JOB");
+        cfg.cloud_run_endpoint = env.get("RUNBOX_CLOUD_RUN_ENDPOINT");
+        if let Some(n) = parse_num(env, "RUNBOX_RUNJOB_PER_MINUTE", 1, 100_000)? {
+            cfg.runjob_per_minute = n as u32;
+        }
+        if let Some(n) = parse_num(env, "RUNBOX_MAX_RUNNING", 1, 1_000_000)? {
+            cfg.max_running = n as u32;
+        }
+        if let Some(n) = parse_num(env, "RUNBOX_WORKSPACE_MAX_BYTES", 1, u64::MAX)? {
+            cfg.workspace_max_bytes = n;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -307,6 +369,29 @@ impl Config {
         if let Some(bin) = &self.executor_bin {
             env.push(("RUNBOX_EXECUTOR", bin.to_string_lossy().into_owned()));
         }
+        env.push((
+            "RUNBOX_LAUNCHER",
+            match self.launcher {
+                LauncherKind::Local => "local",
+                LauncherKind::CloudRun => "cloudrun",
+            }
+            .to_owned(),
+        ));
+        if let Some(job) = &self.cloud_run_job {
+            env.push(("RUNBOX_CLOUD_RUN_JOB", job.clone()));
+        }
+        if let Some(endpoint) = &self.cloud_run_endpoint {
+            env.push(("RUNBOX_CLOUD_RUN_ENDPOINT", endpoint.clone()));
+        }
+        env.push((
+            "RUNBOX_RUNJOB_PER_MINUTE",
+            self.runjob_per_minute.to_string(),
+        ));
+        env.push(("RUNBOX_MAX_RUNNING", self.max_running.to_string()));
+        env.push((
+            "RUNBOX_WORKSPACE_MAX_BYTES",
+            self.workspace_max_bytes.to_string(),
+        ));
         env
     }
 
@@ -318,6 +403,22 @@ impl Config {
                 self.default_timeout.as_secs(),
                 self.max_timeout.as_secs()
             )));
+        }
+        if let Some(job) = &self.cloud_run_job
+            && !is_job_name(job)
+        {
+            return Err(ConfigError::Invalid {
+                var: "RUNBOX_CLOUD_RUN_JOB",
+                value: job.clone(),
+                reason: "expected a full job name `projects/PROJECT/locations/LOCATION/jobs/JOB`"
+                    .to_owned(),
+            });
+        }
+        if self.launcher == LauncherKind::CloudRun && self.cloud_run_job.is_none() {
+            return Err(ConfigError::Missing {
+                var: "RUNBOX_CLOUD_RUN_JOB",
+                because: "RUNBOX_LAUNCHER=cloudrun",
+            });
         }
         if self.backend == Backend::Gcp {
             if self.bucket.is_none() {
@@ -335,6 +436,16 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether `name` has the form `projects/P/locations/L/jobs/J` with
+/// non-empty segments free of `/`.
+fn is_job_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["projects", p, "locations", l, "jobs", j] if !p.is_empty() && !l.is_empty() && !j.is_empty()
+    )
 }
 
 #[cfg(test)]
@@ -367,6 +478,11 @@ mod tests {
             ("RUNBOX_KILL_GRACE_MS", "250"),
             ("RUNBOX_LOCAL_SYNC", "false"),
             ("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1"),
+            ("RUNBOX_LAUNCHER", "cloudrun"),
+            ("RUNBOX_CLOUD_RUN_JOB", "projects/p/locations/l/jobs/j"),
+            ("RUNBOX_CLOUD_RUN_ENDPOINT", "127.0.0.1:2"),
+            ("RUNBOX_RUNJOB_PER_MINUTE", "600"),
+            ("RUNBOX_MAX_RUNNING", "7"),
         ])
         .unwrap();
         let map: HashMap<String, String> = cfg
@@ -384,6 +500,56 @@ mod tests {
             again.storage_emulator_host.as_deref(),
             Some("http://127.0.0.1:1")
         );
+        assert_eq!(again.launcher, LauncherKind::CloudRun);
+        assert_eq!(
+            again.cloud_run_job.as_deref(),
+            Some("projects/p/locations/l/jobs/j")
+        );
+        assert_eq!(again.cloud_run_endpoint.as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(again.runjob_per_minute, 600);
+        assert_eq!(again.max_running, 7);
+    }
+
+    #[test]
+    fn launcher_settings() {
+        let cfg = Config::from_lookup(&[("HOME", "/h")]).unwrap();
+        assert_eq!(cfg.launcher, LauncherKind::Local);
+        assert_eq!(cfg.runjob_per_minute, 60);
+        assert_eq!(cfg.max_running, 1000);
+        assert_eq!(cfg.cloud_run_job, None);
+        let err = Config::from_lookup(&[("RUNBOX_LAUNCHER", "cloudrun")]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Missing {
+                var: "RUNBOX_CLOUD_RUN_JOB",
+                because: "RUNBOX_LAUNCHER=cloudrun"
+            }
+        );
+        let err = Config::from_lookup(&[("RUNBOX_LAUNCHER", "k8s")]).unwrap_err();
+        assert!(err.to_string().contains("RUNBOX_LAUNCHER"), "{err}");
+        for bad in [
+            "runbox",
+            "projects/p/locations/l/jobs/",
+            "projects/p/jobs/j",
+            "projects/p/locations/l/jobs/j/x",
+        ] {
+            let err = Config::from_lookup(&[
+                ("RUNBOX_LAUNCHER", "cloudrun"),
+                ("RUNBOX_CLOUD_RUN_JOB", bad),
+            ])
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("RUNBOX_CLOUD_RUN_JOB"),
+                "{bad}: {err}"
+            );
+        }
+        let err = Config::from_lookup(&[("RUNBOX_RUNJOB_PER_MINUTE", "0")]).unwrap_err();
+        assert!(
+            err.to_string().contains("RUNBOX_RUNJOB_PER_MINUTE"),
+            "{err}"
+        );
+        let err = Config::from_lookup(&[("RUNBOX_MAX_RUNNING", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("RUNBOX_MAX_RUNNING"), "{err}");
     }
 
     #[test]

@@ -53,6 +53,31 @@ pub fn workspace_prefix(id: &SessionId) -> String {
     format!("{SESSIONS_PREFIX}{id}/workspace/")
 }
 
+/// `sessions/{session}/manifest.json`: the list of every entry of the
+/// session's workspace (files with size, mode, checksum and generation,
+/// directories, symlinks), written after the files it describes.
+pub fn manifest(id: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{id}/manifest.json")
+}
+
+/// `sessions/{session}/background/{execution}.json`: the marker of one
+/// background process, written by the dispatcher at launch; listing the
+/// prefix lists the session's background processes.
+pub fn background_marker(session: &SessionId, id: &ExecutionId) -> String {
+    format!("{SESSIONS_PREFIX}{session}/background/{id}.json")
+}
+
+/// `sessions/{session}/background/`: every background marker of a session.
+pub fn background_prefix(session: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{session}/background/")
+}
+
+/// `logs/{execution}/stdout.000001`, `.000002`, ...: the `n`th chunk (from
+/// 1) of a background process's stream. Zero-padded so chunks list in order.
+pub fn log_chunk(id: &ExecutionId, stream: Stream, n: u64) -> String {
+    format!("{LOGS_PREFIX}{id}/{}.{n:06}", stream.as_str())
+}
+
 /// One of the two captured output streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -85,5 +110,7 @@ mod tests {
         assert_eq!(parse_result("requests/abc.json"), None);
         assert_eq!(parse_result("results/abc.txt"), None);
         assert_eq!(log(&id, Stream::Stderr), "logs/abc123-0001/stderr");
+        let s = SessionId::new("s1").unwrap();
+        assert_eq!(manifest(&s), "sessions/s1/manifest.json");
     }
 }

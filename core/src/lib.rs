@@ -7,6 +7,7 @@ pub mod config;
 pub mod ids;
 pub mod layout;
 pub mod store;
+pub mod workspace_path;
 
 pub use config::{Config, ConfigError, Lookup};
 pub use ids::{ExecutionId, IdError, InstanceId, SessionId};

@@ -143,7 +143,18 @@ impl Client {
                 Box::new(source)
             }
         };
-        let launcher = Arc::new(LocalLauncher::new(&config, LOCAL_MAX_RUNNING)?);
+        let launcher: Arc<dyn Launcher> = match config.launcher {
+            runbox_core::config::LauncherKind::Local => {
+                Arc::new(LocalLauncher::new(&config, LOCAL_MAX_RUNNING)?)
+            }
+            runbox_core::config::LauncherKind::CloudRun => Arc::new(
+                crate::cloud_run::CloudRunLauncher::connect(
+                    crate::cloud_run::CloudRunSettings::from_config(&config)
+                        .map_err(Error::Config)?,
+                )
+                .await?,
+            ),
+        };
         let session_locks = match config.backend {
             Backend::Local => Some(SessionLocks::new(config.home.join(".runbox/session-locks"))),
             Backend::Gcp => None,
@@ -490,7 +501,7 @@ impl Exec {
         self
     }
 
-    fn validate(&self) -> Result<Duration> {
+    pub(crate) fn validate(&self) -> Result<Duration> {
         let config = &self.session.client.inner.config;
         if self.command.len() > MAX_COMMAND_BYTES {
             return Err(Error::CommandTooLarge {
@@ -680,7 +691,7 @@ impl Inner {
         Ok(result)
     }
 
-    async fn read_result(&self, id: &ExecutionId) -> Result<ExecResult> {
+    pub(crate) async fn read_result(&self, id: &ExecutionId) -> Result<ExecResult> {
         match store::get_json::<ExecResult>(&*self.store, &layout::result(id), "ExecResult").await {
             Ok(v) => Ok(v.value),
             Err(JsonObjectError::Store(e)) => {
@@ -695,7 +706,7 @@ impl Inner {
 
     /// The deadline passed with no completion: ask the platform, stop the
     /// execution if it still runs, then settle the result.
-    async fn reconcile(
+    pub(crate) async fn reconcile(
         &self,
         id: &ExecutionId,
         session: &SessionId,
@@ -728,7 +739,7 @@ impl Inner {
     /// Reads the result once; if there is none, writes a LOST result with
     /// if-generation-match=0 (so a late executor's result and ours cannot
     /// both land) and returns whichever won.
-    async fn result_or_lost(
+    pub(crate) async fn result_or_lost(
         &self,
         id: &ExecutionId,
         session: &SessionId,

@@ -100,6 +100,12 @@ pub enum Error {
     /// The client was shut down.
     #[error("client is shut down")]
     Closed,
+    /// A workspace file operation failed (bad path, missing file, …).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    /// A background-process operation failed.
+    #[error(transparent)]
+    Background(#[from] crate::background::BackgroundError),
 }
 
 impl Error {

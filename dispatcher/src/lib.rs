@@ -2,14 +2,26 @@
 //! from object-finalize events, and exposes the library API
 //! ([`Client`] → [`Session`] → `exec(..).await`).
 
+pub mod admission;
+pub mod background;
 mod client;
+pub mod cloud_run;
 mod error;
+pub mod files;
 pub mod launcher;
 pub mod local_launcher;
 pub mod session_lock;
 
+pub use background::{
+    BackgroundEntry, BackgroundError, BackgroundHandle, BackgroundState, LogRead, Spawn, Stream,
+};
 pub use client::{Client, Exec, Parts, Session, SessionInfo, ShutdownHook};
+pub use cloud_run::{CloudRunEndpoint, CloudRunLauncher, CloudRunSettings};
 pub use error::{Error, Result};
+pub use files::{
+    DeleteOptions, DirEntry, Download, EntryKind, FileError, FileInfo, FileText, ReadOptions,
+    ReplaceOptions, SearchMatch, UploadOptions, WriteOptions,
+};
 pub use launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher};
 pub use local_launcher::LocalLauncher;
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};

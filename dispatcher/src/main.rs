@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 use runbox_core::Config;
 use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus, error_chain};
 
+mod cli_bg;
+mod cli_files;
 mod spinner;
 
 const EXIT_RUNBOX: u8 = 125;
@@ -38,6 +40,16 @@ enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Read and write files in a session's workspace without running a command.
+    Files {
+        #[command(subcommand)]
+        command: cli_files::FilesCommand,
+    },
+    /// Background processes of a session.
+    Bg {
+        #[command(subcommand)]
+        command: cli_bg::BgCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -54,6 +66,9 @@ struct ExecArgs {
     /// Print the ExecResult as JSON instead of the command's output.
     #[arg(long)]
     json: bool,
+    /// Start the command as a background process and print its handle.
+    #[arg(long, conflicts_with = "json")]
+    background: bool,
     /// The command, run by bash (several words are joined with spaces).
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -133,6 +148,8 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
     let code = match cli.command {
         Command::Exec(args) => exec(&client, args).await?,
         Command::Sessions { command } => sessions(&client, command).await?,
+        Command::Files { command } => cli_files::run(&client, command).await?,
+        Command::Bg { command } => cli_bg::run(&client, command).await?,
     };
     client.shutdown().await;
     Ok(code)
@@ -140,6 +157,9 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
 
 async fn exec(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     let session = client.session(&args.session)?;
+    if args.background {
+        return cli_bg::spawn(&session, args.command.join(" "), args.env, args.timeout).await;
+    }
     let mut exec = session.exec(args.command.join(" "));
     if let Some(secs) = args.timeout {
         if !secs.is_finite() || secs <= 0.0 {

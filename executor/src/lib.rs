@@ -15,9 +15,11 @@ use runbox_core::store::{self, JsonObjectError, Precondition, PutOptions, Store,
 use runbox_core::{ExecutionId, SessionId};
 use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
 
+pub mod background;
 pub mod output;
 pub mod process;
 pub mod shell;
+pub mod workspace;
 
 /// Exit code reported for a command that ran past its timeout.
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
@@ -236,6 +238,19 @@ async fn run(
             format!("create workspace {}: {e}", workspace.display()),
         );
     }
+    // The embedded store's workspace directory holds the objects themselves;
+    // anywhere else the directory is a copy (a fresh disk on Cloud Run).
+    let sync = crate::workspace::SyncOptions::new(match settings.config.backend {
+        runbox_core::config::Backend::Local => crate::workspace::SyncMode::InPlace,
+        runbox_core::config::Backend::Gcp => crate::workspace::SyncMode::Transfer,
+    })
+    .with_max_bytes(settings.config.workspace_max_bytes);
+    let restored = match crate::workspace::restore(store, &session, &workspace, &sync).await {
+        Ok(snapshot) => snapshot,
+        // Running on a partial workspace could only do harm.
+        Err(e) => return fail(result, format!("restore workspace: {}", error_chain(&e))),
+    };
+    tracing::debug!(execution = %id, "workspace restored");
     let scratch = match tempfile::Builder::new().prefix("runbox-exec-").tempdir() {
         Ok(d) => d,
         Err(e) => return fail(result, format!("create scratch directory: {e}")),
@@ -269,7 +284,7 @@ async fn run(
     let script = shell::wrapper_script(&cwd, &files.command, &files.capture);
     tracing::debug!(execution = %id, "starting bash");
     result.started_at = Some(runbox_proto::now());
-    let ending = process::run(
+    let command = process::run(
         process::Spawn {
             script: &script,
             env: &start,
@@ -279,8 +294,14 @@ async fn run(
             kill_grace: settings.config.kill_grace,
         },
         cancel,
-    )
-    .await;
+    );
+    let mut streamer = request
+        .background
+        .then(|| background::Streamer::new(id, &files.stdout, &files.stderr));
+    let ending = match &mut streamer {
+        Some(streamer) => streamer.run_while(store, command).await,
+        None => command.await,
+    };
     tracing::debug!(execution = %id, ?ending, "command ended");
     let swept = process::sweep_descendants();
     if swept > 0 {
@@ -316,6 +337,11 @@ async fn run(
             });
         }
     }
+    if let Some(streamer) = streamer {
+        // After the sweep, so nothing writes any more; before the result, so
+        // every chunk exists once the result does.
+        notes.extend(streamer.finish(store).await);
+    }
     let cap = if request.output_cap_bytes > 0 {
         request.output_cap_bytes
     } else {
@@ -347,6 +373,28 @@ async fn run(
     }
 
     tracing::debug!(execution = %id, "output collected");
+    if request.background {
+        // A background process never saves cwd/env (see background.rs): it
+        // would overwrite what foreground commands saved meanwhile.
+        result.cwd = capture.map_or_else(|| cwd.to_string_lossy().into_owned(), |c| c.cwd);
+        result.message = notes.join("; ");
+        return result;
+    }
+    // Files persist whatever the exit status, like cd and export. Only
+    // foreground commands save: a background process's snapshot is stale by
+    // the time it ends, and its save would only conflict.
+    match crate::workspace::save(store, &session, &workspace, &restored, &sync).await {
+        Ok(saved) => {
+            for skipped in &saved.skipped {
+                notes.push(format!("not saved: {} ({})", skipped.path, skipped.reason));
+            }
+        }
+        Err(e) if e.is_conflict() => notes.push(format!(
+            "session {session} workspace changed while the command ran; this command's file changes were not saved"
+        )),
+        Err(e) => notes.push(format!("save workspace: {}", error_chain(&e))),
+    }
+    tracing::debug!(execution = %id, "workspace saved");
     // cd and export persist whatever the exit status; a command that never
     // reached its EXIT trap (killed, `exec`) leaves them as they were.
     match &capture {

@@ -55,6 +55,11 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Handlers go in before anything else: a SIGTERM (Cloud Run's cancel,
+        // `runbox bg kill`) that arrives while the request is still loading
+        // must cancel the command, not kill the executor before it can
+        // write a CANCELLED result.
+        let cancel = shutdown_signal();
         let store = match runbox_core::backend::open_store(&config).await {
             Ok(s) => s,
             Err(e) => {
@@ -67,7 +72,7 @@ fn main() -> ExitCode {
             config,
             workspace_base,
         };
-        match execute(store, &settings, shutdown_signal()).await {
+        match execute(store, &settings, cancel).await {
             Ok(Outcome::Written(r)) => {
                 tracing::debug!(
                     execution = %id,
@@ -94,21 +99,25 @@ fn config_error(message: &str) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Resolves on SIGTERM (Cloud Run's cancel) or SIGINT.
-async fn shutdown_signal() {
+/// Installs SIGTERM (Cloud Run's cancel) and SIGINT handlers now and
+/// returns a future that resolves when either arrives.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            // Without signal handlers the default action (exit) applies, and
+            // reconciliation reports the execution LOST.
+            _ => std::future::pending().await,
         }
-        // Without signal handlers the default action (exit) applies, and
-        // reconciliation reports the execution LOST.
-        _ => std::future::pending().await,
     }
 }
