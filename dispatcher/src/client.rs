@@ -671,8 +671,24 @@ impl Inner {
                     Ok(Ok(_event)) => self.read_result(&id).await,
                     Ok(Err(source)) => Err(Error::Wait { id: id.clone(), source }),
                     Err(_) => {
-                        let message =
+                        let mut message =
                             format!("execution ended without a result: {}", ended.message);
+                        // An executor that died did not kill its command; on
+                        // this machine, do it (a Cloud Run container ends
+                        // with its executor).
+                        if self.config.launcher == runbox_core::config::LauncherKind::Local {
+                            let target = id.clone();
+                            let swept = tokio::task::spawn_blocking(move || {
+                                crate::local_executor::kill_leftovers(&target)
+                            })
+                            .await
+                            .unwrap_or(0);
+                            if swept > 0 {
+                                message.push_str(&format!(
+                                    "; {swept} process(es) it left running were killed"
+                                ));
+                            }
+                        }
                         self.result_or_lost(&id, session, message).await
                     }
                 }

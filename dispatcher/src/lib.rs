@@ -9,6 +9,7 @@ pub mod cloud_run;
 mod error;
 pub mod files;
 pub mod launcher;
+mod local_executor;
 pub mod local_launcher;
 pub mod session_lock;
 

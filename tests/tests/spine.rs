@@ -220,14 +220,29 @@ async fn two_hundred_commands_across_twenty_sessions_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn executor_killed_mid_command_is_lost_not_a_hang() {
-    let (client, _dir) = client().await;
+    let (client, dir) = client().await;
     let s = client.session("crash").unwrap();
     // bash -c is the executor's direct child, so $PPID is the executor.
-    let r = within(30, s.exec("echo about to crash; kill -9 $PPID; sleep 2"))
+    let r = within(30, s.exec("echo $$ > shell.pid; kill -9 $PPID; sleep 300"))
         .await
         .unwrap();
     assert_eq!(r.exec_status(), ExecStatus::Lost, "{r:?}");
     assert!(r.message.contains("SIGKILL"), "{}", r.message);
+    // The command the dead executor left behind is killed, not orphaned.
+    assert!(
+        r.message.contains("left running were killed"),
+        "{}",
+        r.message
+    );
+    let pid: i32 = std::fs::read_to_string(dir.path().join("sessions/crash/workspace/shell.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        process_gone(pid),
+        "the crashed command's shell {pid} survived"
+    );
     // The session is still usable afterwards.
     let r = within(30, s.exec("echo alive")).await.unwrap();
     assert_eq!(r.stdout, "alive\n");
