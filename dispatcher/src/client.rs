@@ -316,9 +316,16 @@ impl Client {
                 ));
             }
         };
+        let background_running = self
+            .list_background(id.as_str())
+            .await?
+            .iter()
+            .filter(|e| e.state == crate::background::BackgroundState::Running)
+            .count();
         Ok(SessionInfo {
             id: id.clone(),
             state,
+            background_running,
         })
     }
 
@@ -364,17 +371,55 @@ impl Client {
             Ok(_) => Ok(Some(SessionInfo {
                 id: id.clone(),
                 state: Some(state),
+                background_running: 0,
             })),
             Err(e) if e.is_conflict() => Ok(None),
             Err(e) => Err(Error::store(format!("create session {id}"), e)),
         }
     }
 
-    /// Deletes every object of a session; returns how many were deleted.
-    /// Fails with [`Error::NoSuchSession`] when it had none.
+    /// Closes a session: kills its running background processes (each ends
+    /// CANCELLED) and returns their results. Its state and files stay.
+    pub async fn close_session(&self, id: &str) -> Result<Vec<ExecResult>> {
+        let id = SessionId::new(id).map_err(Error::InvalidSession)?;
+        Session {
+            client: self.clone(),
+            id,
+        }
+        .kill_all_background()
+        .await
+    }
+
+    /// Destroys a session: kills its background processes, then deletes
+    /// every object under `sessions/{id}/` and the request, result and log
+    /// objects of its background executions; returns how many objects were
+    /// deleted. Foreground executions' objects are keyed by execution, not
+    /// session, and are left to the bucket's lifecycle rules. Fails with
+    /// [`Error::NoSuchSession`] when the session had nothing.
     pub async fn delete_session(&self, id: &str) -> Result<usize> {
         let id = SessionId::new(id).map_err(Error::InvalidSession)?;
-        let n = store::delete_prefix(&*self.inner.store, &layout::session_prefix(&id))
+        // Destroy means nothing of the session keeps running or stays
+        // behind: its background processes are killed first, and their
+        // execution objects (request, result, logs) go with the session.
+        let session = Session {
+            client: self.clone(),
+            id: id.clone(),
+        };
+        session.kill_all_background().await?;
+        let mut n = 0;
+        for entry in session.list_background().await? {
+            let exec = &entry.handle.execution_id;
+            for prefix in [
+                layout::request(exec),
+                layout::result(exec),
+                layout::logs_prefix(exec),
+            ] {
+                n += store::delete_prefix(&*self.inner.store, &prefix)
+                    .await
+                    .map_err(|e| Error::store(format!("delete session {id}"), e))?;
+            }
+        }
+        let n = n + store::delete_prefix(&*self.inner.store, &layout::session_prefix(&id))
             .await
             .map_err(|e| Error::store(format!("delete session {id}"), e))?;
         if self.inner.config.backend == Backend::Local {
@@ -434,6 +479,8 @@ pub struct SessionInfo {
     pub id: SessionId,
     /// Its state; `None` when no command has completed in it yet.
     pub state: Option<SessionState>,
+    /// Background processes still running.
+    pub background_running: usize,
 }
 
 /// A stateful shell session. Commands on one session run one at a time, in

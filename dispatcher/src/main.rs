@@ -90,7 +90,12 @@ enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Delete a session and all its objects.
+    /// Kill a session's background processes; its state and files stay.
+    Close {
+        /// The session id.
+        id: String,
+    },
+    /// Destroy a session: kill its background processes, delete all its objects.
     Rm {
         /// The session id.
         id: String,
@@ -255,6 +260,7 @@ async fn sessions(client: &Client, command: SessionsCommand) -> Result<ExitCode,
                         serde_json::json!({
                             "sessionId": s.id.as_str(),
                             "state": s.state,
+                            "backgroundRunning": s.background_running,
                         })
                     })
                     .collect();
@@ -263,8 +269,8 @@ async fn sessions(client: &Client, command: SessionsCommand) -> Result<ExitCode,
                 eprintln!("no sessions in {}", client.store().describe());
             } else {
                 println!(
-                    "{:<24} {:>8} {:>6}  {:<24} CWD",
-                    "SESSION", "COMMANDS", "ENV", "LAST USED"
+                    "{:<24} {:>8} {:>6} {:>4}  {:<24} CWD",
+                    "SESSION", "COMMANDS", "ENV", "BG", "LAST USED"
                 );
                 for s in &sessions {
                     let (count, env, used, cwd) = match &s.state {
@@ -276,7 +282,10 @@ async fn sessions(client: &Client, command: SessionsCommand) -> Result<ExitCode,
                         ),
                         None => ("0".into(), "0".into(), "-".into(), "-".into()),
                     };
-                    println!("{:<24} {count:>8} {env:>6}  {used:<24} {cwd}", s.id);
+                    println!(
+                        "{:<24} {count:>8} {env:>6} {:>4}  {used:<24} {cwd}",
+                        s.id, s.background_running
+                    );
                 }
             }
         }
@@ -298,6 +307,7 @@ async fn sessions(client: &Client, command: SessionsCommand) -> Result<ExitCode,
                     println!("last:      {}", st.last_execution_id);
                     println!("created:   {}", format_time(st.created_at));
                     println!("last used: {}", format_time(st.updated_at));
+                    println!("background: {} running", info.background_running);
                     println!("env:       {} exported", st.env.len());
                     for (k, v) in &st.env {
                         println!("  {k}={v}");
@@ -307,6 +317,13 @@ async fn sessions(client: &Client, command: SessionsCommand) -> Result<ExitCode,
                     }
                 }
             }
+        }
+        SessionsCommand::Close { id } => {
+            let killed = client.close_session(&id).await?;
+            eprintln!(
+                "closed session {id} ({} background process(es) killed)",
+                killed.len()
+            );
         }
         SessionsCommand::Rm { id } => {
             let n = client.delete_session(&id).await?;

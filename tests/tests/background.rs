@@ -591,3 +591,38 @@ async fn a_marker_without_executor_or_result_settles_lost_or_cancelled() {
         assert!(r.message.contains("no executor process runs it"), "{r:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_kills_background_processes_and_leaves_no_object() {
+    let (client, dir) = client().await;
+    let s = client.session("doomed").unwrap();
+    within(30, s.exec("echo data > file.txt")).await.unwrap();
+    let handle = within(
+        30,
+        s.spawn("echo $$ > bg.pid; echo started; sleep 300")
+            .timeout(LEFTOVER_LIMIT),
+    )
+    .await
+    .unwrap();
+    follow_until(&client, &handle, Stream::Stdout, "started").await;
+    let info = client.session_info("doomed").await.unwrap();
+    assert_eq!(info.background_running, 1);
+    let pid: i32 = std::fs::read_to_string(dir.path().join("sessions/doomed/workspace/bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let deleted = within(60, client.delete_session("doomed")).await.unwrap();
+    assert!(deleted >= 3, "{deleted}");
+    let id = handle.execution_id.to_string();
+    let left: Vec<String> = store::list_all(&**client.store(), "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .filter(|n| n.starts_with("sessions/doomed/") || n.contains(&id))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(process_gone(pid), "background shell {pid} survived destroy");
+}
