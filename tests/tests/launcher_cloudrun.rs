@@ -689,3 +689,44 @@ async fn client_runs_commands_through_cloud_run() {
         .await
         .expect("emulator shutdown");
 }
+
+/// An executor killed mid-command through the Cloud Run path: the execution
+/// fails, WaitOperation reports it, and the caller gets LOST carrying Cloud
+/// Run's condition message, not a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_executor_is_lost_with_the_cloud_run_condition() {
+    let emulated = emulated(|_| {}).await;
+    let home = emulated.dir.path().join("home");
+    let config = runbox_core::Config {
+        launcher: LauncherKind::CloudRun,
+        cloud_run_job: Some(format!("{PARENT}/jobs/runbox")),
+        cloud_run_endpoint: Some(emulated.endpoint.clone()),
+        ..embedded::config(&home)
+    };
+    let client = within(10, runbox_dispatcher::Client::from_config(config))
+        .await
+        .expect("client");
+    let session = client.session("crash").expect("session");
+    // bash -c is the executor's child, so $PPID is the task's process.
+    let r = within(60, session.exec("kill -9 $PPID; sleep 1"))
+        .await
+        .expect("a LOST result, not an error");
+    assert_eq!(
+        r.exec_status(),
+        runbox_dispatcher::ExecStatus::Lost,
+        "{r:?}"
+    );
+    assert!(
+        r.message.contains("Task") && r.message.contains("failed"),
+        "the message carries Cloud Run's condition: {}",
+        r.message
+    );
+    let after = within(30, session.exec("echo alive"))
+        .await
+        .expect("next command");
+    assert_eq!(after.stdout, "alive\n");
+    within(10, client.shutdown()).await;
+    within(10, emulated.emulator.shutdown())
+        .await
+        .expect("emulator shutdown");
+}
