@@ -77,6 +77,44 @@ impl Emulator {
         format!("http://{}", self.local_addr)
     }
 
+    /// Creates a one-task, no-retry job running `image`, as a person would
+    /// with CreateJob (`infra/local/up` uses this through `--job`). `name`
+    /// is the full `projects/P/locations/L/jobs/J`.
+    pub async fn create_job(&self, name: &str, image: &str) -> Result<(), tonic::Status> {
+        use crate::grpc::jobs_server::Jobs as _;
+        use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
+            Container, CreateJobRequest, ExecutionTemplate, Job, TaskTemplate,
+            task_template::Retries,
+        };
+        let (parent, job_id) = name
+            .rsplit_once("/jobs/")
+            .ok_or_else(|| tonic::Status::invalid_argument(format!("bad job name {name:?}")))?;
+        let job = Job {
+            template: Some(ExecutionTemplate {
+                task_count: 1,
+                template: Some(TaskTemplate {
+                    containers: vec![Container {
+                        image: image.to_owned(),
+                        ..Default::default()
+                    }],
+                    retries: Some(Retries::MaxRetries(0)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        JobsApi::new(Arc::clone(&self.store))
+            .create_job(tonic::Request::new(CreateJobRequest {
+                parent: parent.to_owned(),
+                job: Some(job),
+                job_id: job_id.to_owned(),
+                validate_only: false,
+            }))
+            .await
+            .map(|_| ())
+    }
+
     /// Serves until `signal` resolves (or the server fails), then shuts down.
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<()> {
         let Some(server) = self.server.as_mut() else {

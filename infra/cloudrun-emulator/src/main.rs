@@ -1,4 +1,4 @@
-//! `runbox-cloudrun-emulator --listen ADDR [--image IMAGE=COMMAND]...`
+//! `runbox-cloudrun-emulator --listen ADDR [--image IMAGE=COMMAND]... [--job NAME=IMAGE]...`
 //!
 //! Serves the Cloud Run Admin API v2 (plaintext gRPC) on ADDR. The first line
 //! on stdout is `listening on HOST:PORT` with the bound address (useful with
@@ -39,6 +39,10 @@ struct Cli {
     /// Give tasks only PATH and HOME from the emulator's environment.
     #[arg(long)]
     clean_env: bool,
+    /// Create a one-task, no-retry job running IMAGE at start, e.g.
+    /// `projects/p/locations/local/jobs/runbox=runbox-executor`. Repeatable.
+    #[arg(long = "job", value_name = "NAME=IMAGE")]
+    jobs: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -85,6 +89,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config = config.mapping(mapping);
     }
     let emulator = Emulator::start(cli.listen, config).await?;
+    for job in &cli.jobs {
+        let (name, image) = job
+            .split_once('=')
+            .with_context(|| format!("--job {job:?}: expected NAME=IMAGE"))?;
+        emulator
+            .create_job(name, image)
+            .await
+            .with_context(|| format!("creating job {name}"))?;
+    }
     {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
