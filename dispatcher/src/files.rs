@@ -838,7 +838,10 @@ impl Workspace {
             .delete(&self.object(&path), Precondition::None)
             .await
         {
-            Ok(()) => return Ok(1),
+            Ok(()) => {
+                self.forget_in_manifest(&path.to_string()).await?;
+                return Ok(1);
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(FileError::store(format!("delete {path}"), e)),
         }
@@ -896,7 +899,66 @@ impl Workspace {
             })
             .await?;
         }
+        self.forget_in_manifest(&path.to_string()).await?;
         Ok(deleted)
+    }
+
+    /// Removes `path` and everything below it from the workspace manifest
+    /// (`sessions/{session}/manifest.json`, written by the executor), so the
+    /// next command's restore does not bring back the directories of what
+    /// was deleted. Only where the manifest is the record (no directory on
+    /// this machine: the gcp backend); conditioned on the generation read
+    /// and retried on a conflict.
+    async fn forget_in_manifest(&self, path: &str) -> Result<(), FileError> {
+        if self.host.is_some() {
+            return Ok(());
+        }
+        let Some(session_prefix) = self.prefix.strip_suffix("workspace/") else {
+            return Ok(());
+        };
+        let name = format!("{session_prefix}manifest.json");
+        let below = format!("{path}/");
+        for _ in 0..8 {
+            let obj = match self.store.get(&name).await {
+                Ok(obj) => obj,
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(FileError::store(format!("read manifest {name}"), e)),
+            };
+            let Ok(mut manifest) = serde_json::from_slice::<serde_json::Value>(&obj.data) else {
+                // Not ours to repair: the executor reports an unreadable manifest.
+                return Ok(());
+            };
+            let Some(entries) = manifest.get_mut("entries").and_then(|e| e.as_array_mut()) else {
+                return Ok(());
+            };
+            let before = entries.len();
+            entries.retain(|e| {
+                e.get("path")
+                    .and_then(|p| p.as_str())
+                    .is_none_or(|p| p != path && !p.starts_with(&below))
+            });
+            if entries.len() == before {
+                return Ok(());
+            }
+            let data = Bytes::from(serde_json::to_vec(&manifest).expect("JSON re-encodes"));
+            match self
+                .store
+                .put(
+                    &name,
+                    data,
+                    PutOptions::when(Precondition::GenerationMatch(obj.meta.generation)),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(FileError::store(format!("update manifest {name}"), e)),
+            }
+        }
+        Err(FileError::io(
+            format!("update manifest {name}"),
+            io::Error::other("it kept changing under us"),
+        ))
     }
 
     async fn list(&self, input: &str) -> Result<Vec<DirEntry>, FileError> {

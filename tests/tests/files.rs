@@ -635,7 +635,26 @@ async fn run(s: &Session, script: &str) -> runbox_dispatcher::ExecResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_writes_a_program_runs_it_and_reads_its_output() {
     let (client, _dir) = embedded::client().await;
-    let s = client.session("agent").unwrap();
+    agent_scenario(&client.session("agent").unwrap()).await;
+    client.shutdown().await;
+}
+
+/// The same agent on the gcp backend: the executor restores the files the
+/// API wrote into its workspace and saves what the command wrote, so each
+/// side sees the other's files through the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_the_gcp_backend_sees_files_both_ways() {
+    let emu = within(120, Emulators::start()).await.expect("emulators");
+    let home = tempfile::tempdir().unwrap();
+    let client = gcp_client(&emu, home.path()).await;
+    let session = format!("agent-{}", runbox_core::InstanceId::random());
+    agent_scenario(&client.session(&session).unwrap()).await;
+    client.shutdown().await;
+}
+
+/// Write a program through the API, run it, read its output through the
+/// API; edit, run again; delete through the API and see it gone.
+async fn agent_scenario(s: &Session) {
     let app = "import json\n\
                with open('input.txt') as f:\n    words = f.read().split()\n\
                with open('out/result.json', 'w') as f:\n    json.dump({'count': len(words)}, f)\n\
@@ -692,7 +711,6 @@ async fn an_agent_writes_a_program_runs_it_and_reads_its_output() {
             .stdout,
         "gone\n"
     );
-    client.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
