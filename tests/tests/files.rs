@@ -666,9 +666,9 @@ async fn agent_scenario(s: &Session) {
         .await
         .unwrap();
     // A command sees the files the API wrote, and the API the ones it wrote.
-    let r = run(&s, "mkdir -p out && python3 app.py").await;
+    let r = run(s, "mkdir -p out && python3 app.py").await;
     assert_eq!(r.stdout, "done\n");
-    assert_eq!(read_all(&s, "out/result.json").await, "{\"count\": 3}");
+    assert_eq!(read_all(s, "out/result.json").await, "{\"count\": 3}");
     let m = op(s.search_file("out/result.json", "\"count\": \\d+"))
         .await
         .unwrap();
@@ -684,12 +684,12 @@ async fn agent_scenario(s: &Session) {
             .unwrap(),
         1
     );
-    let r = run(&s, "python3 app.py").await;
+    let r = run(s, "python3 app.py").await;
     assert_eq!(r.stdout, "again\n");
-    assert_eq!(read_all(&s, "out/result.json").await, "{\"count\": 5}");
+    assert_eq!(read_all(s, "out/result.json").await, "{\"count\": 5}");
 
     // Absolute paths as `pwd` shows them in the session.
-    let r = run(&s, "pwd").await;
+    let r = run(s, "pwd").await;
     let pwd = r.stdout.trim_end();
     assert_eq!(pwd, s.workspace_root());
     op(s.write_file(
@@ -699,14 +699,14 @@ async fn agent_scenario(s: &Session) {
     ))
     .await
     .unwrap();
-    assert_eq!(run(&s, "cat abs.txt").await.stdout, "absolute\n");
+    assert_eq!(run(s, "cat abs.txt").await.stdout, "absolute\n");
 
     // Deleting through the API is seen by the next command.
     op(s.delete_file("out", DeleteOptions::recursive()))
         .await
         .unwrap();
     assert_eq!(
-        run(&s, "test -e out && echo present || echo gone")
+        run(s, "test -e out && echo present || echo gone")
             .await
             .stdout,
         "gone\n"
