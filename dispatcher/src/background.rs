@@ -906,32 +906,17 @@ async fn settle(
         let message = format!("execution ended without a result: {account}");
         return inner.result_or_lost(id, session, message).await;
     }
-    let mut cancelled = ExecResult {
-        execution_id: id.to_string(),
-        session_id: session.to_string(),
-        exit_code: 128 + libc::SIGTERM,
-        message: format!(
-            "killed before its executor could handle the signal, so it wrote no result ({account})"
-        ),
-        completed_at: Some(runbox_proto::now()),
-        ..Default::default()
-    };
-    cancelled.set_exec_status(ExecStatus::Cancelled);
-    match store::put_json(
-        &*inner.store,
-        &layout::result(id),
-        &cancelled,
-        PutOptions::create(),
-    )
-    .await
-    {
-        Ok(_) => Ok(cancelled),
-        Err(e) if e.is_conflict() => inner.read_result(id).await,
-        Err(e) => Err(Error::store(
-            format!("write CANCELLED result of execution {id}"),
-            e,
-        )),
-    }
+    inner
+        .write_final_result(
+            id,
+            session,
+            ExecStatus::Cancelled,
+            128 + libc::SIGTERM,
+            format!(
+                "killed before its executor could handle the signal, so it wrote no result ({account})"
+            ),
+        )
+        .await
 }
 
 /// A marker as stored.

@@ -812,27 +812,43 @@ impl Inner {
             Err(Error::Store { source, .. }) if source.is_not_found() => {}
             other => return other,
         }
-        let mut lost = ExecResult {
+        self.write_final_result(id, session, ExecStatus::Lost, -1, message)
+            .await
+    }
+
+    /// Writes a result on behalf of an executor that wrote none (LOST, or
+    /// CANCELLED for a kill it could not handle), with if-generation-match=0
+    /// so it can never replace one the executor did write; returns
+    /// whichever result stands.
+    pub(crate) async fn write_final_result(
+        &self,
+        id: &ExecutionId,
+        session: &SessionId,
+        status: ExecStatus,
+        exit_code: i32,
+        message: String,
+    ) -> Result<ExecResult> {
+        let mut result = ExecResult {
             execution_id: id.to_string(),
             session_id: session.to_string(),
-            exit_code: -1,
+            exit_code,
             message,
             completed_at: Some(runbox_proto::timestamp(SystemTime::now())),
             ..Default::default()
         };
-        lost.set_exec_status(ExecStatus::Lost);
+        result.set_exec_status(status);
         match store::put_json(
             &*self.store,
             &layout::result(id),
-            &lost,
+            &result,
             PutOptions::create(),
         )
         .await
         {
-            Ok(_) => Ok(lost),
+            Ok(_) => Ok(result),
             Err(e) if e.is_conflict() => self.read_result(id).await,
             Err(e) => Err(Error::store(
-                format!("write LOST result of execution {id}"),
+                format!("write {status} result of execution {id}"),
                 e,
             )),
         }
