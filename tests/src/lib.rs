@@ -1,4 +1,5 @@
 //! Shared helpers for runbox integration tests.
+pub mod cli;
 pub mod embedded;
 pub mod harness;
 pub mod launcher_conformance;

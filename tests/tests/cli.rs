@@ -1,44 +1,7 @@
 //! The spine through the `runbox` binary, as a person or a script uses it.
 
-use std::process::Output;
-
-use runbox_tests::embedded::{binary, process_gone, within};
-use tokio::process::Command;
-
-struct Cli {
-    home: tempfile::TempDir,
-}
-
-impl Cli {
-    fn new() -> Self {
-        Self {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(binary("runbox"));
-        cmd.args(args)
-            .env_remove("RUNBOX_BACKEND")
-            .env_remove("RUNBOX_EXECUTOR")
-            .env("RUNBOX_HOME", self.home.path())
-            .env("RUNBOX_KILL_GRACE_MS", "300")
-            .kill_on_drop(true);
-        cmd
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        within(120, self.command(args).output()).await.unwrap()
-    }
-
-    async fn exec(&self, session: &str, script: &str) -> Output {
-        self.run(&["exec", "-s", session, "--", script]).await
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use runbox_tests::cli::{Cli, text};
+use runbox_tests::embedded::{process_gone, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cd_and_export_persist_between_invocations() {

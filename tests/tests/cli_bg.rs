@@ -3,34 +3,15 @@
 //! own process, so `bg kill` and `bg wait` here act on processes that a CLI
 //! process which has already exited started.
 
-use std::process::Output;
+use runbox_tests::cli::{Cli, text};
+use runbox_tests::embedded::{config, process_gone, within};
 
-use runbox_tests::embedded::{binary, config, process_gone, within};
-use tokio::process::Command;
-
-struct Cli {
-    home: tempfile::TempDir,
+/// `runbox exec --background` for the shared harness.
+trait Spawn {
+    async fn spawn(&self, session: &str, script: &str) -> String;
 }
 
-impl Cli {
-    fn new() -> Self {
-        Self {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(binary("runbox"));
-        cmd.args(args)
-            .env_remove("RUNBOX_BACKEND")
-            .env_remove("RUNBOX_EXECUTOR")
-            .env_remove("RUNBOX_LAUNCHER")
-            .env("RUNBOX_HOME", self.home.path())
-            .env("RUNBOX_KILL_GRACE_MS", "300")
-            .kill_on_drop(true);
-        within(120, cmd.output()).await.unwrap()
-    }
-
+impl Spawn for Cli {
     /// `runbox exec -s S --background -- CMD`; returns the handle. A two
     /// minute timeout ends the process even if the test fails before
     /// killing it.
@@ -62,10 +43,6 @@ impl Cli {
         );
         handle
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

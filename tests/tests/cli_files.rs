@@ -2,53 +2,14 @@
 //! subcommand's shape, its output and exit status, and errors as exit 125
 //! with a message on stderr.
 
-use std::process::{Output, Stdio};
+use runbox_tests::cli::{Cli, text};
 
-use runbox_tests::embedded::{binary, within};
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
-
-struct Cli {
-    home: tempfile::TempDir,
+/// Runs a subcommand that must succeed; returns its stdout.
+trait Ok {
+    async fn ok(&self, args: &[&str]) -> String;
 }
 
-impl Cli {
-    fn new() -> Self {
-        Self {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(binary("runbox"));
-        cmd.args(args)
-            .env_remove("RUNBOX_BACKEND")
-            .env_remove("RUNBOX_EXECUTOR")
-            .env("RUNBOX_HOME", self.home.path())
-            .kill_on_drop(true);
-        cmd
-    }
-
-    async fn run(&self, args: &[&str]) -> Output {
-        within(60, self.command(args).output()).await.unwrap()
-    }
-
-    /// Runs with `input` on standard input.
-    async fn run_with(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        within(30, stdin.write_all(input)).await.unwrap();
-        drop(stdin);
-        within(60, child.wait_with_output()).await.unwrap()
-    }
-
-    /// Runs a subcommand that must succeed; returns its stdout.
+impl Ok for Cli {
     async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
         assert!(
@@ -59,10 +20,6 @@ impl Cli {
         );
         text(&out.stdout)
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -661,17 +661,7 @@ async fn runjob_rate_is_kept_against_the_emulator() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_runs_commands_through_cloud_run() {
     let emulated = emulated(|_| {}).await;
-    let home = emulated.dir.path().join("home");
-    let config = runbox_core::Config {
-        launcher: LauncherKind::CloudRun,
-        cloud_run_job: Some(format!("{PARENT}/jobs/runbox")),
-        cloud_run_endpoint: Some(emulated.endpoint.clone()),
-        ..embedded::config(&home)
-    };
-    config.validate().expect("valid configuration");
-    let client = within(10, runbox_dispatcher::Client::from_config(config))
-        .await
-        .expect("client");
+    let client = cloud_run_client(&emulated).await;
     let session = client.session("via-cloud-run").expect("session");
     let first = within(30, session.exec("cd /tmp && export GREETING=hi"))
         .await
@@ -696,16 +686,7 @@ async fn client_runs_commands_through_cloud_run() {
 #[tokio::test(flavor = "multi_thread")]
 async fn killed_executor_is_lost_with_the_cloud_run_condition() {
     let emulated = emulated(|_| {}).await;
-    let home = emulated.dir.path().join("home");
-    let config = runbox_core::Config {
-        launcher: LauncherKind::CloudRun,
-        cloud_run_job: Some(format!("{PARENT}/jobs/runbox")),
-        cloud_run_endpoint: Some(emulated.endpoint.clone()),
-        ..embedded::config(&home)
-    };
-    let client = within(10, runbox_dispatcher::Client::from_config(config))
-        .await
-        .expect("client");
+    let client = cloud_run_client(&emulated).await;
     let session = client.session("crash").expect("session");
     // bash -c is the executor's child, so $PPID is the task's process.
     let r = within(60, session.exec("kill -9 $PPID; sleep 1"))
@@ -729,4 +710,21 @@ async fn killed_executor_is_lost_with_the_cloud_run_condition() {
     within(10, emulated.emulator.shutdown())
         .await
         .expect("emulator shutdown");
+}
+
+/// A client chosen from configuration with `RUNBOX_LAUNCHER=cloudrun` on the
+/// emulator's `runbox` job (whose executors use the embedded store in the
+/// emulator's directory).
+async fn cloud_run_client(emulated: &Emulated) -> runbox_dispatcher::Client {
+    let home = emulated.dir.path().join("home");
+    let config = runbox_core::Config {
+        launcher: LauncherKind::CloudRun,
+        cloud_run_job: Some(format!("{PARENT}/jobs/runbox")),
+        cloud_run_endpoint: Some(emulated.endpoint.clone()),
+        ..embedded::config(&home)
+    };
+    config.validate().expect("valid configuration");
+    within(10, runbox_dispatcher::Client::from_config(config))
+        .await
+        .expect("client")
 }

@@ -1,0 +1,80 @@
+//! Running the `runbox` binary in tests, each harness with its own
+//! `RUNBOX_HOME`, isolated from the caller's runbox settings.
+
+use std::process::{Output, Stdio};
+
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use crate::embedded::{binary, within};
+
+/// A `runbox` command line on the embedded backend in a fresh directory.
+pub struct Cli {
+    /// The `RUNBOX_HOME` every command of this harness uses.
+    pub home: tempfile::TempDir,
+}
+
+impl Default for Cli {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cli {
+    /// A harness with a new temporary home.
+    pub fn new() -> Self {
+        Self {
+            home: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The command, not yet started: the embedded backend, this home, a
+    /// short kill grace; no runbox variable of the caller's leaks in.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("runbox"));
+        cmd.args(args)
+            .env_remove("RUNBOX_BACKEND")
+            .env_remove("RUNBOX_EXECUTOR")
+            .env_remove("RUNBOX_LAUNCHER")
+            .env("RUNBOX_HOME", self.home.path())
+            .env("RUNBOX_KILL_GRACE_MS", "300")
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs to completion (at most two minutes) and returns its output.
+    pub async fn run(&self, args: &[&str]) -> Output {
+        within(120, self.command(args).output())
+            .await
+            .expect("run runbox")
+    }
+
+    /// Runs with `input` on standard input.
+    pub async fn run_with(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn runbox");
+        let mut stdin = child.stdin.take().expect("stdin");
+        within(30, stdin.write_all(input))
+            .await
+            .expect("write stdin");
+        drop(stdin);
+        within(120, child.wait_with_output())
+            .await
+            .expect("wait for runbox")
+    }
+
+    /// `runbox exec -s SESSION -- SCRIPT`.
+    pub async fn exec(&self, session: &str, script: &str) -> Output {
+        self.run(&["exec", "-s", session, "--", script]).await
+    }
+}
+
+/// Output bytes as text, for assertions and messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
