@@ -41,8 +41,8 @@ struct Cli {
     clean_env: bool,
     /// Create a one-task, no-retry job running IMAGE at start, e.g.
     /// `projects/p/locations/local/jobs/runbox=runbox-executor`. Repeatable.
-    #[arg(long = "job", value_name = "NAME=IMAGE")]
-    jobs: Vec<String>,
+    #[arg(long = "job", value_name = "NAME=IMAGE", value_parser = parse_job)]
+    jobs: Vec<(String, String)>,
 }
 
 fn main() -> ExitCode {
@@ -89,10 +89,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         config = config.mapping(mapping);
     }
     let emulator = Emulator::start(cli.listen, config).await?;
-    for job in &cli.jobs {
-        let (name, image) = job
-            .split_once('=')
-            .with_context(|| format!("--job {job:?}: expected NAME=IMAGE"))?;
+    for (name, image) in &cli.jobs {
         emulator
             .create_job(name, image)
             .await
@@ -107,6 +104,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     emulator.run_until(shutdown_signal()).await?;
     Ok(())
+}
+
+/// `--job NAME=IMAGE`, checked with the other arguments so a bad value
+/// exits 64 before anything starts.
+fn parse_job(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((name, image))
+            if name.starts_with("projects/") && name.contains("/jobs/") && !image.is_empty() =>
+        {
+            Ok((name.to_owned(), image.to_owned()))
+        }
+        _ => Err(format!(
+            "expected projects/P/locations/L/jobs/J=IMAGE, got {value:?}"
+        )),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -117,6 +117,8 @@ async fn binary_rejects_bad_arguments_with_exit_64() {
         vec!["--listen", "not-an-address"],
         vec!["--listen", "127.0.0.1:0", "--image", "no-equals-sign"],
         vec!["--listen", "127.0.0.1:0", "--image", "img="],
+        vec!["--listen", "127.0.0.1:0", "--job", "no-equals-sign"],
+        vec!["--listen", "127.0.0.1:0", "--job", "jobs/j=img"],
         vec![],
     ] {
         let output = within(
