@@ -178,12 +178,7 @@ impl Jobs for JobsApi {
         let name = JobName::parse(&request.name)?;
         let mut state = self.store.lock();
         let record = state.job(&name)?;
-        if !request.etag.is_empty() && request.etag != record.job.etag {
-            return Err(Status::aborted(format!(
-                "etag {} does not match the job's current etag",
-                request.etag
-            )));
-        }
+        check_etag(&request.etag, record)?;
         let mut job = record.to_proto();
         job.delete_time = Some(SystemTime::now().into());
         if request.validate_only {
@@ -219,12 +214,7 @@ impl Jobs for JobsApi {
         let name = JobName::parse(&request.name)?;
         let mut state = self.store.lock();
         let record = state.job(&name)?;
-        if !request.etag.is_empty() && request.etag != record.job.etag {
-            return Err(Status::aborted(format!(
-                "etag {} does not match the job's current etag",
-                request.etag
-            )));
-        }
+        check_etag(&request.etag, record)?;
         let job_template = record.job.template.clone().unwrap_or_default();
         let labels = job_template.labels.clone();
         let annotations = job_template.annotations.clone();
@@ -336,4 +326,15 @@ fn new_job(name: &JobName, input: Job) -> Result<Job, Status> {
         etag: execution::new_etag(),
         ..Default::default()
     })
+}
+
+/// Cloud Run's optimistic concurrency on jobs: an etag given with a request
+/// must be the job's current one (an empty etag means "any").
+fn check_etag(etag: &str, record: &JobRecord) -> Result<(), Status> {
+    if !etag.is_empty() && etag != record.job.etag {
+        return Err(Status::aborted(format!(
+            "etag {etag} does not match the job's current etag"
+        )));
+    }
+    Ok(())
 }
