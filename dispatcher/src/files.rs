@@ -50,7 +50,6 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
-use runbox_core::config::Backend;
 use runbox_core::layout;
 use runbox_core::store::{
     self, ByteStream, ListOptions, ObjectMeta, Precondition, PutOptions, Store, StoreError,
@@ -58,8 +57,9 @@ use runbox_core::store::{
 use runbox_core::workspace_path::{PathError, WorkspacePath};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
-use crate::client::Session;
+use crate::engine::WorkspacePlacement;
 use crate::error::Result;
+use crate::session::Session;
 
 mod glob;
 mod host;
@@ -628,23 +628,20 @@ impl Session {
     }
 
     fn workspace(&self) -> Workspace {
-        let config = &self.client.inner.config;
+        let engine = self.engine();
         let prefix = layout::workspace_prefix(&self.id);
-        let (root, host) = match config.backend {
-            Backend::Local => {
-                let home =
-                    std::path::absolute(&config.home).unwrap_or_else(|_| config.home.clone());
+        let (root, host) = match &engine.placement {
+            WorkspacePlacement::Host(home) => {
                 // `components` drops the prefix's trailing '/'.
                 let dir: PathBuf = home.join(&prefix).components().collect();
                 (dir.to_string_lossy().into_owned(), Some(dir))
             }
-            Backend::Gcp => (
-                format!("{GCP_WORKSPACE_BASE}/{}", prefix.trim_end_matches('/')),
-                None,
-            ),
+            WorkspacePlacement::Executor(base) => {
+                (format!("{base}/{}", prefix.trim_end_matches('/')), None)
+            }
         };
         Workspace {
-            store: self.client.inner.store.clone(),
+            store: engine.store.clone(),
             prefix,
             root,
             host,

@@ -1,31 +1,42 @@
 //! The runbox dispatcher: launches executions, learns of their completion
 //! from object-finalize events, and exposes the library API
 //! ([`Client`] → [`Session`] → `exec(..).await`).
+//!
+//! Where each concern lives:
+//! - [`client`], [`session`], `exec`: the public API, thin over the rest;
+//! - `engine`: the execution engine (session queues, submission, the one
+//!   wait, settling) that every surface submits to;
+//! - [`background`], [`files`]: background processes and the workspace file
+//!   API, as modules over the engine and the store;
+//! - [`launcher`]: the [`Launcher`] trait and its launchers (local, Cloud Run);
+//! - `backends`: the one place that picks store, events and launcher from
+//!   the configuration;
+//! - [`error`]: the crate's error types.
 
-pub mod admission;
+mod backends;
 pub mod background;
-mod client;
-pub mod cloud_run;
-mod error;
+pub mod client;
+mod engine;
+pub mod error;
+mod exec;
 pub mod files;
 pub mod launcher;
-mod local_executor;
-pub mod local_launcher;
+pub mod session;
 pub mod session_lock;
 
-pub use background::{
-    BackgroundEntry, BackgroundError, BackgroundHandle, BackgroundState, LogRead, Spawn, Stream,
-};
-pub use client::{Client, Exec, Parts, Session, SessionInfo, ShutdownHook};
-pub use cloud_run::{CloudRunEndpoint, CloudRunLauncher, CloudRunSettings};
-pub use error::{Error, Result};
+pub use background::{BackgroundEntry, BackgroundHandle, BackgroundState, LogRead, Spawn, Stream};
+pub use client::{Client, Parts, ShutdownHook};
+pub use error::{BackgroundError, Error, FileError, LaunchError, Result};
+pub use exec::Exec;
 pub use files::{
-    DeleteOptions, DirEntry, Download, EntryKind, FileError, FileInfo, FileText, ReadOptions,
-    ReplaceOptions, SearchMatch, UploadOptions, WriteOptions,
+    DeleteOptions, DirEntry, Download, EntryKind, FileInfo, FileText, ReadOptions, ReplaceOptions,
+    SearchMatch, UploadOptions, WriteOptions,
 };
-pub use launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher};
-pub use local_launcher::LocalLauncher;
+pub use launcher::cloud_run::{CloudRunEndpoint, CloudRunLauncher, CloudRunSettings, admission};
+pub use launcher::local::LocalLauncher;
+pub use launcher::{Ended, ExecutionState, LaunchSpec, Launcher};
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};
+pub use session::{Session, SessionInfo};
 pub use session_lock::{SessionGuard, SessionLocks};
 
 /// An error and its causes on one line.

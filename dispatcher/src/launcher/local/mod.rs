@@ -1,5 +1,7 @@
-//! The embedded launcher: each execution is a child process of
+//! The local launcher: each execution is a child process of
 //! `runbox-executor`, given the same environment contract Cloud Run gives it.
+//! Executions that another process on this machine launched are found in
+//! `/proc` by their execution id ([`procfs`]).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -8,12 +10,23 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use futures::future::BoxFuture;
 use runbox_core::{Config, ExecutionId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher};
+use crate::launcher::{
+    Ended, ExecutionState, ForeignExecution, LaunchError, LaunchSpec, Launcher, Observed,
+};
+
+mod procfs;
+
+/// The variable that names an executor's execution; every process of its
+/// command inherits it, which is how leftovers are found.
+const EXECUTION_ID_VAR: &str = "RUNBOX_EXECUTION_ID";
 
 /// Variables of the dispatcher's own environment handed to the executor:
 /// what a shell needs, and the emulator endpoints. Nothing else leaks.
@@ -38,6 +51,9 @@ pub struct LocalLauncher {
     env: Vec<(String, String)>,
     running: DashMap<ExecutionId, Running>,
     slots: Arc<Semaphore>,
+    /// One task per child, reaping it and recording how it ended.
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 struct Running {
@@ -60,6 +76,8 @@ impl LocalLauncher {
             env,
             running: DashMap::new(),
             slots: Arc::new(Semaphore::new(max_running.max(1))),
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -116,7 +134,7 @@ impl Launcher for LocalLauncher {
         let mut cmd = Command::new(&self.executor);
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUNBOX_EXECUTION_ID", id.as_str())
+            .env(EXECUTION_ID_VAR, id.as_str())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -143,7 +161,8 @@ impl Launcher for LocalLauncher {
             },
         );
         let stderr = child.stderr.take();
-        tokio::spawn(async move {
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
             let _permit = permit;
             let tail = async {
                 let mut tail = VecDeque::with_capacity(STDERR_TAIL);
@@ -159,7 +178,12 @@ impl Launcher for LocalLauncher {
                 }
                 tail
             };
-            let (status, tail) = tokio::join!(child.wait(), tail);
+            // At shutdown the child is left running (it is in its own
+            // process group and writes its own result); only the watch ends.
+            let (status, tail) = tokio::select! {
+                both = async { tokio::join!(child.wait(), tail) } => both,
+                () = stop.cancelled() => return,
+            };
             let ended = match status {
                 Ok(status) => Ended {
                     succeeded: status.success(),
@@ -204,17 +228,49 @@ impl Launcher for LocalLauncher {
 
     async fn cancel(&self, id: &ExecutionId) -> Result<(), LaunchError> {
         let pid = self.running.get(id).and_then(|r| r.pid);
-        if let Some(pid) = pid {
-            // SAFETY: plain signal syscall; ESRCH (already exited) is harmless.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
+        if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+            // ESRCH (already exited) is harmless.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
         Ok(())
     }
 
     fn release(&self, id: &ExecutionId) {
         self.running.remove(id);
+    }
+
+    async fn observe(&self, id: &ExecutionId) -> Observed {
+        let id = id.clone();
+        match tokio::task::spawn_blocking(move || procfs::find(&id)).await {
+            Ok(Some(Some(executor))) => Observed::Running(Box::new(executor)),
+            Ok(Some(None)) => Observed::Gone,
+            // Not Linux, or the lookup task failed: nothing to watch.
+            Ok(None) | Err(_) => Observed::Unobservable,
+        }
+    }
+
+    async fn sweep(&self, id: &ExecutionId) -> usize {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || procfs::kill_leftovers(&id))
+            .await
+            .unwrap_or(0)
+    }
+
+    async fn shutdown(&self) {
+        self.slots.close();
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+impl ForeignExecution for procfs::Executor {
+    fn terminate(&self) {
+        procfs::Executor::terminate(self);
+    }
+
+    fn exited(&mut self) -> BoxFuture<'_, String> {
+        Box::pin(procfs::Executor::exited(self))
     }
 }
 

@@ -1,13 +1,23 @@
-//! Starting executions: the [`Launcher`] trait. Backends: a local child
-//! process of `runbox-executor` ([`crate::LocalLauncher`]); Cloud Run Jobs
-//! over gRPC. Every backend gives the executor the same contract: the env
+//! Starting executions: the [`Launcher`] trait and its launchers, each in
+//! its own folder: [`local`] (a child process of `runbox-executor`, with
+//! the procfs helpers that find and sweep executors of other processes) and
+//! [`cloud_run`] (Cloud Run Jobs over gRPC: settings, transport, status,
+//! admission). Every launcher gives the executor the same contract: the env
 //! variable `RUNBOX_EXECUTION_ID` (plus `TRACEPARENT`), a task timeout, and
 //! nothing else: the command travels in the request object.
+//!
+//! Nothing outside this folder knows which launcher runs: whatever differs
+//! between them (sweeping what a dead executor left, watching an execution
+//! another process launched, cancelling) is a method of the trait.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use runbox_core::ExecutionId;
+
+pub mod cloud_run;
+pub mod local;
 
 /// What to launch.
 #[derive(Clone, Debug)]
@@ -146,4 +156,40 @@ pub trait Launcher: Send + Sync + 'static {
 
     /// Forgets what is kept about a finished execution.
     fn release(&self, id: &ExecutionId);
+
+    /// Looks for an execution this launcher did not start (another
+    /// dispatcher process launched it), for callers that must see it end or
+    /// stop it: a background process spawned by a CLI call that has exited.
+    async fn observe(&self, id: &ExecutionId) -> Observed;
+
+    /// Kills whatever the command of an executor that ended without a result
+    /// left running (an executor that dies does not kill its command);
+    /// returns how many processes were killed. Launchers whose executions
+    /// end with their executor (a Cloud Run container) have nothing to do.
+    async fn sweep(&self, id: &ExecutionId) -> usize;
+
+    /// Stops the launcher's own tasks; executions keep running. Called by
+    /// the client's shutdown; launches after it fail with
+    /// [`LaunchError::Closed`].
+    async fn shutdown(&self);
+}
+
+/// What [`Launcher::observe`] found.
+pub enum Observed {
+    /// The execution runs here: it can be watched and stopped.
+    Running(Box<dyn ForeignExecution>),
+    /// Nothing runs it: it ended (or never started).
+    Gone,
+    /// This launcher cannot see executions it did not start.
+    Unobservable,
+}
+
+/// An execution launched by another process, found by [`Launcher::observe`].
+pub trait ForeignExecution: Send + Sync {
+    /// Asks it to stop, as [`Launcher::cancel`] does for own executions.
+    fn terminate(&self);
+
+    /// Resolves with an account of its end once it has ended; never, when
+    /// its end cannot be watched.
+    fn exited(&mut self) -> BoxFuture<'_, String>;
 }

@@ -7,7 +7,7 @@
 //!   kills the task. RunJob answers with a long-running operation whose
 //!   metadata is the new Execution: the launcher keeps execution id →
 //!   (Execution name, operation name).
-//! - **Admission** ([`crate::admission`]): at most `max_running` executions
+//! - **Admission** ([`admission`]): at most `max_running` executions
 //!   at once and `runjob_per_minute` RunJob calls per minute; launches over
 //!   either limit wait in arrival order. RESOURCE_EXHAUSTED and UNAVAILABLE
 //!   are retried with backoff and jitter within a budget, then reported as
@@ -53,8 +53,10 @@ use tonic::codegen::{BoxFuture, Service, StdError};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use crate::admission::{RateLimiter, RetryPolicy, RunningSlots, Slot};
-use crate::launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher};
+pub mod admission;
+
+use self::admission::{RateLimiter, RetryPolicy, RunningSlots, Slot};
+use crate::launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher, Observed};
 
 /// Cloud Run's Admin API, reached over TLS.
 pub const CLOUD_RUN_URL: &str = "https://run.googleapis.com";
@@ -689,6 +691,23 @@ impl Launcher for CloudRunLauncher {
 
     fn release(&self, id: &ExecutionId) {
         self.running.remove(id);
+    }
+
+    async fn observe(&self, _id: &ExecutionId) -> Observed {
+        // Only the launching instance knows the Cloud Run execution's name.
+        Observed::Unobservable
+    }
+
+    async fn sweep(&self, _id: &ExecutionId) -> usize {
+        // The container, and every process of the command, ends with its
+        // executor.
+        0
+    }
+
+    async fn shutdown(&self) {
+        // Launches still waiting for a running slot fail with Closed; the
+        // launcher starts no tasks of its own.
+        self.slots.close();
     }
 }
 

@@ -1,0 +1,98 @@
+//! Choosing the backends, once, at start-up: the only place that reads
+//! which store, event source and launcher the configuration names. Past
+//! this point everything works through the [`Store`], [`EventSource`] and
+//! [`Launcher`] traits.
+
+use std::sync::Arc;
+
+use runbox_core::config::{Backend, LauncherKind};
+use runbox_core::store::Store;
+use runbox_core::{Config, InstanceId};
+use runbox_notifier::{EventSource, FsEventSource, PubSubConfig, PubSubEventSource};
+
+use crate::client::{Parts, ShutdownHook};
+use crate::error::{Error, Result};
+use crate::launcher::Launcher;
+use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings};
+use crate::launcher::local::LocalLauncher;
+use crate::session_lock::SessionLocks;
+
+/// Most executors the local launcher runs at once; more wait for a slot.
+const LOCAL_MAX_RUNNING: usize = 64;
+
+/// The parts the configuration names, connected.
+pub(crate) async fn assemble(config: Config) -> Result<Parts> {
+    let instance = InstanceId::random();
+    let store = runbox_core::backend::open_store(&config)
+        .await
+        .map_err(|e| Error::store("open store", e))?;
+    let (events, shutdown_hook) = events(&config, &store, &instance).await?;
+    let launcher = launcher(&config).await?;
+    let (session_locks, host_workspace) = match config.backend {
+        // Commands work in the store's own directory, and separate
+        // processes on this machine order a session's commands by file lock.
+        Backend::Local => (
+            Some(SessionLocks::new(config.home.join(".runbox/session-locks"))),
+            Some(std::path::absolute(&config.home).unwrap_or_else(|_| config.home.clone())),
+        ),
+        Backend::Gcp => (None, None),
+    };
+    Ok(Parts {
+        session_locks,
+        host_workspace,
+        config,
+        store,
+        events,
+        launcher,
+        instance,
+        shutdown_hook,
+    })
+}
+
+async fn events(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    instance: &InstanceId,
+) -> Result<(Box<dyn EventSource>, Option<ShutdownHook>)> {
+    Ok(match config.backend {
+        Backend::Local => (
+            Box::new(FsEventSource::new(&config.home, store.clone()).map_err(Error::Events)?),
+            None,
+        ),
+        Backend::Gcp => {
+            // Config::validate guarantees a project for the gcp backend.
+            let mut settings = PubSubConfig::new(
+                config.project.clone().unwrap_or_default(),
+                config.notifications_topic.clone(),
+                instance.as_str(),
+            );
+            settings.emulator_host = config.pubsub_emulator_host.clone();
+            let source = PubSubEventSource::connect(settings)
+                .await
+                .map_err(Error::Events)?;
+            let subscription = source.subscription();
+            // The subscription is this instance's alone: delete it at a
+            // graceful shutdown (its expiration policy covers crashes).
+            let hook: ShutdownHook = Box::new(move || {
+                Box::pin(async move {
+                    if let Err(e) = subscription.delete().await {
+                        tracing::warn!(error = %e, "could not delete the notifications subscription");
+                    }
+                })
+            });
+            (Box::new(source), Some(hook))
+        }
+    })
+}
+
+async fn launcher(config: &Config) -> Result<Arc<dyn Launcher>> {
+    Ok(match config.launcher {
+        LauncherKind::Local => Arc::new(LocalLauncher::new(config, LOCAL_MAX_RUNNING)?),
+        LauncherKind::CloudRun => Arc::new(
+            CloudRunLauncher::connect(
+                CloudRunSettings::from_config(config).map_err(Error::Config)?,
+            )
+            .await?,
+        ),
+    })
+}

@@ -1,0 +1,102 @@
+//! One queue per session: its foreground commands run one at a time, in the
+//! order they were submitted; sessions run in parallel. On the embedded
+//! backend a per-session file lock extends that order to other processes.
+
+use std::sync::Arc;
+
+use runbox_core::{SessionId, layout};
+use runbox_proto::ExecResult;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Engine, Submission};
+use crate::error::{Error, Result};
+
+/// The sending end of a session's queue.
+pub(crate) type Sender = mpsc::UnboundedSender<Job>;
+
+/// A queued foreground command and where its result goes.
+pub(crate) struct Job {
+    submission: Submission,
+    reply: oneshot::Sender<Result<ExecResult>>,
+}
+
+impl Engine {
+    /// Queues a foreground command on its session; the returned receiver
+    /// gets its result. Fails at once when the engine is shutting down.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        session: &SessionId,
+        submission: Submission,
+    ) -> Result<oneshot::Receiver<Result<ExecResult>>> {
+        if self.is_stopping() {
+            return Err(Error::Closed);
+        }
+        let (reply, rx) = oneshot::channel();
+        let tx = self
+            .queues
+            .entry(session.clone())
+            .or_insert_with(|| self.spawn_worker(session.clone()))
+            .clone();
+        tx.send(Job { submission, reply })
+            .map_err(|_| Error::Closed)?;
+        Ok(rx)
+    }
+
+    fn spawn_worker(self: &Arc<Self>, session: SessionId) -> Sender {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        // Weak between jobs, so an idle worker does not keep the engine
+        // alive; a job holds it strongly while it runs.
+        let engine = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            loop {
+                // Jobs already queued come first: after a shutdown each ends
+                // at once with a typed error, rather than with none.
+                let job = tokio::select! {
+                    biased;
+                    job = rx.recv() => job,
+                    () = stop.cancelled() => None,
+                };
+                let Some(job) = job else { break };
+                if job.reply.is_closed() {
+                    // The caller dropped its future before its turn: skip it.
+                    continue;
+                }
+                let Some(engine) = engine.upgrade() else {
+                    let _ = job.reply.send(Err(Error::Closed));
+                    continue;
+                };
+                // A running job is not cut short at shutdown: the notifier
+                // has stopped by then, so it ends at once with a typed
+                // error of its own (or its result, if that is already in).
+                let result = engine.run_queued(&session, &job.submission).await;
+                let _ = job.reply.send(result);
+            }
+        });
+        tx
+    }
+
+    async fn run_queued(&self, session: &SessionId, submission: &Submission) -> Result<ExecResult> {
+        let _guard = match &self.session_locks {
+            // Another process may hold the lock for a long command: waiting
+            // for it must not hold up shutdown. Without it the command goes
+            // on, and fails at once on the stopped notifier with the same
+            // typed error as every other waiting future.
+            Some(locks) => tokio::select! {
+                guard = locks.lock(session) => Some(guard.map_err(|source| {
+                    Error::store(
+                        format!("lock session {session}"),
+                        runbox_core::StoreError::Io {
+                            op: "lock",
+                            name: layout::session_prefix(session),
+                            source,
+                        },
+                    )
+                })?),
+                () = self.stop.cancelled() => None,
+            },
+            None => None,
+        };
+        self.run_foreground(session, submission).await
+    }
+}

@@ -1,0 +1,151 @@
+//! Submitting an execution: the request object is written first, the
+//! completion waiter registered before the launch (so the completion cannot
+//! come earlier than someone listens), then the launcher starts it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use runbox_core::layout;
+use runbox_core::store::{self, PutOptions};
+use runbox_core::{ExecutionId, SessionId};
+use runbox_notifier::{WaitError, Waiter};
+use runbox_proto::{ExecRequest, ExecResult};
+
+use super::{EndWatch, Engine, Limit};
+use crate::error::{Error, Result};
+use crate::launcher::LaunchSpec;
+
+/// A validated command, ready to become an execution.
+#[derive(Clone, Debug)]
+pub(crate) struct Submission {
+    pub(crate) command: String,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) timeout: Duration,
+    /// Inline output per stream; 0 = the configured default.
+    pub(crate) output_cap: u64,
+    pub(crate) request_id: String,
+}
+
+impl Submission {
+    /// The request object of this submission as execution `id`.
+    pub(crate) fn request(
+        &self,
+        id: &ExecutionId,
+        session: &SessionId,
+        created_at: SystemTime,
+        background: bool,
+    ) -> ExecRequest {
+        ExecRequest {
+            execution_id: id.to_string(),
+            session_id: session.to_string(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            output_cap_bytes: self.output_cap,
+            created_at: Some(runbox_proto::timestamp(created_at)),
+            traceparent: String::new(),
+            request_id: self.request_id.clone(),
+            background,
+        }
+    }
+}
+
+impl Engine {
+    /// Writes the request object (create-only: an execution runs once).
+    pub(crate) async fn write_request(
+        &self,
+        request: &ExecRequest,
+        id: &ExecutionId,
+    ) -> Result<()> {
+        store::put_json(
+            &*self.store,
+            &layout::request(id),
+            request,
+            PutOptions::create(),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| Error::store(format!("write request of execution {id}"), e))
+    }
+
+    /// Starts an execution whose request object is written.
+    pub(crate) async fn launch(&self, id: &ExecutionId, timeout: Duration) -> Result<()> {
+        self.launcher
+            .launch(LaunchSpec {
+                execution_id: id.clone(),
+                timeout,
+                traceparent: None,
+            })
+            .await
+            .map_err(Error::from)
+    }
+
+    /// Registers a completion waiter for `id`.
+    pub(crate) fn register(&self, id: &ExecutionId) -> Result<Waiter> {
+        self.waiters
+            .register(id.clone())
+            .map_err(|source| Error::Wait {
+                id: id.clone(),
+                source,
+            })
+    }
+
+    /// Registers a completion waiter; `None` when another caller in this
+    /// process already waits for the same execution (one waiter per id).
+    pub(crate) fn register_shared(&self, id: &ExecutionId) -> Result<Option<Waiter>> {
+        match self.waiters.register(id.clone()) {
+            Ok(w) => Ok(Some(w)),
+            Err(WaitError::AlreadyRegistered(_)) => Ok(None),
+            Err(source) => Err(Error::Wait {
+                id: id.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Runs one foreground command to its settled result: request, waiter,
+    /// launch, then the one wait with the execution's deadline.
+    pub(crate) async fn run_foreground(
+        &self,
+        session: &SessionId,
+        submission: &Submission,
+    ) -> Result<ExecResult> {
+        let t0 = std::time::Instant::now();
+        let id = self.instance.next_execution_id();
+        let request = submission.request(&id, session, SystemTime::now(), false);
+        self.write_request(&request, &id).await?;
+        tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "request written");
+        let waiter = self.register(&id)?;
+        if let Err(e) = self.launch(&id, submission.timeout).await {
+            // At shutdown the launcher closes just after the notifier: the
+            // notifier's error is the one that says why.
+            if self.waiters.is_closed()
+                && let Err(source) = waiter.await
+            {
+                return Err(Error::Wait { id, source });
+            }
+            return Err(e);
+        }
+        tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "launched");
+        let deadline = submission.timeout + self.config.deadline_grace;
+        let outcome = self
+            .wait_end(
+                &id,
+                session,
+                Some(waiter),
+                &mut EndWatch::Launcher(None),
+                Limit::Deadline(deadline),
+            )
+            .await;
+        self.launcher.release(&id);
+        tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "settled");
+        let result = outcome?.ok_or(Error::Closed)?;
+        if result.state_conflict {
+            return Err(Error::StateConflict {
+                session: session.to_string(),
+                result: Box::new(result),
+            });
+        }
+        Ok(result)
+    }
+}

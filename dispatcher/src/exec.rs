@@ -1,0 +1,164 @@
+//! A foreground command: [`Exec`] collects its options, validates them
+//! before any side effect, and queues it on its session in the engine.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::time::Duration;
+
+use runbox_core::config::MAX_COMMAND_BYTES;
+use runbox_core::{Config, SessionId};
+use runbox_proto::ExecResult;
+
+use crate::engine::{Handle, Submission};
+use crate::error::{Error, Result};
+
+/// A command about to run: set options, then `.await`.
+#[must_use = "an Exec does nothing until awaited"]
+pub struct Exec {
+    handle: Handle,
+    session: SessionId,
+    command: String,
+    options: Options,
+}
+
+/// What a caller may set on a command, before validation.
+#[derive(Default)]
+pub(crate) struct Options {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) env: BTreeMap<String, String>,
+    pub(crate) output_cap: Option<u64>,
+    pub(crate) request_id: String,
+}
+
+impl Exec {
+    pub(crate) fn new(handle: Handle, session: SessionId, command: String) -> Self {
+        Self {
+            handle,
+            session,
+            command,
+            options: Options::default(),
+        }
+    }
+
+    /// The command's wall-clock limit (default `RUNBOX_DEFAULT_TIMEOUT_SECS`);
+    /// more than zero and at most `RUNBOX_MAX_TIMEOUT_SECS`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.options.timeout = Some(timeout);
+        self
+    }
+
+    /// An extra environment variable for this command only.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// Inline output kept per stream, in bytes (default `RUNBOX_OUTPUT_CAP_BYTES`).
+    pub fn output_cap(mut self, bytes: u64) -> Self {
+        self.options.output_cap = Some(bytes);
+        self
+    }
+
+    /// A correlation id stored in the request.
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.options.request_id = id.into();
+        self
+    }
+}
+
+impl Options {
+    /// Checks the command and options against the limits; the submission
+    /// to run, or the first problem, before anything is written.
+    pub(crate) fn validate(self, config: &Config, command: String) -> Result<Submission> {
+        if command.len() > MAX_COMMAND_BYTES {
+            return Err(Error::CommandTooLarge {
+                bytes: command.len(),
+                max: MAX_COMMAND_BYTES,
+            });
+        }
+        if command.contains('\0') {
+            return Err(Error::CommandHasNul);
+        }
+        let timeout = self.timeout.unwrap_or(config.default_timeout);
+        if timeout.is_zero() || timeout > config.max_timeout {
+            return Err(Error::InvalidTimeout {
+                requested: timeout,
+                max: config.max_timeout,
+            });
+        }
+        for (name, value) in &self.env {
+            validate_env(name, value)?;
+        }
+        Ok(Submission {
+            command,
+            env: self.env,
+            timeout,
+            output_cap: self.output_cap.unwrap_or(0),
+            request_id: self.request_id,
+        })
+    }
+}
+
+fn validate_env(name: &str, value: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidEnv {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return bad("empty name"),
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
+            return bad("a name starts with a letter or '_'");
+        }
+        _ => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return bad("a name holds only letters, digits and '_'");
+    }
+    if value.contains('\0') {
+        return bad("the value contains a NUL byte");
+    }
+    Ok(())
+}
+
+impl IntoFuture for Exec {
+    type Output = Result<ExecResult>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<ExecResult>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        // Validation and queueing happen here, synchronously, so bad input
+        // fails before any side effect and the queue order is the order in
+        // which the futures were created.
+        let engine = self.handle.engine();
+        let queued = self
+            .options
+            .validate(&engine.config, self.command)
+            .and_then(|submission| engine.enqueue(&self.session, submission));
+        // The handle rides along: the engine runs until the result is in.
+        let handle = self.handle;
+        Box::pin(async move {
+            let rx = queued?;
+            let result = rx.await.unwrap_or(Err(Error::Closed));
+            drop(handle);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_are_checked() {
+        assert!(validate_env("FOO_1", "x").is_ok());
+        assert!(validate_env("_x", "").is_ok());
+        for bad in ["", "1A", "A-B", "A=B", "A B"] {
+            assert!(validate_env(bad, "v").is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_env("A", "a\0b").is_err());
+    }
+}
