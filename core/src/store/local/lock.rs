@@ -4,8 +4,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+
+use rustix::fs::FlockOperation;
+use rustix::io::retry_on_intr;
 
 use super::*;
 
@@ -40,20 +42,11 @@ impl StripeLock {
             .open(inner.locks.join(format!("{stripe:03}.lock")))
             .map_err(&lock_err)?;
         let operation = match mode {
-            LockMode::Shared => libc::LOCK_SH,
-            LockMode::Exclusive => libc::LOCK_EX,
+            LockMode::Shared => FlockOperation::LockShared,
+            LockMode::Exclusive => FlockOperation::LockExclusive,
         };
-        loop {
-            // SAFETY: flock takes no pointers; the descriptor is owned by
-            // `file`, which outlives the call.
-            if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-                return Ok(Self { file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(lock_err(e));
-            }
-        }
+        retry_on_intr(|| rustix::fs::flock(&file, operation)).map_err(|e| lock_err(e.into()))?;
+        Ok(Self { file })
     }
 
     /// A new generation for a name of this stripe: above the clock, the

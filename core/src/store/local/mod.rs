@@ -42,13 +42,13 @@
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use rustix::io::Errno;
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 use super::*;
@@ -349,7 +349,7 @@ impl Inner {
     /// symlink below the root; `None` when no regular file holds the name.
     fn open_content(&self, name: &str) -> Result<Option<(File, Metadata)>> {
         let opened = open_parent(&self.root, name, false)
-            .and_then(|(parent, leaf)| open_at(parent.as_raw_fd(), leaf, READ_FLAGS));
+            .and_then(|(parent, leaf)| open_at(&parent, leaf, READ_FLAGS));
         let file = match opened {
             Ok(fd) => File::from(fd),
             Err(e) if is_absent(&e) => return Ok(None),
@@ -375,7 +375,10 @@ fn is_absent(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    ) || matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENAMETOOLONG))
+    ) || matches!(
+        Errno::from_io_error(e),
+        Some(Errno::LOOP | Errno::NAMETOOLONG)
+    )
 }
 
 fn not_found(name: &str) -> StoreError {

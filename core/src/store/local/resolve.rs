@@ -2,18 +2,22 @@
 //! never following a symlink, so a symlink planted in a workspace cannot lead
 //! the store outside its root.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::{Errno, retry_on_intr};
 
 use super::*;
 
 /// How reads open a content file. O_NOFOLLOW: symlinks are not objects.
 /// O_NONBLOCK: opening a FIFO a command left in its workspace must not hang;
 /// it changes nothing for regular files.
-pub(super) const READ_FLAGS: libc::c_int = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+pub(super) const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK);
 
 /// Opens the directory that holds `name`'s last segment, one segment at a
 /// time from `root`, never following a symlink: a command that plants
@@ -30,32 +34,25 @@ pub(super) fn open_parent<'n>(
     };
     let mut dir = OwnedFd::from(File::open(root)?);
     for segment in dirs.into_iter().flat_map(|dirs| dirs.split('/')) {
-        dir = open_child_dir(dir.as_raw_fd(), segment, create)?;
+        dir = open_child_dir(&dir, segment, create)?;
     }
     Ok((dir, leaf))
 }
 
 /// Opens the directory `segment` of `parent` without following a symlink,
 /// making it first when `create` is set and it is missing.
-fn open_child_dir(parent: RawFd, segment: &str, create: bool) -> io::Result<OwnedFd> {
+fn open_child_dir(parent: impl AsFd, segment: &str, create: bool) -> io::Result<OwnedFd> {
+    let parent = parent.as_fd();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match open_at(
-            parent,
-            segment,
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-        ) {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+        match open_at(parent, segment, flags) {
             Err(e) if create && e.kind() == io::ErrorKind::NotFound && attempt < PLACE_ATTEMPTS => {
-                let c_segment = CString::new(segment)?;
-                // SAFETY: a NUL-terminated string that outlives the call;
-                // `parent` is an open directory.
-                if unsafe { libc::mkdirat(parent, c_segment.as_ptr(), 0o777) } != 0 {
-                    let e = io::Error::last_os_error();
+                match rustix::fs::mkdirat(parent, segment, Mode::from_raw_mode(0o777)) {
                     // Made by a concurrent writer meanwhile: open it.
-                    if e.kind() != io::ErrorKind::AlreadyExists {
-                        return Err(e);
-                    }
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             opened => return opened,
@@ -64,33 +61,15 @@ fn open_child_dir(parent: RawFd, segment: &str, create: bool) -> io::Result<Owne
 }
 
 /// `openat(2)`, retried on EINTR; the descriptor is close-on-exec.
-pub(super) fn open_at(dir: RawFd, segment: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
-    let c_segment = CString::new(segment)?;
-    loop {
-        // SAFETY: a NUL-terminated string that outlives the call; `dir` is
-        // an open directory. No O_CREAT, so no mode argument is read.
-        let fd = unsafe { libc::openat(dir, c_segment.as_ptr(), flags | libc::O_CLOEXEC) };
-        if fd >= 0 {
-            // SAFETY: openat just returned this descriptor; nothing else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+pub(super) fn open_at(dir: impl AsFd, segment: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    // No O_CREAT, so the mode is not used.
+    retry_on_intr(|| rustix::fs::openat(&dir, segment, flags | OFlags::CLOEXEC, Mode::empty()))
+        .map_err(io::Error::from)
 }
 
 /// `unlinkat(2)` of a file.
-pub(super) fn unlink_at(dir: RawFd, segment: &str) -> io::Result<()> {
-    let c_segment = CString::new(segment)?;
-    // SAFETY: a NUL-terminated string that outlives the call; `dir` is an
-    // open directory.
-    if unsafe { libc::unlinkat(dir, c_segment.as_ptr(), 0) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+pub(super) fn unlink_at(dir: impl AsFd, segment: &str) -> io::Result<()> {
+    rustix::fs::unlinkat(dir, segment, AtFlags::empty()).map_err(io::Error::from)
 }
 
 /// The last segment of an object name.

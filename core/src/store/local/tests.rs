@@ -304,10 +304,14 @@ async fn empty_directories_symlinks_and_fifos_are_not_objects() {
         fs::create_dir_all(root.join("empty/deeper")).unwrap();
         std::os::unix::fs::symlink(root.join("real.txt"), root.join("link")).unwrap();
         std::os::unix::fs::symlink(&root, root.join("loop")).unwrap();
-        let fifo = std::ffi::CString::new(root.join("pipe").into_os_string().into_encoded_bytes())
-            .unwrap();
-        // SAFETY: a valid NUL-terminated path; mkfifo keeps no pointer.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
 
         let page = store
             .list(&ListOptions {

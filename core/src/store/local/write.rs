@@ -2,14 +2,14 @@
 //! checked under the name's exclusive lock, then the sidecar and the content
 //! renamed into place (content last). Deletes prune directories left empty.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::io::Errno;
 
 use super::resolve::{leaf_of, unlink_at};
 use super::sidecar::{Fingerprint, Sidecar};
@@ -60,7 +60,7 @@ impl Inner {
         // (the store cannot hold both `a` and `a/b`).
         let write_err = io_err("write", name);
         let (parent, leaf) = open_parent(&self.root, name, true).map_err(&write_err)?;
-        let in_the_way = open_at(parent.as_raw_fd(), leaf, READ_FLAGS)
+        let in_the_way = open_at(&parent, leaf, READ_FLAGS)
             .is_ok_and(|fd| File::from(fd).metadata().is_ok_and(|md| md.is_dir()));
         if in_the_way {
             return Err(write_err(io::Error::new(
@@ -115,37 +115,25 @@ impl Inner {
         name: &str,
         mut parent: OwnedFd,
     ) -> io::Result<OwnedFd> {
-        let src = match tmp.path.as_deref() {
-            Some(path) => CString::new(path.as_os_str().as_bytes())?,
-            None => return Err(io::Error::other("temporary file already placed")),
+        let Some(src) = tmp.path.clone() else {
+            return Err(io::Error::other("temporary file already placed"));
         };
-        let leaf = CString::new(leaf_of(name))?;
+        let leaf = leaf_of(name);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // SAFETY: both strings are NUL-terminated and outlive the call;
-            // `parent` is an open directory.
-            let renamed = unsafe {
-                libc::renameat(
-                    libc::AT_FDCWD,
-                    src.as_ptr(),
-                    parent.as_raw_fd(),
-                    leaf.as_ptr(),
-                )
-            };
-            if renamed == 0 {
-                tmp.path = None;
-                return Ok(parent);
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
+            match rustix::fs::renameat(rustix::fs::CWD, &src, &parent, leaf) {
+                Ok(()) => {
+                    tmp.path = None;
+                    return Ok(parent);
+                }
+                Err(Errno::INTR) => {}
                 // A concurrent delete pruned the directory, then empty,
                 // after we opened it: make it again.
-                io::ErrorKind::NotFound if attempt < PLACE_ATTEMPTS => {
+                Err(Errno::NOENT) if attempt < PLACE_ATTEMPTS => {
                     parent = open_parent(&self.root, name, true)?.0;
                 }
-                _ => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -168,7 +156,7 @@ impl Inner {
         check(name, precondition, Some(&meta))?;
         // Content first: it is what makes the object exist.
         let removed = open_parent(&self.root, name, false)
-            .and_then(|(parent, leaf)| unlink_at(parent.as_raw_fd(), leaf));
+            .and_then(|(parent, leaf)| unlink_at(&parent, leaf));
         match removed {
             Ok(()) => {}
             Err(e) if is_absent(&e) => return Err(not_found(name)),
