@@ -42,7 +42,6 @@
 //! the deadline is delivered again, which the notifier's dedupe absorbs.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +53,7 @@ use gcloud_gax::retry::RetrySetting;
 use gcloud_googleapis::pubsub::v1::{ExpirationPolicy, PubsubMessage, StreamingPullRequest};
 use gcloud_pubsub::client::{Client, ClientConfig};
 use gcloud_pubsub::subscription::{Subscription, SubscriptionConfig};
+use runbox_core::backoff::{Backoff, BackoffPolicy, Jitter};
 use runbox_core::config::{Env, Lookup};
 use tokio::sync::{mpsc, watch};
 
@@ -220,9 +220,9 @@ impl PubSubEventSource {
             subscription: subscription.clone(),
             topic,
             settings,
-            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            backoff: Backoff::new(backoff_policy(&config)),
             ack_deadline: config.ack_deadline_secs(),
-            client_id: format!("runbox-{}-{:x}", config.instance, random_u64()),
+            client_id: format!("runbox-{}-{:x}", config.instance, fastrand::u64(..)),
             tx,
             stop: stop_rx,
             describe: describe.clone(),
@@ -583,7 +583,12 @@ impl Worker {
 
     /// Waits out the next backoff delay. False when the task should end.
     async fn pause(&mut self) -> bool {
-        let delay = self.backoff.next_delay();
+        // The policy limits neither attempts nor time, so there always is
+        // a next delay.
+        let delay = self
+            .backoff
+            .next_delay()
+            .unwrap_or(self.backoff.policy().max_delay);
         let mut stop = self.stop.clone();
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => false,
@@ -704,47 +709,14 @@ fn no_retry() -> RetrySetting {
     }
 }
 
-/// Exponential backoff with jitter, reset after a successful connect.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.max(Duration::from_millis(1));
-        Self {
-            initial,
-            max: max.max(initial),
-            current: initial,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.initial;
-    }
-
-    /// The next delay: between half and all of the current step, so many
-    /// instances that lost the same server do not come back in lockstep.
-    fn next_delay(&mut self) -> Duration {
-        let step = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let fraction = 0.5 + (random_u64() % 1000) as f64 / 2000.0;
-        step.mul_f64(fraction)
-    }
-}
-
-fn random_u64() -> u64 {
-    // A randomly seeded hasher is random enough for jitter and client ids.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
+/// The reconnect backoff: from `backoff_initial` doubling up to
+/// `backoff_max`, each delay between half and all of its step (equal
+/// jitter), so many instances that lost the same server do not come back in
+/// lockstep; no limit on attempts or time, since the stream must come back.
+fn backoff_policy(config: &PubSubConfig) -> BackoffPolicy {
+    // A zero first delay would spin; a cap below it would shrink the steps.
+    let initial = config.backoff_initial.max(Duration::from_millis(1));
+    BackoffPolicy::new(initial, config.backoff_max.max(initial)).with_jitter(Jitter::Equal)
 }
 
 #[cfg(test)]
@@ -834,11 +806,13 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        let config = PubSubConfig::new("p", "t", "i")
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(400));
+        let mut b = Backoff::new(backoff_policy(&config));
+        let delays: Vec<_> = (0..5).map(|_| b.next_delay().unwrap()).collect();
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
         assert!(delays[4] >= Duration::from_millis(200) && delays[4] <= Duration::from_millis(400));
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+        assert!(b.next_delay().unwrap() <= Duration::from_millis(100));
     }
 }
