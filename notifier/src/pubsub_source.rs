@@ -34,8 +34,9 @@
 //! have missed. It stops for good (an `Err` from [`EventSource::next`]) only
 //! on errors that retrying cannot fix (invalid argument, permission denied,
 //! failed precondition such as a detached subscription, unimplemented), when
-//! the subscription is deleted through [`PubSubSubscription::delete`], or
-//! when the source is dropped.
+//! the subscription is deleted ([`EventSource::close`], which
+//! [`crate::Notifier::shutdown`] calls, or [`PubSubSubscription::delete`]),
+//! or when the source is dropped.
 //!
 //! Leases are not extended: the notifier acks as soon as it has routed an
 //! item, well within the ack deadline. A message that sits in the buffer past
@@ -43,6 +44,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -172,12 +174,16 @@ pub struct PubSubEventSource {
 }
 
 /// A handle on the source's subscription that outlives handing the source to
-/// the notifier: [`PubSubSubscription::delete`] at graceful shutdown.
+/// the notifier. [`crate::Notifier::shutdown`] already deletes the
+/// subscription (through [`EventSource::close`]); deleting it again here is
+/// harmless.
 #[derive(Clone)]
 pub struct PubSubSubscription {
     subscription: Subscription,
     stop: Arc<watch::Sender<bool>>,
     worker_done: watch::Receiver<()>,
+    /// Set once a delete succeeded, so later ones make no call.
+    deleted: Arc<AtomicBool>,
 }
 
 impl PubSubEventSource {
@@ -235,6 +241,7 @@ impl PubSubEventSource {
                 subscription,
                 stop: Arc::new(stop_tx),
                 worker_done: done_rx,
+                deleted: Arc::new(AtomicBool::new(false)),
             },
             describe,
         })
@@ -274,21 +281,29 @@ impl PubSubSubscription {
 
     /// Stops the source's stream for good and deletes the subscription. The
     /// source then reports that it stopped. Deleting a subscription that is
-    /// already gone succeeds.
+    /// already gone (deleted before through any handle or the source, or
+    /// expired) succeeds quietly.
     pub async fn delete(&self) -> Result<(), SourceError> {
         self.stop.send_replace(true);
         // Wait for the worker to end first, or it could recreate the
         // subscription right after it is deleted.
         let mut done = self.worker_done.clone();
         while done.changed().await.is_ok() {}
-        match self.subscription.delete(None).await {
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let deleted = match self.subscription.delete(None).await {
             Ok(()) => Ok(()),
             Err(status) if status.code() == Code::NotFound => Ok(()),
             Err(status) => Err(SourceError {
                 source_name: format!("pubsub:{}", self.name()),
                 reason: format!("cannot delete the subscription: {status}"),
             }),
+        };
+        if deleted.is_ok() {
+            self.deleted.store(true, Ordering::Release);
         }
+        deleted
     }
 }
 
@@ -311,6 +326,12 @@ impl EventSource for PubSubEventSource {
                 },
             }),
         }
+    }
+
+    /// Stops the stream and deletes the subscription, as
+    /// [`PubSubSubscription::delete`] does.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        self.handle.delete().await
     }
 }
 
