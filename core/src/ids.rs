@@ -2,7 +2,6 @@
 //! a value of these types is always safe to put in an object name.
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -127,21 +126,6 @@ pub struct InstanceId {
 
 const B32: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
-fn random_u64() -> u64 {
-    // RandomState is seeded from the OS once per thread and perturbed per
-    // instance; mixing in the time and pid keeps ids apart across processes
-    // without pulling in an RNG crate for 30 random bits.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 fn push_b32(out: &mut String, mut value: u64, digits: usize) {
     let mut buf = vec![0u8; digits];
     for slot in buf.iter_mut().rev() {
@@ -155,7 +139,9 @@ impl InstanceId {
     /// A fresh random instance id.
     pub fn random() -> Self {
         let mut id = String::with_capacity(6);
-        push_b32(&mut id, random_u64(), 6);
+        // fastrand seeds each thread's generator from the monotonic clock
+        // (nanoseconds) and the thread: instances started apart differ.
+        push_b32(&mut id, fastrand::u64(..), 6);
         Self::from_validated(id)
     }
 

@@ -3,6 +3,7 @@
 //! its backends.
 
 pub mod backend;
+pub mod backoff;
 pub mod config;
 pub mod ids;
 pub mod layout;

@@ -90,4 +90,16 @@ pub trait EventSource: Send + 'static {
 
     /// The next item. Cancel-safe: dropping the future loses nothing.
     async fn next(&mut self) -> Result<SourceItem, SourceError>;
+
+    /// Releases what the source holds outside this process (the Pub/Sub
+    /// source deletes its subscription) at a graceful shutdown; `next` is
+    /// not called afterwards. [`crate::Notifier::shutdown`] calls it once
+    /// the routing has stopped. Closing again, or closing what someone else
+    /// already released, succeeds. Sources that hold nothing outside the
+    /// process (filesystem events) keep this default, which does nothing;
+    /// a source dropped without `close` leaves outside resources to expire
+    /// by themselves.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
 }

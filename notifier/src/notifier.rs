@@ -4,7 +4,9 @@
 //! events of `results/{id}.json` to the waiter of `id`, acknowledging each
 //! message only after it has been routed. Whenever the task ends — source
 //! failure, shutdown, the [`Notifier`] being dropped, even a panic — the
-//! waiters are closed, so no completion future is left hanging.
+//! waiters are closed, so no completion future is left hanging. A graceful
+//! [`Notifier::shutdown`] then closes the source ([`EventSource::close`]),
+//! releasing what it holds outside the process.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,8 +48,9 @@ pub struct Notifier {
     source_name: String,
     /// Dropped or fired to stop the task; `None` once shut down.
     stop: Option<oneshot::Sender<()>>,
-    /// `None` once shut down.
-    task: Option<JoinHandle<()>>,
+    /// Hands the source back when routing ends, for closing; `None` once
+    /// shut down.
+    task: Option<JoinHandle<Box<dyn EventSource>>>,
 }
 
 impl Notifier {
@@ -96,14 +99,25 @@ impl Notifier {
     }
 
     /// Stops routing and waits for the task to end; pending waiters fail.
+    /// Then closes the source ([`EventSource::close`]: the Pub/Sub source
+    /// deletes its subscription), so this is the only call a graceful
+    /// shutdown needs. A failed close is logged, not returned: nothing is
+    /// left for the caller to do about it.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             // An error means the task has already ended on its own.
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            if let Err(e) = task.await {
-                tracing::error!(source = %self.source_name, error = %e, "notifier task failed");
+            match task.await {
+                Ok(mut source) => {
+                    if let Err(e) = source.close().await {
+                        tracing::warn!(source = %self.source_name, error = %e, "could not close the event source");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(source = %self.source_name, error = %e, "notifier task failed");
+                }
             }
         }
         // The task closed the table on its way out; this only matters if it
@@ -133,8 +147,13 @@ impl std::fmt::Debug for Notifier {
     }
 }
 
-/// The task body: route until the source fails or we are told to stop.
-async fn run(mut source: Box<dyn EventSource>, router: Router, mut stopped: oneshot::Receiver<()>) {
+/// The task body: route until the source fails or we are told to stop; the
+/// source is handed back for [`Notifier::shutdown`] to close.
+async fn run(
+    mut source: Box<dyn EventSource>,
+    router: Router,
+    mut stopped: oneshot::Receiver<()>,
+) -> Box<dyn EventSource> {
     let source_name = source.describe();
     let mut guard = CloseOnExit {
         waiters: Arc::clone(&router.waiters),
@@ -165,6 +184,7 @@ async fn run(mut source: Box<dyn EventSource>, router: Router, mut stopped: ones
     };
     tracing::debug!(source = %source_name, %reason, "notifier stopped");
     guard.reason = Some(reason);
+    source
 }
 
 /// Closes the waiters however the task ends: normally with the reason set,
@@ -297,5 +317,93 @@ impl Counters {
             malformed: read(&self.malformed),
             resynced: read(&self.resynced),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use runbox_core::store::LocalStore;
+
+    use super::*;
+    use crate::SourceError;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A source that waits forever, or fails at once, and counts its closes.
+    struct Counted {
+        fail: bool,
+        closes: Arc<AtomicU64>,
+    }
+
+    #[async_trait]
+    impl EventSource for Counted {
+        fn describe(&self) -> String {
+            "counted".to_owned()
+        }
+
+        async fn next(&mut self) -> Result<SourceItem, SourceError> {
+            if self.fail {
+                return Err(SourceError {
+                    source_name: self.describe(),
+                    reason: "broken".to_owned(),
+                });
+            }
+            std::future::pending().await
+        }
+
+        async fn close(&mut self) -> Result<(), SourceError> {
+            self.closes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn spawn(fail: bool) -> (Notifier, Arc<AtomicU64>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalStore::open(dir.path()).expect("open store");
+        let closes = Arc::new(AtomicU64::new(0));
+        let source = Counted {
+            fail,
+            closes: Arc::clone(&closes),
+        };
+        let notifier = Notifier::spawn(Box::new(source), Waiters::new(), Arc::new(store));
+        (notifier, closes, dir)
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_the_source_once() {
+        let (notifier, closes, _dir) = spawn(false);
+        tokio::time::timeout(LIMIT, notifier.shutdown())
+            .await
+            .expect("shutdown finished");
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_source_that_failed_is_still_closed_at_shutdown() {
+        let (notifier, closes, _dir) = spawn(true);
+        // The task ends by itself (closing the waiters); shutdown still owes
+        // the source a close.
+        tokio::time::timeout(LIMIT, async {
+            while !notifier.waiters.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the task ended");
+        tokio::time::timeout(LIMIT, notifier.shutdown())
+            .await
+            .expect("shutdown finished");
+        assert_eq!(closes.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_notifier_does_not_close_the_source() {
+        let (notifier, closes, _dir) = spawn(false);
+        drop(notifier);
+        tokio::task::yield_now().await;
+        assert_eq!(closes.load(Ordering::SeqCst), 0);
     }
 }

@@ -34,16 +34,17 @@
 //! have missed. It stops for good (an `Err` from [`EventSource::next`]) only
 //! on errors that retrying cannot fix (invalid argument, permission denied,
 //! failed precondition such as a detached subscription, unimplemented), when
-//! the subscription is deleted through [`PubSubSubscription::delete`], or
-//! when the source is dropped.
+//! the subscription is deleted ([`EventSource::close`], which
+//! [`crate::Notifier::shutdown`] calls, or [`PubSubSubscription::delete`]),
+//! or when the source is dropped.
 //!
 //! Leases are not extended: the notifier acks as soon as it has routed an
 //! item, well within the ack deadline. A message that sits in the buffer past
 //! the deadline is delivered again, which the notifier's dedupe absorbs.
 
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -54,6 +55,7 @@ use gcloud_gax::retry::RetrySetting;
 use gcloud_googleapis::pubsub::v1::{ExpirationPolicy, PubsubMessage, StreamingPullRequest};
 use gcloud_pubsub::client::{Client, ClientConfig};
 use gcloud_pubsub::subscription::{Subscription, SubscriptionConfig};
+use runbox_core::backoff::{Backoff, BackoffPolicy, Jitter};
 use runbox_core::config::{Env, Lookup};
 use tokio::sync::{mpsc, watch};
 
@@ -172,12 +174,16 @@ pub struct PubSubEventSource {
 }
 
 /// A handle on the source's subscription that outlives handing the source to
-/// the notifier: [`PubSubSubscription::delete`] at graceful shutdown.
+/// the notifier. [`crate::Notifier::shutdown`] already deletes the
+/// subscription (through [`EventSource::close`]); deleting it again here is
+/// harmless.
 #[derive(Clone)]
 pub struct PubSubSubscription {
     subscription: Subscription,
     stop: Arc<watch::Sender<bool>>,
     worker_done: watch::Receiver<()>,
+    /// Set once a delete succeeded, so later ones make no call.
+    deleted: Arc<AtomicBool>,
 }
 
 impl PubSubEventSource {
@@ -220,9 +226,9 @@ impl PubSubEventSource {
             subscription: subscription.clone(),
             topic,
             settings,
-            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            backoff: Backoff::new(backoff_policy(&config)),
             ack_deadline: config.ack_deadline_secs(),
-            client_id: format!("runbox-{}-{:x}", config.instance, random_u64()),
+            client_id: format!("runbox-{}-{:x}", config.instance, fastrand::u64(..)),
             tx,
             stop: stop_rx,
             describe: describe.clone(),
@@ -235,6 +241,7 @@ impl PubSubEventSource {
                 subscription,
                 stop: Arc::new(stop_tx),
                 worker_done: done_rx,
+                deleted: Arc::new(AtomicBool::new(false)),
             },
             describe,
         })
@@ -274,21 +281,29 @@ impl PubSubSubscription {
 
     /// Stops the source's stream for good and deletes the subscription. The
     /// source then reports that it stopped. Deleting a subscription that is
-    /// already gone succeeds.
+    /// already gone (deleted before through any handle or the source, or
+    /// expired) succeeds quietly.
     pub async fn delete(&self) -> Result<(), SourceError> {
         self.stop.send_replace(true);
         // Wait for the worker to end first, or it could recreate the
         // subscription right after it is deleted.
         let mut done = self.worker_done.clone();
         while done.changed().await.is_ok() {}
-        match self.subscription.delete(None).await {
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let deleted = match self.subscription.delete(None).await {
             Ok(()) => Ok(()),
             Err(status) if status.code() == Code::NotFound => Ok(()),
             Err(status) => Err(SourceError {
                 source_name: format!("pubsub:{}", self.name()),
                 reason: format!("cannot delete the subscription: {status}"),
             }),
+        };
+        if deleted.is_ok() {
+            self.deleted.store(true, Ordering::Release);
         }
+        deleted
     }
 }
 
@@ -311,6 +326,12 @@ impl EventSource for PubSubEventSource {
                 },
             }),
         }
+    }
+
+    /// Stops the stream and deletes the subscription, as
+    /// [`PubSubSubscription::delete`] does.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        self.handle.delete().await
     }
 }
 
@@ -583,7 +604,12 @@ impl Worker {
 
     /// Waits out the next backoff delay. False when the task should end.
     async fn pause(&mut self) -> bool {
-        let delay = self.backoff.next_delay();
+        // The policy limits neither attempts nor time, so there always is
+        // a next delay.
+        let delay = self
+            .backoff
+            .next_delay()
+            .unwrap_or(self.backoff.policy().max_delay);
         let mut stop = self.stop.clone();
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => false,
@@ -704,47 +730,14 @@ fn no_retry() -> RetrySetting {
     }
 }
 
-/// Exponential backoff with jitter, reset after a successful connect.
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.max(Duration::from_millis(1));
-        Self {
-            initial,
-            max: max.max(initial),
-            current: initial,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.current = self.initial;
-    }
-
-    /// The next delay: between half and all of the current step, so many
-    /// instances that lost the same server do not come back in lockstep.
-    fn next_delay(&mut self) -> Duration {
-        let step = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let fraction = 0.5 + (random_u64() % 1000) as f64 / 2000.0;
-        step.mul_f64(fraction)
-    }
-}
-
-fn random_u64() -> u64 {
-    // A randomly seeded hasher is random enough for jitter and client ids.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
+/// The reconnect backoff: from `backoff_initial` doubling up to
+/// `backoff_max`, each delay between half and all of its step (equal
+/// jitter), so many instances that lost the same server do not come back in
+/// lockstep; no limit on attempts or time, since the stream must come back.
+fn backoff_policy(config: &PubSubConfig) -> BackoffPolicy {
+    // A zero first delay would spin; a cap below it would shrink the steps.
+    let initial = config.backoff_initial.max(Duration::from_millis(1));
+    BackoffPolicy::new(initial, config.backoff_max.max(initial)).with_jitter(Jitter::Equal)
 }
 
 #[cfg(test)]
@@ -834,11 +827,13 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let delays: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        let config = PubSubConfig::new("p", "t", "i")
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(400));
+        let mut b = Backoff::new(backoff_policy(&config));
+        let delays: Vec<_> = (0..5).map(|_| b.next_delay().unwrap()).collect();
         assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
         assert!(delays[4] >= Duration::from_millis(200) && delays[4] <= Duration::from_millis(400));
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+        assert!(b.next_delay().unwrap() <= Duration::from_millis(100));
     }
 }

@@ -1,0 +1,596 @@
+//! The embedded store's own tests; the shared conformance suite runs in `runbox-tests`.
+
+use std::fs::{self, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::AsyncReadExt;
+
+use super::*;
+
+/// Every test is bounded: a lock bug must fail the test, not hang CI.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("test did not finish within 60 s")
+}
+
+fn store() -> (tempfile::TempDir, LocalStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = LocalStore::open(dir.path().join("store")).expect("open store");
+    (dir, store)
+}
+
+fn names(page: &ListPage) -> Vec<&str> {
+    page.objects.iter().map(|m| m.name.as_str()).collect()
+}
+
+fn mtime_us(path: &Path) -> i64 {
+    let md = fs::metadata(path).expect("stat");
+    md.mtime() * 1_000_000 + md.mtime_nsec() / 1_000
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_is_a_plain_file_and_bookkeeping_stays_under_runbox() {
+    let (_dir, store) = store();
+    bounded(async {
+        let meta = store
+            .put(
+                "results/a.json",
+                Bytes::from_static(b"{}"),
+                PutOptions::create(),
+            )
+            .await
+            .unwrap();
+        let path = store.path_of("results/a.json").unwrap();
+        assert_eq!(path, store.root().join("results/a.json"));
+        assert_eq!(fs::read(&path).unwrap(), b"{}");
+        assert!(store.root().join(".runbox/meta/results/a.json").is_file());
+        // Nothing staged is left behind by a successful write.
+        let leftovers: Vec<_> = fs::read_dir(store.root().join(".runbox/tmp"))
+            .unwrap()
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        let page = store.list(&ListOptions::default()).await.unwrap();
+        assert_eq!(names(&page), ["results/a.json"]);
+        assert_eq!(page.objects[0], meta);
+        assert!(store.describe().starts_with("file:///"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_written_directly_are_objects() {
+    let (_dir, store) = store();
+    bounded(async {
+        let name = "sessions/s/workspace/notes.txt";
+        let path = store.path_of(name).unwrap();
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"written by a command").unwrap();
+
+        let head = store.head(name).await.unwrap();
+        assert_eq!(head.generation, mtime_us(&path));
+        assert_eq!(head.size, 20);
+        assert!(head.metadata.is_empty());
+        let object = store.get(name).await.unwrap();
+        assert_eq!(object.data, Bytes::from_static(b"written by a command"));
+        assert_eq!(object.meta, head);
+        let listed = store
+            .list(&ListOptions {
+                prefix: "sessions/s/".into(),
+                ..ListOptions::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.objects, std::slice::from_ref(&head));
+
+        let err = store
+            .put(name, Bytes::new(), PutOptions::create())
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(), "{err:?}");
+        let next = store
+            .put(
+                name,
+                Bytes::from_static(b"via the store"),
+                PutOptions::when(Precondition::GenerationMatch(head.generation)),
+            )
+            .await
+            .unwrap();
+        assert!(next.generation > head.generation);
+        assert_eq!(store.head(name).await.unwrap(), next);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn editing_a_file_behind_the_store_makes_a_new_generation() {
+    let (_dir, store) = store();
+    bounded(async {
+        let name = "sessions/s/workspace/log.txt";
+        let written = store
+            .put(
+                name,
+                Bytes::from_static(b"one\n"),
+                PutOptions::default().with_metadata("k", "v"),
+            )
+            .await
+            .unwrap();
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(store.path_of(name).unwrap())
+            .unwrap();
+        file.write_all(b"two\n").unwrap();
+        drop(file);
+
+        let head = store.head(name).await.unwrap();
+        assert!(head.generation > written.generation);
+        assert_eq!(head.size, 8);
+        // The custom metadata described the content the store wrote.
+        assert!(head.metadata.is_empty());
+        let err = store
+            .put(
+                name,
+                Bytes::new(),
+                PutOptions::when(Precondition::GenerationMatch(written.generation)),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(), "{err:?}");
+        assert_eq!(store.get(name).await.unwrap().data.as_ref(), b"one\ntwo\n");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_stores_on_one_directory_admit_exactly_one_create() {
+    let (dir, first) = store();
+    // A second instance stands in for another process: flock locks
+    // belong to open file descriptions, so the two exclude each other
+    // exactly as two processes would.
+    let second = LocalStore::open(dir.path().join("store")).unwrap();
+    bounded(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..50 {
+            let store = if i % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            tasks.spawn(async move {
+                let data = Bytes::from(format!("writer {i}"));
+                (
+                    i,
+                    store
+                        .put("results/x.json", data, PutOptions::create())
+                        .await,
+                )
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined.unwrap() {
+                (i, Ok(meta)) => winners.push((i, meta)),
+                (_, Err(e)) => assert!(e.is_conflict(), "unexpected error: {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "winners: {winners:?}");
+        let (i, meta) = &winners[0];
+        let object = second.get("results/x.json").await.unwrap();
+        assert_eq!(object.data, Bytes::from(format!("writer {i}")));
+        assert_eq!(&object.meta, meta);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_never_pair_new_metadata_with_old_content() {
+    let (_dir, store) = store();
+    bounded(async {
+        let name = "sessions/s/state.json";
+        let put = |i: u32| {
+            store.put(
+                name,
+                Bytes::from(i.to_string()),
+                PutOptions::default().with_metadata("i", i.to_string()),
+            )
+        };
+        put(0).await.unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let store = store.clone();
+            let done = Arc::clone(&done);
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !done.load(Ordering::Acquire) {
+                    let object = store.get(name).await.unwrap();
+                    let content = std::str::from_utf8(&object.data).unwrap();
+                    assert_eq!(Some(&content.to_owned()), object.meta.metadata.get("i"));
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let mut last = 0;
+        for i in 1..=200 {
+            let meta = put(i).await.unwrap();
+            assert!(meta.generation > last);
+            last = meta.generation;
+        }
+        done.store(true, Ordering::Release);
+        let reads = reader.await.unwrap();
+        assert!(reads > 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generations_never_repeat_after_a_delete() {
+    let (_dir, store) = store();
+    bounded(async {
+        let mut last = 0;
+        // Faster than the clock ticks: only the stripe's record of what
+        // it issued keeps a re-created object from reusing a generation.
+        for _ in 0..20 {
+            let meta = store
+                .put("results/r.json", Bytes::new(), PutOptions::create())
+                .await
+                .unwrap();
+            assert!(meta.generation > last, "{} after {last}", meta.generation);
+            last = meta.generation;
+            store
+                .delete("results/r.json", Precondition::GenerationMatch(last))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_prunes_empty_directories() {
+    let (_dir, store) = store();
+    bounded(async {
+        for name in ["a/b/c/d.txt", "a/x.txt"] {
+            store
+                .put(name, Bytes::new(), PutOptions::create())
+                .await
+                .unwrap();
+        }
+        store
+            .delete("a/b/c/d.txt", Precondition::None)
+            .await
+            .unwrap();
+        let root = store.root();
+        assert!(!root.join("a/b").exists());
+        assert!(!root.join(".runbox/meta/a/b").exists());
+        assert!(root.join("a/x.txt").is_file());
+
+        store.delete("a/x.txt", Precondition::None).await.unwrap();
+        assert!(!root.join("a").exists());
+        assert!(!root.join(".runbox/meta/a").exists());
+        assert!(root.join(".runbox/meta").is_dir());
+        let page = store
+            .list(&ListOptions {
+                delimiter: Some('/'),
+                ..ListOptions::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            page.objects.is_empty() && page.prefixes.is_empty(),
+            "{page:?}"
+        );
+        let err = store
+            .delete("a/x.txt", Precondition::None)
+            .await
+            .unwrap_err();
+        assert!(err.is_not_found(), "{err:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_directories_symlinks_and_fifos_are_not_objects() {
+    let (_dir, store) = store();
+    bounded(async {
+        let root = store.root().to_path_buf();
+        store
+            .put("real.txt", Bytes::from_static(b"x"), PutOptions::create())
+            .await
+            .unwrap();
+        fs::create_dir_all(root.join("empty/deeper")).unwrap();
+        std::os::unix::fs::symlink(root.join("real.txt"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("loop")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            root.join("pipe"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+
+        let page = store
+            .list(&ListOptions {
+                delimiter: Some('/'),
+                ..ListOptions::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(names(&page), ["real.txt"]);
+        assert!(page.prefixes.is_empty(), "{:?}", page.prefixes);
+        let all = list_all(&store, "").await.unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        for name in ["empty", "empty/deeper", "link", "pipe", "loop/real.txt"] {
+            let err = store.get(name).await.unwrap_err();
+            assert!(err.is_not_found(), "{name}: {err:?}");
+        }
+        for name in ["empty", "link", "pipe"] {
+            let err = store.head(name).await.unwrap_err();
+            assert!(err.is_not_found(), "{name}: {err:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn symlinks_never_lead_the_store_out_of_its_root() {
+    let (dir, store) = store();
+    bounded(async {
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("secret"), b"host file").unwrap();
+        fs::create_dir_all(store.root().join("ws")).unwrap();
+        // What a command in a workspace could plant.
+        std::os::unix::fs::symlink(&outside, store.root().join("ws/link")).unwrap();
+
+        let err = store
+            .put("ws/link/planted", Bytes::new(), PutOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+        assert!(!outside.join("planted").exists());
+        for result in [
+            store.get("ws/link/secret").await.map(|_| ()),
+            store.head("ws/link/secret").await.map(|_| ()),
+            store.delete("ws/link/secret", Precondition::None).await,
+        ] {
+            let err = result.unwrap_err();
+            assert!(err.is_not_found(), "{err:?}");
+        }
+        assert!(outside.join("secret").exists());
+        let page = store
+            .list(&ListOptions {
+                prefix: "ws/link/".into(),
+                ..ListOptions::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.objects.is_empty(), "{page:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_follows_full_name_order_across_directories() {
+    let (_dir, store) = store();
+    bounded(async {
+        // '-' < '/' < '0': the directory `a/` sorts between its siblings.
+        for name in ["a0", "a/x", "a-b", "a/y/z"] {
+            store
+                .put(name, Bytes::new(), PutOptions::create())
+                .await
+                .unwrap();
+        }
+        let expected = ["a-b", "a/x", "a/y/z", "a0"];
+        let all = list_all(&store, "").await.unwrap();
+        let all: Vec<_> = all.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(all, expected);
+
+        let mut opts = ListOptions {
+            page_size: Some(1),
+            ..ListOptions::default()
+        };
+        let mut paged = Vec::new();
+        loop {
+            let page = store.list(&opts).await.unwrap();
+            assert!(page.objects.len() <= 1);
+            paged.extend(page.objects.into_iter().map(|m| m.name));
+            match page.next_page_token {
+                Some(token) => opts.page_token = Some(token),
+                None => break,
+            }
+        }
+        assert_eq!(paged, expected);
+
+        // A delimiter other than '/' folds across directories too.
+        let page = store
+            .list(&ListOptions {
+                prefix: "a".into(),
+                delimiter: Some('-'),
+                ..ListOptions::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.prefixes, ["a-"]);
+        assert_eq!(names(&page), ["a/x", "a/y/z", "a0"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn page_tokens_from_elsewhere_are_rejected() {
+    let (_dir, store) = store();
+    bounded(async {
+        for i in 0..3 {
+            store
+                .put(&format!("a/{i}"), Bytes::new(), PutOptions::create())
+                .await
+                .unwrap();
+        }
+        let first = store
+            .list(&ListOptions {
+                prefix: "a/".into(),
+                page_size: Some(1),
+                ..ListOptions::default()
+            })
+            .await
+            .unwrap();
+        let token = first.next_page_token.expect("more pages");
+        for (prefix, token) in [("a/", "garbage"), ("a/", "l1.zz"), ("b/", token.as_str())] {
+            let err = store
+                .list(&ListOptions {
+                    prefix: prefix.into(),
+                    page_token: Some(token.into()),
+                    ..ListOptions::default()
+                })
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::InvalidPageToken { .. }),
+                "{prefix} {token}: {err:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prefixes_outside_the_objects_list_nothing() {
+    let (_dir, store) = store();
+    bounded(async {
+        store
+            .put("x", Bytes::new(), PutOptions::create())
+            .await
+            .unwrap();
+        for prefix in ["../", ".runbox/", ".run", "a//", "/"] {
+            let page = store
+                .list(&ListOptions {
+                    prefix: prefix.into(),
+                    ..ListOptions::default()
+                })
+                .await
+                .unwrap();
+            assert!(page.objects.is_empty(), "{prefix}: {page:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreadable_metadata_is_corrupt_until_a_plain_put_repairs_it() {
+    let (_dir, store) = store();
+    bounded(async {
+        let name = "sessions/s/state.json";
+        let meta = store
+            .put(name, Bytes::new(), PutOptions::create())
+            .await
+            .unwrap();
+        fs::write(store.root().join(".runbox/meta").join(name), b"not json").unwrap();
+
+        assert!(matches!(
+            store.head(name).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.get(name).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        let conditional = store
+            .put(
+                name,
+                Bytes::new(),
+                PutOptions::when(Precondition::GenerationMatch(meta.generation)),
+            )
+            .await;
+        assert!(matches!(conditional, Err(StoreError::Corrupt { .. })));
+        // One bad sidecar does not break listings.
+        assert_eq!(list_all(&store, "sessions/").await.unwrap().len(), 1);
+
+        let repaired = store
+            .put(name, Bytes::from_static(b"{}"), PutOptions::default())
+            .await
+            .unwrap();
+        assert!(repaired.generation > meta.generation);
+        assert_eq!(store.head(name).await.unwrap(), repaired);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_stream_keeps_the_generation_it_opened() {
+    let (_dir, store) = store();
+    bounded(async {
+        store
+            .put("f", Bytes::from_static(b"old"), PutOptions::create())
+            .await
+            .unwrap();
+        let (meta, mut stream) = store.get_stream("f").await.unwrap();
+        store
+            .put("f", Bytes::from_static(b"new!"), PutOptions::default())
+            .await
+            .unwrap();
+        let mut read = Vec::new();
+        stream.read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, b"old");
+        assert_eq!(meta.size, 3);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_cannot_be_both_an_object_and_a_directory() {
+    let (_dir, store) = store();
+    bounded(async {
+        let meta = store
+            .put("a/b", Bytes::from_static(b"b"), PutOptions::create())
+            .await
+            .unwrap();
+        for name in ["a", "a/b/c"] {
+            let err = store
+                .put(name, Bytes::new(), PutOptions::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Io { .. }), "{name}: {err:?}");
+        }
+        // The failed writes left the existing object as it was.
+        assert_eq!(store.head("a/b").await.unwrap(), meta);
+        assert_eq!(list_all(&store, "").await.unwrap(), [meta]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_stream_write_leaves_nothing_behind() {
+    let (_dir, store) = store();
+    bounded(async {
+        // A stream that fails half-way, like a broken upload.
+        let failing = tokio::io::AsyncReadExt::chain(&b"partial"[..], FailingReader);
+        let err = store
+            .put_stream("up", Box::pin(failing), PutOptions::create())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Io { op: "write", .. }), "{err:?}");
+        assert!(store.head("up").await.unwrap_err().is_not_found());
+        let leftovers = fs::read_dir(store.root().join(".runbox/tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(leftovers, 0);
+    })
+    .await;
+}
+
+struct FailingReader;
+
+impl tokio::io::AsyncRead for FailingReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Err(io::Error::other("connection reset")))
+    }
+}

@@ -1,0 +1,249 @@
+//! Writes and deletes: content staged in a temporary file, the precondition
+//! checked under the name's exclusive lock, then the sidecar and the content
+//! renamed into place (content last). Deletes prune directories left empty.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::io::Errno;
+
+use super::resolve::{leaf_of, unlink_at};
+use super::sidecar::{Fingerprint, Sidecar};
+use super::*;
+
+impl Inner {
+    /// Creates a new, empty temporary file under `.runbox/tmp`.
+    pub(super) fn create_temp(&self, name: &str) -> Result<(TempFile, File)> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let path = self.tmp.join(format!(
+            "{}-{}-{nanos}.tmp",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        // create_new: never write into a file some other process owns.
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create temporary file for", name))?;
+        Ok((TempFile { path: Some(path) }, file))
+    }
+
+    /// Makes the staged content in `tmp` (open as `file`, already synced) the
+    /// new generation of `name`, if the precondition holds.
+    pub(super) fn commit(
+        &self,
+        name: &str,
+        tmp: TempFile,
+        file: &File,
+        opts: PutOptions,
+    ) -> Result<ObjectMeta> {
+        let staged = file.metadata().map_err(io_err("stat", name))?;
+        let fingerprint = Fingerprint::of(&staged);
+        let lock = StripeLock::acquire(self, name, LockMode::Exclusive)?;
+        let tolerate_corrupt = opts.precondition == Precondition::None;
+        let current = self.current(name, tolerate_corrupt)?;
+        check(name, opts.precondition, current.meta.as_ref())?;
+
+        // Resolve (creating) the content's directory before touching the
+        // sidecar, so that whatever would stop the content from landing
+        // fails the write while nothing has changed yet: a file or a symlink
+        // where a directory should be, or a directory at the name itself
+        // (the store cannot hold both `a` and `a/b`).
+        let write_err = io_err("write", name);
+        let (parent, leaf) = open_parent(&self.root, name, true).map_err(&write_err)?;
+        let in_the_way = open_at(&parent, leaf, READ_FLAGS)
+            .is_ok_and(|fd| File::from(fd).metadata().is_ok_and(|md| md.is_dir()));
+        if in_the_way {
+            return Err(write_err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "a directory of other objects has this name",
+            )));
+        }
+
+        let previous = current.meta.as_ref().map(|m| m.generation);
+        let generation = lock
+            .issue_generation(previous)
+            .map_err(io_err("allocate generation for", name))?;
+        let updated_us = now_us();
+        let sidecar = Sidecar {
+            generation,
+            metadata: opts.metadata,
+            updated_us,
+            content: fingerprint,
+        };
+        let encoded = serde_json::to_vec(&sidecar).expect("a sidecar always encodes");
+        self.write_sidecar(name, &encoded)?;
+
+        // The content's rename is the last step: whoever sees the new file
+        // and then asks for its metadata finds the new sidecar already there.
+        let parent = match self.place_content(tmp, name, parent) {
+            Ok(parent) => parent,
+            Err(e) => {
+                self.restore_sidecar(name, current.sidecar.as_deref());
+                return Err(write_err(e));
+            }
+        };
+        // Make the rename durable before reporting success.
+        if let Err(e) = self.sync_file(&File::from(parent)) {
+            tracing::warn!(object = name, error = %e, "could not sync directory after write");
+        }
+        drop(lock);
+
+        Ok(ObjectMeta {
+            name: name.to_owned(),
+            generation,
+            size: fingerprint.size,
+            metadata: sidecar.metadata,
+            updated: Some(from_us(updated_us)),
+        })
+    }
+
+    /// Renames the staged content into `parent`, the last step of a write;
+    /// returns the directory it landed in.
+    fn place_content(
+        &self,
+        mut tmp: TempFile,
+        name: &str,
+        mut parent: OwnedFd,
+    ) -> io::Result<OwnedFd> {
+        let Some(src) = tmp.path.clone() else {
+            return Err(io::Error::other("temporary file already placed"));
+        };
+        let leaf = leaf_of(name);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match rustix::fs::renameat(rustix::fs::CWD, &src, &parent, leaf) {
+                Ok(()) => {
+                    tmp.path = None;
+                    return Ok(parent);
+                }
+                Err(Errno::INTR) => {}
+                // A concurrent delete pruned the directory, then empty,
+                // after we opened it: make it again.
+                Err(Errno::NOENT) if attempt < PLACE_ATTEMPTS => {
+                    parent = open_parent(&self.root, name, true)?.0;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// fsyncs `file` when the store is durable.
+    pub(super) fn sync_file(&self, file: &File) -> io::Result<()> {
+        if self.sync { file.sync_all() } else { Ok(()) }
+    }
+
+    pub(super) fn delete(&self, name: &str, precondition: Precondition) -> Result<()> {
+        let lock = StripeLock::acquire(self, name, LockMode::Exclusive)?;
+        let current = self.current(name, precondition == Precondition::None)?;
+        let Some(meta) = current.meta else {
+            if current.sidecar.is_some() {
+                // A sidecar whose content a command removed: tidy it up.
+                let _ = fs::remove_file(self.meta_path(name));
+            }
+            return Err(not_found(name));
+        };
+        check(name, precondition, Some(&meta))?;
+        // Content first: it is what makes the object exist.
+        let removed = open_parent(&self.root, name, false)
+            .and_then(|(parent, leaf)| unlink_at(&parent, leaf));
+        match removed {
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => return Err(not_found(name)),
+            Err(e) => return Err(io_err("delete", name)(e)),
+        }
+        match fs::remove_file(self.meta_path(name)) {
+            Ok(()) => {}
+            Err(e) if is_absent(&e) => {}
+            // The object is gone; a leftover sidecar no longer matches any
+            // content, so it can never be mistaken for the object's.
+            Err(e) => {
+                tracing::warn!(object = name, error = %e, "could not remove metadata of a deleted object");
+            }
+        }
+        drop(lock);
+        prune(&self.content_path(name), &self.root);
+        prune(&self.meta_path(name), &self.meta);
+        Ok(())
+    }
+}
+
+/// Whether `precondition` holds for `current`.
+fn check(name: &str, precondition: Precondition, current: Option<&ObjectMeta>) -> Result<()> {
+    let holds = match (precondition, current) {
+        (Precondition::None, _) => true,
+        // Cloud Storage spells "must not exist" as if-generation-match=0.
+        (Precondition::DoesNotExist | Precondition::GenerationMatch(0), current) => {
+            current.is_none()
+        }
+        (Precondition::GenerationMatch(g), Some(current)) => current.generation == g,
+        (Precondition::GenerationMatch(_), None) => false,
+    };
+    if holds {
+        Ok(())
+    } else {
+        Err(StoreError::PreconditionFailed {
+            name: name.to_owned(),
+            precondition,
+        })
+    }
+}
+
+/// A staged file under `.runbox/tmp`, removed on drop unless placed.
+pub(super) struct TempFile {
+    path: Option<PathBuf>,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Renames `tmp` to `dest`, creating parent directories; retried when a
+/// concurrent delete pruned a parent directory in between.
+pub(super) fn place(mut tmp: TempFile, dest: &Path) -> io::Result<()> {
+    let Some(src) = tmp.path.clone() else {
+        return Err(io::Error::other("temporary file already placed"));
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        match fs::rename(&src, dest) {
+            Ok(()) => {
+                tmp.path = None;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < PLACE_ATTEMPTS => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Removes the now-empty directories above `path`, up to (not including)
+/// `stop`. Stops at the first one that is not empty; a concurrent write
+/// recreates what it needs (see [`place`]).
+fn prune(path: &Path, stop: &Path) {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d == stop || !d.starts_with(stop) || fs::remove_dir(d).is_err() {
+            return;
+        }
+        dir = d.parent();
+    }
+}
