@@ -3,9 +3,12 @@
 //! its backends.
 
 pub mod backend;
+pub mod background_marker;
 pub mod config;
+pub mod contract;
 pub mod ids;
 pub mod layout;
+pub mod manifest;
 pub mod store;
 pub mod workspace_path;
 
