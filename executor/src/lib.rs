@@ -323,7 +323,7 @@ async fn run(
         }
         Ok(process::Ending::Cancelled) => {
             result.set_exec_status(ExecStatus::Cancelled);
-            result.exit_code = 128 + libc::SIGTERM;
+            result.exit_code = 128 + rustix::process::Signal::TERM.as_raw();
             notes.push("execution cancelled; its process group was killed".to_owned());
         }
         Ok(process::Ending::Exited(status)) => {
