@@ -7,7 +7,7 @@
 //!   the file API reads and writes files without launching a job;
 //! - `sessions/{session}/manifest.json`: every entry of the tree, including
 //!   what objects cannot hold: permission bits, modification times, empty
-//!   directories and symlinks. See [`Manifest`] for the format.
+//!   directories and symlinks. See [`runbox_core::manifest`] for the format.
 //!
 //! The file objects are the truth for content; the manifest is the truth for
 //! everything else. [`restore`] lists the objects and reconciles: an object

@@ -112,7 +112,7 @@ fn adopted(meta: &ObjectMeta, mode: u32) -> FileEntry {
 }
 
 /// `a/b/c` → `a`, `a/b`.
-pub(super) fn ancestors(path: &str) -> impl Iterator<Item = String> + '_ {
+fn ancestors(path: &str) -> impl Iterator<Item = String> + '_ {
     path.match_indices('/')
         .map(move |(i, _)| path[..i].to_owned())
 }
