@@ -162,8 +162,9 @@ pub struct Config {
     pub workspace_max_bytes: u64,
 }
 
-/// The largest command accepted, in bytes (DESIGN §8).
-pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// Kept here for existing callers; the limit belongs to the executor
+/// contract.
+pub use crate::contract::MAX_COMMAND_BYTES;
 
 impl Default for Config {
     fn default() -> Self {

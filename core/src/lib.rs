@@ -4,9 +4,12 @@
 
 pub mod backend;
 pub mod backoff;
+pub mod background_marker;
 pub mod config;
+pub mod contract;
 pub mod ids;
 pub mod layout;
+pub mod manifest;
 pub mod store;
 pub mod workspace_path;
 

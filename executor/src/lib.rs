@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runbox_core::config::{Config, MAX_COMMAND_BYTES};
+use runbox_core::config::{Backend, Config};
+use runbox_core::contract;
 use runbox_core::layout::{self, Stream};
 use runbox_core::store::{self, JsonObjectError, Precondition, PutOptions, Store, StoreError};
 use runbox_core::{ExecutionId, SessionId};
@@ -25,7 +26,7 @@ pub mod workspace;
 pub const TIMEOUT_EXIT_CODE: i32 = 124;
 
 /// Custom metadata key carrying the W3C trace context on result objects.
-pub const TRACEPARENT_KEY: &str = "traceparent";
+pub const TRACEPARENT_KEY: &str = contract::RESULT_TRACEPARENT_KEY;
 
 /// Why the executor could not write a result. Anything short of this ends
 /// in a result object; this ends in reconciliation writing LOST.
@@ -76,7 +77,7 @@ pub async fn execute(
     let id = &settings.execution_id;
     let started = runbox_proto::now();
     tracing::debug!(execution = %id, "loading request");
-    let (mut result, traceparent) = match load(&*store, settings).await {
+    let (mut result, traceparent) = match load_request(&*store, settings).await {
         Err(rejection) => (rejection.into_result(id), String::new()),
         Ok(loaded) => {
             let traceparent = loaded.request.traceparent.clone();
@@ -88,18 +89,7 @@ pub async fn execute(
         result.started_at = Some(started);
     }
     result.completed_at = Some(runbox_proto::now());
-    let mut opts = PutOptions::create();
-    if !traceparent.is_empty() {
-        opts = opts.with_metadata(TRACEPARENT_KEY, traceparent);
-    }
-    match store::put_json(&*store, &layout::result(id), &result, opts).await {
-        Ok(_) => Ok(Outcome::Written(Box::new(result))),
-        Err(e) if e.is_conflict() => Ok(Outcome::AlreadyWritten(Box::new(result))),
-        Err(source) => Err(ExecutorError::WriteResult {
-            id: id.clone(),
-            source,
-        }),
-    }
+    write_result(&*store, id, result, traceparent).await
 }
 
 /// A request that cannot run; becomes a REJECTED result.
@@ -131,7 +121,8 @@ struct Loaded {
     workspace: PathBuf,
 }
 
-async fn load(store: &dyn Store, settings: &Settings) -> Result<Loaded, Rejection> {
+/// Reads and checks the request, then reads the session's state.
+async fn load_request(store: &dyn Store, settings: &Settings) -> Result<Loaded, Rejection> {
     let id = &settings.execution_id;
     let reject = |session_id: &str, message: String| Rejection {
         session_id: session_id.to_owned(),
@@ -153,49 +144,13 @@ async fn load(store: &dyn Store, settings: &Settings) -> Result<Loaded, Rejectio
             ),
         ));
     }
-    if request.command.len() > MAX_COMMAND_BYTES {
-        return Err(reject(
-            session.as_str(),
-            format!(
-                "command is {} bytes; at most {MAX_COMMAND_BYTES} bytes are allowed",
-                request.command.len()
-            ),
-        ));
-    }
-    let max = settings.config.max_timeout;
-    if request.timeout_ms == 0 || Duration::from_millis(request.timeout_ms) > max {
-        return Err(reject(
-            session.as_str(),
-            format!(
-                "timeout of {} ms is outside 1 ms ..= {} s",
-                request.timeout_ms,
-                max.as_secs()
-            ),
-        ));
-    }
-    let (state, state_precondition) = match store::get_json::<SessionState>(
-        store,
-        &layout::session_state(&session),
-        "SessionState",
-    )
-    .await
-    {
-        Ok(v) => (v.value, Precondition::GenerationMatch(v.generation)),
-        Err(JsonObjectError::Store(e)) if e.is_not_found() => {
-            let state = SessionState {
-                session_id: session.to_string(),
-                created_at: Some(runbox_proto::now()),
-                ..Default::default()
-            };
-            (state, Precondition::DoesNotExist)
-        }
-        Err(e) => {
-            return Err(reject(
-                session.as_str(),
-                format!("session {session}: {}", error_chain(&e)),
-            ));
-        }
-    };
+    // The dispatcher checked it too; a request object written any other
+    // way meets the same rules.
+    contract::validate_request(&request, settings.config.max_timeout)
+        .map_err(|e| reject(session.as_str(), e.to_string()))?;
+    let (state, state_precondition) = load_state(store, &session)
+        .await
+        .map_err(|message| reject(session.as_str(), message))?;
     let workspace = settings
         .workspace_base
         .join(layout::workspace_prefix(&session));
@@ -208,6 +163,30 @@ async fn load(store: &dyn Store, settings: &Settings) -> Result<Loaded, Rejectio
     })
 }
 
+/// The session's state and the precondition its save must meet; a fresh
+/// state when the session has none yet.
+async fn load_state(
+    store: &dyn Store,
+    session: &SessionId,
+) -> Result<(SessionState, Precondition), String> {
+    match store::get_json::<SessionState>(store, &layout::session_state(session), "SessionState")
+        .await
+    {
+        Ok(v) => Ok((v.value, Precondition::GenerationMatch(v.generation))),
+        Err(JsonObjectError::Store(e)) if e.is_not_found() => {
+            let state = SessionState {
+                session_id: session.to_string(),
+                created_at: Some(runbox_proto::now()),
+                ..Default::default()
+            };
+            Ok((state, Precondition::DoesNotExist))
+        }
+        Err(e) => Err(format!("session {session}: {}", error_chain(&e))),
+    }
+}
+
+/// Runs a loaded request: restore, run, collect, save. Every failure ends in
+/// the returned result.
 async fn run(
     store: &dyn Store,
     settings: &Settings,
@@ -226,42 +205,122 @@ async fn run(
         session_id: session.to_string(),
         ..Default::default()
     };
-    let fail = |mut r: ExecResult, message: String| {
-        r.set_exec_status(ExecStatus::Rejected);
-        r.exit_code = -1;
-        r.message = message;
-        r
-    };
-    if let Err(e) = std::fs::create_dir_all(&workspace) {
-        return fail(
-            result,
-            format!("create workspace {}: {e}", workspace.display()),
-        );
-    }
-    // The embedded store's workspace directory holds the objects themselves;
-    // anywhere else the directory is a copy (a fresh disk on Cloud Run).
-    let sync = crate::workspace::SyncOptions::new(match settings.config.backend {
-        runbox_core::config::Backend::Local => crate::workspace::SyncMode::InPlace,
-        runbox_core::config::Backend::Gcp => crate::workspace::SyncMode::Transfer,
-    })
-    .with_max_bytes(settings.config.workspace_max_bytes);
-    let restored = match crate::workspace::restore(store, &session, &workspace, &sync).await {
+    let sync = sync_options(&settings.config);
+    let restored = match restore_workspace(store, &session, &workspace, &sync).await {
         Ok(snapshot) => snapshot,
-        // Running on a partial workspace could only do harm.
-        Err(e) => return fail(result, format!("restore workspace: {}", error_chain(&e))),
+        Err(message) => return rejected(result, message),
     };
     tracing::debug!(execution = %id, "workspace restored");
-    let scratch = match tempfile::Builder::new().prefix("runbox-exec-").tempdir() {
-        Ok(d) => d,
-        Err(e) => return fail(result, format!("create scratch directory: {e}")),
+    let files = match Scratch::with_command(&request.command) {
+        Ok(files) => files,
+        Err(message) => return rejected(result, message),
     };
-    let files = Scratch::new(scratch.path());
-    if let Err(e) = std::fs::write(&files.command, &request.command) {
-        return fail(result, format!("write command file: {e}"));
-    }
 
     let mut notes = Vec::new();
-    let cwd = if !state.cwd.is_empty() && Path::new(&state.cwd).is_dir() {
+    let cwd = starting_cwd(&state, &workspace, &mut notes);
+    let base = base_env(&session, id, &workspace);
+    let start = shell::start_env(&base, &state, &request.env);
+    let Ran {
+        started_at,
+        ending,
+        streamer,
+    } = match run_command(store, settings, &request, &files, &cwd, &start, cancel).await {
+        Ok(ran) => ran,
+        Err(message) => return rejected(result, message),
+    };
+    result.started_at = Some(started_at);
+    let capture = std::fs::read(&files.capture)
+        .ok()
+        .and_then(|b| shell::parse_capture(&b));
+    if let Err(message) = record_ending(
+        &mut result,
+        ending,
+        capture.as_ref(),
+        request.timeout_ms,
+        &mut notes,
+    ) {
+        return rejected(result, message);
+    }
+    if let Some(streamer) = streamer {
+        // After the sweep, so nothing writes any more; before the result, so
+        // every chunk exists once the result does.
+        notes.extend(streamer.finish(store).await);
+    }
+    let cap = if request.output_cap_bytes > 0 {
+        request.output_cap_bytes
+    } else {
+        settings.config.output_cap
+    };
+    collect_output(store, id, &files, cap, &mut result, &mut notes).await;
+    tracing::debug!(execution = %id, "output collected");
+
+    if request.background {
+        // A background process never saves cwd/env (see background.rs): it
+        // would overwrite what foreground commands saved meanwhile.
+        result.cwd = capture.map_or_else(|| cwd.to_string_lossy().into_owned(), |c| c.cwd);
+        result.message = notes.join("; ");
+        return result;
+    }
+    // Files persist whatever the exit status, like cd and export. Only
+    // foreground commands save: a background process's snapshot is stale by
+    // the time it ends, and its save would only conflict.
+    save_workspace(store, &session, &workspace, &restored, &sync, &mut notes).await;
+    tracing::debug!(execution = %id, "workspace saved");
+    update_state(&mut state, capture.as_ref(), &cwd, &base, &start);
+    result.cwd = state.cwd.clone();
+    save_state(
+        store,
+        &session,
+        id,
+        &mut state,
+        state_precondition,
+        &mut result,
+        &mut notes,
+    )
+    .await;
+    tracing::debug!(execution = %id, "state saved");
+    result.message = notes.join("; ");
+    result
+}
+
+/// A result for a request that could not run to the end, saying why.
+fn rejected(mut result: ExecResult, message: String) -> ExecResult {
+    result.set_exec_status(ExecStatus::Rejected);
+    result.exit_code = -1;
+    result.message = message;
+    result
+}
+
+/// How the workspace moves between directory and store on this backend.
+fn sync_options(config: &Config) -> workspace::SyncOptions {
+    // The embedded store's workspace directory holds the objects themselves;
+    // anywhere else the directory is a copy (a fresh disk on Cloud Run).
+    workspace::SyncOptions::new(match config.backend {
+        Backend::Local => workspace::SyncMode::InPlace,
+        Backend::Gcp => workspace::SyncMode::Transfer,
+    })
+    .with_max_bytes(config.workspace_max_bytes)
+}
+
+/// Creates the workspace directory and restores the session's files into it.
+async fn restore_workspace(
+    store: &dyn Store,
+    session: &SessionId,
+    workspace: &Path,
+    sync: &workspace::SyncOptions,
+) -> Result<workspace::Snapshot, String> {
+    std::fs::create_dir_all(workspace)
+        .map_err(|e| format!("create workspace {}: {e}", workspace.display()))?;
+    // Running on a partial workspace could only do harm.
+    workspace::restore(store, session, workspace, sync)
+        .await
+        .map_err(|e| format!("restore workspace: {}", error_chain(&e)))
+}
+
+/// Where the command starts: the session's cwd while it exists, else the
+/// workspace (with a note saying so).
+fn starting_cwd(state: &SessionState, workspace: &Path, notes: &mut Vec<String>) -> PathBuf {
+    if !state.cwd.is_empty() && Path::new(&state.cwd).is_dir() {
         PathBuf::from(&state.cwd)
     } else {
         if !state.cwd.is_empty() {
@@ -270,24 +329,46 @@ async fn run(
                 state.cwd
             ));
         }
-        workspace.clone()
-    };
-    let base = base_env(&session, id, &workspace);
-    let start = shell::start_env(&base, &state, &request.env);
+        workspace.to_owned()
+    }
+}
+
+/// How [`run_command`] went.
+struct Ran {
+    /// When bash was started.
+    started_at: runbox_proto::Timestamp,
+    /// How it ended; an error when it could not start.
+    ending: std::io::Result<process::Ending>,
+    /// A background request's output streamer, still to be finished.
+    streamer: Option<background::Streamer>,
+}
+
+/// Runs bash to its end (streaming output for a background request), then
+/// kills what escaped its group.
+async fn run_command(
+    store: &dyn Store,
+    settings: &Settings,
+    request: &ExecRequest,
+    files: &Scratch,
+    cwd: &Path,
+    start: &BTreeMap<String, String>,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<Ran, String> {
+    let id = &settings.execution_id;
     let (stdout, stderr) = match (
         std::fs::File::create(&files.stdout),
         std::fs::File::create(&files.stderr),
     ) {
         (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => return fail(result, format!("create output files: {e}")),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("create output files: {e}")),
     };
-    let script = shell::wrapper_script(&cwd, &files.command, &files.capture);
+    let script = shell::wrapper_script(cwd, &files.command, &files.capture);
     tracing::debug!(execution = %id, "starting bash");
-    result.started_at = Some(runbox_proto::now());
+    let started_at = runbox_proto::now();
     let command = process::run(
         process::Spawn {
             script: &script,
-            env: &start,
+            env: start,
             stdout,
             stderr,
             timeout: Duration::from_millis(request.timeout_ms),
@@ -308,28 +389,38 @@ async fn run(
         tracing::debug!(swept, "killed processes that left the command's group");
     }
     tracing::debug!(execution = %id, "swept");
-    let capture = std::fs::read(&files.capture)
-        .ok()
-        .and_then(|b| shell::parse_capture(&b));
+    Ok(Ran {
+        started_at,
+        ending,
+        streamer,
+    })
+}
+
+/// Sets the status and exit code from how the command ended; an error when
+/// bash did not start.
+fn record_ending(
+    result: &mut ExecResult,
+    ending: std::io::Result<process::Ending>,
+    capture: Option<&shell::Capture>,
+    timeout_ms: u64,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     match ending {
-        Err(e) => return fail(result, format!("start bash: {e}")),
+        Err(e) => return Err(format!("start bash: {e}")),
         Ok(process::Ending::TimedOut) => {
             result.set_exec_status(ExecStatus::TimedOut);
             result.exit_code = TIMEOUT_EXIT_CODE;
             notes.push(format!(
-                "command timed out after {} ms; its process group was killed",
-                request.timeout_ms
+                "command timed out after {timeout_ms} ms; its process group was killed"
             ));
         }
         Ok(process::Ending::Cancelled) => {
             result.set_exec_status(ExecStatus::Cancelled);
-            result.exit_code = 128 + libc::SIGTERM;
+            result.exit_code = 128 + rustix::process::Signal::TERM.as_raw();
             notes.push("execution cancelled; its process group was killed".to_owned());
         }
         Ok(process::Ending::Exited(status)) => {
-            result.exit_code = capture
-                .as_ref()
-                .map_or_else(|| process::exit_code(status), |c| c.exit_code);
+            result.exit_code = capture.map_or_else(|| process::exit_code(status), |c| c.exit_code);
             result.set_exec_status(if result.exit_code == 0 {
                 ExecStatus::Succeeded
             } else {
@@ -337,16 +428,19 @@ async fn run(
             });
         }
     }
-    if let Some(streamer) = streamer {
-        // After the sweep, so nothing writes any more; before the result, so
-        // every chunk exists once the result does.
-        notes.extend(streamer.finish(store).await);
-    }
-    let cap = if request.output_cap_bytes > 0 {
-        request.output_cap_bytes
-    } else {
-        settings.config.output_cap
-    };
+    Ok(())
+}
+
+/// Puts stdout and stderr into the result (inline up to `cap` bytes each,
+/// the rest as log objects).
+async fn collect_output(
+    store: &dyn Store,
+    id: &ExecutionId,
+    files: &Scratch,
+    cap: u64,
+    result: &mut ExecResult,
+    notes: &mut Vec<String>,
+) {
     for (stream, path) in [
         (Stream::Stdout, &files.stdout),
         (Stream::Stderr, &files.stderr),
@@ -371,19 +465,18 @@ async fn run(
             Err(e) => notes.push(error_chain(&e)),
         }
     }
+}
 
-    tracing::debug!(execution = %id, "output collected");
-    if request.background {
-        // A background process never saves cwd/env (see background.rs): it
-        // would overwrite what foreground commands saved meanwhile.
-        result.cwd = capture.map_or_else(|| cwd.to_string_lossy().into_owned(), |c| c.cwd);
-        result.message = notes.join("; ");
-        return result;
-    }
-    // Files persist whatever the exit status, like cd and export. Only
-    // foreground commands save: a background process's snapshot is stale by
-    // the time it ends, and its save would only conflict.
-    match crate::workspace::save(store, &session, &workspace, &restored, &sync).await {
+/// Saves the workspace; what could not be saved becomes a note.
+async fn save_workspace(
+    store: &dyn Store,
+    session: &SessionId,
+    workspace: &Path,
+    restored: &workspace::Snapshot,
+    sync: &workspace::SyncOptions,
+    notes: &mut Vec<String>,
+) {
+    match workspace::save(store, session, workspace, restored, sync).await {
         Ok(saved) => {
             for skipped in &saved.skipped {
                 notes.push(format!("not saved: {} ({})", skipped.path, skipped.reason));
@@ -394,27 +487,48 @@ async fn run(
         )),
         Err(e) => notes.push(format!("save workspace: {}", error_chain(&e))),
     }
-    tracing::debug!(execution = %id, "workspace saved");
+}
+
+/// Takes the command's cwd and exported variables into the state.
+fn update_state(
+    state: &mut SessionState,
+    capture: Option<&shell::Capture>,
+    cwd: &Path,
+    base: &BTreeMap<String, String>,
+    start: &BTreeMap<String, String>,
+) {
     // cd and export persist whatever the exit status; a command that never
     // reached its EXIT trap (killed, `exec`) leaves them as they were.
-    match &capture {
+    match capture {
         Some(c) => {
             state.cwd = c.cwd.clone();
-            shell::apply_env_changes(&mut state, &base, &start, &c.env);
+            shell::apply_env_changes(state, base, start, &c.env);
         }
         None if state.cwd.is_empty() => state.cwd = cwd.to_string_lossy().into_owned(),
         None => {}
     }
-    result.cwd = state.cwd.clone();
+}
+
+/// Counts the execution in the state and writes it on the generation read;
+/// a conflict or failure becomes a note.
+async fn save_state(
+    store: &dyn Store,
+    session: &SessionId,
+    id: &ExecutionId,
+    state: &mut SessionState,
+    precondition: Precondition,
+    result: &mut ExecResult,
+    notes: &mut Vec<String>,
+) {
     state.session_id = session.to_string();
     state.exec_count += 1;
     state.last_execution_id = id.to_string();
     state.updated_at = Some(runbox_proto::now());
     match store::put_json(
         store,
-        &layout::session_state(&session),
-        &state,
-        PutOptions::when(state_precondition),
+        &layout::session_state(session),
+        &*state,
+        PutOptions::when(precondition),
     )
     .await
     {
@@ -427,12 +541,32 @@ async fn run(
         }
         Err(e) => notes.push(format!("save session {session} state: {}", error_chain(&e))),
     }
-    tracing::debug!(execution = %id, "state saved");
-    result.message = notes.join("; ");
-    result
 }
 
+/// Writes `results/{id}.json` once: an existing result wins.
+async fn write_result(
+    store: &dyn Store,
+    id: &ExecutionId,
+    result: ExecResult,
+    traceparent: String,
+) -> Result<Outcome, ExecutorError> {
+    let mut opts = PutOptions::create();
+    if !traceparent.is_empty() {
+        opts = opts.with_metadata(TRACEPARENT_KEY, traceparent);
+    }
+    match store::put_json(store, &layout::result(id), &result, opts).await {
+        Ok(_) => Ok(Outcome::Written(Box::new(result))),
+        Err(e) if e.is_conflict() => Ok(Outcome::AlreadyWritten(Box::new(result))),
+        Err(source) => Err(ExecutorError::WriteResult {
+            id: id.clone(),
+            source,
+        }),
+    }
+}
+
+/// The command's files, in a scratch directory removed on drop.
 struct Scratch {
+    _dir: tempfile::TempDir,
     command: PathBuf,
     capture: PathBuf,
     stdout: PathBuf,
@@ -440,13 +574,22 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new(dir: &Path) -> Self {
-        Self {
-            command: dir.join("command.sh"),
-            capture: dir.join("capture"),
-            stdout: dir.join("stdout"),
-            stderr: dir.join("stderr"),
-        }
+    /// A new scratch directory holding `command` as the script bash runs.
+    fn with_command(command: &str) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("runbox-exec-")
+            .tempdir()
+            .map_err(|e| format!("create scratch directory: {e}"))?;
+        let path = dir.path().to_owned();
+        let files = Self {
+            _dir: dir,
+            command: path.join("command.sh"),
+            capture: path.join("capture"),
+            stdout: path.join("stdout"),
+            stderr: path.join("stderr"),
+        };
+        std::fs::write(&files.command, command).map_err(|e| format!("write command file: {e}"))?;
+        Ok(files)
     }
 }
 
@@ -471,8 +614,8 @@ fn base_env(session: &SessionId, id: &ExecutionId, workspace: &Path) -> BTreeMap
             env.insert(name.to_owned(), v);
         }
     }
-    env.insert("RUNBOX_SESSION_ID".to_owned(), session.to_string());
-    env.insert("RUNBOX_EXECUTION_ID".to_owned(), id.to_string());
+    env.insert(contract::SESSION_ID_ENV.to_owned(), session.to_string());
+    env.insert(contract::EXECUTION_ID_ENV.to_owned(), id.to_string());
     env
 }
 

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use runbox_core::ExecutionId;
 use runbox_core::config::{Backend, Config};
+use runbox_core::contract::{DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, LOG_ENV, WORKSPACE_DIR_ENV};
 use runbox_executor::{Outcome, Settings, error_chain, execute, process};
 
 const EXIT_CONFIG: u8 = 64;
@@ -20,16 +21,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNBOX_LOG")
+            tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let id = match std::env::var("RUNBOX_EXECUTION_ID") {
+    let id = match std::env::var(EXECUTION_ID_ENV) {
         Ok(v) => match ExecutionId::new(&v) {
             Ok(id) => id,
-            Err(e) => return config_error(&format!("RUNBOX_EXECUTION_ID: {e}")),
+            Err(e) => return config_error(&format!("{EXECUTION_ID_ENV}: {e}")),
         },
-        Err(_) => return config_error("RUNBOX_EXECUTION_ID must be set"),
+        Err(_) => return config_error(&format!("{EXECUTION_ID_ENV} must be set")),
     };
     let config = match Config::from_env() {
         Ok(c) => c,
@@ -37,9 +38,9 @@ fn main() -> ExitCode {
     };
     let workspace_base = match config.backend {
         Backend::Local => config.home.clone(),
-        Backend::Gcp => std::env::var_os("RUNBOX_WORKSPACE_DIR")
+        Backend::Gcp => std::env::var_os(WORKSPACE_DIR_ENV)
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp/runbox")),
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_BASE)),
     };
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.

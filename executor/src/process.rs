@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal, WaitOptions};
 use tokio::process::Command;
 
 /// How the shell process ended.
@@ -60,7 +61,10 @@ pub async fn run(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
-    let pgid = child.id().map(|p| p as libc::pid_t);
+    let pgid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .and_then(Pid::from_raw);
 
     let ending = tokio::select! {
         status = child.wait() => Ending::Exited(status?),
@@ -69,14 +73,14 @@ pub async fn run(
     };
     if !matches!(ending, Ending::Exited(_)) {
         if let Some(pgid) = pgid {
-            signal_group(pgid, libc::SIGTERM);
+            signal_group(pgid, Signal::TERM);
         }
         if tokio::time::timeout(spawn.kill_grace, child.wait())
             .await
             .is_err()
         {
             if let Some(pgid) = pgid {
-                signal_group(pgid, libc::SIGKILL);
+                signal_group(pgid, Signal::KILL);
             }
             child.wait().await?;
         }
@@ -85,7 +89,7 @@ pub async fn run(
     // oneshot mode nothing outlives its execution, as on Cloud Run where the
     // container stops.
     if let Some(pgid) = pgid {
-        signal_group(pgid, libc::SIGKILL);
+        signal_group(pgid, Signal::KILL);
     }
     Ok(ending)
 }
@@ -113,12 +117,9 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
-    // SAFETY: killpg has no memory-safety preconditions; ESRCH (group gone)
-    // is the expected outcome once everything has exited.
-    unsafe {
-        libc::killpg(pgid, signal);
-    }
+fn signal_group(pgid: Pid, signal: Signal) {
+    // ESRCH (group gone) is the expected outcome once everything has exited.
+    let _ = rustix::process::kill_process_group(pgid, signal);
 }
 
 /// Makes this process the reaper of its orphaned descendants, so processes
@@ -126,10 +127,9 @@ fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
 /// [`sweep_descendants`]. Linux only; elsewhere the group kill is all we do.
 pub fn become_subreaper() {
     #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
-    unsafe {
-        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
-    }
+    // Any non-zero argument sets the attribute (rustix passes it as a pid).
+    // Failure only weakens the sweep; the group kill still applies.
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
 }
 
 /// Kills and reaps every remaining child of this process (orphans adopted as
@@ -147,13 +147,10 @@ pub fn sweep_descendants() -> usize {
                 break;
             }
             for pid in children {
-                // SAFETY: plain signal and wait syscalls on pids that are our
-                // children; failures (already gone) are harmless.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, std::ptr::null_mut(), 0);
-                }
+                // Failures (already gone) are harmless.
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
                 killed += 1;
             }
         }
@@ -166,20 +163,20 @@ pub fn sweep_descendants() -> usize {
 }
 
 #[cfg(target_os = "linux")]
-fn list_children() -> Vec<libc::pid_t> {
-    let mut out = Vec::new();
+fn list_children() -> Vec<Pid> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for task in tasks.flatten() {
         if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
             out.extend(
                 text.split_whitespace()
-                    .filter_map(|p| p.parse::<libc::pid_t>().ok()),
+                    .filter_map(|p| p.parse::<i32>().ok()),
             );
         }
     }
     out.sort_unstable();
     out.dedup();
-    out
+    out.into_iter().filter_map(Pid::from_raw).collect()
 }
