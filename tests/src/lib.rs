@@ -3,4 +3,5 @@ pub mod cli;
 pub mod embedded;
 pub mod harness;
 pub mod launcher_conformance;
+pub mod pipes;
 pub mod store_conformance;
