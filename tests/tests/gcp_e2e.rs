@@ -155,7 +155,7 @@ async fn twenty_executions_survive_a_pubsub_restart() {
     }
 
     // These finish while Pub/Sub is up: each completes through its event.
-    gate.release(TOTAL - UNSEEN).await;
+    within(10, gate.release(TOTAL - UNSEEN)).await;
     let wanted = (TOTAL - UNSEEN) as u64;
     within(60, client.wait_for_stats(|s| s.delivered >= wanted))
         .await
@@ -164,7 +164,7 @@ async fn twenty_executions_survive_a_pubsub_restart() {
     // These finish while it is down: their notifications are lost, and
     // the emulator comes back without the subscription.
     emu.pubsub_stop().unwrap();
-    gate.release(UNSEEN).await;
+    within(10, gate.release(UNSEEN)).await;
     // Every executor has exited, so every result object is written.
     for _ in 0..TOTAL {
         within(60, exited.next()).await;
@@ -189,7 +189,7 @@ async fn twenty_executions_survive_a_pubsub_restart() {
     // Each waiter resolved exactly once: a late copy of a lost notification
     // can only be a duplicate.
     assert_eq!(stats.delivered + stats.resynced, TOTAL as u64, "{stats:?}");
-    client.shutdown().await;
+    within(60, client.shutdown()).await;
 }
 
 fn notification(emu: &Emulators, name: &str, generation: &str, data: &[u8]) -> PubsubMessage {
@@ -289,7 +289,7 @@ async fn two_dispatchers_racing_on_one_session_conflict_instead_of_overwriting()
     ];
     running.sort();
     assert_eq!(running, ["a", "b"]);
-    gate.release(2).await;
+    within(10, gate.release(2)).await;
     let (ra, rb) = within(90, futures::future::join(ra, rb)).await;
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     let conflicts = [&ra, &rb]
@@ -303,8 +303,8 @@ async fn two_dispatchers_racing_on_one_session_conflict_instead_of_overwriting()
         .await
         .unwrap();
     assert_eq!(r.stdout, format!("1 {winner}\n"));
-    a.shutdown().await;
-    b.shutdown().await;
+    within(60, a.shutdown()).await;
+    within(60, b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
