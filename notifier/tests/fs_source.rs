@@ -1,4 +1,6 @@
 //! The filesystem event source against a real directory (inotify on Linux).
+//! What it must give the notifier, like every event source, is checked by
+//! the EventSource conformance suite (`tests/tests/event_source_fs.rs`).
 
 mod support;
 
@@ -7,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use runbox_core::{ExecutionId, Store, layout};
-use runbox_notifier::{EventSource, FsEventSource, Notifier, ObjectEvent, SourceItem, Waiters};
+use runbox_core::Store;
+use runbox_notifier::{EventSource, FsEventSource, ObjectEvent, SourceItem};
 use support::MemStore;
 use tokio::time::timeout;
 
@@ -155,35 +157,4 @@ async fn removing_the_results_directory_is_an_error() {
     assert!(err.reason.contains("removed"), "{err}");
     // And it stays failed.
     assert!(timeout(LIMIT, src.next()).await.unwrap().is_err());
-}
-
-#[tokio::test]
-async fn with_the_notifier_a_result_written_before_the_watch_is_not_missed() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let store = Arc::new(MemStore::default());
-    let waiters = Waiters::new();
-    let early = ExecutionId::new("inst-early").unwrap();
-    let late = ExecutionId::new("inst-late").unwrap();
-    let early_waiter = waiters.register(early.clone()).unwrap();
-    let late_waiter = waiters.register(late.clone()).unwrap();
-
-    // Finished before anything watched: only the resync can find it.
-    std::fs::create_dir_all(root.join("results")).unwrap();
-    store.insert(&layout::result(&early), 1, &[]);
-    publish(root, &layout::result(&early), "{}");
-
-    let notifier = Notifier::spawn(
-        Box::new(source(root, &store)),
-        Arc::clone(&waiters),
-        Arc::clone(&store) as Arc<dyn Store>,
-    );
-    let got = timeout(LIMIT, early_waiter).await.unwrap().unwrap();
-    assert_eq!(got.name, layout::result(&early));
-
-    store.insert(&layout::result(&late), 2, &[]);
-    publish(root, &layout::result(&late), "{}");
-    let got = timeout(LIMIT, late_waiter).await.unwrap().unwrap();
-    assert_eq!(got.generation, 2);
-    notifier.shutdown().await;
 }

@@ -162,6 +162,26 @@ impl Emulators {
     /// creates the topic again, as infrastructure would. The emulator keeps
     /// nothing across a restart: subscriptions and unacked messages are gone.
     pub async fn pubsub_restart(&mut self) -> Result<()> {
+        self.pubsub_stop()?;
+        self.pubsub_start_again().await
+    }
+
+    /// Kills the Pub/Sub emulator (its port stays reserved for
+    /// [`Emulators::pubsub_start_again`]). Until then every subscriber is cut
+    /// off, and what fake-gcs-server publishes reaches none of them: the
+    /// subscriptions die with the emulator. (It retries a failed publish, so
+    /// a late copy may still reach a subscription created after the restart.)
+    pub fn pubsub_stop(&mut self) -> Result<()> {
+        if self.pubsub_host.is_none() {
+            bail!("this harness runs no Pub/Sub emulator");
+        }
+        drop(self.pubsub.take());
+        Ok(())
+    }
+
+    /// Starts the Pub/Sub emulator again on its old port, empty, and creates
+    /// the topic again, as infrastructure would.
+    pub async fn pubsub_start_again(&mut self) -> Result<()> {
         let host = self
             .pubsub_host
             .clone()
@@ -171,6 +191,7 @@ impl Emulators {
             .next()
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| anyhow!("bad emulator host {host}"))?;
+        // Kills a running one first: two on one port cannot both listen.
         drop(self.pubsub.take());
         self.pubsub = Some(start_pubsub(self.logs.path(), port)?);
         self.create_topic().await

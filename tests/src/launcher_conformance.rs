@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,8 +26,8 @@ use runbox_core::store::{self, JsonObjectError, PutOptions, Store};
 use runbox_core::{ExecutionId, InstanceId};
 use runbox_dispatcher::{ExecutionState, LaunchSpec, Launcher};
 use runbox_proto::{ExecRequest, ExecResult, ExecStatus};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::pipe;
+
+use crate::pipes::{Announcements, Gate};
 
 /// Shell lines that wait until the command's parent, the executor, catches
 /// SIGTERM. The executor installs its handler only once the command has
@@ -114,22 +114,19 @@ pub async fn failing_executor_reports_failure(fixture: &Fixture) {
 /// `state()` is Running while the command runs and Ended once it finished.
 pub async fn state_follows_the_execution(fixture: &Fixture) {
     bounded("state_follows_the_execution", async {
-        let (ready, ready_rx) = announcer(fixture, "state-ready");
-        let (gate, mut gate_tx) = gate(fixture, "state-gate");
+        let mut ready = Announcements::new(&fixture.scratch, "state-ready");
+        let mut gate = Gate::new(&fixture.scratch, "state-gate");
         let command = format!(
             "echo running > {}; read -r _ < {}; echo released",
-            quote(&ready),
-            quote(&gate)
+            ready.shell_path(),
+            gate.shell_path()
         );
         let id = write_request(fixture, &command).await;
         launch(&fixture.launcher, &id).await;
-        running(ready_rx).await;
+        assert_eq!(ready.next().await, "running");
         let state = fixture.launcher.state(&id).await.expect("state()");
         assert_eq!(state, ExecutionState::Running, "while the command runs");
-        gate_tx
-            .write_all(b"go\n")
-            .await
-            .expect("release the command");
+        gate.release(1).await;
         let ended = fixture.launcher.ended(&id).await;
         assert!(ended.succeeded, "{ended:?}");
         match fixture
@@ -152,14 +149,14 @@ pub async fn state_follows_the_execution(fixture: &Fixture) {
 /// result says CANCELLED.
 pub async fn cancel_stops_a_running_execution(fixture: &Fixture) {
     bounded("cancel_stops_a_running_execution", async {
-        let (ready, ready_rx) = announcer(fixture, "cancel-ready");
+        let mut ready = Announcements::new(&fixture.scratch, "cancel-ready");
         let command = format!(
             "{WAIT_FOR_TERM_HANDLER}; echo running > {}; exec sleep 600",
-            quote(&ready)
+            ready.shell_path()
         );
         let id = write_request(fixture, &command).await;
         launch(&fixture.launcher, &id).await;
-        running(ready_rx).await;
+        assert_eq!(ready.next().await, "running");
         fixture.launcher.cancel(&id).await.expect("cancel()");
         let ended = fixture.launcher.ended(&id).await;
         assert!(!ended.message.is_empty(), "{ended:?}");
@@ -237,63 +234,6 @@ async fn launch(launcher: &Arc<dyn Launcher>, id: &ExecutionId) {
         })
         .await
         .unwrap_or_else(|e| panic!("launch {id}: {}", runbox_dispatcher::error_chain(&e)));
-}
-
-/// A fresh named pipe in the scratch directory.
-fn pipe(fixture: &Fixture, name: &str) -> PathBuf {
-    let path = fixture
-        .scratch
-        .join(format!("{name}-{}", InstanceId::random().as_str()));
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("pipe path");
-    // SAFETY: mkfifo on a NUL-terminated path we own.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(
-        rc,
-        0,
-        "mkfifo {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    path
-}
-
-/// The test's end of a pipe the command writes a line into once it runs.
-/// Opened read-write before the launch, so neither side's open blocks and
-/// reading waits asynchronously (cancelled with the property).
-fn announcer(fixture: &Fixture, name: &str) -> (PathBuf, pipe::Receiver) {
-    let path = pipe(fixture, name);
-    let rx = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_receiver(&path)
-        .expect("open the pipe for reading");
-    (path, rx)
-}
-
-/// Waits until the command has written its line: it is running.
-async fn running(rx: pipe::Receiver) {
-    let line = BufReader::new(rx)
-        .lines()
-        .next_line()
-        .await
-        .expect("read the pipe")
-        .expect("a line");
-    assert_eq!(line, "running");
-}
-
-/// The test's end of a pipe a command waits on (`read -r _ < gate`). Opened
-/// read-write before the launch and kept open until the property ends, so
-/// what is written stays in the pipe until the command reads it.
-fn gate(fixture: &Fixture, name: &str) -> (PathBuf, pipe::Sender) {
-    let path = pipe(fixture, name);
-    let tx = pipe::OpenOptions::new()
-        .read_write(true)
-        .open_sender(&path)
-        .expect("open the pipe for writing");
-    (path, tx)
-}
-
-fn quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
 async fn bounded(property: &str, fut: impl Future<Output = ()>) {

@@ -1,6 +1,8 @@
 //! Shared helpers for runbox integration tests.
 pub mod cli;
 pub mod embedded;
+pub mod event_source_conformance;
 pub mod harness;
 pub mod launcher_conformance;
+pub mod pipes;
 pub mod store_conformance;

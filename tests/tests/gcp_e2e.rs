@@ -3,6 +3,8 @@
 //! executors as local child processes.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -12,6 +14,7 @@ use runbox_core::{Config, Store, layout};
 use runbox_dispatcher::{Client, Error, ExecStatus};
 use runbox_tests::embedded::{binary, within};
 use runbox_tests::harness::Emulators;
+use runbox_tests::pipes::{Announcements, Gate, quote};
 
 async fn emulators() -> Emulators {
     within(120, Emulators::start()).await.expect("emulators")
@@ -94,30 +97,82 @@ async fn exec_completes_through_gcs_notifications() {
     assert!(!sub.exists(None).await.unwrap(), "subscription left behind");
 }
 
+/// An executor for the local launcher that runs the real one and then, once
+/// it has exited (its result written), writes its execution id into
+/// `exited`.
+fn announcing_executor(dir: &Path, exited: &Announcements) -> PathBuf {
+    let path = dir.join("announcing-executor");
+    let script = format!(
+        "#!/bin/sh\n{} \"$@\"\nstatus=$?\necho \"$RUNBOX_EXECUTION_ID\" > {}\nexit $status\n",
+        quote(&binary("runbox-executor")),
+        exited.shell_path()
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_executions_survive_a_pubsub_restart() {
+    const TOTAL: usize = 20;
+    /// Results written while the Pub/Sub emulator is down: no notification
+    /// of theirs reaches a subscription, so only the resync can find them.
+    const UNSEEN: usize = 10;
     let mut emu = emulators().await;
     let home = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut started = Announcements::new(scratch.path(), "started");
+    let mut gate = Gate::new(scratch.path(), "gate");
+    let mut exited = Announcements::new(scratch.path(), "exited");
+    let executor = announcing_executor(scratch.path(), &exited);
     // Only events and the resync after the resubscribe may complete these.
     let client = client(config(
         &emu,
         home.path(),
-        &[("RUNBOX_COMPLETION_GRACE_MS", "600000")],
+        &[
+            ("RUNBOX_COMPLETION_GRACE_MS", "600000"),
+            ("RUNBOX_EXECUTOR", &executor.display().to_string()),
+        ],
     ))
     .await;
-    let futures: Vec<_> = (0..20)
+    let futures: Vec<_> = (0..TOTAL)
         .map(|i| {
             let s = client.session(&format!("r{i}")).unwrap();
+            let command = format!(
+                "echo {i} > {}; read -r _ < {}; echo {i}",
+                started.shell_path(),
+                gate.shell_path()
+            );
             tokio::spawn(
-                s.exec(format!("sleep 2; echo {i}"))
+                s.exec(command)
                     .timeout(Duration::from_secs(120))
                     .into_future(),
             )
         })
         .collect();
-    // Restart while the commands sleep: results written while the emulator
-    // is down are never notified; the resync must find them.
-    within(120, emu.pubsub_restart()).await.expect("restart");
+    for _ in 0..TOTAL {
+        within(60, started.next()).await;
+    }
+
+    // These finish while Pub/Sub is up: each completes through its event.
+    within(10, gate.release(TOTAL - UNSEEN)).await;
+    let wanted = (TOTAL - UNSEEN) as u64;
+    within(60, client.wait_for_stats(|s| s.delivered >= wanted))
+        .await
+        .unwrap();
+
+    // These finish while it is down: their notifications are lost, and
+    // the emulator comes back without the subscription.
+    emu.pubsub_stop().unwrap();
+    within(10, gate.release(UNSEEN)).await;
+    // Every executor has exited, so every result object is written.
+    for _ in 0..TOTAL {
+        within(60, exited.next()).await;
+    }
+    within(120, emu.pubsub_start_again())
+        .await
+        .expect("restart");
+
     let results = within(90, join_all(futures)).await;
     for (i, r) in results.into_iter().enumerate() {
         let r = r
@@ -127,8 +182,14 @@ async fn twenty_executions_survive_a_pubsub_restart() {
         assert_eq!(r.stdout, format!("{i}\n"));
     }
     let stats = client.notifier_stats();
-    assert_eq!(stats.delivered + stats.resynced, 20, "{stats:?}");
-    client.shutdown().await;
+    assert!(
+        stats.resynced >= UNSEEN as u64,
+        "the resync recovered fewer than the {UNSEEN} results written while Pub/Sub was down: {stats:?}"
+    );
+    // Each waiter resolved exactly once: a late copy of a lost notification
+    // can only be a duplicate.
+    assert_eq!(stats.delivered + stats.resynced, TOTAL as u64, "{stats:?}");
+    within(60, client.shutdown()).await;
 }
 
 fn notification(emu: &Emulators, name: &str, generation: &str, data: &[u8]) -> PubsubMessage {
@@ -208,21 +269,29 @@ async fn two_dispatchers_racing_on_one_session_conflict_instead_of_overwriting()
     within(60, a.session("race").unwrap().exec("export BASE=1"))
         .await
         .unwrap();
-    // Both executors read the same state generation, then both write.
-    let (ra, rb) = within(
-        90,
-        futures::future::join(
-            a.session("race")
-                .unwrap()
-                .exec("sleep 2; export FROM=a")
-                .into_future(),
-            b.session("race")
-                .unwrap()
-                .exec("sleep 2; export FROM=b")
-                .into_future(),
-        ),
-    )
-    .await;
+    // Both commands run, so both executors have read the same state
+    // generation, before either is let go to write its state.
+    let scratch = tempfile::tempdir().unwrap();
+    let mut started = Announcements::new(scratch.path(), "started");
+    let mut gate = Gate::new(scratch.path(), "gate");
+    let command = |from: &str| {
+        format!(
+            "echo {from} > {}; read -r _ < {}; export FROM={from}",
+            started.shell_path(),
+            gate.shell_path()
+        )
+    };
+    let ra = tokio::spawn(a.session("race").unwrap().exec(command("a")).into_future());
+    let rb = tokio::spawn(b.session("race").unwrap().exec(command("b")).into_future());
+    let mut running = vec![
+        within(60, started.next()).await,
+        within(60, started.next()).await,
+    ];
+    running.sort();
+    assert_eq!(running, ["a", "b"]);
+    within(10, gate.release(2)).await;
+    let (ra, rb) = within(90, futures::future::join(ra, rb)).await;
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
     let conflicts = [&ra, &rb]
         .iter()
         .filter(|r| matches!(r, Err(Error::StateConflict { .. })))
@@ -234,8 +303,8 @@ async fn two_dispatchers_racing_on_one_session_conflict_instead_of_overwriting()
         .await
         .unwrap();
     assert_eq!(r.stdout, format!("1 {winner}\n"));
-    a.shutdown().await;
-    b.shutdown().await;
+    within(60, a.shutdown()).await;
+    within(60, b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,8 @@
 //! The Pub/Sub event source against Google's Pub/Sub emulator and
-//! fake-gcs-server's real object notifications.
+//! fake-gcs-server's real object notifications. What it must give the
+//! notifier, like every event source (a restart of the emulator included),
+//! is checked by the EventSource conformance suite
+//! (`event_source_pubsub.rs`).
 
 use std::time::Duration;
 
@@ -259,35 +262,4 @@ async fn unusable_messages_are_malformed_and_acked() {
         }
         other => panic!("expected the control again, got {other:?}"),
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_source_survives_a_pubsub_restart() {
-    let mut emu = emulators().await;
-    let instance = InstanceId::random();
-    let mut source = timeout(T, emu.event_source(&instance))
-        .await
-        .unwrap()
-        .expect("connect");
-    expect_resubscribed(&mut source).await;
-
-    let first = layout::result(&instance.next_execution_id());
-    upload_result(&emu, &first).await;
-    let (event, ack) = next_event(&mut source).await;
-    assert_eq!(event.name, first);
-    ack.ack().await;
-
-    // Same port, nothing kept: the subscription is gone and must be made again.
-    timeout(T, emu.pubsub_restart())
-        .await
-        .expect("restart timed out")
-        .expect("restart");
-    expect_resubscribed(&mut source).await;
-
-    let second = layout::result(&instance.next_execution_id());
-    let meta = upload_result(&emu, &second).await;
-    let (event, ack) = next_event(&mut source).await;
-    assert_eq!(event.name, second);
-    assert_eq!(event.generation, meta.generation);
-    ack.ack().await;
 }
