@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand};
 use runbox_core::Config;
 use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus, error_chain};
 
-mod cli_bg;
-mod cli_files;
+mod bg;
+mod files;
 mod spinner;
 
 const EXIT_RUNBOX: u8 = 125;
@@ -43,12 +43,12 @@ enum Command {
     /// Read and write files in a session's workspace without running a command.
     Files {
         #[command(subcommand)]
-        command: cli_files::FilesCommand,
+        command: files::FilesCommand,
     },
     /// Background processes of a session.
     Bg {
         #[command(subcommand)]
-        command: cli_bg::BgCommand,
+        command: bg::BgCommand,
     },
 }
 
@@ -153,8 +153,8 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
     let code = match cli.command {
         Command::Exec(args) => exec(&client, args).await?,
         Command::Sessions { command } => sessions(&client, command).await?,
-        Command::Files { command } => cli_files::run(&client, command).await?,
-        Command::Bg { command } => cli_bg::run(&client, command).await?,
+        Command::Files { command } => files::run(&client, command).await?,
+        Command::Bg { command } => bg::run(&client, command).await?,
     };
     client.shutdown().await;
     Ok(code)
@@ -163,7 +163,7 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
 async fn exec(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     let session = client.session(&args.session)?;
     if args.background {
-        return cli_bg::spawn(&session, args.command.join(" "), args.env, args.timeout).await;
+        return bg::spawn(&session, args.command.join(" "), args.env, args.timeout).await;
     }
     let mut exec = session.exec(args.command.join(" "));
     if let Some(secs) = args.timeout {
