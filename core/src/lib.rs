@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod ids;
 pub mod layout;
+pub mod logging;
 pub mod store;
 pub mod workspace_path;
 

@@ -16,14 +16,9 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RUNBOX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    if let Err(e) = runbox_core::logging::init("info") {
+        eprintln!("runbox-executor: {}", error_chain(&e));
+    }
     let id = match std::env::var("RUNBOX_EXECUTION_ID") {
         Ok(v) => match ExecutionId::new(&v) {
             Ok(id) => id,
