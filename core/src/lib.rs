@@ -3,12 +3,13 @@
 //! its backends.
 
 pub mod backend;
-pub mod backoff;
 pub mod background_marker;
+pub mod backoff;
 pub mod config;
 pub mod contract;
 pub mod ids;
 pub mod layout;
+pub mod logging;
 pub mod manifest;
 pub mod store;
 pub mod workspace_path;

@@ -10,21 +10,16 @@ use std::process::ExitCode;
 
 use runbox_core::ExecutionId;
 use runbox_core::config::{Backend, Config};
-use runbox_core::contract::{DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, LOG_ENV, WORKSPACE_DIR_ENV};
+use runbox_core::contract::{DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, WORKSPACE_DIR_ENV};
 use runbox_executor::{Outcome, Settings, error_chain, execute, process};
 
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    if let Err(e) = runbox_core::logging::init("info") {
+        eprintln!("runbox-executor: {}", error_chain(&e));
+    }
     let id = match std::env::var(EXECUTION_ID_ENV) {
         Ok(v) => match ExecutionId::new(&v) {
             Ok(id) => id,

@@ -225,3 +225,33 @@ async fn bad_input_and_bad_config_are_clear_errors() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// The client is shut down however the command ends: on the gcp backend that
+/// deletes this process's Pub/Sub subscription; on the embedded backend it
+/// shows as the notifier stopping because it was shut down (a dropped
+/// client's notifier is aborted and logs nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_is_shut_down_when_a_command_fails() {
+    let cli = Cli::new();
+    let cases: [(&[&str], i32); 3] = [
+        (&["files", "read", "-s", "s", "missing.txt"], 125),
+        (&["exec", "-s", "../x", "--", "true"], 125),
+        (&["sessions", "list"], 0),
+    ];
+    for (args, code) in cases {
+        let out = within(
+            120,
+            cli.command(args)
+                .env("RUNBOX_LOG", "runbox_notifier=debug")
+                .output(),
+        )
+        .await
+        .unwrap();
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.contains("notifier stopped") && err.contains("reason=notifier shut down"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use runbox_cloudrun_emulator::{Config, Emulator, ImageMapping};
+use runbox_core::logging::{Color, Logging};
 
 /// Exit status for a command line that cannot be used (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -54,14 +55,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    // stdout carries the address line; logs must not mix into it.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // The emulator is configured like any Rust program (RUST_LOG, NO_COLOR),
+    // not like runbox; logs go to stderr, as stdout carries the address line.
+    let logging = Logging::new("info")
+        .filter_var("RUST_LOG")
+        .color(Color::UnlessNoColor);
+    if let Err(err) = logging.init() {
+        eprintln!("error: {:#}", anyhow::Error::new(err));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use clap::Subcommand;
 use runbox_dispatcher::{
-    BackgroundHandle, BackgroundState, Client, Error, ExecResult, ExecStatus, Session, Stream,
+    BackgroundHandle, BackgroundState, Client, Error, ExecResult, Session, Stream,
 };
 
-const EXIT_RUNBOX: u8 = 125;
+use crate::exec::exit_code;
 
 /// Background process operations.
 #[derive(Subcommand)]
@@ -277,18 +277,6 @@ fn describe_end(result: &ExecResult) -> String {
         status.to_string()
     } else {
         format!("{status}: {}", result.message)
-    }
-}
-
-/// The exit code `runbox exec` would give for this result.
-fn exit_code(result: &ExecResult) -> ExitCode {
-    match result.exec_status() {
-        ExecStatus::Succeeded | ExecStatus::Failed => {
-            ExitCode::from(u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1))
-        }
-        ExecStatus::TimedOut => ExitCode::from(124),
-        ExecStatus::Cancelled => ExitCode::from(130),
-        _ => ExitCode::from(EXIT_RUNBOX),
     }
 }
 

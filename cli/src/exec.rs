@@ -1,0 +1,133 @@
+//! `runbox exec`: one command in a session, its output on the terminal and
+//! its exit status as runbox's own.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus};
+
+use crate::{EXIT_RUNBOX, bg, spinner};
+
+/// What `runbox exec` takes.
+#[derive(clap::Args)]
+pub struct ExecArgs {
+    /// Session to run in ([A-Za-z0-9_-]{1,64}); created on first use.
+    #[arg(short, long, default_value = "default")]
+    session: String,
+    /// Timeout in seconds (fractions allowed); default RUNBOX_DEFAULT_TIMEOUT_SECS.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    timeout: Option<f64>,
+    /// Extra environment variable for this command only (repeatable).
+    #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Print the ExecResult as JSON instead of the command's output.
+    #[arg(long)]
+    json: bool,
+    /// Start the command as a background process and print its handle.
+    #[arg(long, conflicts_with = "json")]
+    background: bool,
+    /// The command, run by bash (several words are joined with spaces).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+/// Runs `runbox exec`; the exit code is the command's (see the crate docs).
+pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
+    let session = client.session(&args.session)?;
+    if args.background {
+        return bg::spawn(&session, args.command.join(" "), args.env, args.timeout).await;
+    }
+    let mut exec = session.exec(args.command.join(" "));
+    if let Some(secs) = args.timeout {
+        if !secs.is_finite() || secs <= 0.0 {
+            return Err(Error::InvalidTimeout {
+                requested: Duration::ZERO,
+                max: client.config().max_timeout,
+            });
+        }
+        exec = exec.timeout(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
+    }
+    for (k, v) in args.env {
+        exec = exec.env(k, v);
+    }
+    let spinner = spinner::Spinner::start(format!("running in session {}", session.id()));
+    let started = Instant::now();
+    let outcome = exec.await;
+    spinner.stop().await;
+    let result = match outcome {
+        Ok(r) => r,
+        Err(Error::StateConflict { session, result }) => {
+            eprintln!(
+                "runbox: warning: session {session} changed while this command ran; its cwd and env were not saved"
+            );
+            *result
+        }
+        Err(e) => return Err(e),
+    };
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer_pretty(&mut out, &result);
+        let _ = writeln!(out);
+    } else {
+        print_stream(client, &result.stdout, &result.stdout_log, false).await?;
+        print_stream(client, &result.stderr, &result.stderr_log, true).await?;
+    }
+    let status = result.exec_status();
+    match status {
+        ExecStatus::Succeeded | ExecStatus::Failed => {}
+        ExecStatus::TimedOut => eprintln!(
+            "runbox: timed out after {:.1}s; the command's processes were killed",
+            started.elapsed().as_secs_f64()
+        ),
+        _ if !args.json => eprintln!("runbox: execution {}: {}", status, describe(&result)),
+        _ => {}
+    }
+    Ok(exit_code(&result))
+}
+
+/// The exit status of `runbox exec` (and `runbox bg wait`) for a result.
+pub fn exit_code(result: &ExecResult) -> ExitCode {
+    match result.exec_status() {
+        ExecStatus::Succeeded | ExecStatus::Failed => {
+            ExitCode::from(u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1))
+        }
+        ExecStatus::TimedOut => ExitCode::from(124),
+        ExecStatus::Cancelled => ExitCode::from(130),
+        _ => ExitCode::from(EXIT_RUNBOX),
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
+fn describe(result: &ExecResult) -> &str {
+    if result.message.is_empty() {
+        "no details"
+    } else {
+        &result.message
+    }
+}
+
+/// Writes a stream as the command produced it: from the log object when the
+/// inline text is truncated or lossy, so the terminal gets the exact bytes.
+async fn print_stream(client: &Client, inline: &str, log: &str, stderr: bool) -> Result<(), Error> {
+    let logged;
+    let bytes: &[u8] = if log.is_empty() {
+        inline.as_bytes()
+    } else {
+        logged = client.read_log(log).await?;
+        &logged
+    };
+    // A closed pipe (`runbox exec ... | head`) is not an error of runbox's.
+    let _ = if stderr {
+        std::io::stderr().lock().write_all(bytes)
+    } else {
+        std::io::stdout().lock().write_all(bytes)
+    };
+    Ok(())
+}

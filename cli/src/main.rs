@@ -1,0 +1,115 @@
+//! `runbox`: run shell commands in stateful sandboxes.
+//!
+//! Exit status of `runbox exec`: the command's own exit code; 124 when it
+//! timed out; 125 when runbox itself failed or the execution was LOST or
+//! REJECTED; 130 when it was cancelled; 64 on bad configuration; 2 on bad
+//! usage.
+//!
+//! One module per group of subcommands ([`exec`], [`sessions`], [`files`],
+//! [`bg`]), each a thin adapter over the `runbox-dispatcher` library that
+//! borrows the one [`Client`] [`run`] owns. A long-running `runbox serve`
+//! will be one more such module, `serve.rs`, with its variant in
+//! [`Command`].
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use runbox_core::Config;
+use runbox_dispatcher::{Client, Error, error_chain};
+
+mod bg;
+mod exec;
+mod files;
+mod sessions;
+mod spinner;
+
+/// runbox itself failed, or the execution was LOST or REJECTED.
+const EXIT_RUNBOX: u8 = 125;
+/// The configuration from the environment is unusable.
+const EXIT_CONFIG: u8 = 64;
+
+/// Run shell commands in stateful, isolated sessions.
+///
+/// With no cloud configuration everything runs on this machine: objects in
+/// RUNBOX_HOME (default ~/.local/share/runbox), commands as child processes.
+#[derive(Parser)]
+#[command(name = "runbox", version, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a session; cd and export persist to the next command.
+    Exec(exec::ExecArgs),
+    /// List, show and remove sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
+    /// Read and write files in a session's workspace without running a command.
+    Files {
+        #[command(subcommand)]
+        command: files::FilesCommand,
+    },
+    /// Background processes of a session.
+    Bg {
+        #[command(subcommand)]
+        command: bg::BgCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = runbox_core::logging::init("warn") {
+        eprintln!("runbox: {}", error_chain(&e));
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("runbox: bad configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runbox: start runtime: {e}");
+            return ExitCode::from(EXIT_RUNBOX);
+        }
+    };
+    runtime.block_on(async move {
+        match run(cli, config).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("runbox: {}", error_chain(&e));
+                ExitCode::from(EXIT_RUNBOX)
+            }
+        }
+    })
+}
+
+/// Connects, runs one subcommand and shuts the client down whatever the
+/// subcommand's outcome: on the gcp backend the shutdown deletes this
+/// process's Pub/Sub subscription, which an error must not leave behind.
+/// Subcommands only borrow the client, so none can skip this.
+async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
+    let client = Client::from_config(config).await?;
+    let outcome = dispatch(&client, cli.command).await;
+    client.shutdown().await;
+    outcome
+}
+
+async fn dispatch(client: &Client, command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Exec(args) => exec::run(client, args).await,
+        Command::Sessions { command } => sessions::run(client, command).await,
+        Command::Files { command } => files::run(client, command).await,
+        Command::Bg { command } => bg::run(client, command).await,
+    }
+}
