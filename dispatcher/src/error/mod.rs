@@ -1,6 +1,9 @@
-//! The dispatcher's error types: [`Error`] for every operation, with the
+//! The dispatcher's error types, all here: [`Error`] for every operation, with the
 //! background-process specifics in [`BackgroundError`]. Launch errors are
 //! the launcher's own ([`LaunchError`]); file-API errors are [`FileError`].
+
+mod background;
+mod file;
 
 use std::time::Duration;
 
@@ -9,7 +12,9 @@ use runbox_core::{ExecutionId, IdError};
 use runbox_notifier::{SourceError, WaitError};
 use runbox_proto::ExecResult;
 
-pub use crate::files::FileError;
+pub use self::background::BackgroundError;
+pub use self::file::FileError;
+
 pub use crate::launcher::LaunchError;
 
 /// Result alias for dispatcher operations.
@@ -127,52 +132,4 @@ impl Error {
             source,
         }
     }
-}
-
-/// A background process went wrong in a way specific to background processes.
-#[derive(Debug, thiserror::Error)]
-pub enum BackgroundError {
-    /// The session has no background process with this handle.
-    #[error("session {session} has no background process {handle:?}")]
-    UnknownHandle {
-        /// The session.
-        session: String,
-        /// The handle given.
-        handle: String,
-    },
-    /// [`Client::wait_background`] timed out; the process still runs.
-    #[error("background process {handle} still running after {timeout:?}")]
-    WaitTimedOut {
-        /// The process.
-        handle: String,
-        /// How long was waited.
-        timeout: Duration,
-    },
-    /// A cancelled process wrote no result in time.
-    #[error("background process {handle} was cancelled but reported no end within {timeout:?}")]
-    KillTimedOut {
-        /// The process.
-        handle: String,
-        /// How long was waited.
-        timeout: Duration,
-    },
-    /// This dispatcher cannot reach the execution (it was launched by another
-    /// instance, on a platform where only the launching instance knows it).
-    #[error(
-        "background process {handle} was not launched by this dispatcher and {launcher} cannot find it; kill it from the instance that started it"
-    )]
-    Unreachable {
-        /// The process.
-        handle: String,
-        /// The launcher in use.
-        launcher: String,
-    },
-    /// A marker object exists but cannot be read.
-    #[error("background marker {name} is unreadable: {detail}")]
-    InvalidMarker {
-        /// The object name.
-        name: String,
-        /// What was wrong.
-        detail: String,
-    },
 }
