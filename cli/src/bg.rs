@@ -125,11 +125,11 @@ pub async fn run(client: &Client, command: BgCommand) -> Result<ExitCode, Error>
             timeout,
         } => {
             let timeout = match timeout {
-                None => client.config().max_timeout,
+                None => client.config().limits.max_timeout,
                 // Zero is fine here: look once, do not wait.
                 Some(secs) => seconds(secs).ok_or(Error::InvalidTimeout {
                     requested: Duration::ZERO,
-                    max: client.config().max_timeout,
+                    max: client.config().limits.max_timeout,
                 })?,
             };
             let handle = client.session(&session)?.background(&handle).await?;

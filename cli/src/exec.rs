@@ -43,7 +43,7 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
         if !secs.is_finite() || secs <= 0.0 {
             return Err(Error::InvalidTimeout {
                 requested: Duration::ZERO,
-                max: client.config().max_timeout,
+                max: client.config().limits.max_timeout,
             });
         }
         exec = exec.timeout(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));

@@ -68,7 +68,10 @@ fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("runbox: bad configuration: {e}");
+            // Every problem, one per line, so all can be fixed in one go.
+            for problem in e.problems() {
+                eprintln!("runbox: bad configuration: {problem}");
+            }
             return ExitCode::from(EXIT_CONFIG);
         }
     };

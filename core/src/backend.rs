@@ -2,24 +2,23 @@
 
 use std::sync::Arc;
 
-use crate::config::{Backend, Config};
+use crate::config::{BackendConfig, Config};
 use crate::store::{Durability, GcsStore, LocalStore, Store, StoreError};
 
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
-    match config.backend {
-        Backend::Local => {
-            let durability = if config.local_sync {
+    match &config.backend {
+        BackendConfig::Local(embedded) => {
+            let durability = if embedded.sync {
                 Durability::Sync
             } else {
                 Durability::NoSync
             };
-            Ok(Arc::new(LocalStore::open_with(&config.home, durability)?))
+            Ok(Arc::new(LocalStore::open_with(&embedded.home, durability)?))
         }
-        Backend::Gcp => {
-            // Config::validate guarantees a bucket for the gcp backend.
-            let bucket = config.bucket.clone().unwrap_or_default();
-            let store = GcsStore::connect(bucket, config.storage_emulator_host.as_deref()).await?;
+        BackendConfig::Gcp(gcp) => {
+            let store =
+                GcsStore::connect(gcp.bucket.clone(), gcp.storage_emulator_host.as_deref()).await?;
             Ok(Arc::new(store))
         }
     }

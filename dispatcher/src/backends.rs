@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use runbox_core::config::{Backend, LauncherKind};
+use runbox_core::config::{BackendConfig, LauncherConfig};
 use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId};
 use runbox_notifier::{EventSource, FsEventSource, PubSubConfig, PubSubEventSource};
@@ -28,14 +28,16 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
         .map_err(|e| Error::store("open store", e))?;
     let (events, shutdown_hook) = events(&config, &store, &instance).await?;
     let launcher = launcher(&config).await?;
-    let (session_locks, host_workspace) = match config.backend {
+    let (session_locks, host_workspace) = match &config.backend {
         // Commands work in the store's own directory, and separate
         // processes on this machine order a session's commands by file lock.
-        Backend::Local => (
-            Some(SessionLocks::new(config.home.join(".runbox/session-locks"))),
-            Some(std::path::absolute(&config.home).unwrap_or_else(|_| config.home.clone())),
+        BackendConfig::Local(embedded) => (
+            Some(SessionLocks::new(
+                embedded.home.join(".runbox/session-locks"),
+            )),
+            Some(std::path::absolute(&embedded.home).unwrap_or_else(|_| embedded.home.clone())),
         ),
-        Backend::Gcp => (None, None),
+        BackendConfig::Gcp(_) => (None, None),
     };
     Ok(Parts {
         session_locks,
@@ -54,19 +56,18 @@ async fn events(
     store: &Arc<dyn Store>,
     instance: &InstanceId,
 ) -> Result<(Box<dyn EventSource>, Option<ShutdownHook>)> {
-    Ok(match config.backend {
-        Backend::Local => (
-            Box::new(FsEventSource::new(&config.home, store.clone()).map_err(Error::Events)?),
+    Ok(match &config.backend {
+        BackendConfig::Local(embedded) => (
+            Box::new(FsEventSource::new(&embedded.home, store.clone()).map_err(Error::Events)?),
             None,
         ),
-        Backend::Gcp => {
-            // Config::validate guarantees a project for the gcp backend.
+        BackendConfig::Gcp(gcp) => {
             let mut settings = PubSubConfig::new(
-                config.project.clone().unwrap_or_default(),
-                config.notifications_topic.clone(),
+                gcp.project.clone(),
+                gcp.notifications_topic.clone(),
                 instance.as_str(),
             );
-            settings.emulator_host = config.pubsub_emulator_host.clone();
+            settings.emulator_host = gcp.pubsub_emulator_host.clone();
             let source = PubSubEventSource::connect(settings)
                 .await
                 .map_err(Error::Events)?;
@@ -86,13 +87,10 @@ async fn events(
 }
 
 async fn launcher(config: &Config) -> Result<Arc<dyn Launcher>> {
-    Ok(match config.launcher {
-        LauncherKind::Local => Arc::new(LocalLauncher::new(config, LOCAL_MAX_RUNNING)?),
-        LauncherKind::CloudRun => Arc::new(
-            CloudRunLauncher::connect(
-                CloudRunSettings::from_config(config).map_err(Error::Config)?,
-            )
-            .await?,
-        ),
+    Ok(match &config.launcher {
+        LauncherConfig::Local(_) => Arc::new(LocalLauncher::new(config, LOCAL_MAX_RUNNING)?),
+        LauncherConfig::CloudRun(cloud_run) => {
+            Arc::new(CloudRunLauncher::connect(CloudRunSettings::from_config(cloud_run)).await?)
+        }
     })
 }

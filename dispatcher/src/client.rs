@@ -87,11 +87,7 @@ impl Client {
     /// The embedded backend rooted at `home` (objects, events and executors
     /// all local), with default limits.
     pub async fn embedded(home: impl Into<PathBuf>) -> Result<Self> {
-        let config = Config {
-            home: home.into(),
-            ..Config::default()
-        };
-        Self::from_config(config).await
+        Self::from_config(Config::embedded(home)).await
     }
 
     /// A client for the backends the configuration names.

@@ -80,11 +80,11 @@ impl Options {
         if command.contains('\0') {
             return Err(Error::CommandHasNul);
         }
-        let timeout = self.timeout.unwrap_or(config.default_timeout);
-        if timeout.is_zero() || timeout > config.max_timeout {
+        let timeout = self.timeout.unwrap_or(config.limits.default_timeout);
+        if timeout.is_zero() || timeout > config.limits.max_timeout {
             return Err(Error::InvalidTimeout {
                 requested: timeout,
-                max: config.max_timeout,
+                max: config.limits.max_timeout,
             });
         }
         for (name, value) in &self.env {

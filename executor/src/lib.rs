@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runbox_core::config::{Backend, Config};
+use runbox_core::config::{BackendKind, Config};
 use runbox_core::contract;
 use runbox_core::layout::{self, Stream};
 use runbox_core::store::{self, JsonObjectError, Precondition, PutOptions, Store, StoreError};
@@ -146,7 +146,7 @@ async fn load_request(store: &dyn Store, settings: &Settings) -> Result<Loaded, 
     }
     // The dispatcher checked it too; a request object written any other
     // way meets the same rules.
-    contract::validate_request(&request, settings.config.max_timeout)
+    contract::validate_request(&request, settings.config.limits.max_timeout)
         .map_err(|e| reject(session.as_str(), e.to_string()))?;
     let (state, state_precondition) = load_state(store, &session)
         .await
@@ -249,7 +249,7 @@ async fn run(
     let cap = if request.output_cap_bytes > 0 {
         request.output_cap_bytes
     } else {
-        settings.config.output_cap
+        settings.config.limits.output_cap
     };
     collect_output(store, id, &files, cap, &mut result, &mut notes).await;
     tracing::debug!(execution = %id, "output collected");
@@ -295,11 +295,11 @@ fn rejected(mut result: ExecResult, message: String) -> ExecResult {
 fn sync_options(config: &Config) -> workspace::SyncOptions {
     // The embedded store's workspace directory holds the objects themselves;
     // anywhere else the directory is a copy (a fresh disk on Cloud Run).
-    workspace::SyncOptions::new(match config.backend {
-        Backend::Local => workspace::SyncMode::InPlace,
-        Backend::Gcp => workspace::SyncMode::Transfer,
+    workspace::SyncOptions::new(match config.backend.kind() {
+        BackendKind::Local => workspace::SyncMode::InPlace,
+        BackendKind::Gcp => workspace::SyncMode::Transfer,
     })
-    .with_max_bytes(config.workspace_max_bytes)
+    .with_max_bytes(config.limits.workspace_max_bytes)
 }
 
 /// Creates the workspace directory and restores the session's files into it.
@@ -372,7 +372,7 @@ async fn run_command(
             stdout,
             stderr,
             timeout: Duration::from_millis(request.timeout_ms),
-            kill_grace: settings.config.kill_grace,
+            kill_grace: settings.config.limits.kill_grace,
         },
         cancel,
     );

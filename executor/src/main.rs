@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use runbox_core::ExecutionId;
-use runbox_core::config::{Backend, Config};
+use runbox_core::config::{BackendConfig, Config};
 use runbox_core::contract::{DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, WORKSPACE_DIR_ENV};
 use runbox_executor::{Outcome, Settings, error_chain, execute, process};
 
@@ -31,9 +31,9 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e.to_string()),
     };
-    let workspace_base = match config.backend {
-        Backend::Local => config.home.clone(),
-        Backend::Gcp => std::env::var_os(WORKSPACE_DIR_ENV)
+    let workspace_base = match &config.backend {
+        BackendConfig::Local(embedded) => embedded.home.clone(),
+        BackendConfig::Gcp(_) => std::env::var_os(WORKSPACE_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_BASE)),
     };
@@ -91,7 +91,11 @@ fn main() -> ExitCode {
 }
 
 fn config_error(message: &str) -> ExitCode {
-    eprintln!("runbox-executor: bad configuration: {message}");
+    // A configuration error lists one problem per line: each gets the
+    // prefix, so every line of the log says where it comes from.
+    for line in message.lines() {
+        eprintln!("runbox-executor: bad configuration: {line}");
+    }
     ExitCode::from(EXIT_CONFIG)
 }
 

@@ -215,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
     lookup.insert("RUNBOX_CLOUD_RUN_ENDPOINT".into(), endpoint.clone());
     lookup.insert("RUNBOX_RUNJOB_PER_MINUTE".into(), "100000".into());
     let full = Client::from_config(Config::from_lookup(&lookup)?).await?;
-    assert_eq!(full.config().launcher, LauncherKind::CloudRun);
+    assert_eq!(full.config().launcher.kind(), LauncherKind::CloudRun);
     let embedded_home = dir.path().join("embedded");
     let embedded = Client::from_config(runbox_tests::embedded::config(&embedded_home)).await?;
     let (fs, es) = (full.session("bench")?, embedded.session("bench")?);

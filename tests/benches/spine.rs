@@ -76,10 +76,9 @@ async fn exec_vs_spawn(iterations: usize) {
         runbox_dispatcher::Client::from_config(runbox_tests::embedded::config(durable_dir.path()))
             .await
             .expect("embedded client");
-    let fast = runbox_dispatcher::Client::from_config(runbox_core::Config {
-        local_sync: false,
-        ..runbox_tests::embedded::config(fast_dir.path())
-    })
+    let fast = runbox_dispatcher::Client::from_config(
+        runbox_tests::embedded::config(fast_dir.path()).with_local_sync(false),
+    )
     .await
     .expect("embedded client");
     let durable_session = durable.session("bench").expect("session");

@@ -34,13 +34,10 @@ pub fn binary(name: &str) -> PathBuf {
 /// A configuration for an embedded store in `home`, with a short kill grace
 /// so timeout tests finish quickly.
 pub fn config(home: &Path) -> Config {
-    Config {
-        home: home.to_owned(),
-        executor_bin: Some(binary("runbox-executor")),
-        kill_grace: Duration::from_millis(300),
-        deadline_grace: Duration::from_secs(10),
-        ..Config::default()
-    }
+    Config::embedded(home)
+        .with_executor_bin(binary("runbox-executor"))
+        .with_kill_grace(Duration::from_millis(300))
+        .with_deadline_grace(Duration::from_secs(10))
 }
 
 /// A fresh embedded client in its own temporary directory.

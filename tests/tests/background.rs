@@ -386,7 +386,7 @@ async fn unknown_handles_and_bad_input_are_typed_errors_before_any_write() {
         s.spawn("true").timeout(Duration::ZERO).await,
         Err(Error::InvalidTimeout { .. })
     ));
-    let over = client.config().max_timeout + Duration::from_secs(1);
+    let over = client.config().limits.max_timeout + Duration::from_secs(1);
     assert!(matches!(
         s.spawn("true").timeout(over).await,
         Err(Error::InvalidTimeout { .. })

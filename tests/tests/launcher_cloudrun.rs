@@ -21,7 +21,7 @@ use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
 use googleapis_tonic_google_longrunning::google::longrunning::{Operation, WaitOperationRequest};
 use prost::Message;
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
-use runbox_core::config::LauncherKind;
+use runbox_core::config::{CloudRunConfig, LauncherConfig};
 use runbox_core::store::LocalStore;
 use runbox_core::{ExecutionId, InstanceId};
 use runbox_dispatcher::admission::RetryPolicy;
@@ -717,12 +717,10 @@ async fn killed_executor_is_lost_with_the_cloud_run_condition() {
 /// emulator's directory).
 async fn cloud_run_client(emulated: &Emulated) -> runbox_dispatcher::Client {
     let home = emulated.dir.path().join("home");
-    let config = runbox_core::Config {
-        launcher: LauncherKind::CloudRun,
-        cloud_run_job: Some(format!("{PARENT}/jobs/runbox")),
-        cloud_run_endpoint: Some(emulated.endpoint.clone()),
-        ..embedded::config(&home)
-    };
+    let config = embedded::config(&home).with_launcher(LauncherConfig::CloudRun(CloudRunConfig {
+        endpoint: Some(emulated.endpoint.clone()),
+        ..CloudRunConfig::new(format!("{PARENT}/jobs/runbox"))
+    }));
     config.validate().expect("valid configuration");
     within(10, runbox_dispatcher::Client::from_config(config))
         .await

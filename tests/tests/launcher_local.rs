@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use runbox_core::config::Backend;
+use runbox_core::config::{BackendConfig, GcpConfig};
 use runbox_dispatcher::{Launcher, LocalLauncher};
 use runbox_tests::embedded;
 use runbox_tests::launcher_conformance::{self as suite, Fixture};
@@ -23,9 +23,9 @@ fn fixture() -> (tempfile::TempDir, Fixture) {
     let config = embedded::config(&home);
     let store = runbox_core::store::LocalStore::open(&home).expect("open the embedded store");
     let launcher = LocalLauncher::new(&config, MAX_RUNNING).expect("local launcher");
+    // An empty bucket reaches the executor as an unset RUNBOX_BUCKET.
     let mut broken = config.clone();
-    broken.backend = Backend::Gcp;
-    broken.bucket = None;
+    broken.backend = BackendConfig::Gcp(GcpConfig::new("", ""));
     let failing = LocalLauncher::new(&broken, MAX_RUNNING).expect("failing local launcher");
     let fixture = Fixture {
         launcher: Arc::new(launcher) as Arc<dyn Launcher>,

@@ -272,7 +272,7 @@ async fn bad_input_is_rejected_before_any_write() {
         s.exec("true").timeout(Duration::ZERO).await,
         Err(Error::InvalidTimeout { .. })
     ));
-    let over = client.config().max_timeout + Duration::from_secs(1);
+    let over = client.config().limits.max_timeout + Duration::from_secs(1);
     assert!(matches!(
         s.exec("true").timeout(over).await,
         Err(Error::InvalidTimeout { .. })

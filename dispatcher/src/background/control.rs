@@ -185,7 +185,7 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
         EndWatch::Foreign(execution) => execution.terminate(),
         EndWatch::Gone | EndWatch::Unobservable => {}
     }
-    let timeout = engine.config.kill_grace + KILL_SLACK;
+    let timeout = engine.config.limits.kill_grace + KILL_SLACK;
     engine
         .wait_end(
             id,

@@ -60,7 +60,7 @@ impl IntoFuture for Spawn {
         // so bad input fails before any side effect.
         let engine = self.handle.engine();
         let options = Options {
-            timeout: Some(self.timeout.unwrap_or(engine.config.max_timeout)),
+            timeout: Some(self.timeout.unwrap_or(engine.config.limits.max_timeout)),
             env: self.env,
             output_cap: None,
             request_id: String::new(),
@@ -116,7 +116,7 @@ async fn start(
         engine,
         id.clone(),
         session.clone(),
-        submission.timeout + engine.config.deadline_grace,
+        submission.timeout + engine.config.limits.deadline_grace,
     );
     Ok(BackgroundHandle {
         execution_id: id,

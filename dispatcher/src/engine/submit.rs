@@ -127,7 +127,7 @@ impl Engine {
             return Err(e);
         }
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "launched");
-        let deadline = submission.timeout + self.config.deadline_grace;
+        let deadline = submission.timeout + self.config.limits.deadline_grace;
         let outcome = self
             .wait_end(
                 &id,

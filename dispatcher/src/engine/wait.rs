@@ -113,7 +113,7 @@ impl Engine {
             },
             account = watch.ended(&*self.launcher, id) => {
                 if has_waiter {
-                    match tokio::time::timeout(self.config.completion_grace, &mut event).await {
+                    match tokio::time::timeout(self.config.limits.completion_grace, &mut event).await {
                         Ok(Ok(_event)) => return self.read_result(id).await.map(Some),
                         Ok(Err(source)) => return Err(Error::Wait { id: id.clone(), source }),
                         Err(_) => {}

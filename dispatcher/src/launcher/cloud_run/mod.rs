@@ -46,7 +46,7 @@ use googleapis_tonic_google_longrunning::google::longrunning::{
 };
 use prost::Message;
 use runbox_core::ExecutionId;
-use runbox_core::config::{Config, ConfigError};
+use runbox_core::config::CloudRunConfig;
 use tokio::time::Instant;
 use tonic::codegen::http::{self, HeaderValue, header::AUTHORIZATION};
 use tonic::codegen::{BoxFuture, Service, StdError};
@@ -151,14 +151,12 @@ impl CloudRunSettings {
         }
     }
 
-    /// The settings the configuration names; `RUNBOX_CLOUD_RUN_JOB` must be set.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let job = config.cloud_run_job.clone().ok_or(ConfigError::Missing {
-            var: "RUNBOX_CLOUD_RUN_JOB",
-            because: "RUNBOX_LAUNCHER=cloudrun",
-        })?;
-        let mut settings = Self::new(job);
-        if let Some(address) = &config.cloud_run_endpoint {
+    /// The settings the configuration names (`RUNBOX_CLOUD_RUN_*`,
+    /// `RUNBOX_RUNJOB_PER_MINUTE`, `RUNBOX_MAX_RUNNING`); the rest keep their
+    /// defaults.
+    pub fn from_config(config: &CloudRunConfig) -> Self {
+        let mut settings = Self::new(config.job.clone());
+        if let Some(address) = &config.endpoint {
             settings.endpoint = CloudRunEndpoint::emulator(address);
         }
         settings.runjob_per_minute = config.runjob_per_minute.max(1);
@@ -166,7 +164,7 @@ impl CloudRunSettings {
         settings.max_running = usize::try_from(config.max_running)
             .unwrap_or(usize::MAX)
             .max(1);
-        Ok(settings)
+        settings
     }
 }
 

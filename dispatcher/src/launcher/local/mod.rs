@@ -65,7 +65,7 @@ impl LocalLauncher {
     /// A launcher for the given configuration; at most `max_running`
     /// executors run at once (later launches wait for a slot).
     pub fn new(config: &Config, max_running: usize) -> Result<Self, LaunchError> {
-        let executor = find_executor(config.executor_bin.as_deref())?;
+        let executor = find_executor(config.launcher.executor_bin())?;
         let mut env: Vec<(String, String)> = PASS_THROUGH
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
