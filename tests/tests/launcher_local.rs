@@ -25,7 +25,7 @@ fn fixture() -> (tempfile::TempDir, Fixture) {
     let launcher = LocalLauncher::new(&config, MAX_RUNNING).expect("local launcher");
     // An empty bucket reaches the executor as an unset RUNBOX_BUCKET.
     let mut broken = config.clone();
-    broken.backend = BackendConfig::Gcp(GcpConfig::new("", ""));
+    broken.backend = BackendConfig::Gcp(GcpConfig::new("", "p"));
     let failing = LocalLauncher::new(&broken, MAX_RUNNING).expect("failing local launcher");
     let fixture = Fixture {
         launcher: Arc::new(launcher) as Arc<dyn Launcher>,
