@@ -653,6 +653,8 @@ impl Reader<'_> {
             .env
             .get(RUNBOX_HOME)
             .map_or_else(|| default_home(self.env), PathBuf::from);
+        // Checked whatever the backend: a bad value fails the read even
+        // where the setting is ignored.
         let sync = self.flag(RUNBOX_LOCAL_SYNC, true);
         let bucket = self.env.get(RUNBOX_BUCKET);
         let project = self.env.get(RUNBOX_PROJECT);
@@ -671,8 +673,6 @@ impl Reader<'_> {
                 }
                 gcp.storage_emulator_host = storage_emulator_host;
                 gcp.pubsub_emulator_host = pubsub_emulator_host;
-                // An unusable RUNBOX_LOCAL_SYNC is still an error here: it
-                // is recorded, so the whole read fails.
                 Some(BackendConfig::Gcp(gcp))
             }
         }
