@@ -10,7 +10,7 @@ use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId};
 use runbox_notifier::{EventSource, FsEventSource, PubSubConfig, PubSubEventSource};
 
-use crate::client::{Parts, ShutdownHook};
+use crate::client::Parts;
 use crate::error::{Error, Result};
 use crate::launcher::Launcher;
 use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings};
@@ -26,7 +26,7 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
     let store = runbox_core::backend::open_store(&config)
         .await
         .map_err(|e| Error::store("open store", e))?;
-    let (events, shutdown_hook) = events(&config, &store, &instance).await?;
+    let events = events(&config, &store, &instance).await?;
     let launcher = launcher(&config).await?;
     let (session_locks, host_workspace) = match config.backend {
         // Commands work in the store's own directory, and separate
@@ -45,7 +45,6 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
         events,
         launcher,
         instance,
-        shutdown_hook,
     })
 }
 
@@ -53,12 +52,11 @@ async fn events(
     config: &Config,
     store: &Arc<dyn Store>,
     instance: &InstanceId,
-) -> Result<(Box<dyn EventSource>, Option<ShutdownHook>)> {
+) -> Result<Box<dyn EventSource>> {
     Ok(match config.backend {
-        Backend::Local => (
-            Box::new(FsEventSource::new(&config.home, store.clone()).map_err(Error::Events)?),
-            None,
-        ),
+        Backend::Local => {
+            Box::new(FsEventSource::new(&config.home, store.clone()).map_err(Error::Events)?)
+        }
         Backend::Gcp => {
             // Config::validate guarantees a project for the gcp backend.
             let mut settings = PubSubConfig::new(
@@ -67,20 +65,14 @@ async fn events(
                 instance.as_str(),
             );
             settings.emulator_host = config.pubsub_emulator_host.clone();
-            let source = PubSubEventSource::connect(settings)
-                .await
-                .map_err(Error::Events)?;
-            let subscription = source.subscription();
-            // The subscription is this instance's alone: delete it at a
-            // graceful shutdown (its expiration policy covers crashes).
-            let hook: ShutdownHook = Box::new(move || {
-                Box::pin(async move {
-                    if let Err(e) = subscription.delete().await {
-                        tracing::warn!(error = %e, "could not delete the notifications subscription");
-                    }
-                })
-            });
-            (Box::new(source), Some(hook))
+            // The subscription is this instance's alone: the source deletes
+            // it when the notifier shuts down (its expiration policy covers
+            // crashes).
+            Box::new(
+                PubSubEventSource::connect(settings)
+                    .await
+                    .map_err(Error::Events)?,
+            )
         }
     })
 }

@@ -22,7 +22,7 @@
 //! so no future waits forever.
 //!
 //! [`Client`] and [`Session`] are thin: the work is done by the execution
-//! engine ([`crate::engine`]), the session lifecycle ([`crate::session`]),
+//! engine (`crate::engine`), the session lifecycle ([`crate::session`]),
 //! background processes ([`crate::background`]) and the file API
 //! ([`crate::files`]). Other surfaces (a server, a topic consumer) build on
 //! `Client` the same way.
@@ -43,8 +43,6 @@ use crate::error::{Error, Result};
 use crate::launcher::Launcher;
 use crate::session::{self, Session, SessionInfo};
 use crate::session_lock::SessionLocks;
-
-pub use crate::engine::ShutdownHook;
 
 /// A handle to runbox: cheap to clone, shared by all sessions.
 #[derive(Clone)]
@@ -72,9 +70,6 @@ pub struct Parts {
     /// those very files (embedded backend); `None` when the executor
     /// restores each session's workspace below its own base directory.
     pub host_workspace: Option<PathBuf>,
-    /// Run once by [`Client::shutdown`] after the notifier stopped (for
-    /// example: delete this instance's subscription).
-    pub shutdown_hook: Option<ShutdownHook>,
 }
 
 impl Client {
@@ -113,7 +108,6 @@ impl Client {
             launcher: parts.launcher,
             placement,
             session_locks: parts.session_locks,
-            shutdown_hook: parts.shutdown_hook,
         });
         Self {
             handle: Handle::new(engine),
@@ -300,7 +294,8 @@ impl Client {
     /// Stops everything this client started: the notifier first (every
     /// future still waiting resolves with an error at once), then the
     /// session queues and background watches (tracked tasks, drained here),
-    /// the launcher's own tasks, and this instance's subscription.
+    /// and the launcher's own tasks; the event source cleans up after itself
+    /// (the Pub/Sub source deletes this instance's subscription).
     /// Executions already launched keep running and write their results.
     pub async fn shutdown(&self) {
         self.engine().shutdown().await;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use runbox_core::background_marker::BackgroundMarker;
 use runbox_core::store::{self, PutOptions};
 use runbox_core::{ExecutionId, SessionId, layout};
 use runbox_notifier::WaitError;
@@ -27,16 +28,16 @@ pub(crate) async fn find(
     };
     let id = ExecutionId::new(handle).map_err(|_| unknown())?;
     match marker::read(&*engine.store, session, &id).await {
-        Ok(marker) => Ok(handle_of(session, id, marker)),
+        Ok(marker) => Ok(handle_of(marker)),
         Err(Error::Store { source, .. }) if source.is_not_found() => Err(unknown()),
         Err(e) => Err(e),
     }
 }
 
-fn handle_of(session: &SessionId, id: ExecutionId, marker: marker::Marker) -> BackgroundHandle {
+fn handle_of(marker: BackgroundMarker) -> BackgroundHandle {
     BackgroundHandle {
-        execution_id: id,
-        session: session.clone(),
+        execution_id: marker.execution_id,
+        session: marker.session,
         command: marker.command,
         started_at: marker.started_at,
     }
@@ -91,7 +92,7 @@ async fn entry(
         None => BackgroundState::Running,
     };
     Ok(Some(BackgroundEntry {
-        handle: handle_of(session, id, marker),
+        handle: handle_of(marker),
         state,
     }))
 }
@@ -207,17 +208,12 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
 /// out: if the executor then ends without a result (the signal came before
 /// it could handle it), whoever settles it writes CANCELLED, not LOST.
 async fn mark_kill_requested(engine: &Engine, handle: &BackgroundHandle) -> Result<()> {
-    let record = marker::Marker {
+    let record = BackgroundMarker {
+        execution_id: handle.execution_id.clone(),
+        session: handle.session.clone(),
         command: handle.command.clone(),
         started_at: handle.started_at,
         kill_requested: true,
     };
-    marker::write(
-        &*engine.store,
-        &handle.session,
-        &handle.execution_id,
-        &record,
-        PutOptions::default(),
-    )
-    .await
+    marker::write(&*engine.store, &record, PutOptions::default()).await
 }
