@@ -1,8 +1,9 @@
-//! Choosing the backends, once, at start-up: the only place that reads
+//! The parts a client is made of, and choosing them, once, at start-up: the only place that reads
 //! which store, event source and launcher the configuration names. Past
 //! this point everything works through the [`Store`], [`EventSource`] and
 //! [`Launcher`] traits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use runbox_core::config::{Backend, LauncherKind};
@@ -10,12 +11,33 @@ use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId};
 use runbox_notifier::{EventSource, FsEventSource, PubSubConfig, PubSubEventSource};
 
-use crate::client::Parts;
 use crate::error::{Error, Result};
 use crate::launcher::Launcher;
 use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings};
 use crate::launcher::local::LocalLauncher;
 use crate::session_lock::SessionLocks;
+
+/// The parts a client is assembled from; [`Client::from_config`] picks them
+/// from configuration, tests and other backends pass their own.
+pub struct Parts {
+    /// Configuration (limits, grace periods).
+    pub config: Config,
+    /// Where objects live.
+    pub store: Arc<dyn Store>,
+    /// Where completion events come from.
+    pub events: Box<dyn EventSource>,
+    /// How executions start.
+    pub launcher: Arc<dyn Launcher>,
+    /// This dispatcher instance's id (the execution-id prefix).
+    pub instance: InstanceId,
+    /// Per-session file locks that order commands across processes sharing
+    /// one machine (embedded backend); `None` elsewhere.
+    pub session_locks: Option<SessionLocks>,
+    /// The directory the store keeps its objects in, when commands work in
+    /// those very files (embedded backend); `None` when the executor
+    /// restores each session's workspace below its own base directory.
+    pub host_workspace: Option<PathBuf>,
+}
 
 /// Most executors the local launcher runs at once; more wait for a slot.
 const LOCAL_MAX_RUNNING: usize = 64;

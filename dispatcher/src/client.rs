@@ -34,42 +34,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId, SessionId};
-use runbox_notifier::{EventSource, NotifierStats};
+use runbox_notifier::NotifierStats;
 use runbox_proto::ExecResult;
 
+pub use crate::backends::Parts;
 use crate::background::{self, BackgroundEntry, BackgroundHandle, LogRead, Stream};
 use crate::engine::{Engine, EngineParts, Handle, WorkspacePlacement};
 use crate::error::{Error, Result};
-use crate::launcher::Launcher;
 use crate::session::{self, Session, SessionInfo};
-use crate::session_lock::SessionLocks;
 
 /// A handle to runbox: cheap to clone, shared by all sessions.
 #[derive(Clone)]
 pub struct Client {
     handle: Handle,
-}
-
-/// The parts a client is assembled from; [`Client::from_config`] picks them
-/// from configuration, tests and other backends pass their own.
-pub struct Parts {
-    /// Configuration (limits, grace periods).
-    pub config: Config,
-    /// Where objects live.
-    pub store: Arc<dyn Store>,
-    /// Where completion events come from.
-    pub events: Box<dyn EventSource>,
-    /// How executions start.
-    pub launcher: Arc<dyn Launcher>,
-    /// This dispatcher instance's id (the execution-id prefix).
-    pub instance: InstanceId,
-    /// Per-session file locks that order commands across processes sharing
-    /// one machine (embedded backend); `None` elsewhere.
-    pub session_locks: Option<SessionLocks>,
-    /// The directory the store keeps its objects in, when commands work in
-    /// those very files (embedded backend); `None` when the executor
-    /// restores each session's workspace below its own base directory.
-    pub host_workspace: Option<PathBuf>,
 }
 
 impl Client {
