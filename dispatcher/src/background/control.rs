@@ -6,7 +6,7 @@ use futures::StreamExt;
 use runbox_core::background_marker::BackgroundMarker;
 use runbox_core::store::{self, PutOptions};
 use runbox_core::{ExecutionId, SessionId, layout};
-use runbox_notifier::WaitError;
+use runbox_notifier::{WaitError, Waiter};
 use runbox_proto::ExecResult;
 
 use super::{BackgroundEntry, BackgroundHandle, BackgroundState, KILL_SLACK, LIST_CONCURRENCY};
@@ -127,14 +127,10 @@ pub(crate) async fn wait(
     timeout: Duration,
 ) -> Result<ExecResult> {
     let id = &handle.execution_id;
-    let waiter = engine.register_shared(id)?;
-    if let Some(result) = engine.existing_result(id).await? {
-        return Ok(result);
-    }
-    let mut watch = engine.end_watch(id).await?;
-    if let Some(account) = watch.ended_already() {
-        return engine.settle(id, &handle.session, account).await;
-    }
+    let (waiter, mut watch) = match watch_end(engine, handle).await? {
+        Watch::Ended(result) => return Ok(*result),
+        Watch::Running(waiter, watch) => (waiter, watch),
+    };
     if waiter.is_none() && matches!(watch, EndWatch::Unobservable) {
         // Nothing could tell us of the end before the timeout.
         return Err(Error::Wait {
@@ -166,14 +162,10 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
     let id = &handle.execution_id;
     // Registered BEFORE the cancel, so the CANCELLED result's event cannot
     // come before anyone listens.
-    let waiter = engine.register_shared(id)?;
-    if let Some(result) = engine.existing_result(id).await? {
-        return Ok(result);
-    }
-    let mut watch = engine.end_watch(id).await?;
-    if let Some(account) = watch.ended_already() {
-        return engine.settle(id, &handle.session, account).await;
-    }
+    let (waiter, mut watch) = match watch_end(engine, handle).await? {
+        Watch::Ended(result) => return Ok(*result),
+        Watch::Running(waiter, watch) => (waiter, watch),
+    };
     if matches!(watch, EndWatch::Unobservable) {
         return Err(Error::Background(BackgroundError::Unreachable {
             handle: handle.to_string(),
@@ -202,6 +194,32 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
                 timeout,
             })
         })
+}
+
+/// Where a process stands once its end is watched.
+enum Watch {
+    /// It has ended; its (settled) result.
+    Ended(Box<ExecResult>),
+    /// It runs: its completion waiter (`None` when another caller in this
+    /// process holds it) and how its end can be seen.
+    Running(Option<Waiter>, EndWatch),
+}
+
+/// Starts watching for the end of a process, list-then-watch: the waiter is
+/// registered first, then the result read once, then the executor looked
+/// for; an executor already gone without a result is settled here.
+async fn watch_end(engine: &Engine, handle: &BackgroundHandle) -> Result<Watch> {
+    let id = &handle.execution_id;
+    let waiter = engine.register_shared(id)?;
+    if let Some(result) = engine.existing_result(id).await? {
+        return Ok(Watch::Ended(Box::new(result)));
+    }
+    let watch = engine.end_watch(id).await?;
+    if let Some(account) = watch.ended_already() {
+        let result = engine.settle(id, &handle.session, account).await?;
+        return Ok(Watch::Ended(Box::new(result)));
+    }
+    Ok(Watch::Running(waiter, watch))
 }
 
 /// Records in the marker that a kill was asked for, before the signal goes
