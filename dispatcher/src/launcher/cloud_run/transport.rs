@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use gcloud_auth::project::Config as AuthConfig;
 use gcloud_auth::token_source::TokenSource;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tonic::Status;
 use tonic::codegen::http::{self, HeaderValue, header::AUTHORIZATION};
 use tonic::codegen::{BoxFuture, Service, StdError};
@@ -18,6 +19,13 @@ use super::settings::{CLOUD_RUN_DOMAIN, CloudRunEndpoint, SCOPES};
 
 /// The header carrying a call's routing parameters to Google's front end.
 const ROUTING_HEADER: &str = "x-goog-request-params";
+/// What routing values escape: every byte but RFC 3986's unreserved
+/// characters (letters, digits, `-`, `_`, `.`, `~`), as Google's clients do.
+const ROUTING_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Opens connections to one Admin API endpoint, all sharing its TLS setup
 /// and (against Google) one token source.
@@ -125,24 +133,12 @@ impl Service<http::Request<tonic::body::Body>> for Transport {
 pub(super) fn route<T>(request: &mut tonic::Request<T>, params: &[(&str, &str)]) {
     let value = params
         .iter()
-        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+        .map(|(k, v)| format!("{k}={}", utf8_percent_encode(v, ROUTING_VALUE)))
         .collect::<Vec<_>>()
         .join("&");
     if let Ok(value) = value.parse() {
         request.metadata_mut().insert(ROUTING_HEADER, value);
     }
-}
-
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -162,5 +158,27 @@ mod tests {
             r.metadata().get(ROUTING_HEADER).unwrap(),
             "location=europe-west1"
         );
+    }
+
+    #[test]
+    fn routing_values_escape_all_but_the_unreserved_characters() {
+        let encode = |v: &str| utf8_percent_encode(v, ROUTING_VALUE).to_string();
+        // The strings a hand-written encoder (unreserved bytes kept, every
+        // other byte as upper-case %XX) gave for the same input.
+        for (value, expected) in [
+            ("europe-west1", "europe-west1"),
+            (
+                "projects/p/locations/l/jobs/j",
+                "projects%2Fp%2Flocations%2Fl%2Fjobs%2Fj",
+            ),
+            ("A-Z_a.z~0-9", "A-Z_a.z~0-9"),
+            ("a b+c&d=e%f?g#h", "a%20b%2Bc%26d%3De%25f%3Fg%23h"),
+            ("!*'();:@$,[]", "%21%2A%27%28%29%3B%3A%40%24%2C%5B%5D"),
+            ("\t\n\u{7f}", "%09%0A%7F"),
+            ("é€", "%C3%A9%E2%82%AC"),
+            ("", ""),
+        ] {
+            assert_eq!(encode(value), expected, "{value:?}");
+        }
     }
 }
