@@ -351,7 +351,9 @@ impl CloudRunLauncher {
 
     fn free_slot(&self, id: &ExecutionId) {
         if let Some(t) = self.running.get(id) {
-            t.slot.lock().expect("slot lock").take();
+            // A panic elsewhere while holding the lock cannot leave the
+            // Option half-written: take the slot from a poisoned lock too.
+            t.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
     }
 }
