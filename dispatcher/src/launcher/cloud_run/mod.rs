@@ -45,6 +45,7 @@ use googleapis_tonic_google_longrunning::google::longrunning::{
     Operation, WaitOperationRequest, operation, operations_client::OperationsClient,
 };
 use runbox_core::ExecutionId;
+use runbox_core::contract::{EXECUTION_ID_ENV, TRACEPARENT_ENV};
 use tokio::time::Instant;
 use tonic::codegen::StdError;
 use tonic::{Code, Status};
@@ -151,9 +152,9 @@ impl CloudRunLauncher {
             name: name.to_owned(),
             values: Some(env_var::Values::Value(value.to_owned())),
         };
-        let mut vars = vec![env("RUNBOX_EXECUTION_ID", spec.execution_id.as_str())];
+        let mut vars = vec![env(EXECUTION_ID_ENV, spec.execution_id.as_str())];
         if let Some(tp) = &spec.traceparent {
-            vars.push(env("TRACEPARENT", tp));
+            vars.push(env(TRACEPARENT_ENV, tp));
         }
         RunJobRequest {
             name: self.settings.job.clone(),
