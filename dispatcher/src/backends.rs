@@ -1,8 +1,9 @@
-//! Choosing the backends, once, at start-up: the only place that reads
+//! The parts a client is made of, and choosing them, once, at start-up: the only place that reads
 //! which store, event source and launcher the configuration names. Past
 //! this point everything works through the [`Store`], [`EventSource`] and
 //! [`Launcher`] traits.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use runbox_core::config::{BackendConfig, LauncherConfig};
@@ -10,12 +11,33 @@ use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId};
 use runbox_notifier::{EventSource, FsEventSource, PubSubConfig, PubSubEventSource};
 
-use crate::client::{Parts, ShutdownHook};
 use crate::error::{Error, Result};
 use crate::launcher::Launcher;
 use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings};
 use crate::launcher::local::LocalLauncher;
 use crate::session_lock::SessionLocks;
+
+/// The parts a client is assembled from; [`Client::from_config`] picks them
+/// from configuration, tests and other backends pass their own.
+pub struct Parts {
+    /// Configuration (limits, grace periods).
+    pub config: Config,
+    /// Where objects live.
+    pub store: Arc<dyn Store>,
+    /// Where completion events come from.
+    pub events: Box<dyn EventSource>,
+    /// How executions start.
+    pub launcher: Arc<dyn Launcher>,
+    /// This dispatcher instance's id (the execution-id prefix).
+    pub instance: InstanceId,
+    /// Per-session file locks that order commands across processes sharing
+    /// one machine (embedded backend); `None` elsewhere.
+    pub session_locks: Option<SessionLocks>,
+    /// The directory the store keeps its objects in, when commands work in
+    /// those very files (embedded backend); `None` when the executor
+    /// restores each session's workspace below its own base directory.
+    pub host_workspace: Option<PathBuf>,
+}
 
 /// Most executors the local launcher runs at once; more wait for a slot.
 const LOCAL_MAX_RUNNING: usize = 64;
@@ -26,7 +48,7 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
     let store = runbox_core::backend::open_store(&config)
         .await
         .map_err(|e| Error::store("open store", e))?;
-    let (events, shutdown_hook) = events(&config, &store, &instance).await?;
+    let events = events(&config, &store, &instance).await?;
     let launcher = launcher(&config).await?;
     let (session_locks, host_workspace) = match &config.backend {
         // Commands work in the store's own directory, and separate
@@ -47,7 +69,6 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
         events,
         launcher,
         instance,
-        shutdown_hook,
     })
 }
 
@@ -55,12 +76,11 @@ async fn events(
     config: &Config,
     store: &Arc<dyn Store>,
     instance: &InstanceId,
-) -> Result<(Box<dyn EventSource>, Option<ShutdownHook>)> {
+) -> Result<Box<dyn EventSource>> {
     Ok(match &config.backend {
-        BackendConfig::Local(embedded) => (
-            Box::new(FsEventSource::new(&embedded.home, store.clone()).map_err(Error::Events)?),
-            None,
-        ),
+        BackendConfig::Local(embedded) => {
+            Box::new(FsEventSource::new(&embedded.home, store.clone()).map_err(Error::Events)?)
+        }
         BackendConfig::Gcp(gcp) => {
             let mut settings = PubSubConfig::new(
                 gcp.project.clone(),
@@ -68,20 +88,14 @@ async fn events(
                 instance.as_str(),
             );
             settings.emulator_host = gcp.pubsub_emulator_host.clone();
-            let source = PubSubEventSource::connect(settings)
-                .await
-                .map_err(Error::Events)?;
-            let subscription = source.subscription();
-            // The subscription is this instance's alone: delete it at a
-            // graceful shutdown (its expiration policy covers crashes).
-            let hook: ShutdownHook = Box::new(move || {
-                Box::pin(async move {
-                    if let Err(e) = subscription.delete().await {
-                        tracing::warn!(error = %e, "could not delete the notifications subscription");
-                    }
-                })
-            });
-            (Box::new(source), Some(hook))
+            // The subscription is this instance's alone: the source deletes
+            // it when the notifier shuts down (its expiration policy covers
+            // crashes).
+            Box::new(
+                PubSubEventSource::connect(settings)
+                    .await
+                    .map_err(Error::Events)?,
+            )
         }
     })
 }

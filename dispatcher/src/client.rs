@@ -22,7 +22,7 @@
 //! so no future waits forever.
 //!
 //! [`Client`] and [`Session`] are thin: the work is done by the execution
-//! engine ([`crate::engine`]), the session lifecycle ([`crate::session`]),
+//! engine (`crate::engine`), the session lifecycle ([`crate::session`]),
 //! background processes ([`crate::background`]) and the file API
 //! ([`crate::files`]). Other surfaces (a server, a topic consumer) build on
 //! `Client` the same way.
@@ -34,47 +34,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId, SessionId};
-use runbox_notifier::{EventSource, NotifierStats};
+use runbox_notifier::NotifierStats;
 use runbox_proto::ExecResult;
 
+pub use crate::backends::Parts;
 use crate::background::{self, BackgroundEntry, BackgroundHandle, LogRead, Stream};
 use crate::engine::{Engine, EngineParts, Handle, WorkspacePlacement};
 use crate::error::{Error, Result};
-use crate::launcher::Launcher;
 use crate::session::{self, Session, SessionInfo};
-use crate::session_lock::SessionLocks;
-
-pub use crate::engine::ShutdownHook;
 
 /// A handle to runbox: cheap to clone, shared by all sessions.
 #[derive(Clone)]
 pub struct Client {
     handle: Handle,
-}
-
-/// The parts a client is assembled from; [`Client::from_config`] picks them
-/// from configuration, tests and other backends pass their own.
-pub struct Parts {
-    /// Configuration (limits, grace periods).
-    pub config: Config,
-    /// Where objects live.
-    pub store: Arc<dyn Store>,
-    /// Where completion events come from.
-    pub events: Box<dyn EventSource>,
-    /// How executions start.
-    pub launcher: Arc<dyn Launcher>,
-    /// This dispatcher instance's id (the execution-id prefix).
-    pub instance: InstanceId,
-    /// Per-session file locks that order commands across processes sharing
-    /// one machine (embedded backend); `None` elsewhere.
-    pub session_locks: Option<SessionLocks>,
-    /// The directory the store keeps its objects in, when commands work in
-    /// those very files (embedded backend); `None` when the executor
-    /// restores each session's workspace below its own base directory.
-    pub host_workspace: Option<PathBuf>,
-    /// Run once by [`Client::shutdown`] after the notifier stopped (for
-    /// example: delete this instance's subscription).
-    pub shutdown_hook: Option<ShutdownHook>,
 }
 
 impl Client {
@@ -109,7 +81,6 @@ impl Client {
             launcher: parts.launcher,
             placement,
             session_locks: parts.session_locks,
-            shutdown_hook: parts.shutdown_hook,
         });
         Self {
             handle: Handle::new(engine),
@@ -296,7 +267,8 @@ impl Client {
     /// Stops everything this client started: the notifier first (every
     /// future still waiting resolves with an error at once), then the
     /// session queues and background watches (tracked tasks, drained here),
-    /// the launcher's own tasks, and this instance's subscription.
+    /// and the launcher's own tasks; the event source cleans up after itself
+    /// (the Pub/Sub source deletes this instance's subscription).
     /// Executions already launched keep running and write their results.
     pub async fn shutdown(&self) {
         self.engine().shutdown().await;

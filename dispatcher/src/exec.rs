@@ -6,7 +6,7 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::Duration;
 
-use runbox_core::config::MAX_COMMAND_BYTES;
+use runbox_core::contract;
 use runbox_core::{Config, SessionId};
 use runbox_proto::ExecResult;
 
@@ -68,27 +68,15 @@ impl Exec {
 }
 
 impl Options {
-    /// Checks the command and options against the limits; the submission
-    /// to run, or the first problem, before anything is written.
+    /// Checks the command and options against the limits (the executor
+    /// contract's one validation); the submission to run, or the first
+    /// problem, before anything is written.
     pub(crate) fn validate(self, config: &Config, command: String) -> Result<Submission> {
-        if command.len() > MAX_COMMAND_BYTES {
-            return Err(Error::CommandTooLarge {
-                bytes: command.len(),
-                max: MAX_COMMAND_BYTES,
-            });
-        }
-        if command.contains('\0') {
-            return Err(Error::CommandHasNul);
-        }
+        contract::validate_command(&command)?;
         let timeout = self.timeout.unwrap_or(config.limits.default_timeout);
-        if timeout.is_zero() || timeout > config.limits.max_timeout {
-            return Err(Error::InvalidTimeout {
-                requested: timeout,
-                max: config.limits.max_timeout,
-            });
-        }
+        contract::validate_timeout(timeout, config.limits.max_timeout)?;
         for (name, value) in &self.env {
-            validate_env(name, value)?;
+            contract::validate_env(name, value)?;
         }
         Ok(Submission {
             command,
@@ -98,30 +86,6 @@ impl Options {
             request_id: self.request_id,
         })
     }
-}
-
-fn validate_env(name: &str, value: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(Error::InvalidEnv {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    let mut chars = name.chars();
-    match chars.next() {
-        None => return bad("empty name"),
-        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => {
-            return bad("a name starts with a letter or '_'");
-        }
-        _ => {}
-    }
-    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return bad("a name holds only letters, digits and '_'");
-    }
-    if value.contains('\0') {
-        return bad("the value contains a NUL byte");
-    }
-    Ok(())
 }
 
 impl IntoFuture for Exec {
@@ -145,20 +109,5 @@ impl IntoFuture for Exec {
             drop(handle);
             result
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_names_are_checked() {
-        assert!(validate_env("FOO_1", "x").is_ok());
-        assert!(validate_env("_x", "").is_ok());
-        for bad in ["", "1A", "A-B", "A=B", "A B"] {
-            assert!(validate_env(bad, "v").is_err(), "{bad:?} accepted");
-        }
-        assert!(validate_env("A", "a\0b").is_err());
     }
 }

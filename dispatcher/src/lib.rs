@@ -25,7 +25,7 @@ pub mod session;
 pub mod session_lock;
 
 pub use background::{BackgroundEntry, BackgroundHandle, BackgroundState, LogRead, Spawn, Stream};
-pub use client::{Client, Parts, ShutdownHook};
+pub use client::{Client, Parts};
 pub use error::{BackgroundError, Error, FileError, LaunchError, Result};
 pub use exec::Exec;
 pub use files::{

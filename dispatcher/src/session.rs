@@ -219,9 +219,19 @@ pub(crate) async fn delete(engine: &Engine, id: &SessionId) -> Result<usize> {
     // objects (request, result, logs) go with the session.
     background::control::kill_where(engine, id, |_| true).await?;
     let store = &*engine.store;
-    let mut n = 0;
-    for entry in background::control::list(engine, id).await? {
-        let exec = &entry.handle.execution_id;
+    let executions: Vec<_> = background::control::list(engine, id)
+        .await?
+        .into_iter()
+        .map(|entry| entry.handle.execution_id)
+        .collect();
+    // The session's objects (markers among them) go first, then each
+    // execution's request before its result: a background watch that
+    // settles meanwhile then either still finds the result, or finds
+    // neither marker nor request and writes nothing.
+    let mut n = store::delete_prefix(store, &layout::session_prefix(id))
+        .await
+        .map_err(|e| Error::store(format!("delete session {id}"), e))?;
+    for exec in &executions {
         for prefix in [
             layout::request(exec),
             layout::result(exec),
@@ -232,9 +242,6 @@ pub(crate) async fn delete(engine: &Engine, id: &SessionId) -> Result<usize> {
                 .map_err(|e| Error::store(format!("delete session {id}"), e))?;
         }
     }
-    let n = n + store::delete_prefix(store, &layout::session_prefix(id))
-        .await
-        .map_err(|e| Error::store(format!("delete session {id}"), e))?;
     if let WorkspacePlacement::Host(home) = &engine.placement {
         // Empty directories (a fresh workspace, `mkdir` in a command) are
         // not objects, so deleting the objects leaves them behind.

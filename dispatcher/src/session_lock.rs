@@ -8,7 +8,6 @@
 //! detects such races; this lock only avoids them where it can.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use runbox_core::SessionId;
@@ -50,14 +49,11 @@ fn lock_file(path: &Path) -> std::io::Result<SessionGuard> {
         .write(true)
         .open(path)?;
     loop {
-        // SAFETY: flock on a descriptor we own; blocks until granted.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc == 0 {
-            return Ok(SessionGuard { _file: file });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
+        // Blocks until granted; the lock goes with the file's descriptor.
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+            Ok(()) => return Ok(SessionGuard { _file: file }),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

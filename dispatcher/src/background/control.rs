@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use runbox_core::background_marker::BackgroundMarker;
 use runbox_core::store::{self, PutOptions};
 use runbox_core::{ExecutionId, SessionId, layout};
-use runbox_notifier::WaitError;
+use runbox_notifier::{WaitError, Waiter};
 use runbox_proto::ExecResult;
 
 use super::{BackgroundEntry, BackgroundHandle, BackgroundState, KILL_SLACK, LIST_CONCURRENCY};
@@ -27,16 +28,16 @@ pub(crate) async fn find(
     };
     let id = ExecutionId::new(handle).map_err(|_| unknown())?;
     match marker::read(&*engine.store, session, &id).await {
-        Ok(marker) => Ok(handle_of(session, id, marker)),
+        Ok(marker) => Ok(handle_of(marker)),
         Err(Error::Store { source, .. }) if source.is_not_found() => Err(unknown()),
         Err(e) => Err(e),
     }
 }
 
-fn handle_of(session: &SessionId, id: ExecutionId, marker: marker::Marker) -> BackgroundHandle {
+fn handle_of(marker: BackgroundMarker) -> BackgroundHandle {
     BackgroundHandle {
-        execution_id: id,
-        session: session.clone(),
+        execution_id: marker.execution_id,
+        session: marker.session,
         command: marker.command,
         started_at: marker.started_at,
     }
@@ -91,7 +92,7 @@ async fn entry(
         None => BackgroundState::Running,
     };
     Ok(Some(BackgroundEntry {
-        handle: handle_of(session, id, marker),
+        handle: handle_of(marker),
         state,
     }))
 }
@@ -126,14 +127,10 @@ pub(crate) async fn wait(
     timeout: Duration,
 ) -> Result<ExecResult> {
     let id = &handle.execution_id;
-    let waiter = engine.register_shared(id)?;
-    if let Some(result) = engine.existing_result(id).await? {
-        return Ok(result);
-    }
-    let mut watch = engine.end_watch(id).await?;
-    if let Some(account) = watch.ended_already() {
-        return engine.settle(id, &handle.session, account).await;
-    }
+    let (waiter, mut watch) = match watch_end(engine, handle).await? {
+        Watch::Ended(result) => return Ok(*result),
+        Watch::Running(waiter, watch) => (waiter, watch),
+    };
     if waiter.is_none() && matches!(watch, EndWatch::Unobservable) {
         // Nothing could tell us of the end before the timeout.
         return Err(Error::Wait {
@@ -165,14 +162,10 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
     let id = &handle.execution_id;
     // Registered BEFORE the cancel, so the CANCELLED result's event cannot
     // come before anyone listens.
-    let waiter = engine.register_shared(id)?;
-    if let Some(result) = engine.existing_result(id).await? {
-        return Ok(result);
-    }
-    let mut watch = engine.end_watch(id).await?;
-    if let Some(account) = watch.ended_already() {
-        return engine.settle(id, &handle.session, account).await;
-    }
+    let (waiter, mut watch) = match watch_end(engine, handle).await? {
+        Watch::Ended(result) => return Ok(*result),
+        Watch::Running(waiter, watch) => (waiter, watch),
+    };
     if matches!(watch, EndWatch::Unobservable) {
         return Err(Error::Background(BackgroundError::Unreachable {
             handle: handle.to_string(),
@@ -203,21 +196,42 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
         })
 }
 
+/// Where a process stands once its end is watched.
+enum Watch {
+    /// It has ended; its (settled) result.
+    Ended(Box<ExecResult>),
+    /// It runs: its completion waiter (`None` when another caller in this
+    /// process holds it) and how its end can be seen.
+    Running(Option<Waiter>, EndWatch),
+}
+
+/// Starts watching for the end of a process, list-then-watch: the waiter is
+/// registered first, then the result read once, then the executor looked
+/// for; an executor already gone without a result is settled here.
+async fn watch_end(engine: &Engine, handle: &BackgroundHandle) -> Result<Watch> {
+    let id = &handle.execution_id;
+    let waiter = engine.register_shared(id)?;
+    if let Some(result) = engine.existing_result(id).await? {
+        return Ok(Watch::Ended(Box::new(result)));
+    }
+    let watch = engine.end_watch(id).await?;
+    if let Some(account) = watch.ended_already() {
+        let result = engine.settle(id, &handle.session, account).await?;
+        return Ok(Watch::Ended(Box::new(result)));
+    }
+    Ok(Watch::Running(waiter, watch))
+}
+
 /// Records in the marker that a kill was asked for, before the signal goes
 /// out: if the executor then ends without a result (the signal came before
 /// it could handle it), whoever settles it writes CANCELLED, not LOST.
 async fn mark_kill_requested(engine: &Engine, handle: &BackgroundHandle) -> Result<()> {
-    let record = marker::Marker {
+    let record = BackgroundMarker {
+        execution_id: handle.execution_id.clone(),
+        session: handle.session.clone(),
         command: handle.command.clone(),
         started_at: handle.started_at,
         kill_requested: true,
     };
-    marker::write(
-        &*engine.store,
-        &handle.session,
-        &handle.execution_id,
-        &record,
-        PutOptions::default(),
-    )
-    .await
+    marker::write(&*engine.store, &record, PutOptions::default()).await
 }

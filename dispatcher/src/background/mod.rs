@@ -1,4 +1,4 @@
-//! Background processes: [`Session::spawn`] starts a command in its own
+//! Background processes: [`crate::Session::spawn`] starts a command in its own
 //! execution and returns a [`BackgroundHandle`] at once; the process keeps
 //! running while foreground commands come and go.
 //!
@@ -58,9 +58,9 @@
 //!
 //! # Where it lives
 //!
-//! [`spawn`] writes the request and the marker and launches; [`control`]
-//! lists, waits for and kills processes; [`logs`] reads and follows their
-//! output. All of it runs on the execution engine ([`crate::engine`]):
+//! `spawn` writes the request and the marker and launches; `control`
+//! lists, waits for and kills processes; `logs` reads and follows their
+//! output. All of it runs on the execution engine (`crate::engine`):
 //! the same submission, wait and settling as a foreground command.
 //!
 //! # Completion and killing across processes
@@ -69,8 +69,8 @@
 //! executor exits without a result (crash, OOM), it writes a LOST result, so
 //! nothing waits for a result that will never come.
 //!
-//! [`Client::wait_background`], [`Client::kill_background`] and
-//! [`Client::follow_background_logs`] wait for the result's completion event
+//! [`crate::Client::wait_background`], [`crate::Client::kill_background`] and
+//! [`crate::Client::follow_background_logs`] wait for the result's completion event
 //! (registered before they read or cancel anything) and, at the same time,
 //! for the executor to end: through the launcher when this dispatcher
 //! launched it; on the embedded backend, for a process spawned by another
@@ -83,7 +83,7 @@
 //! executor, which kills the process group and writes CANCELLED), or signals
 //! the found executor the same way. On Cloud Run only the instance that
 //! launched an execution knows its name, so killing it from another
-//! instance fails with [`BackgroundError::Unreachable`], and a process whose
+//! instance fails with [`crate::BackgroundError::Unreachable`], and a process whose
 //! executor crashed after its launching instance went away stays listed as
 //! running (reconciliation by Cloud Run's execution state is left to do).
 //!
@@ -108,18 +108,18 @@ pub(crate) mod control;
 pub(crate) mod logs;
 pub(crate) mod spawn;
 
-/// How long [`Client::follow_background_logs`] waits between two reads of
+/// How long [`crate::Client::follow_background_logs`] waits between two reads of
 /// the next chunk. Chunk objects raise no completion event (only `results/`
 /// does), so following output means reading again; twice a second is
 /// prompt for a person at a terminal and costs one small read per stream.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Beyond the kill grace, how long [`Client::kill_background`] waits for the
+/// Beyond the kill grace, how long [`crate::Client::kill_background`] waits for the
 /// result of a cancelled process: the executor still uploads the last output
 /// chunks and the result.
 pub const KILL_SLACK: Duration = Duration::from_secs(30);
 
-/// Most bytes one [`Client::background_logs`] call returns; the rest is read
+/// Most bytes one [`crate::Client::background_logs`] call returns; the rest is read
 /// by the next call from the returned offset.
 pub const MAX_LOG_READ_BYTES: usize = 16 * 1024 * 1024;
 

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use runbox_core::background_marker::BackgroundMarker;
 use runbox_core::store::{Precondition, PutOptions};
 use runbox_core::{ExecutionId, SessionId, layout};
 
@@ -97,12 +98,14 @@ async fn start(
     engine.write_request(&request, &id).await?;
     // The marker before the launch: whatever runs is listed, so it can be
     // found and killed.
-    let record = marker::Marker {
+    let record = BackgroundMarker {
+        execution_id: id.clone(),
+        session: session.clone(),
         command: submission.command.clone(),
         started_at,
         kill_requested: false,
     };
-    marker::write(&*engine.store, &session, &id, &record, PutOptions::create()).await?;
+    marker::write(&*engine.store, &record, PutOptions::create()).await?;
     if let Err(e) = engine.launch(&id, submission.timeout).await {
         // Nothing runs: a marker left behind would list it as running forever.
         let name = layout::background_marker(&session, &id);

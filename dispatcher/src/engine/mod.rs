@@ -37,9 +37,6 @@ pub(crate) mod wait;
 pub(crate) use submit::Submission;
 pub(crate) use wait::{EndWatch, Limit};
 
-/// Cleanup run at graceful shutdown, after the notifier stopped.
-pub type ShutdownHook = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
-
 /// Where a session's workspace is, as the store backend places it.
 #[derive(Clone, Debug)]
 pub(crate) enum WorkspacePlacement {
@@ -62,7 +59,6 @@ pub(crate) struct Engine {
     notifier: Mutex<Option<Notifier>>,
     queues: DashMap<SessionId, queue::Sender>,
     session_locks: Option<SessionLocks>,
-    shutdown_hook: Mutex<Option<ShutdownHook>>,
     /// Every task the engine starts (queue workers, background watches).
     tasks: TaskTracker,
     /// Cancelled at shutdown: every task's loop watches it.
@@ -78,7 +74,6 @@ pub(crate) struct EngineParts {
     pub(crate) launcher: Arc<dyn Launcher>,
     pub(crate) placement: WorkspacePlacement,
     pub(crate) session_locks: Option<SessionLocks>,
-    pub(crate) shutdown_hook: Option<ShutdownHook>,
 }
 
 impl Engine {
@@ -96,7 +91,6 @@ impl Engine {
             notifier: Mutex::new(Some(notifier)),
             queues: DashMap::new(),
             session_locks: parts.session_locks,
-            shutdown_hook: Mutex::new(parts.shutdown_hook),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         })
@@ -122,8 +116,8 @@ impl Engine {
 
     /// Stops everything the engine started, in the order that leaves no
     /// future hanging: the notifier first (every waiting future fails at
-    /// once), then the queue workers and background watches, then the
-    /// launcher's own tasks, then the shutdown hook. Idempotent.
+    /// once; its event source cleans up), then the queue workers and background watches, then the
+    /// launcher's own tasks. Idempotent.
     pub(crate) async fn shutdown(&self) {
         let notifier = self
             .notifier
@@ -138,14 +132,6 @@ impl Engine {
         self.launcher.shutdown().await;
         self.tasks.close();
         self.tasks.wait().await;
-        let hook = self
-            .shutdown_hook
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(hook) = hook {
-            hook().await;
-        }
     }
 
     /// Whether [`Engine::shutdown`] has begun.

@@ -13,7 +13,7 @@ pub enum BackgroundError {
         /// The handle given.
         handle: String,
     },
-    /// [`Client::wait_background`] timed out; the process still runs.
+    /// [`crate::Client::wait_background`] timed out; the process still runs.
     #[error("background process {handle} still running after {timeout:?}")]
     WaitTimedOut {
         /// The process.

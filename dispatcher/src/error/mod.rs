@@ -7,6 +7,7 @@ mod file;
 
 use std::time::Duration;
 
+use runbox_core::contract::RequestError;
 use runbox_core::store::StoreError;
 use runbox_core::{ExecutionId, IdError};
 use runbox_notifier::{SourceError, WaitError};
@@ -130,6 +131,19 @@ impl Error {
         Error::Store {
             op: op.into(),
             source,
+        }
+    }
+}
+
+impl From<RequestError> for Error {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::CommandTooLarge { bytes, max } => Error::CommandTooLarge { bytes, max },
+            RequestError::CommandHasNul => Error::CommandHasNul,
+            RequestError::InvalidTimeout { requested, max } => {
+                Error::InvalidTimeout { requested, max }
+            }
+            RequestError::InvalidEnv { name, reason } => Error::InvalidEnv { name, reason },
         }
     }
 }

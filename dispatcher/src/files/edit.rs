@@ -5,6 +5,7 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
+use runbox_core::manifest::Manifest;
 use runbox_core::store::{self, ObjectMeta, Precondition, PutOptions};
 use runbox_core::workspace_path::WorkspacePath;
 
@@ -196,30 +197,21 @@ impl Workspace {
             return Ok(());
         };
         let name = format!("{session_prefix}manifest.json");
-        let below = format!("{path}/");
         for _ in 0..8 {
             let obj = match self.store.get(&name).await {
                 Ok(obj) => obj,
                 Err(e) if e.is_not_found() => return Ok(()),
                 Err(e) => return Err(FileError::store(format!("read manifest {name}"), e)),
             };
-            let Ok(mut manifest) = serde_json::from_slice::<serde_json::Value>(&obj.data) else {
-                // Not ours to repair: the executor reports an unreadable manifest.
+            let Ok(mut manifest) = Manifest::decode(&obj.data) else {
+                // Not ours to repair (unreadable, or written by a newer
+                // executor): the executor reports it.
                 return Ok(());
             };
-            let Some(entries) = manifest.get_mut("entries").and_then(|e| e.as_array_mut()) else {
-                return Ok(());
-            };
-            let before = entries.len();
-            entries.retain(|e| {
-                e.get("path")
-                    .and_then(|p| p.as_str())
-                    .is_none_or(|p| p != path && !p.starts_with(&below))
-            });
-            if entries.len() == before {
+            if !manifest.forget(path) {
                 return Ok(());
             }
-            let data = Bytes::from(serde_json::to_vec(&manifest).expect("JSON re-encodes"));
+            let data = manifest.encode();
             match self
                 .store
                 .put(

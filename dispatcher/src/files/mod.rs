@@ -81,7 +81,7 @@ pub const MAX_EDIT_BYTES: u64 = 64 << 20;
 /// Where the executor puts session workspaces on the gcp backend (its
 /// `RUNBOX_WORKSPACE_DIR` default): the workspace root commands see there is
 /// `{base}/sessions/{session}/workspace`. Must match the executor's.
-pub const GCP_WORKSPACE_BASE: &str = "/tmp/runbox";
+pub const GCP_WORKSPACE_BASE: &str = runbox_core::contract::DEFAULT_WORKSPACE_BASE;
 
 /// Longest object name the stores accept.
 const MAX_OBJECT_NAME_BYTES: usize = 1024;

@@ -9,10 +9,10 @@
 //! errors. Both waits are cancel-safe: dropping a waiting launch gives up
 //! its place without consuming anything.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
+use runbox_core::backoff::{BackoffPolicy, Jitter};
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -174,28 +174,12 @@ impl RetryPolicy {
     /// exponential step ("equal jitter"): callers refused together spread
     /// out, yet each still backs off.
     pub fn delay(&self, retry: u32, elapsed: Duration) -> Option<Duration> {
-        if retry == 0 || retry >= self.max_attempts {
-            return None;
-        }
-        let step = self
-            .initial_delay
-            .saturating_mul(1u32.checked_shl(retry - 1).unwrap_or(u32::MAX))
-            .min(self.max_delay);
-        let half = step / 2;
-        let jitter = half.mul_f64(unit_random());
-        let delay = half + jitter;
-        if elapsed.saturating_add(delay) > self.budget {
-            return None;
-        }
-        Some(delay)
+        BackoffPolicy::new(self.initial_delay, self.max_delay)
+            .with_jitter(Jitter::Equal)
+            .with_max_attempts(self.max_attempts)
+            .with_budget(self.budget)
+            .delay(retry, elapsed)
     }
-}
-
-/// A number in `[0, 1)`. Jitter needs no strong randomness: the standard
-/// library's randomly keyed hasher is enough, and saves a dependency.
-fn unit_random() -> f64 {
-    let bits = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

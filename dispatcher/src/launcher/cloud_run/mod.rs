@@ -26,172 +26,43 @@
 //! Storage clients use, over TLS to `run.googleapis.com:443`; with
 //! `RUNBOX_CLOUD_RUN_ENDPOINT` set, calls go in plaintext, without
 //! credentials, to that emulator.
+//!
+//! This file holds the launcher itself; `settings.rs` what it is configured
+//! with, `transport.rs` how calls reach the API, `status.rs` how answers are
+//! read, and [`admission`] the limits on launches.
 
-use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use gcloud_auth::project::Config as AuthConfig;
-use gcloud_auth::token_source::TokenSource;
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CancelExecutionRequest, Condition, EnvVar, Execution, GetExecutionRequest, RunJobRequest,
-    condition, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
-    run_job_request,
+    CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, RunJobRequest, env_var,
+    executions_client::ExecutionsClient, jobs_client::JobsClient, run_job_request,
 };
 use googleapis_tonic_google_longrunning::google::longrunning::{
     Operation, WaitOperationRequest, operation, operations_client::OperationsClient,
 };
-use prost::Message;
 use runbox_core::ExecutionId;
-use runbox_core::config::CloudRunConfig;
+use runbox_core::contract::{EXECUTION_ID_ENV, TRACEPARENT_ENV};
 use tokio::time::Instant;
-use tonic::codegen::http::{self, HeaderValue, header::AUTHORIZATION};
-use tonic::codegen::{BoxFuture, Service, StdError};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::codegen::StdError;
 use tonic::{Code, Status};
 
 pub mod admission;
+mod settings;
+mod status;
+mod transport;
 
-use self::admission::{RateLimiter, RetryPolicy, RunningSlots, Slot};
+pub use self::settings::{CLOUD_RUN_URL, CloudRunEndpoint, CloudRunSettings};
+pub use self::status::{CallError, NoExecution};
+
+use self::admission::{RateLimiter, RunningSlots, Slot};
+use self::settings::{MAX_TASK_TIMEOUT, WAITS_PER_CONNECTION, job_location};
+use self::status::{decode_execution, is_transient, response_of, terminal};
+use self::transport::{Connector, Transport, route};
 use crate::launcher::{Ended, ExecutionState, LaunchError, LaunchSpec, Launcher, Observed};
-
-/// Cloud Run's Admin API, reached over TLS.
-pub const CLOUD_RUN_URL: &str = "https://run.googleapis.com";
-const CLOUD_RUN_DOMAIN: &str = "run.googleapis.com";
-/// The OAuth scope the Admin API asks for.
-const SCOPES: [&str; 1] = ["https://www.googleapis.com/auth/cloud-platform"];
-/// Cloud Run's longest task timeout (168 h).
-const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(168 * 3600);
-/// The type of RunJob's operation metadata and response.
-const EXECUTION_TYPE: &str = "google.cloud.run.v2.Execution";
-/// WaitOperation calls sharing one HTTP/2 connection: below the 100
-/// concurrent streams servers commonly allow.
-const WAITS_PER_CONNECTION: usize = 80;
-/// The header carrying a call's routing parameters to Google's front end.
-const ROUTING_HEADER: &str = "x-goog-request-params";
-
-/// Where the Admin API is served.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CloudRunEndpoint {
-    /// Cloud Run itself: TLS, Application Default Credentials on every call.
-    Google,
-    /// An emulator: plaintext, no credentials. `http://host:port`.
-    Emulator(String),
-}
-
-impl CloudRunEndpoint {
-    /// The emulator at `host:port` or `http://host:port`.
-    pub fn emulator(address: &str) -> Self {
-        if address.contains("://") {
-            Self::Emulator(address.trim_end_matches('/').to_owned())
-        } else {
-            Self::Emulator(format!("http://{address}"))
-        }
-    }
-
-    fn url(&self) -> &str {
-        match self {
-            Self::Google => CLOUD_RUN_URL,
-            Self::Emulator(url) => url,
-        }
-    }
-}
-
-/// How the Cloud Run launcher runs. [`CloudRunSettings::from_config`] reads
-/// the `RUNBOX_*` variables; the other fields keep their defaults there.
-#[derive(Clone, Debug)]
-pub struct CloudRunSettings {
-    /// The job template, `projects/P/locations/L/jobs/J` (`RUNBOX_CLOUD_RUN_JOB`).
-    pub job: String,
-    /// Where the API is (`RUNBOX_CLOUD_RUN_ENDPOINT`).
-    pub endpoint: CloudRunEndpoint,
-    /// RunJob calls per minute, on average (`RUNBOX_RUNJOB_PER_MINUTE`).
-    pub runjob_per_minute: u32,
-    /// RunJob calls allowed at once after a quiet period. Default: a tenth
-    /// of the per-minute budget (at least 1), so a burst starts at once while
-    /// a sustained load stays within the quota.
-    pub runjob_burst: u32,
-    /// Executions running at once (`RUNBOX_MAX_RUNNING`).
-    pub max_running: usize,
-    /// Retries of RunJob refused with RESOURCE_EXHAUSTED or UNAVAILABLE.
-    pub retry: RetryPolicy,
-    /// Added to the command's timeout to make the task timeout: room for the
-    /// executor to kill the command (TERM, kill grace, KILL) and write its
-    /// TIMED_OUT result. Default 15 s: below the dispatcher's deadline grace
-    /// (30 s), so a hung executor has been stopped by Cloud Run, with a
-    /// condition saying so, by the time reconciliation asks.
-    pub task_timeout_margin: Duration,
-    /// The container the overrides apply to; empty (default) for the job's
-    /// only container.
-    pub container: String,
-    /// Deadline of each RunJob, GetExecution and CancelExecution call.
-    pub rpc_timeout: Duration,
-    /// How long one WaitOperation call asks the server to hold on before it
-    /// answers with the operation still running (then it is called again).
-    pub wait_timeout: Duration,
-}
-
-impl CloudRunSettings {
-    /// Defaults for the job template `job`, against Cloud Run itself.
-    pub fn new(job: impl Into<String>) -> Self {
-        Self {
-            job: job.into(),
-            endpoint: CloudRunEndpoint::Google,
-            runjob_per_minute: 60,
-            runjob_burst: 6,
-            max_running: 1000,
-            retry: RetryPolicy::default(),
-            task_timeout_margin: Duration::from_secs(15),
-            container: String::new(),
-            rpc_timeout: Duration::from_secs(30),
-            wait_timeout: Duration::from_secs(60),
-        }
-    }
-
-    /// The settings the configuration names (`RUNBOX_CLOUD_RUN_*`,
-    /// `RUNBOX_RUNJOB_PER_MINUTE`, `RUNBOX_MAX_RUNNING`); the rest keep their
-    /// defaults.
-    pub fn from_config(config: &CloudRunConfig) -> Self {
-        let mut settings = Self::new(config.job.clone());
-        if let Some(address) = &config.endpoint {
-            settings.endpoint = CloudRunEndpoint::emulator(address);
-        }
-        settings.runjob_per_minute = config.runjob_per_minute.max(1);
-        settings.runjob_burst = (config.runjob_per_minute / 10).max(1);
-        settings.max_running = usize::try_from(config.max_running)
-            .unwrap_or(usize::MAX)
-            .max(1);
-        settings
-    }
-}
-
-/// A Cloud Run call that failed, naming the call and its resource.
-#[derive(Debug, thiserror::Error)]
-#[error("{call} {resource}")]
-pub struct CallError {
-    /// The RPC, e.g. `RunJob`.
-    pub call: &'static str,
-    /// The resource it addressed.
-    pub resource: String,
-    /// What the server (or the transport) answered.
-    #[source]
-    pub status: Status,
-}
-
-/// RunJob answered with an operation that names no Execution.
-#[derive(Debug, thiserror::Error)]
-#[error("RunJob {job} answered operation {operation:?} without an Execution{}", error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]
-pub struct NoExecution {
-    /// The job template.
-    pub job: String,
-    /// The operation's name.
-    pub operation: String,
-    /// The operation's error, when it ended at once with one.
-    pub error: Option<String>,
-}
 
 /// Launches executions as Cloud Run job executions.
 pub struct CloudRunLauncher {
@@ -211,7 +82,7 @@ struct Tracked {
     execution: String,
     operation: String,
     // Freed early when the platform reports the end, else on release.
-    slot: std::sync::Mutex<Option<Slot>>,
+    slot: Mutex<Option<Slot>>,
 }
 
 impl CloudRunLauncher {
@@ -235,46 +106,10 @@ impl CloudRunLauncher {
                 )
             })?
             .to_owned();
-        let builder = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| connect_error(e.into()))?
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
-        let (builder, tokens) = match &settings.endpoint {
-            CloudRunEndpoint::Google => {
-                let tls = ClientTlsConfig::new()
-                    .with_webpki_roots()
-                    .domain_name(CLOUD_RUN_DOMAIN);
-                let builder = builder
-                    .tls_config(tls)
-                    .map_err(|e| connect_error(e.into()))?;
-                let project = gcloud_auth::project::project()
-                    .await
-                    .map_err(|e| connect_error(e.into()))?;
-                let tokens = gcloud_auth::project::create_token_source_from_project(
-                    &project,
-                    AuthConfig::default().with_scopes(&SCOPES),
-                )
-                .await
-                .map_err(|e| connect_error(e.into()))?;
-                (builder, Some(Arc::<dyn TokenSource>::from(tokens)))
-            }
-            CloudRunEndpoint::Emulator(url) => {
-                if !url.starts_with("http://") {
-                    return Err(connect_error(
-                        format!("{url}: the emulator endpoint is plaintext (host:port or http://host:port)")
-                            .into(),
-                    ));
-                }
-                (builder, None)
-            }
-        };
-        // Each `connect_lazy` is its own HTTP/2 connection, opened on first use.
-        let transport = |builder: &Endpoint| Transport {
-            channel: builder.connect_lazy(),
-            tokens: tokens.clone(),
-        };
-        let control = transport(&builder);
+        let connector = Connector::new(&settings.endpoint)
+            .await
+            .map_err(connect_error)?;
+        let control = connector.connection();
         // A WaitOperation holds an HTTP/2 stream for up to `wait_timeout`,
         // and servers cap concurrent streams per connection (commonly 100):
         // the waits get connections of their own, so they never queue the
@@ -282,7 +117,7 @@ impl CloudRunLauncher {
         // for every running execution to wait at once.
         let wait_connections = settings.max_running.div_ceil(WAITS_PER_CONNECTION).max(1);
         let waits = (0..wait_connections)
-            .map(|_| OperationsClient::new(transport(&builder)))
+            .map(|_| OperationsClient::new(connector.connection()))
             .collect();
         Ok(Self {
             location,
@@ -317,9 +152,9 @@ impl CloudRunLauncher {
             name: name.to_owned(),
             values: Some(env_var::Values::Value(value.to_owned())),
         };
-        let mut vars = vec![env("RUNBOX_EXECUTION_ID", spec.execution_id.as_str())];
+        let mut vars = vec![env(EXECUTION_ID_ENV, spec.execution_id.as_str())];
         if let Some(tp) = &spec.traceparent {
-            vars.push(env("TRACEPARENT", tp));
+            vars.push(env(TRACEPARENT_ENV, tp));
         }
         RunJobRequest {
             name: self.settings.job.clone(),
@@ -517,7 +352,9 @@ impl CloudRunLauncher {
 
     fn free_slot(&self, id: &ExecutionId) {
         if let Some(t) = self.running.get(id) {
-            t.slot.lock().expect("slot lock").take();
+            // A panic elsewhere while holding the lock cannot leave the
+            // Option half-written: take the slot from a poisoned lock too.
+            t.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         }
     }
 }
@@ -568,7 +405,7 @@ impl Launcher for CloudRunLauncher {
             Tracked {
                 execution,
                 operation: op.name,
-                slot: std::sync::Mutex::new(Some(slot)),
+                slot: Mutex::new(Some(slot)),
             },
         );
         Ok(())
@@ -720,137 +557,6 @@ fn task_timeout(command: Duration, margin: Duration) -> prost_types::Duration {
     }
 }
 
-/// The location in `projects/P/locations/L/jobs/J`.
-fn job_location(job: &str) -> Option<&str> {
-    match job.split('/').collect::<Vec<_>>().as_slice() {
-        ["projects", p, "locations", l, "jobs", j]
-            if !p.is_empty() && !l.is_empty() && !j.is_empty() =>
-        {
-            Some(l)
-        }
-        _ => None,
-    }
-}
-
-/// Sets the `x-goog-request-params` header: `key=value` pairs joined by
-/// `&`, values percent-encoded as Google's clients encode them.
-fn route<T>(request: &mut tonic::Request<T>, params: &[(&str, &str)]) {
-    let value = params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", percent_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    if let Ok(value) = value.parse() {
-        request.metadata_mut().insert(ROUTING_HEADER, value);
-    }
-}
-
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn response_of(op: &Operation) -> Option<&prost_types::Any> {
-    match &op.result {
-        Some(operation::Result::Response(any)) => Some(any),
-        _ => None,
-    }
-}
-
-fn decode_execution(any: &prost_types::Any) -> Option<Execution> {
-    if !any.type_url.ends_with(EXECUTION_TYPE) {
-        return None;
-    }
-    Execution::decode(any.value.as_slice()).ok()
-}
-
-/// The end of an execution, if it has ended: its `Completed` condition when
-/// terminal, else its completion time and task counts.
-fn terminal(e: &Execution) -> Option<Ended> {
-    let completed = e.conditions.iter().find(|c| c.r#type == "Completed");
-    let counts = format!(
-        "{} of {} task(s) succeeded, {} failed, {} cancelled",
-        e.succeeded_count, e.task_count, e.failed_count, e.cancelled_count
-    );
-    let message = |c: Option<&Condition>| match c.map(|c| c.message.as_str()) {
-        Some(m) if !m.is_empty() => format!("Cloud Run execution {}: {m}", e.name),
-        _ => format!("Cloud Run execution {}: {counts}", e.name),
-    };
-    match completed.map(Condition::state) {
-        Some(condition::State::ConditionSucceeded) => Some(Ended {
-            succeeded: true,
-            message: message(completed),
-        }),
-        Some(condition::State::ConditionFailed) => Some(Ended {
-            succeeded: false,
-            message: message(completed),
-        }),
-        _ if e.completion_time.is_some() => Some(Ended {
-            succeeded: e.failed_count == 0 && e.cancelled_count == 0 && e.succeeded_count > 0,
-            message: message(completed),
-        }),
-        _ => None,
-    }
-}
-
-fn is_transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Aborted
-    )
-}
-
-/// The channel every call goes through: a tonic channel plus, against
-/// Google, a bearer token from Application Default Credentials on each
-/// request. A tower service rather than a tonic interceptor, because
-/// interceptors are synchronous and fetching or refreshing a token is not.
-#[derive(Clone)]
-struct Transport {
-    channel: Channel,
-    tokens: Option<Arc<dyn TokenSource>>,
-}
-
-impl Service<http::Request<tonic::body::Body>> for Transport {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = StdError;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.channel.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        // `poll_ready` readied this channel handle: send on it and leave a
-        // fresh clone behind for the next call.
-        let fresh = self.channel.clone();
-        let mut channel = std::mem::replace(&mut self.channel, fresh);
-        let tokens = self.tokens.clone();
-        Box::pin(async move {
-            if let Some(tokens) = tokens {
-                let token = tokens.token().await.map_err(|e| {
-                    Status::unauthenticated(format!(
-                        "get an access token (Application Default Credentials): {e}"
-                    ))
-                })?;
-                let value = HeaderValue::from_str(&token.value()).map_err(|e| {
-                    Status::unauthenticated(format!(
-                        "access token is not a valid header value: {e}"
-                    ))
-                })?;
-                request.headers_mut().insert(AUTHORIZATION, value);
-            }
-            channel.call(request).await.map_err(Into::into)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,91 +567,5 @@ mod tests {
         assert_eq!((t.seconds, t.nanos), (26, 0));
         let t = task_timeout(Duration::from_secs(7 * 24 * 3600), Duration::from_secs(15));
         assert_eq!(t.seconds, 168 * 3600);
-    }
-
-    #[test]
-    fn routing_params_are_encoded() {
-        let mut r = tonic::Request::new(());
-        route(&mut r, &[("name", "projects/p/locations/l/operations/a b")]);
-        assert_eq!(
-            r.metadata().get(ROUTING_HEADER).unwrap(),
-            "name=projects%2Fp%2Flocations%2Fl%2Foperations%2Fa%20b"
-        );
-        route(&mut r, &[("location", "europe-west1")]);
-        assert_eq!(
-            r.metadata().get(ROUTING_HEADER).unwrap(),
-            "location=europe-west1"
-        );
-    }
-
-    #[test]
-    fn job_location_needs_a_full_name() {
-        assert_eq!(
-            job_location("projects/p/locations/us-central1/jobs/j"),
-            Some("us-central1")
-        );
-        assert_eq!(job_location("projects/p/locations//jobs/j"), None);
-        assert_eq!(job_location("jobs/j"), None);
-    }
-
-    fn execution(conditions: Vec<Condition>, done: bool) -> Execution {
-        Execution {
-            name: "projects/p/locations/l/jobs/j/executions/e".to_owned(),
-            task_count: 1,
-            conditions,
-            completion_time: done.then(prost_types::Timestamp::default),
-            ..Default::default()
-        }
-    }
-
-    fn completed(state: condition::State, message: &str) -> Condition {
-        Condition {
-            r#type: "Completed".to_owned(),
-            state: state as i32,
-            message: message.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn terminal_reads_the_completed_condition() {
-        assert_eq!(terminal(&execution(vec![], false)), None);
-        let running = completed(condition::State::ConditionReconciling, "");
-        assert_eq!(terminal(&execution(vec![running], false)), None);
-        let failed = completed(
-            condition::State::ConditionFailed,
-            "Task failed with exit code 1",
-        );
-        let ended = terminal(&execution(vec![failed], true)).unwrap();
-        assert!(!ended.succeeded);
-        assert!(
-            ended.message.ends_with(": Task failed with exit code 1"),
-            "{}",
-            ended.message
-        );
-        let ok = completed(condition::State::ConditionSucceeded, "");
-        let ended = terminal(&execution(vec![ok], true)).unwrap();
-        assert!(ended.succeeded);
-        assert!(
-            ended.message.contains("0 of 1 task(s) succeeded"),
-            "{}",
-            ended.message
-        );
-        // No condition, but a completion time and a failed task.
-        let mut e = execution(vec![], true);
-        e.failed_count = 1;
-        assert!(!terminal(&e).unwrap().succeeded);
-    }
-
-    #[test]
-    fn emulator_addresses() {
-        assert_eq!(
-            CloudRunEndpoint::emulator("127.0.0.1:9"),
-            CloudRunEndpoint::Emulator("http://127.0.0.1:9".to_owned())
-        );
-        assert_eq!(
-            CloudRunEndpoint::emulator("http://127.0.0.1:9/"),
-            CloudRunEndpoint::Emulator("http://127.0.0.1:9".to_owned())
-        );
     }
 }

@@ -1,7 +1,7 @@
 //! The local launcher: each execution is a child process of
 //! `runbox-executor`, given the same environment contract Cloud Run gives it.
 //! Executions that another process on this machine launched are found in
-//! `/proc` by their execution id ([`procfs`]).
+//! `/proc` by their execution id (`procfs`).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
+use runbox_core::contract::{EXECUTION_ID_ENV, TRACEPARENT_ENV};
 use runbox_core::{Config, ExecutionId};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -23,10 +24,6 @@ use crate::launcher::{
 };
 
 mod procfs;
-
-/// The variable that names an executor's execution; every process of its
-/// command inherits it, which is how leftovers are found.
-const EXECUTION_ID_VAR: &str = "RUNBOX_EXECUTION_ID";
 
 /// Variables of the dispatcher's own environment handed to the executor:
 /// what a shell needs, and the emulator endpoints. Nothing else leaks.
@@ -134,7 +131,7 @@ impl Launcher for LocalLauncher {
         let mut cmd = Command::new(&self.executor);
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(EXECUTION_ID_VAR, id.as_str())
+            .env(EXECUTION_ID_ENV, id.as_str())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -142,7 +139,7 @@ impl Launcher for LocalLauncher {
             // executor before it writes a result.
             .process_group(0);
         if let Some(tp) = &spec.traceparent {
-            cmd.env("TRACEPARENT", tp);
+            cmd.env(TRACEPARENT_ENV, tp);
         }
         let mut child = cmd.spawn().map_err(|e| LaunchError::Spawn {
             id: id.clone(),

@@ -104,7 +104,7 @@ mod linux {
     }
 
     fn env_entry(id: &ExecutionId) -> Vec<u8> {
-        format!("{}={id}", super::super::EXECUTION_ID_VAR).into_bytes()
+        format!("{}={id}", runbox_core::contract::EXECUTION_ID_ENV).into_bytes()
     }
 
     /// Processes (of this user: others' environments are unreadable)
