@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use rustix::process::{Pid, Signal};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +32,7 @@ pub(crate) enum AttemptEnd {
 #[derive(Debug)]
 pub(crate) struct TaskProcess {
     child: Child,
-    pgid: libc::pid_t,
+    pgid: i32,
     /// Whether the group may still hold processes we are responsible for.
     armed: bool,
 }
@@ -46,7 +47,7 @@ impl TaskProcess {
         let pid = child
             .id()
             .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
-        let pgid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+        let pgid = i32::try_from(pid).map_err(io::Error::other)?;
         Ok(Self {
             child,
             pgid,
@@ -66,7 +67,7 @@ impl TaskProcess {
         let stop = tokio::select! {
             status = self.child.wait() => {
                 let status = status?;
-                self.kill_group(libc::SIGKILL);
+                self.kill_group(Signal::KILL);
                 self.armed = false;
                 let exit = match (status.code(), status.signal()) {
                     (Some(code), _) => Exit::Code(code),
@@ -85,25 +86,27 @@ impl TaskProcess {
     /// SIGTERM to the group, SIGKILL after `grace` (or as soon as the main
     /// process has exited: what is left of the group gets no more time).
     async fn stop(&mut self, grace: Duration) -> io::Result<()> {
-        self.kill_group(libc::SIGTERM);
+        self.kill_group(Signal::TERM);
         // Err means the grace passed; either way SIGKILL comes next.
         let _ = tokio::time::timeout(grace, self.child.wait()).await;
-        self.kill_group(libc::SIGKILL);
+        self.kill_group(Signal::KILL);
         self.child.wait().await?;
         self.armed = false;
         Ok(())
     }
 
-    fn kill_group(&self, signal: libc::c_int) {
-        // SAFETY: killpg has no memory-safety preconditions. The pgid cannot
-        // name another group while any member of ours is alive (Linux keeps a
-        // pid reserved while it is in use as a pgid); once the group is empty
-        // the call fails with ESRCH, which is the wanted outcome.
-        let rc = unsafe { libc::killpg(self.pgid, signal) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ESRCH) {
-                tracing::warn!(pgid = self.pgid, signal, error = %err, "killpg failed");
+    fn kill_group(&self, signal: Signal) {
+        // The pgid cannot name another group while any member of ours is
+        // alive (Linux keeps a pid reserved while it is in use as a pgid);
+        // once the group is empty the call fails with ESRCH, which is the
+        // wanted outcome.
+        let Some(pgid) = Pid::from_raw(self.pgid) else {
+            return;
+        };
+        match rustix::process::kill_process_group(pgid, signal) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => {
+                tracing::warn!(pgid = self.pgid, ?signal, error = %e, "killpg failed");
             }
         }
     }
@@ -112,7 +115,7 @@ impl TaskProcess {
 impl Drop for TaskProcess {
     fn drop(&mut self) {
         if self.armed {
-            self.kill_group(libc::SIGKILL);
+            self.kill_group(Signal::KILL);
         }
     }
 }
