@@ -61,9 +61,7 @@ pub fn decode(metadata: &BTreeMap<String, String>) -> Option<Result<ExecResult, 
         STANDARD
             .decode(value)
             .map_err(DecodeError::Base64)
-            .and_then(|bytes| {
-                ExecResult::decode(bytes.as_slice()).map_err(DecodeError::Protobuf)
-            }),
+            .and_then(|bytes| ExecResult::decode(bytes.as_slice()).map_err(DecodeError::Protobuf)),
     )
 }
 

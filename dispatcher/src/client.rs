@@ -38,8 +38,8 @@ use runbox_notifier::NotifierStats;
 use runbox_proto::ExecResult;
 
 pub use crate::backends::Parts;
-pub use crate::engine::ResultStats;
 use crate::background::{self, BackgroundEntry, BackgroundHandle, LogRead, Stream};
+pub use crate::engine::ResultStats;
 use crate::engine::{Engine, EngineParts, Handle, WorkspacePlacement};
 use crate::error::{Error, Result};
 use crate::session::{self, Session, SessionInfo};
