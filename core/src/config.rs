@@ -88,6 +88,8 @@ pub mod vars {
     pub const RUNBOX_KILL_GRACE_MS: &str = "RUNBOX_KILL_GRACE_MS";
     /// Wait for a completion event after an execution ended.
     pub const RUNBOX_COMPLETION_GRACE_MS: &str = "RUNBOX_COMPLETION_GRACE_MS";
+    /// Whether a completion resolves from the result in the event's metadata.
+    pub const RUNBOX_RESULT_IN_METADATA: &str = "RUNBOX_RESULT_IN_METADATA";
     /// Largest workspace the executor saves.
     pub const RUNBOX_WORKSPACE_MAX_BYTES: &str = "RUNBOX_WORKSPACE_MAX_BYTES";
     /// Base of the default `RUNBOX_HOME` (XDG base directory).
@@ -423,6 +425,13 @@ pub struct Limits {
     /// completion event before reading the result object directly (and
     /// writing LOST if there is none), in milliseconds. Default: 2000.
     pub completion_grace: Duration,
+    /// `RUNBOX_RESULT_IN_METADATA`: whether the dispatcher resolves a
+    /// completion from the result its executor put in the result object's
+    /// custom metadata (`true`, default; see
+    /// [`crate::result_metadata`]) or always reads the result object
+    /// (`false`: for comparing the two paths). The executor writes the
+    /// metadata either way.
+    pub result_in_metadata: bool,
     /// `RUNBOX_WORKSPACE_MAX_BYTES`: largest total size of a session's
     /// workspace the executor saves, in bytes; a larger one is not saved and
     /// the result says why. Default: 10737418240 (10 GiB).
@@ -438,6 +447,7 @@ impl Default for Limits {
             deadline_grace: Duration::from_secs(30),
             kill_grace: Duration::from_millis(2000),
             completion_grace: Duration::from_millis(2000),
+            result_in_metadata: true,
             workspace_max_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
@@ -616,6 +626,10 @@ impl Config {
                 limits.completion_grace.as_millis().to_string(),
             ),
             (
+                RUNBOX_RESULT_IN_METADATA,
+                limits.result_in_metadata.to_string(),
+            ),
+            (
                 RUNBOX_WORKSPACE_MAX_BYTES,
                 limits.workspace_max_bytes.to_string(),
             ),
@@ -736,6 +750,7 @@ impl Reader<'_> {
         let kill_grace = self.millis(RUNBOX_KILL_GRACE_MS, d.kill_grace, 0, 60_000);
         let completion_grace =
             self.millis(RUNBOX_COMPLETION_GRACE_MS, d.completion_grace, 0, 600_000);
+        let result_in_metadata = self.flag(RUNBOX_RESULT_IN_METADATA, d.result_in_metadata);
         let workspace_max_bytes = self.number(
             RUNBOX_WORKSPACE_MAX_BYTES,
             d.workspace_max_bytes,
@@ -749,6 +764,7 @@ impl Reader<'_> {
             deadline_grace: deadline_grace?,
             kill_grace: kill_grace?,
             completion_grace: completion_grace?,
+            result_in_metadata: result_in_metadata?,
             workspace_max_bytes: workspace_max_bytes?,
         };
         if limits.default_timeout > limits.max_timeout {
@@ -926,6 +942,7 @@ mod tests {
         assert_eq!(cfg.limits.kill_grace, Duration::from_millis(2000));
         assert_eq!(cfg.limits.completion_grace, Duration::from_millis(2000));
         assert_eq!(cfg.limits.workspace_max_bytes, 10 << 30);
+        assert!(cfg.limits.result_in_metadata);
         let cfg = Config::from_lookup(&[("XDG_DATA_HOME", "/d"), ("HOME", "/h")]).unwrap();
         assert_eq!(cfg, Config::embedded("/d/runbox"));
         let cfg = Config::from_lookup(&[
@@ -973,6 +990,7 @@ mod tests {
             ("RUNBOX_RUNJOB_PER_MINUTE", "600"),
             ("RUNBOX_MAX_RUNNING", "7"),
             ("RUNBOX_WORKSPACE_MAX_BYTES", "99"),
+            ("RUNBOX_RESULT_IN_METADATA", "false"),
         ])
         .unwrap();
         let round_trip = |cfg: &Config| {
@@ -998,6 +1016,7 @@ mod tests {
         assert_eq!(gcp.pubsub_emulator_host.as_deref(), Some("127.0.0.1:3"));
         assert_eq!(again.limits.kill_grace, Duration::from_millis(250));
         assert_eq!(again.limits.completion_grace, Duration::ZERO);
+        assert!(!again.limits.result_in_metadata);
         assert_eq!(again.limits.workspace_max_bytes, 99);
         let LauncherConfig::CloudRun(cloud_run) = &again.launcher else {
             panic!("not cloudrun: {again:?}");

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod layout;
 pub mod logging;
 pub mod manifest;
+pub mod result_metadata;
 pub mod store;
 pub mod workspace_path;
 

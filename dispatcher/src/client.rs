@@ -39,6 +39,7 @@ use runbox_proto::ExecResult;
 
 pub use crate::backends::Parts;
 use crate::background::{self, BackgroundEntry, BackgroundHandle, LogRead, Stream};
+pub use crate::engine::ResultStats;
 use crate::engine::{Engine, EngineParts, Handle, WorkspacePlacement};
 use crate::error::{Error, Result};
 use crate::session::{self, Session, SessionInfo};
@@ -116,9 +117,20 @@ impl Client {
         &self.engine().instance
     }
 
-    /// What the notifier has routed so far.
+    /// What the notifier has routed so far. How the delivered events then
+    /// became results is counted by [`Client::result_stats`].
     pub fn notifier_stats(&self) -> NotifierStats {
         self.engine().notifier_stats()
+    }
+
+    /// How completion events have been turned into results so far: decoded
+    /// from the result the executor put in the result object's metadata
+    /// (no read of the object), or read from the object. Counted once per
+    /// event that resolved a wait; reads that follow no event (settling
+    /// after an executor ended without one, reconciling after a deadline)
+    /// are not counted.
+    pub fn result_stats(&self) -> ResultStats {
+        self.engine().result_stats()
     }
 
     /// Waits until the notifier's counters satisfy `done` (checked after

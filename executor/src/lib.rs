@@ -12,6 +12,7 @@ use std::time::Duration;
 use runbox_core::config::{BackendKind, Config};
 use runbox_core::contract;
 use runbox_core::layout::{self, Stream};
+use runbox_core::result_metadata;
 use runbox_core::store::{self, JsonObjectError, Precondition, PutOptions, Store, StoreError};
 use runbox_core::{ExecutionId, SessionId};
 use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
@@ -553,6 +554,12 @@ async fn write_result(
     let mut opts = PutOptions::create();
     if !traceparent.is_empty() {
         opts = opts.with_metadata(TRACEPARENT_KEY, traceparent);
+    }
+    // A small result also rides in the metadata, so the finalize
+    // notification alone resolves the caller; the body stays the full
+    // record either way.
+    if let Some((key, value)) = result_metadata::encode(&result) {
+        opts = opts.with_metadata(key, value);
     }
     match store::put_json(store, &layout::result(id), &result, opts).await {
         Ok(_) => Ok(Outcome::Written(Box::new(result))),

@@ -8,6 +8,8 @@
 //!   the waiter exists before anything can complete).
 //! - [`wait`]: the one wait over {completion event, the executor ended,
 //!   deadline or timeout}, with the completion grace after an end.
+//! - [`resolve`]: a completion event → the result, from the event's
+//!   metadata when it carries the result, else by reading the object.
 //! - [`settle`]: reading a result, and writing the final one (LOST, or
 //!   CANCELLED after a kill) for an executor that wrote none.
 //! - [`marker`]: the background marker, which settling consults.
@@ -30,10 +32,12 @@ use crate::session_lock::SessionLocks;
 
 pub(crate) mod marker;
 pub(crate) mod queue;
+pub(crate) mod resolve;
 pub(crate) mod settle;
 pub(crate) mod submit;
 pub(crate) mod wait;
 
+pub use resolve::ResultStats;
 pub(crate) use submit::Submission;
 pub(crate) use wait::{EndWatch, Limit};
 
@@ -57,6 +61,8 @@ pub(crate) struct Engine {
     pub(crate) waiters: Arc<Waiters>,
     pub(crate) placement: WorkspacePlacement,
     notifier: Mutex<Option<Notifier>>,
+    /// How completion events became results.
+    results: resolve::ResultCounters,
     queues: DashMap<SessionId, queue::Sender>,
     session_locks: Option<SessionLocks>,
     /// Every task the engine starts (queue workers, background watches).
@@ -89,6 +95,7 @@ impl Engine {
             waiters,
             placement: parts.placement,
             notifier: Mutex::new(Some(notifier)),
+            results: resolve::ResultCounters::default(),
             queues: DashMap::new(),
             session_locks: parts.session_locks,
             tasks: TaskTracker::new(),
@@ -99,6 +106,11 @@ impl Engine {
     /// What the notifier has routed so far (zeros once it stopped).
     pub(crate) fn notifier_stats(&self) -> NotifierStats {
         self.with_notifier(|n| n.stats()).unwrap_or_default()
+    }
+
+    /// How completion events were turned into results so far.
+    pub(crate) fn result_stats(&self) -> ResultStats {
+        self.results.snapshot()
     }
 
     /// A receiver told after every item the notifier handles; `None` once

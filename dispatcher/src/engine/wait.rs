@@ -6,7 +6,8 @@
 //! result write, if it made one, is complete; the event normally follows
 //! within milliseconds, so it is given the completion grace
 //! (`RUNBOX_COMPLETION_GRACE_MS`) before the store is read directly and, if
-//! there is no result, one is written on the executor's behalf.
+//! there is no result, one is written on the executor's behalf. An event
+//! becomes the result through [`Engine::result_of`].
 
 use std::time::Duration;
 
@@ -108,13 +109,13 @@ impl Engine {
         let (Limit::Deadline(after) | Limit::Timeout(after)) = limit;
         tokio::select! {
             completion = &mut event => match completion {
-                Ok(_event) => self.read_result(id).await.map(Some),
+                Ok(event) => self.result_of(id, &event).await.map(Some),
                 Err(source) => Err(Error::Wait { id: id.clone(), source }),
             },
             account = watch.ended(&*self.launcher, id) => {
                 if has_waiter {
                     match tokio::time::timeout(self.config.limits.completion_grace, &mut event).await {
-                        Ok(Ok(_event)) => return self.read_result(id).await.map(Some),
+                        Ok(Ok(event)) => return self.result_of(id, &event).await.map(Some),
                         Ok(Err(source)) => return Err(Error::Wait { id: id.clone(), source }),
                         Err(_) => {}
                     }
