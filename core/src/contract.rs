@@ -96,8 +96,21 @@ pub fn validate_timeout(requested: Duration, max: Duration) -> Result<(), Reques
     Ok(())
 }
 
+/// Names runbox keeps for itself (`RUNBOX_EXECUTION_ID`, `RUNBOX_SESSION_ID`,
+/// ...): a request cannot set them, a command cannot change them for itself
+/// (they are read-only in its shell) and nothing a command exports under
+/// them is saved, so the leftover sweep, which finds a command's processes
+/// by `RUNBOX_EXECUTION_ID`, sees the real id.
+pub const RESERVED_ENV_PREFIX: &str = "RUNBOX_";
+
+/// Whether `name` is reserved for runbox (see [`RESERVED_ENV_PREFIX`]).
+pub fn is_reserved_env(name: &str) -> bool {
+    name.starts_with(RESERVED_ENV_PREFIX)
+}
+
 /// Checks one extra environment variable: a shell name (a letter or `_`,
-/// then letters, digits and `_`) and a value without NUL.
+/// then letters, digits and `_`) outside the reserved `RUNBOX_` names, and a
+/// value without NUL.
 pub fn validate_env(name: &str, value: &str) -> Result<(), RequestError> {
     let bad = |reason| {
         Err(RequestError::InvalidEnv {
@@ -115,6 +128,9 @@ pub fn validate_env(name: &str, value: &str) -> Result<(), RequestError> {
     }
     if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return bad("a name holds only letters, digits and '_'");
+    }
+    if is_reserved_env(name) {
+        return bad("names starting with RUNBOX_ are reserved for runbox");
     }
     if value.contains('\0') {
         return bad("the value contains a NUL byte");
@@ -146,6 +162,13 @@ mod tests {
             assert!(validate_env(bad, "v").is_err(), "{bad:?} accepted");
         }
         assert!(validate_env("A", "a\0b").is_err());
+        // Reserved names are refused, with a reason that says so.
+        for reserved in ["RUNBOX_EXECUTION_ID", "RUNBOX_X"] {
+            let err = validate_env(reserved, "v").unwrap_err();
+            assert!(err.to_string().contains("reserved"), "{err}");
+        }
+        assert!(validate_env("RUNBOXX", "v").is_ok());
+        assert!(validate_env("runbox_x", "v").is_ok());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use runbox_core::contract;
 use runbox_proto::SessionState;
 
 /// Variables bash maintains itself; persisting them would be wrong (PWD,
@@ -29,6 +30,7 @@ pub fn wrapper_script(cwd: &Path, command_file: &Path, capture_file: &Path) -> S
     }
     format!(
         r#"builtin cd -- {cwd} || exit 126
+for __runbox_k in ${{!RUNBOX_@}}; do builtin readonly "$__runbox_k"; done
 __runbox_capture() {{
   __runbox_rc=$?
   set +eu
@@ -103,18 +105,27 @@ pub fn parse_capture(bytes: &[u8]) -> Option<Capture> {
 
 /// The environment a command starts with: the executor's base environment,
 /// minus what the session unset, plus what the session exported, plus the
-/// request's extra variables (this command only).
+/// request's extra variables (this command only). Reserved `RUNBOX_` names
+/// come from the base alone, whatever an older state or a request says.
 pub fn start_env(
     base: &BTreeMap<String, String>,
     state: &SessionState,
     extra: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
     let mut env = base.clone();
-    for name in &state.unset_env {
+    for name in state
+        .unset_env
+        .iter()
+        .filter(|n| !contract::is_reserved_env(n))
+    {
         env.remove(name);
     }
-    env.extend(state.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let chosen = state.env.iter().chain(extra.iter());
+    env.extend(
+        chosen
+            .filter(|(k, _)| !contract::is_reserved_env(k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     env
 }
 
@@ -127,8 +138,9 @@ pub fn apply_env_changes(
     start: &BTreeMap<String, String>,
     after: &BTreeMap<String, String>,
 ) {
+    let ignored = |name: &str| SHELL_OWNED.contains(&name) || contract::is_reserved_env(name);
     for (name, value) in after {
-        if SHELL_OWNED.contains(&name.as_str()) || start.get(name) == Some(value) {
+        if ignored(name) || start.get(name) == Some(value) {
             continue;
         }
         state.unset_env.retain(|n| n != name);
@@ -140,7 +152,7 @@ pub fn apply_env_changes(
         }
     }
     for name in start.keys() {
-        if SHELL_OWNED.contains(&name.as_str()) || after.contains_key(name) {
+        if ignored(name) || after.contains_key(name) {
             continue;
         }
         state.env.remove(name);
@@ -178,6 +190,31 @@ mod tests {
         assert_eq!(parse_capture(b"0\0/tmp\n\0A\0\0"), None);
         let newline_dir = parse_capture(b"0\0/tmp/a\nb\n\0\0").unwrap();
         assert_eq!(newline_dir.cwd, "/tmp/a\nb");
+    }
+
+    #[test]
+    fn reserved_names_come_from_the_base_and_never_persist() {
+        let base = map(&[("PATH", "/bin"), ("RUNBOX_EXECUTION_ID", "real")]);
+        // An older state (or a hand-written request) that names them.
+        let mut state = SessionState {
+            env: map(&[("RUNBOX_EXECUTION_ID", "fake"), ("RUNBOX_MINE", "1")]),
+            unset_env: vec!["RUNBOX_EXECUTION_ID".to_owned()],
+            ..Default::default()
+        };
+        let extra = map(&[("RUNBOX_EXECUTION_ID", "extra")]);
+        let start = start_env(&base, &state, &extra);
+        assert_eq!(
+            start.get("RUNBOX_EXECUTION_ID").map(String::as_str),
+            Some("real")
+        );
+        assert!(!start.contains_key("RUNBOX_MINE"));
+        // Whatever the command did to them is not saved.
+        state.env.clear();
+        state.unset_env.clear();
+        let after = map(&[("PATH", "/bin"), ("RUNBOX_NEW", "x")]);
+        apply_env_changes(&mut state, &base, &start, &after);
+        assert!(state.env.is_empty(), "{:?}", state.env);
+        assert!(state.unset_env.is_empty(), "{:?}", state.unset_env);
     }
 
     #[test]

@@ -383,3 +383,41 @@ async fn sessions_can_be_created_ensured_and_destroyed() {
         Err(Error::NoSuchSession(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_variables_cannot_be_overridden_or_persisted() {
+    let (client, _dir) = client().await;
+    let s = client.session("reserved").unwrap();
+    // A command that tries to take over the variable the leftover sweep
+    // finds its processes by, and to keep a RUNBOX_ name of its own.
+    let r = within(
+        30,
+        s.exec(
+            "export RUNBOX_EXECUTION_ID=fake; export RUNBOX_MINE=1; echo \"$RUNBOX_EXECUTION_ID\"",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.stdout, format!("{}\n", r.execution_id), "{r:?}");
+    assert!(r.stderr.contains("readonly"), "{r:?}");
+    let r = within(
+        30,
+        s.exec("echo \"$RUNBOX_EXECUTION_ID:${RUNBOX_MINE:-unset}\""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.stdout, format!("{}:unset\n", r.execution_id), "{r:?}");
+    let info = client.session_info("reserved").await.unwrap();
+    let state = info.state.unwrap();
+    assert!(
+        state.env.keys().all(|k| !k.starts_with("RUNBOX_")),
+        "{:?}",
+        state.env
+    );
+    // A request cannot set them either: refused before anything is written.
+    let refused = s.exec("true").env("RUNBOX_EXECUTION_ID", "x").await;
+    assert!(
+        matches!(refused, Err(Error::InvalidEnv { .. })),
+        "{refused:?}"
+    );
+}
