@@ -79,7 +79,10 @@ impl Executor {
 mod linux {
     use std::os::fd::OwnedFd;
 
+    use std::time::{Duration, Instant};
+
     use runbox_core::ExecutionId;
+    use rustix::event::{PollFd, PollFlags, Timespec};
     use rustix::process::{Pid, PidfdFlags, Signal};
     use tokio::io::unix::AsyncFd;
 
@@ -133,7 +136,7 @@ mod linux {
 
     pub(crate) fn kill_leftovers(id: &ExecutionId) -> usize {
         let needle = env_entry(id);
-        let mut killed = 0;
+        let mut killed = std::collections::BTreeSet::new();
         // A process may fork between the scan and the kill: a few rounds
         // catch its children (which inherit the variable).
         for _ in 0..5 {
@@ -141,14 +144,41 @@ mod linux {
             if pids.is_empty() {
                 break;
             }
-            for pid in pids.into_iter().filter_map(Pid::from_raw) {
+            for pid in pids {
+                let Some(target) = Pid::from_raw(pid) else {
+                    continue;
+                };
                 // ESRCH (already gone) is harmless.
-                if rustix::process::kill_process(pid, Signal::KILL).is_ok() {
-                    killed += 1;
+                if rustix::process::kill_process(target, Signal::KILL).is_ok() {
+                    killed.insert(pid);
                 }
             }
         }
-        killed
+        wait_gone(&killed, LEFTOVER_EXIT_WAIT);
+        killed.len()
+    }
+
+    /// How long [`kill_leftovers`] waits for what it killed to be gone.
+    const LEFTOVER_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+    /// Waits, at most `limit` in all, until each process has ended: SIGKILL
+    /// is delivered at once, but a process inside uninterruptible I/O dies
+    /// only when that returns, and a sweep that returns must leave nothing
+    /// running. A pidfd becomes readable when its process has ended.
+    fn wait_gone(pids: &std::collections::BTreeSet<i32>, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for pid in pids.iter().filter_map(|p| Pid::from_raw(*p)) {
+            let Ok(fd) = rustix::process::pidfd_open(pid, PidfdFlags::empty()) else {
+                continue; // already reaped
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(timeout) = Timespec::try_from(left) else {
+                return;
+            };
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            while let Err(rustix::io::Errno::INTR) = rustix::event::poll(&mut fds, Some(&timeout)) {
+            }
+        }
     }
 
     /// A pidfd registered with the runtime, so its exit can be awaited.
