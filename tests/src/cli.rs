@@ -2,7 +2,7 @@
 //! `RUNBOX_HOME`, isolated from the caller's runbox settings.
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Output, Stdio};
 
 use tokio::io::AsyncWriteExt;
@@ -76,7 +76,21 @@ impl Cli {
     /// exited. Anything runbox prints beyond the first line and one page
     /// meets the closed pipe.
     pub async fn run_into_closed_pipe(&self, args: &[&str]) -> (String, Output) {
-        let (mut reader, writer) = std::io::pipe().expect("pipe");
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills both descriptors on success; each is then
+        // owned exactly once.
+        let (mut reader, writer) = unsafe {
+            assert_eq!(
+                libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC),
+                0,
+                "pipe: {}",
+                std::io::Error::last_os_error()
+            );
+            (
+                std::fs::File::from(OwnedFd::from_raw_fd(fds[0])),
+                OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
         // The smallest pipe the kernel allows (one page), so little output
         // is enough to fill it.
         // SAFETY: F_SETPIPE_SZ on a pipe descriptor this function owns.
