@@ -25,6 +25,7 @@ use runbox_dispatcher::{
 };
 
 use crate::exec::exit_code;
+use crate::stdout::Stdout;
 
 /// Background process operations.
 #[derive(Subcommand)]
@@ -160,12 +161,13 @@ pub async fn spawn(
         spawn = spawn.env(k, v);
     }
     let handle = spawn.await?;
-    println!("{handle}");
+    Stdout::new().line(format_args!("{handle}"))?;
     Ok(ExitCode::SUCCESS)
 }
 
 async fn list(client: &Client, session: &str, json: bool) -> Result<ExitCode, Error> {
     let entries = client.list_background(session).await?;
+    let mut out = Stdout::new();
     if json {
         let list: Vec<_> = entries
             .iter()
@@ -187,14 +189,14 @@ async fn list(client: &Client, session: &str, json: bool) -> Result<ExitCode, Er
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        out.line(format_args!("{}", serde_json::Value::Array(list)))?;
     } else if entries.is_empty() {
         eprintln!("session {session} has no background processes");
     } else {
-        println!(
+        out.line(format_args!(
             "{:<26} {:<10} {:>4}  {:<20} COMMAND",
             "HANDLE", "STATE", "EXIT", "STARTED"
-        );
+        ))?;
         for e in &entries {
             let (state, exit) = match e.state {
                 BackgroundState::Running => ("running".to_owned(), "-".to_owned()),
@@ -202,20 +204,22 @@ async fn list(client: &Client, session: &str, json: bool) -> Result<ExitCode, Er
                     (status.name().to_lowercase(), exit_code.to_string())
                 }
             };
-            println!(
+            out.line(format_args!(
                 "{:<26} {state:<10} {exit:>4}  {:<20} {}",
                 e.handle.execution_id,
                 humantime::format_rfc3339_seconds(e.handle.started_at).to_string(),
                 one_line(&e.handle.command)
-            );
+            ))?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Prints both streams from the start; with `follow`, keeps printing as
-/// output comes until the process has ended and its last chunks are out.
+/// output comes until the process has ended and its last chunks are out, or
+/// until the reader of standard output has gone away.
 async fn logs(client: &Client, handle: &BackgroundHandle, follow: bool) -> Result<ExitCode, Error> {
+    let mut out = Stdout::new();
     if !follow {
         for stream in [Stream::Stdout, Stream::Stderr] {
             // One read returns at most MAX_LOG_READ_BYTES: read on until
@@ -223,8 +227,8 @@ async fn logs(client: &Client, handle: &BackgroundHandle, follow: bool) -> Resul
             let mut offset = 0;
             loop {
                 let read = client.background_logs(handle, stream, offset).await?;
-                write(stream, &read.data);
-                if read.data.is_empty() {
+                write(&mut out, stream, &read.data)?;
+                if read.data.is_empty() || (stream == Stream::Stdout && out.gone()) {
                     break;
                 }
                 offset = read.next_offset;
@@ -243,21 +247,24 @@ async fn logs(client: &Client, handle: &BackgroundHandle, follow: bool) -> Resul
             .enumerate()
         {
             offsets[i] = read.next_offset;
-            write(stream, &read.data);
+            write(&mut out, stream, &read.data)?;
         }
-        if reads.iter().all(|r| r.ended) {
+        if reads.iter().all(|r| r.ended) || out.gone() {
             return Ok(ExitCode::SUCCESS);
         }
     }
 }
 
 /// Writes a chunk of a stream to the same stream of the terminal.
-fn write(stream: Stream, data: &[u8]) {
-    // A closed pipe (`runbox bg logs ... | head`) is not runbox's error.
-    let _ = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(data),
-        Stream::Stderr => std::io::stderr().lock().write_all(data),
-    };
+fn write(out: &mut Stdout, stream: Stream, data: &[u8]) -> Result<(), Error> {
+    match stream {
+        Stream::Stdout => out.bytes(data),
+        Stream::Stderr => {
+            // A closed stderr is not worth failing the command over.
+            let _ = std::io::stderr().lock().write_all(data);
+            Ok(())
+        }
+    }
 }
 
 /// Seconds from the command line; `None` when negative or not a number.

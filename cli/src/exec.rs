@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus};
 
+use crate::stdout::Stdout;
 use crate::{EXIT_RUNBOX, bg, spinner};
 
 /// What `runbox exec` takes.
@@ -65,13 +66,15 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
         }
         Err(e) => return Err(e),
     };
+    let mut out = Stdout::new();
     if args.json {
-        let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer_pretty(&mut out, &result);
-        let _ = writeln!(out);
+        out.write_with(|w| {
+            serde_json::to_writer_pretty(&mut *w, &result)?;
+            writeln!(w)
+        })?;
     } else {
-        print_stream(client, &result.stdout, &result.stdout_log, false).await?;
-        print_stream(client, &result.stderr, &result.stderr_log, true).await?;
+        print_stream(client, &result.stdout, &result.stdout_log, Some(&mut out)).await?;
+        print_stream(client, &result.stderr, &result.stderr_log, None).await?;
     }
     let status = result.exec_status();
     match status {
@@ -115,7 +118,14 @@ fn describe(result: &ExecResult) -> &str {
 
 /// Writes a stream as the command produced it: from the log object when the
 /// inline text is truncated or lossy, so the terminal gets the exact bytes.
-async fn print_stream(client: &Client, inline: &str, log: &str, stderr: bool) -> Result<(), Error> {
+/// The command's stdout goes to `stdout`; with `None`, the stream is the
+/// command's stderr and goes to runbox's.
+async fn print_stream(
+    client: &Client,
+    inline: &str,
+    log: &str,
+    stdout: Option<&mut Stdout>,
+) -> Result<(), Error> {
     let logged;
     let bytes: &[u8] = if log.is_empty() {
         inline.as_bytes()
@@ -123,11 +133,13 @@ async fn print_stream(client: &Client, inline: &str, log: &str, stderr: bool) ->
         logged = client.read_log(log).await?;
         &logged
     };
-    // A closed pipe (`runbox exec ... | head`) is not an error of runbox's.
-    let _ = if stderr {
-        std::io::stderr().lock().write_all(bytes)
-    } else {
-        std::io::stdout().lock().write_all(bytes)
-    };
-    Ok(())
+    match stdout {
+        Some(out) => out.bytes(bytes),
+        None => {
+            // As with the status messages: a closed stderr is not worth
+            // failing the command over.
+            let _ = std::io::stderr().lock().write_all(bytes);
+            Ok(())
+        }
+    }
 }

@@ -6,16 +6,18 @@
 //! with its exit status (0 yes, 1 no), `grep` exits 1 when no line matched,
 //! as grep does.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
 use runbox_dispatcher::files::{
-    DeleteOptions, EntryKind, FileError, ReadOptions, ReplaceOptions, UploadOptions, WriteOptions,
+    DeleteOptions, EntryKind, ReadOptions, ReplaceOptions, UploadOptions, WriteOptions,
 };
 use runbox_dispatcher::{Client, Error};
 use tokio::io::AsyncReadExt;
+
+use crate::stdout::{Stdout, io_error};
 
 /// Workspace file operations.
 #[derive(Subcommand)]
@@ -162,6 +164,7 @@ fn parse_lines(s: &str) -> Result<LineRange, String> {
 
 /// Runs one `files` subcommand.
 pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Error> {
+    let mut out = Stdout::new();
     match command {
         FilesCommand::Write {
             session,
@@ -196,20 +199,20 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
                     "runbox: warning: {path} is not valid UTF-8; invalid bytes were replaced (`runbox files get` gives the exact bytes)"
                 );
             }
-            write_stdout(text.content.as_bytes())?;
+            out.bytes(text.content.as_bytes())?;
         }
         FilesCommand::Ls { session, path } => {
             let session = client.session(&session)?;
-            let mut out = String::new();
+            let mut listing = String::new();
             for e in session.list_dir(&path).await? {
                 let (size, suffix) = match e.kind {
                     EntryKind::File => (e.size.to_string(), ""),
                     EntryKind::Dir => ("-".to_owned(), "/"),
                     EntryKind::Symlink => (e.size.to_string(), "@"),
                 };
-                out.push_str(&format!("{:<7} {size:>12}  {}{suffix}\n", e.kind, e.name));
+                listing.push_str(&format!("{:<7} {size:>12}  {}{suffix}\n", e.kind, e.name));
             }
-            write_stdout(out.as_bytes())?;
+            out.bytes(listing.as_bytes())?;
         }
         FilesCommand::Rm {
             session,
@@ -223,12 +226,12 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
         }
         FilesCommand::Find { session, glob, dir } => {
             let session = client.session(&session)?;
-            let mut out = String::new();
+            let mut found = String::new();
             for path in session.find_files(&dir, &glob).await? {
-                out.push_str(&path);
-                out.push('\n');
+                found.push_str(&path);
+                found.push('\n');
             }
-            write_stdout(out.as_bytes())?;
+            out.bytes(found.as_bytes())?;
         }
         FilesCommand::Grep {
             session,
@@ -237,11 +240,11 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
         } => {
             let session = client.session(&session)?;
             let matches = session.search_file(&path, &regex).await?;
-            let mut out = String::new();
+            let mut lines = String::new();
             for m in &matches {
-                out.push_str(&format!("{}:{}\n", m.line_number, m.line));
+                lines.push_str(&format!("{}:{}\n", m.line_number, m.line));
             }
-            write_stdout(out.as_bytes())?;
+            out.bytes(lines.as_bytes())?;
             if matches.is_empty() {
                 return Ok(ExitCode::from(1));
             }
@@ -260,7 +263,7 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
                 ReplaceOptions::first(1)
             };
             let n = session.replace_in_file(&path, &old, &new, opts).await?;
-            write_stdout(format!("{n}\n").as_bytes())?;
+            out.line(format_args!("{n}"))?;
         }
         FilesCommand::Put {
             session,
@@ -296,7 +299,10 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
                         if n == 0 {
                             break;
                         }
-                        write_stdout(&chunk[..n])?;
+                        out.bytes(&chunk[..n])?;
+                        if out.gone() {
+                            break;
+                        }
                     }
                 }
                 Some(path) => {
@@ -320,22 +326,4 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn write_stdout(bytes: &[u8]) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    // A closed pipe (`runbox files read ... | head`) is not runbox's failure.
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(io_error("write standard output", e))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn io_error(op: impl Into<String>, source: std::io::Error) -> Error {
-    Error::File(FileError::Io {
-        op: op.into(),
-        source,
-    })
 }

@@ -9,7 +9,9 @@
 //! [`bg`]), each a thin adapter over the `runbox-dispatcher` library that
 //! borrows the one [`Client`] [`run`] owns. A long-running `runbox serve`
 //! will be one more such module, `serve.rs`, with its variant in
-//! [`Command`].
+//! [`Command`]. Everything a subcommand prints to standard output goes
+//! through [`stdout::Stdout`], so a reader that closes early
+//! (`runbox sessions list | head -1`) ends the printing, not the process.
 
 use std::process::ExitCode;
 
@@ -22,6 +24,7 @@ mod exec;
 mod files;
 mod sessions;
 mod spinner;
+mod stdout;
 
 /// runbox itself failed, or the execution was LOST or REJECTED.
 const EXIT_RUNBOX: u8 = 125;

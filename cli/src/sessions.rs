@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use runbox_dispatcher::{Client, Error};
 
+use crate::stdout::Stdout;
+
 /// Session operations.
 #[derive(Subcommand)]
 pub enum SessionsCommand {
@@ -36,6 +38,7 @@ pub enum SessionsCommand {
 
 /// Runs one `sessions` subcommand.
 pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, Error> {
+    let mut out = Stdout::new();
     match command {
         SessionsCommand::List { json } => {
             let sessions = client.list_sessions().await?;
@@ -50,14 +53,14 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
                         })
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(list));
+                out.line(format_args!("{}", serde_json::Value::Array(list)))?;
             } else if sessions.is_empty() {
                 eprintln!("no sessions in {}", client.store().describe());
             } else {
-                println!(
+                out.line(format_args!(
                     "{:<24} {:>8} {:>6} {:>4}  {:<24} CWD",
                     "SESSION", "COMMANDS", "ENV", "BG", "LAST USED"
-                );
+                ))?;
                 for s in &sessions {
                     let (count, env, used, cwd) = match &s.state {
                         Some(st) => (
@@ -68,10 +71,10 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
                         ),
                         None => ("0".into(), "0".into(), "-".into(), "-".into()),
                     };
-                    println!(
+                    out.line(format_args!(
                         "{:<24} {count:>8} {env:>6} {:>4}  {used:<24} {cwd}",
                         s.id, s.background_running
-                    );
+                    ))?;
                 }
             }
         }
@@ -79,27 +82,32 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
             let info = client.session_info(&id).await?;
             match (&info.state, json) {
                 (Some(state), true) => {
-                    println!(
+                    out.line(format_args!(
                         "{}",
                         serde_json::to_string_pretty(state).unwrap_or_default()
-                    );
+                    ))?;
                 }
-                (None, true) => println!("null"),
-                (None, false) => println!("session {id}: no command has completed yet"),
+                (None, true) => out.line(format_args!("null"))?,
+                (None, false) => {
+                    out.line(format_args!("session {id}: no command has completed yet"))?;
+                }
                 (Some(st), false) => {
-                    println!("session:   {id}");
-                    println!("cwd:       {}", st.cwd);
-                    println!("commands:  {}", st.exec_count);
-                    println!("last:      {}", st.last_execution_id);
-                    println!("created:   {}", format_time(st.created_at));
-                    println!("last used: {}", format_time(st.updated_at));
-                    println!("background: {} running", info.background_running);
-                    println!("env:       {} exported", st.env.len());
+                    out.line(format_args!("session:   {id}"))?;
+                    out.line(format_args!("cwd:       {}", st.cwd))?;
+                    out.line(format_args!("commands:  {}", st.exec_count))?;
+                    out.line(format_args!("last:      {}", st.last_execution_id))?;
+                    out.line(format_args!("created:   {}", format_time(st.created_at)))?;
+                    out.line(format_args!("last used: {}", format_time(st.updated_at)))?;
+                    out.line(format_args!(
+                        "background: {} running",
+                        info.background_running
+                    ))?;
+                    out.line(format_args!("env:       {} exported", st.env.len()))?;
                     for (k, v) in &st.env {
-                        println!("  {k}={v}");
+                        out.line(format_args!("  {k}={v}"))?;
                     }
                     if !st.unset_env.is_empty() {
-                        println!("unset:     {}", st.unset_env.join(" "));
+                        out.line(format_args!("unset:     {}", st.unset_env.join(" ")))?;
                     }
                 }
             }

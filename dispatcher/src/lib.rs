@@ -12,6 +12,32 @@
 //! - `backends`: the one place that picks store, events and launcher from
 //!   the configuration;
 //! - [`error`]: the crate's error types.
+//!
+//! # Example
+//!
+//! The embedded backend needs no cloud account: objects live under a
+//! directory and each command runs in a child process of `runbox-executor`
+//! (found as [`launcher::local::find_executor`] describes). The README shows
+//! the same code.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), runbox_dispatcher::Error> {
+//! use std::time::Duration;
+//! use runbox_dispatcher::{Client, ExecStatus};
+//!
+//! let client = Client::embedded("/var/lib/runbox").await?;   // or Client::from_env()
+//! let session = client.session("agent-42")?;
+//! session.exec("cd /srv && export MODE=test").await?;
+//! let result = session
+//!     .exec("echo $MODE in $(pwd)")
+//!     .timeout(Duration::from_secs(30))
+//!     .env("EXTRA", "for this command only")
+//!     .await?;
+//! assert_eq!(result.exec_status(), ExecStatus::Succeeded);
+//! assert_eq!(result.stdout, "test in /srv\n");
+//! # Ok(())
+//! # }
+//! ```
 
 mod backends;
 pub mod background;

@@ -133,6 +133,27 @@ async fn sessions_stay_isolated_and_can_be_listed_shown_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_closes_early_ends_the_listing_quietly() {
+    let cli = Cli::new();
+    // Long working directories make each row about a kilobyte, so the
+    // listing outgrows the one-page pipe and runbox is still writing when
+    // the reader goes away.
+    let deep = vec!["d".repeat(200); 5].join("/");
+    let script = format!("mkdir -p {deep} && cd {deep}");
+    let sessions: Vec<String> = (0..6).map(|i| format!("pipe{i}")).collect();
+    let runs = sessions.iter().map(|s| cli.exec(s, &script));
+    for out in within(300, futures::future::join_all(runs)).await {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
+    let (first, out) = cli.run_into_closed_pipe(&["sessions", "list"]).await;
+    assert!(first.starts_with("SESSION "), "{first:?}");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_invocations_on_one_session_lose_no_update() {
     let cli = Cli::new();
     cli.exec("shared", "export N=0").await;

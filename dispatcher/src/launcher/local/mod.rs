@@ -4,6 +4,7 @@
 //! `/proc` by their execution id (`procfs`).
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -84,34 +85,97 @@ impl LocalLauncher {
     }
 }
 
-/// Finds `runbox-executor`: the configured path, else beside the running
-/// binary, else one directory up (test binaries live in `target/*/deps/`).
+/// Finds `runbox-executor`: the configured path (`RUNBOX_EXECUTOR`) when
+/// one is set; otherwise beside the running binary, one directory up (test
+/// binaries live in `target/*/deps/`), then the first executable file of
+/// that name in a directory on `PATH`. A configured path that is missing is
+/// an error rather than a reason to look elsewhere: running some other
+/// executor than the one asked for would hide the mistake.
 pub fn find_executor(configured: Option<&Path>) -> Result<PathBuf, LaunchError> {
-    let mut searched = Vec::new();
+    let exe = std::env::current_exe().ok();
+    search_executor(
+        configured,
+        exe.as_deref(),
+        std::env::var_os("PATH").as_deref(),
+    )
+}
+
+/// The file name looked for.
+const EXECUTOR_NAME: &str = "runbox-executor";
+
+/// How many `PATH` directories the not-found message names before it
+/// summarises the rest.
+const PATH_DIRS_SHOWN: usize = 8;
+
+/// [`find_executor`] over explicit inputs (the running binary, the value of
+/// `PATH`), so the search order is testable without touching the process
+/// environment.
+fn search_executor(
+    configured: Option<&Path>,
+    current_exe: Option<&Path>,
+    path_var: Option<&OsStr>,
+) -> Result<PathBuf, LaunchError> {
     if let Some(path) = configured {
         if path.is_file() {
             return Ok(path.to_owned());
         }
-        searched.push(path.to_owned());
-    } else if let Ok(exe) = std::env::current_exe() {
-        let mut dir = exe.parent().map(Path::to_owned);
-        for _ in 0..2 {
-            let Some(d) = dir else { break };
-            let candidate = d.join("runbox-executor");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-            searched.push(candidate);
-            dir = d.parent().map(Path::to_owned);
+        return Err(LaunchError::ExecutorNotFound {
+            searched: format!("{} (the configured path)", path.display()),
+        });
+    }
+    let mut searched = Vec::new();
+    let mut dir = current_exe.and_then(Path::parent).map(Path::to_owned);
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let candidate = d.join(EXECUTOR_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        searched.push(candidate.display().to_string());
+        dir = d.parent().map(Path::to_owned);
+    }
+    // As a shell looks a command up; an empty entry would mean the current
+    // directory there, which is not a place to pick up an executor from.
+    let path_dirs: Vec<PathBuf> = path_var
+        .map(|v| {
+            std::env::split_paths(v)
+                .filter(|d| !d.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    for d in &path_dirs {
+        let candidate = d.join(EXECUTOR_NAME);
+        if is_executable_file(&candidate) {
+            return Ok(candidate);
         }
     }
+    searched.push(describe_path_dirs(&path_dirs));
     Err(LaunchError::ExecutorNotFound {
-        searched: searched
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
+        searched: searched.join(", "),
     })
+}
+
+/// A regular file (or a link to one) with an execute bit set.
+fn is_executable_file(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The `PATH` part of the not-found message: the directories in order, the
+/// tail summarised when the list is long.
+fn describe_path_dirs(dirs: &[PathBuf]) -> String {
+    if dirs.is_empty() {
+        return "PATH (empty or not set)".to_owned();
+    }
+    let mut shown: Vec<String> = dirs
+        .iter()
+        .take(PATH_DIRS_SHOWN)
+        .map(|d| d.display().to_string())
+        .collect();
+    if dirs.len() > PATH_DIRS_SHOWN {
+        shown.push(format!("and {} more", dirs.len() - PATH_DIRS_SHOWN));
+    }
+    format!("the directories on PATH ({})", shown.join(", "))
 }
 
 #[async_trait]
@@ -293,5 +357,152 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGABRT => " (SIGABRT)",
         libc::SIGINT => " (SIGINT)",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// An executable `runbox-executor` in `dir`.
+    fn executor_in(dir: &Path) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join(EXECUTOR_NAME);
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn path_var(dirs: &[&Path]) -> OsString {
+        std::env::join_paths(dirs).unwrap()
+    }
+
+    /// `root/target/debug/deps/test-binary`, the layout cargo gives tests.
+    fn test_exe(root: &Path) -> PathBuf {
+        let deps = root.join("target/debug/deps");
+        std::fs::create_dir_all(&deps).unwrap();
+        deps.join("test-binary")
+    }
+
+    fn not_found_message(result: Result<PathBuf, LaunchError>) -> String {
+        match result {
+            Err(e @ LaunchError::ExecutorNotFound { .. }) => e.to_string(),
+            other => panic!("expected ExecutorNotFound, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_configured_path_wins() {
+        let tmp = tempfile::tempdir().unwrap();
+        let configured = executor_in(&tmp.path().join("configured"));
+        let exe = test_exe(tmp.path());
+        executor_in(exe.parent().unwrap());
+        let on_path = tmp.path().join("bin");
+        executor_in(&on_path);
+        let found =
+            search_executor(Some(&configured), Some(&exe), Some(&path_var(&[&on_path]))).unwrap();
+        assert_eq!(found, configured);
+    }
+
+    #[test]
+    fn a_missing_configured_path_is_not_replaced_by_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let configured = tmp.path().join("nowhere/runbox-executor");
+        let on_path = tmp.path().join("bin");
+        executor_in(&on_path);
+        let msg = not_found_message(search_executor(
+            Some(&configured),
+            None,
+            Some(&path_var(&[&on_path])),
+        ));
+        assert!(msg.contains(&configured.display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn beside_the_binary_then_one_up_come_before_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = test_exe(tmp.path());
+        let on_path = tmp.path().join("bin");
+        executor_in(&on_path);
+        let path = path_var(&[&on_path]);
+
+        let one_up = executor_in(&tmp.path().join("target/debug"));
+        assert_eq!(
+            search_executor(None, Some(&exe), Some(&path)).unwrap(),
+            one_up
+        );
+        let beside = executor_in(exe.parent().unwrap());
+        assert_eq!(
+            search_executor(None, Some(&exe), Some(&path)).unwrap(),
+            beside
+        );
+    }
+
+    #[test]
+    fn path_is_searched_in_order_for_an_executable_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = test_exe(tmp.path());
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        // A file of that name without an execute bit is not a candidate.
+        let not_executable = tmp.path().join("not-executable");
+        std::fs::create_dir_all(&not_executable).unwrap();
+        std::fs::write(not_executable.join(EXECUTOR_NAME), "").unwrap();
+        let first = executor_in(&tmp.path().join("first"));
+        let second = executor_in(&tmp.path().join("second"));
+        let mut path = OsString::from(":");
+        path.push(path_var(&[
+            &empty,
+            &not_executable,
+            first.parent().unwrap(),
+            second.parent().unwrap(),
+        ]));
+        path.push("::");
+        assert_eq!(
+            search_executor(None, Some(&exe), Some(&path)).unwrap(),
+            first
+        );
+    }
+
+    #[test]
+    fn nothing_found_names_every_place_and_the_fixes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = test_exe(tmp.path());
+        let a = tmp.path().join("a");
+        let b = tmp.path().join("b");
+        let msg = not_found_message(search_executor(
+            None,
+            Some(&exe),
+            Some(&path_var(&[&a, &b])),
+        ));
+        for place in [
+            exe.parent().unwrap().join(EXECUTOR_NAME),
+            tmp.path().join("target/debug").join(EXECUTOR_NAME),
+            a,
+            b,
+        ] {
+            assert!(msg.contains(&place.display().to_string()), "{msg}");
+        }
+        assert!(msg.contains("PATH"), "{msg}");
+        assert!(msg.contains("RUNBOX_EXECUTOR"), "{msg}");
+        assert!(msg.contains("cargo build"), "{msg}");
+
+        let msg = not_found_message(search_executor(None, Some(&exe), None));
+        assert!(msg.contains("PATH (empty or not set)"), "{msg}");
+    }
+
+    #[test]
+    fn a_long_path_is_shortened_in_the_message() {
+        let dirs: Vec<PathBuf> = (0..20)
+            .map(|i| PathBuf::from(format!("/nonexistent/runbox-test/{i}")))
+            .collect();
+        let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let msg = not_found_message(search_executor(None, None, Some(&path_var(&refs))));
+        assert!(msg.contains("/nonexistent/runbox-test/7,"), "{msg}");
+        assert!(!msg.contains("/nonexistent/runbox-test/8"), "{msg}");
+        assert!(msg.contains("and 12 more"), "{msg}");
     }
 }
