@@ -56,7 +56,7 @@ pub enum ExecutionState {
 pub enum LaunchError {
     /// The executor binary was not found (local launcher).
     #[error(
-        "runbox-executor binary not found (looked in: {searched}); build it with `cargo build --release` or set RUNBOX_EXECUTOR"
+        "runbox-executor binary not found (looked in: {searched}); build it (`cargo build --release`, or `cargo install --path executor`), set RUNBOX_EXECUTOR to its path, or put it on PATH"
     )]
     ExecutorNotFound {
         /// Where it was looked for.
