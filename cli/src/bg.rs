@@ -32,8 +32,8 @@ use crate::stdout::Stdout;
 pub enum BgCommand {
     /// List a session's background processes, running and ended.
     List {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// Print JSON.
         #[arg(long)]
@@ -42,8 +42,8 @@ pub enum BgCommand {
     /// Print a background process's output so far (stdout to stdout,
     /// stderr to stderr).
     Logs {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The handle printed by `runbox exec --background`.
         handle: String,
@@ -54,8 +54,8 @@ pub enum BgCommand {
     /// Stop background processes: SIGTERM, then SIGKILL after the kill grace.
     #[command(group = clap::ArgGroup::new("which").required(true))]
     Kill {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The handle of the process to stop.
         #[arg(group = "which")]
@@ -70,8 +70,8 @@ pub enum BgCommand {
     },
     /// Wait for a background process to end; exit with its exit code.
     Wait {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The handle.
         handle: String,

@@ -78,6 +78,11 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     }
     let status = result.exec_status();
     match status {
+        // A note the executor left (nothing saved because the workspace is
+        // over the limit, ...) matters whatever the command's own status.
+        ExecStatus::Succeeded | ExecStatus::Failed if !args.json && !result.message.is_empty() => {
+            eprintln!("runbox: {}", result.message)
+        }
         ExecStatus::Succeeded | ExecStatus::Failed => {}
         ExecStatus::TimedOut => eprintln!(
             "runbox: timed out after {:.1}s; the command's processes were killed",

@@ -24,8 +24,8 @@ use crate::stdout::{Stdout, io_error};
 pub enum FilesCommand {
     /// Write a file from standard input (replacing it, or appending).
     Write {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The file; parent directories are created as needed.
         path: String,
@@ -35,8 +35,8 @@ pub enum FilesCommand {
     },
     /// Print a text file (invalid UTF-8 is replaced; `get` gives exact bytes).
     Read {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The file.
         path: String,
@@ -46,8 +46,8 @@ pub enum FilesCommand {
     },
     /// List a directory: kind, size and name of each entry.
     Ls {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The directory (default: the workspace root).
         #[arg(default_value = ".")]
@@ -55,8 +55,8 @@ pub enum FilesCommand {
     },
     /// Delete a file, or a directory with -r.
     Rm {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The file or directory.
         path: String,
@@ -66,8 +66,8 @@ pub enum FilesCommand {
     },
     /// Print the files matching a glob (`*`, `**`, `?`, `[...]`), one per line.
     Find {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The glob, relative to the directory searched (`**/*.py`).
         glob: String,
@@ -77,8 +77,8 @@ pub enum FilesCommand {
     },
     /// Print the lines of a file matching a regular expression, as `N:line`.
     Grep {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The regular expression (Rust `regex` syntax).
         regex: String,
@@ -88,8 +88,8 @@ pub enum FilesCommand {
     /// Replace text in a file (the first occurrence, or all with --all) and
     /// print how many occurrences were replaced.
     Replace {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The file.
         path: String,
@@ -103,8 +103,8 @@ pub enum FilesCommand {
     },
     /// Upload a local file into the workspace.
     Put {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The local file.
         local: PathBuf,
@@ -113,8 +113,8 @@ pub enum FilesCommand {
     },
     /// Download a workspace file to a local file, or to stdout (`-` or nothing).
     Get {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The workspace path.
         remote: String,
@@ -123,8 +123,8 @@ pub enum FilesCommand {
     },
     /// Exit 0 when the path exists (file or directory), 1 when it does not.
     Exists {
-        /// The session.
-        #[arg(short, long)]
+        /// The session (default: `default`, as for `runbox exec`).
+        #[arg(short, long, default_value = "default")]
         session: String,
         /// The path.
         path: String,

@@ -276,3 +276,35 @@ async fn the_client_is_shut_down_when_a_command_fails() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_note_from_the_executor_shows_whatever_the_status() {
+    let cli = Cli::new();
+    // The saved cwd is removed by the command that is in it: the next
+    // command starts in the workspace, and the result says so.
+    let out = cli
+        .exec("note", "mkdir gone && cd gone && rmdir ../gone")
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli.exec("note", "echo ran").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+    let err = text(&out.stderr);
+    assert!(err.starts_with("runbox: cwd "), "{err}");
+    assert!(err.contains("no longer exists"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_and_bg_default_to_the_default_session_like_exec() {
+    let cli = Cli::new();
+    let out = cli
+        .run_with(&["files", "write", "hello.txt"], b"hi\n")
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = cli.run(&["exec", "--", "cat hello.txt"]).await;
+    assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
+    let out = cli.run(&["files", "read", "hello.txt"]).await;
+    assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
+    let out = cli.run(&["bg", "list", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

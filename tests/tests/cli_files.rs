@@ -237,11 +237,11 @@ async fn errors_exit_125_with_a_message() {
         .await;
     assert_eq!(out.status.code(), Some(125));
     assert!(!local.exists());
-    // Bad usage is clap's exit 2.
+    // Bad usage is clap's exit 2. (A missing `-s` is not: the session
+    // defaults to `default`, as for `exec`.)
     for args in [
         vec!["files", "read", "-s", "e", "a.txt", "--lines", "0:2"],
         vec!["files", "read", "-s", "e", "a.txt", "--lines", "3:2"],
-        vec!["files", "read", "a.txt"],
         vec!["files", "replace", "-s", "e", "a.txt", "only-old"],
     ] {
         assert_eq!(cli.run(&args).await.status.code(), Some(2), "{args:?}");
