@@ -107,17 +107,6 @@ mod tests {
 
     use super::*;
 
-    fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-        let mut out = e.to_string();
-        let mut cur = e.source();
-        while let Some(s) = cur {
-            out.push_str(": ");
-            out.push_str(&s.to_string());
-            cur = s.source();
-        }
-        out
-    }
-
     fn marker() -> BackgroundMarker {
         BackgroundMarker {
             execution_id: ExecutionId::new("abc-1").unwrap(),
@@ -170,6 +159,10 @@ mod tests {
         ));
         let bad_time = br#"{"executionId":"abc-1","startedAt":"yesterday","command":"x"}"#;
         let err = BackgroundMarker::decode(bad_time, &m.session, &m.execution_id).unwrap_err();
-        assert!(chain(&err).starts_with("startedAt: "), "{}", chain(&err));
+        assert!(
+            crate::error_chain(&err).starts_with("startedAt: "),
+            "{}",
+            crate::error_chain(&err)
+        );
     }
 }

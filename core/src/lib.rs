@@ -20,3 +20,21 @@ pub use ids::{ExecutionId, IdError, InstanceId, SessionId};
 pub use store::{
     ListOptions, ListPage, Object, ObjectMeta, Precondition, PutOptions, Store, StoreError,
 };
+
+/// An error and its causes on one line (`op: cause: cause`), skipping a
+/// cause whose text the line already ends with (`#[error(transparent)]` and
+/// similar wrappers repeat their cause). For logs and for messages stored
+/// in results.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}

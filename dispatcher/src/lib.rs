@@ -61,22 +61,7 @@ pub use files::{
 pub use launcher::cloud_run::{CloudRunEndpoint, CloudRunLauncher, CloudRunSettings, admission};
 pub use launcher::local::LocalLauncher;
 pub use launcher::{Ended, ExecutionState, LaunchSpec, Launcher};
+pub use runbox_core::error_chain;
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};
 pub use session::{Session, SessionInfo};
 pub use session_lock::{SessionGuard, SessionLocks};
-
-/// An error and its causes on one line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        // `#[error(transparent)]` and similar wrappers repeat their cause.
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
-}

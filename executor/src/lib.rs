@@ -17,6 +17,8 @@ use runbox_core::store::{self, JsonObjectError, Precondition, PutOptions, Store,
 use runbox_core::{ExecutionId, SessionId};
 use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
 
+pub use runbox_core::error_chain;
+
 pub mod background;
 pub mod output;
 pub mod process;
@@ -624,16 +626,4 @@ fn base_env(session: &SessionId, id: &ExecutionId, workspace: &Path) -> BTreeMap
     env.insert(contract::SESSION_ID_ENV.to_owned(), session.to_string());
     env.insert(contract::EXECUTION_ID_ENV.to_owned(), id.to_string());
     env
-}
-
-/// An error and its causes on one line, for messages stored in results.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
