@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use runbox_core::store::Store;
-use runbox_core::{Config, InstanceId, SessionId};
+use runbox_core::{Config, ExecutionId, InstanceId, SessionId};
 use runbox_notifier::{EventSource, Notifier, NotifierStats, Waiters};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,6 +64,8 @@ pub(crate) struct Engine {
     /// How completion events became results.
     results: resolve::ResultCounters,
     queues: DashMap<SessionId, queue::Sender>,
+    /// One settle at a time per execution (see [`Engine::settle`]).
+    settling: DashMap<ExecutionId, Arc<tokio::sync::Mutex<()>>>,
     session_locks: Option<SessionLocks>,
     /// Every task the engine starts (queue workers, background watches).
     tasks: TaskTracker,
@@ -97,6 +99,7 @@ impl Engine {
             notifier: Mutex::new(Some(notifier)),
             results: resolve::ResultCounters::default(),
             queues: DashMap::new(),
+            settling: DashMap::new(),
             session_locks: parts.session_locks,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),

@@ -4,6 +4,7 @@
 //! land, concurrent settlers agree, and the normal finalize event of the
 //! written result completes every waiter, here or in another process.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use runbox_core::layout;
@@ -52,6 +53,28 @@ impl Engine {
     /// either: the launcher sweeps what is left of it first, so a kill that
     /// returns leaves nothing running.
     pub(crate) async fn settle(
+        &self,
+        id: &ExecutionId,
+        session: &SessionId,
+        account: String,
+    ) -> Result<ExecResult> {
+        // Several waits of this process may see the same end at once (the
+        // background watch and a caller's wait): one settles, the others
+        // then find its result. Otherwise a settler whose sweep found
+        // nothing left (another had just killed it) could write its LOST
+        // first, without saying what was killed.
+        let lock = Arc::clone(&self.settling.entry(id.clone()).or_default());
+        let outcome = {
+            let _turn = lock.lock().await;
+            self.settle_once(id, session, account).await
+        };
+        drop(lock);
+        self.settling
+            .remove_if(id, |_, l| Arc::strong_count(l) == 1);
+        outcome
+    }
+
+    async fn settle_once(
         &self,
         id: &ExecutionId,
         session: &SessionId,
