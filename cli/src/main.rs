@@ -6,7 +6,7 @@
 //! usage.
 //!
 //! One module per group of subcommands ([`exec`], [`sessions`], [`files`],
-//! [`bg`]), each a thin adapter over the `runbox-dispatcher` library that
+//! [`bg`], [`gc`]), each a thin adapter over the `runbox-dispatcher` library that
 //! borrows the one [`Client`] [`run`] owns. A long-running `runbox serve`
 //! will be one more such module, `serve.rs`, with its variant in
 //! [`Command`]. Everything a subcommand prints to standard output goes
@@ -22,6 +22,7 @@ use runbox_dispatcher::{Client, Error, error_chain};
 mod bg;
 mod exec;
 mod files;
+mod gc;
 mod sessions;
 mod spinner;
 mod stdout;
@@ -61,6 +62,9 @@ enum Command {
         #[command(subcommand)]
         command: bg::BgCommand,
     },
+    /// Delete the requests, results and logs of executions that finished
+    /// long ago (background processes' are kept while their session lists them).
+    Gc(gc::GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -117,5 +121,6 @@ async fn dispatch(client: &Client, command: Command) -> Result<ExitCode, Error> 
         Command::Sessions { command } => sessions::run(client, command).await,
         Command::Files { command } => files::run(client, command).await,
         Command::Bg { command } => bg::run(client, command).await,
+        Command::Gc(args) => gc::run(client, args).await,
     }
 }

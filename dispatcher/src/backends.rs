@@ -17,7 +17,7 @@ use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings};
 use crate::launcher::local::LocalLauncher;
 use crate::session_lock::SessionLocks;
 
-/// The parts a client is assembled from; [`Client::from_config`] picks them
+/// The parts a client is assembled from; [`crate::Client::from_config`] picks them
 /// from configuration, tests and other backends pass their own.
 pub struct Parts {
     /// Configuration (limits, grace periods).

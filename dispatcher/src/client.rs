@@ -42,6 +42,7 @@ use crate::background::{self, BackgroundEntry, BackgroundHandle, LogRead, Stream
 pub use crate::engine::ResultStats;
 use crate::engine::{Engine, EngineParts, Handle, WorkspacePlacement};
 use crate::error::{Error, Result};
+use crate::retention::{self, GcPlan, GcReport};
 use crate::session::{self, Session, SessionInfo};
 
 /// A handle to runbox: cheap to clone, shared by all sessions.
@@ -185,10 +186,26 @@ impl Client {
     /// every object under `sessions/{id}/` and the request, result and log
     /// objects of its background executions; returns how many objects were
     /// deleted. Foreground executions' objects are keyed by execution, not
-    /// session, and are left to the bucket's lifecycle rules. Fails with
+    /// session, and are left to [`Client::gc`] or the bucket's lifecycle
+    /// rules. Fails with
     /// [`Error::NoSuchSession`] when the session had nothing.
     pub async fn delete_session(&self, id: &str) -> Result<usize> {
         session::delete(self.engine(), &Self::session_id(id)?).await
+    }
+
+    /// Deletes the request, result and log objects of every execution whose
+    /// result was written more than `older_than` ago; executions without a
+    /// result and background executions (marker present) are kept, and
+    /// nothing under `sessions/` is touched. See [`crate::retention`].
+    /// With a small `older_than`, a command finishing right now may lose its
+    /// result before its caller reads it: keep it well above the longest wait.
+    pub async fn gc(&self, older_than: Duration) -> Result<GcReport> {
+        retention::collect(&*self.engine().store, older_than).await
+    }
+
+    /// What [`Client::gc`] would delete now, deleting nothing.
+    pub async fn gc_plan(&self, older_than: Duration) -> Result<GcPlan> {
+        retention::plan(&*self.engine().store, older_than).await
     }
 
     /// The bytes of a log object named in a result (`stdout_log`, `stderr_log`).

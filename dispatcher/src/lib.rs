@@ -9,6 +9,7 @@
 //! - [`background`], [`files`]: background processes and the workspace file
 //!   API, as modules over the engine and the store;
 //! - [`launcher`]: the [`Launcher`] trait and its launchers (local, Cloud Run);
+//! - [`retention`]: deleting finished executions' objects ([`Client::gc`]);
 //! - `backends`: the one place that picks store, events and launcher from
 //!   the configuration;
 //! - [`error`]: the crate's error types.
@@ -47,6 +48,7 @@ pub mod error;
 mod exec;
 pub mod files;
 pub mod launcher;
+pub mod retention;
 pub mod session;
 pub mod session_lock;
 
@@ -61,6 +63,7 @@ pub use files::{
 pub use launcher::cloud_run::{CloudRunEndpoint, CloudRunLauncher, CloudRunSettings, admission};
 pub use launcher::local::LocalLauncher;
 pub use launcher::{Ended, ExecutionState, LaunchSpec, Launcher};
+pub use retention::{GcCandidate, GcPlan, GcReport};
 pub use runbox_core::error_chain;
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};
 pub use session::{Session, SessionInfo};

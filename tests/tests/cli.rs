@@ -308,3 +308,40 @@ async fn files_and_bg_default_to_the_default_session_like_exec() {
     let out = cli.run(&["bg", "list", "--json"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_deletes_finished_executions_and_dry_run_only_reports() {
+    let cli = Cli::new();
+    for script in ["echo one", "echo two"] {
+        let out = cli.exec("gc", script).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let results = || {
+        std::fs::read_dir(cli.home.path().join("results"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(results(), 2);
+
+    let out = cli.run(&["gc", "--older-than", "0s", "--dry-run"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed = text(&out.stdout);
+    assert_eq!(printed.matches("would delete ").count(), 3, "{printed}");
+    assert!(printed.contains("of 2 finished executions"), "{printed}");
+    assert_eq!(results(), 2, "a dry run deletes nothing");
+
+    let out = cli.run(&["gc", "--older-than", "0s", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["executions"], 2, "{report}");
+    assert_eq!(report["keptBackground"], 0, "{report}");
+    assert!(report["objects"].as_u64().unwrap() >= 4, "{report}");
+    assert_eq!(results(), 0);
+
+    // The session survives: its state is not an execution object.
+    let out = cli.exec("gc", "echo three").await;
+    assert_eq!(text(&out.stdout), "three\n");
+
+    let out = cli.run(&["gc", "--older-than", "soon"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
