@@ -107,8 +107,12 @@ impl Engine {
             ));
         }
         if !kill_requested {
+            // No second read: the write is create-only, and a result the
+            // executor wrote meanwhile wins and is returned.
             let message = format!("execution ended without a result: {account}");
-            return self.result_or_lost(id, session, message).await;
+            return self
+                .write_final_result(id, session, ExecStatus::Lost, -1, message)
+                .await;
         }
         self.write_final_result(
             id,

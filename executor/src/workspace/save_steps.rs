@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use runbox_core::store::{Precondition, Store};
+use runbox_core::store::{Precondition, Store, StoreError};
 
 use super::plan::{Change, racy, with_stat};
 use super::scan::{Local, Scan, scan};
@@ -182,6 +182,22 @@ pub(super) async fn claim(
     Ok(Precondition::GenerationMatch(meta.generation))
 }
 
+/// Deletes one workspace object on the generation restored; one already
+/// gone is no error.
+async fn delete_restored(
+    store: &dyn Store,
+    name: &str,
+    generation: i64,
+) -> std::result::Result<(), StoreError> {
+    match store
+        .delete(name, Precondition::GenerationMatch(generation))
+        .await
+    {
+        Err(e) if e.is_not_found() => Ok(()),
+        other => other,
+    }
+}
+
 /// Deletes the objects of deleted files, each on the generation restored.
 pub(super) async fn delete_objects(
     store: &dyn Store,
@@ -192,12 +208,8 @@ pub(super) async fn delete_objects(
     bounded(deleted, concurrency, |(path, generation)| {
         let name = format!("{prefix}{path}");
         async move {
-            match store
-                .delete(&name, Precondition::GenerationMatch(generation))
-                .await
-            {
+            match delete_restored(store, &name, generation).await {
                 Ok(()) => Ok(()),
-                Err(e) if e.is_not_found() => Ok(()),
                 Err(source) if source.is_conflict() => {
                     Err(WorkspaceError::Conflict { name, source })
                 }
@@ -263,11 +275,8 @@ pub(super) async fn tidy_deleted_objects(
     bounded(deleted, concurrency, |(path, generation)| {
         let name = format!("{prefix}{path}");
         async move {
-            match store
-                .delete(&name, Precondition::GenerationMatch(generation))
-                .await
-            {
-                Err(e) if !e.is_not_found() && !e.is_conflict() => {
+            match delete_restored(store, &name, generation).await {
+                Err(e) if !e.is_conflict() => {
                     tracing::debug!(object = %name, error = %e, "could not tidy a deleted workspace file");
                 }
                 _ => {}
