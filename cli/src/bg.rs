@@ -10,8 +10,9 @@
 //! ```
 //!
 //! `bg wait` exits like `runbox exec`: the process's exit code, 124 when it
-//! timed out, 130 when it was cancelled (killed), 125 when it was LOST or
-//! REJECTED, or when the wait itself timed out (the process still runs).
+//! timed out or when the wait's `--timeout` elapsed first (the process
+//! still runs; the message says which), 130 when it was cancelled (killed),
+//! 125 when it was LOST or REJECTED, 66 when the handle is unknown.
 //! `bg logs -f` reads new output every 0.5 s (chunk objects raise no events)
 //! and stops at once when the process's completion event arrives.
 
@@ -25,7 +26,8 @@ use runbox_dispatcher::{
 };
 
 use crate::exec::exit_code;
-use crate::stdout::Stdout;
+use crate::stdout::{Stdout, note};
+use crate::{seconds, timestamp};
 
 /// Background process operations.
 #[derive(Subcommand)]
@@ -75,11 +77,18 @@ pub enum BgCommand {
         session: String,
         /// The handle.
         handle: String,
-        /// Give up after this many seconds (fractions allowed); default
-        /// RUNBOX_MAX_TIMEOUT_SECS.
-        #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
-        timeout: Option<f64>,
+        /// Give up after this many seconds (fractions allowed; 0 looks once
+        /// without waiting); default RUNBOX_MAX_TIMEOUT_SECS.
+        #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = seconds::wait)]
+        timeout: Option<Duration>,
     },
+}
+
+impl BgCommand {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        matches!(self, BgCommand::List { json: true, .. })
+    }
 }
 
 /// Runs one `bg` subcommand.
@@ -110,13 +119,13 @@ pub async fn run(client: &Client, command: BgCommand) -> Result<ExitCode, Error>
                 }
             };
             if results.is_empty() {
-                eprintln!(
+                note!(
                     "no running background process in session {} matched",
                     session.id()
                 );
             }
             for r in &results {
-                eprintln!("{}: {}", r.execution_id, describe_end(r));
+                note!("{}: {}", r.execution_id, describe_end(r));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -125,18 +134,12 @@ pub async fn run(client: &Client, command: BgCommand) -> Result<ExitCode, Error>
             handle,
             timeout,
         } => {
-            let timeout = match timeout {
-                None => client.config().limits.max_timeout,
-                // Zero is fine here: look once, do not wait.
-                Some(secs) => seconds(secs).ok_or(Error::InvalidTimeout {
-                    requested: Duration::ZERO,
-                    max: client.config().limits.max_timeout,
-                })?,
-            };
+            let timeout = timeout.unwrap_or(client.config().limits.max_timeout);
             let handle = client.session(&session)?.background(&handle).await?;
             let result = client.wait_background(&handle, timeout).await?;
-            if !result.exec_status().is_exit() {
-                eprintln!("runbox: {}: {}", handle, describe_end(&result));
+            // As for `exec`: a note is shown whatever the status.
+            if !result.exec_status().is_exit() || !result.message.is_empty() {
+                note!("runbox: {}: {}", handle, describe_end(&result));
             }
             Ok(exit_code(&result))
         }
@@ -149,13 +152,11 @@ pub async fn spawn(
     session: &Session,
     command: String,
     env: Vec<(String, String)>,
-    timeout: Option<f64>,
+    timeout: Option<Duration>,
 ) -> Result<ExitCode, Error> {
     let mut spawn = session.spawn(command);
-    if let Some(secs) = timeout {
-        // Zero, negative or not a number: the library rejects zero with the
-        // same error `runbox exec` gives.
-        spawn = spawn.timeout(seconds(secs).unwrap_or(Duration::ZERO));
+    if let Some(timeout) = timeout {
+        spawn = spawn.timeout(timeout);
     }
     for (k, v) in env {
         spawn = spawn.env(k, v);
@@ -182,7 +183,7 @@ async fn list(client: &Client, session: &str, json: bool) -> Result<ExitCode, Er
                     "handle": e.handle.execution_id.as_str(),
                     "sessionId": e.handle.session.as_str(),
                     "command": e.handle.command,
-                    "startedAt": humantime::format_rfc3339_seconds(e.handle.started_at).to_string(),
+                    "startedAt": timestamp::format(e.handle.started_at),
                     "state": state,
                     "status": status,
                     "exitCode": exit_code,
@@ -191,7 +192,7 @@ async fn list(client: &Client, session: &str, json: bool) -> Result<ExitCode, Er
             .collect();
         out.line(format_args!("{}", serde_json::Value::Array(list)))?;
     } else if entries.is_empty() {
-        eprintln!("session {session} has no background processes");
+        note!("session {session} has no background processes");
     } else {
         out.line(format_args!(
             "{:<26} {:<10} {:>4}  {:<20} COMMAND",
@@ -207,7 +208,7 @@ async fn list(client: &Client, session: &str, json: bool) -> Result<ExitCode, Er
             out.line(format_args!(
                 "{:<26} {state:<10} {exit:>4}  {:<20} {}",
                 e.handle.execution_id,
-                humantime::format_rfc3339_seconds(e.handle.started_at).to_string(),
+                timestamp::format(e.handle.started_at),
                 one_line(&e.handle.command)
             ))?;
         }
@@ -267,23 +268,17 @@ fn write(out: &mut Stdout, stream: Stream, data: &[u8]) -> Result<(), Error> {
     }
 }
 
-/// Seconds from the command line; `None` when negative or not a number.
-fn seconds(secs: f64) -> Option<Duration> {
-    if secs.is_finite() && secs >= 0.0 {
-        Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
-    } else {
-        None
-    }
-}
-
 fn describe_end(result: &ExecResult) -> String {
     let status = result.exec_status();
-    if status.is_exit() {
+    let end = if status.is_exit() {
         format!("{status}, exit code {}", result.exit_code)
-    } else if result.message.is_empty() {
-        status.to_string()
     } else {
-        format!("{status}: {}", result.message)
+        status.to_string()
+    };
+    if result.message.is_empty() {
+        end
+    } else {
+        format!("{end}: {}", result.message)
     }
 }
 

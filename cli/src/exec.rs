@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus};
 
-use crate::stdout::Stdout;
-use crate::{EXIT_RUNBOX, bg, spinner};
+use crate::failure::{EXIT_CANCELLED, EXIT_RUNBOX, EXIT_TIMED_OUT};
+use crate::stdout::{Stdout, note};
+use crate::{argv, bg, seconds, spinner, timestamp};
 
 /// What `runbox exec` takes.
 #[derive(clap::Args)]
@@ -16,9 +17,10 @@ pub struct ExecArgs {
     /// Session to run in ([A-Za-z0-9_-]{1,64}); created on first use.
     #[arg(short, long, default_value = "default")]
     session: String,
-    /// Timeout in seconds (fractions allowed); default RUNBOX_DEFAULT_TIMEOUT_SECS.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
-    timeout: Option<f64>,
+    /// Timeout in seconds (fractions allowed, at least 0.001); default
+    /// RUNBOX_DEFAULT_TIMEOUT_SECS.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true, value_parser = seconds::timeout)]
+    timeout: Option<Duration>,
     /// Extra environment variable for this command only (repeatable).
     #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -28,26 +30,29 @@ pub struct ExecArgs {
     /// Start the command as a background process and print its handle.
     #[arg(long, conflicts_with = "json")]
     background: bool,
-    /// The command, run by bash (several words are joined with spaces).
+    /// The command after `--`: one word is a bash script ('cd /tmp && ls');
+    /// several words are one command with exactly those arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+impl ExecArgs {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.json
+    }
 }
 
 /// Runs `runbox exec`; the exit code is the command's (see the crate docs).
 pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     let session = client.session(&args.session)?;
+    let script = argv::script(&args.command);
     if args.background {
-        return bg::spawn(&session, args.command.join(" "), args.env, args.timeout).await;
+        return bg::spawn(&session, script, args.env, args.timeout).await;
     }
-    let mut exec = session.exec(args.command.join(" "));
-    if let Some(secs) = args.timeout {
-        if !secs.is_finite() || secs <= 0.0 {
-            return Err(Error::InvalidTimeout {
-                requested: Duration::ZERO,
-                max: client.config().limits.max_timeout,
-            });
-        }
-        exec = exec.timeout(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX));
+    let mut exec = session.exec(script);
+    if let Some(timeout) = args.timeout {
+        exec = exec.timeout(timeout);
     }
     for (k, v) in args.env {
         exec = exec.env(k, v);
@@ -59,7 +64,7 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     let result = match outcome {
         Ok(r) => r,
         Err(Error::StateConflict { session, result }) => {
-            eprintln!(
+            note!(
                 "runbox: warning: session {session} changed while this command ran; its cwd and env were not saved"
             );
             *result
@@ -68,30 +73,57 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     };
     let mut out = Stdout::new();
     if args.json {
+        let value = result_json(&result);
         out.write_with(|w| {
-            serde_json::to_writer_pretty(&mut *w, &result)?;
+            serde_json::to_writer_pretty(&mut *w, &value)?;
             writeln!(w)
         })?;
     } else {
         print_stream(client, &result.stdout, &result.stdout_log, Some(&mut out)).await?;
         print_stream(client, &result.stderr, &result.stderr_log, None).await?;
     }
-    let status = result.exec_status();
-    match status {
-        // A note the executor left (nothing saved because the workspace is
-        // over the limit, ...) matters whatever the command's own status.
-        ExecStatus::Succeeded | ExecStatus::Failed if !args.json && !result.message.is_empty() => {
-            eprintln!("runbox: {}", result.message)
-        }
-        ExecStatus::Succeeded | ExecStatus::Failed => {}
-        ExecStatus::TimedOut => eprintln!(
-            "runbox: timed out after {:.1}s; the command's processes were killed",
-            started.elapsed().as_secs_f64()
-        ),
-        _ if !args.json => eprintln!("runbox: execution {}: {}", status, describe(&result)),
-        _ => {}
-    }
+    report_end(&result, started.elapsed());
     Ok(exit_code(&result))
+}
+
+/// Says on stderr what the exit status alone does not: that the command
+/// timed out, or was not run to its end, and any note the executor left
+/// (nothing saved because the workspace is over the limit, ...), whatever
+/// the status and with `--json` too, where stdout carries only JSON.
+fn report_end(result: &ExecResult, elapsed: Duration) {
+    let status = result.exec_status();
+    let message = (!result.message.is_empty()).then_some(result.message.as_str());
+    match (status, message) {
+        (ExecStatus::Succeeded | ExecStatus::Failed, None) => {}
+        (ExecStatus::Succeeded | ExecStatus::Failed, Some(message)) => note!("runbox: {message}"),
+        (ExecStatus::TimedOut, message) => {
+            note!(
+                "runbox: timed out after {:.1}s; the command's processes were killed",
+                elapsed.as_secs_f64()
+            );
+            if let Some(message) = message {
+                note!("runbox: {message}");
+            }
+        }
+        (_, message) => note!(
+            "runbox: execution {status}: {}",
+            message.unwrap_or("no details")
+        ),
+    }
+}
+
+/// The result as `--json` prints it: the `ExecResult`, its times in the
+/// CLI's one format.
+fn result_json(result: &ExecResult) -> serde_json::Value {
+    let mut value = serde_json::to_value(result).unwrap_or_default();
+    timestamp::normalise(
+        &mut value,
+        &[
+            ("startedAt", result.started_at),
+            ("completedAt", result.completed_at),
+        ],
+    );
+    value
 }
 
 /// The exit status of `runbox exec` (and `runbox bg wait`) for a result.
@@ -100,8 +132,8 @@ pub fn exit_code(result: &ExecResult) -> ExitCode {
         ExecStatus::Succeeded | ExecStatus::Failed => {
             ExitCode::from(u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1))
         }
-        ExecStatus::TimedOut => ExitCode::from(124),
-        ExecStatus::Cancelled => ExitCode::from(130),
+        ExecStatus::TimedOut => ExitCode::from(EXIT_TIMED_OUT),
+        ExecStatus::Cancelled => ExitCode::from(EXIT_CANCELLED),
         _ => ExitCode::from(EXIT_RUNBOX),
     }
 }
@@ -110,14 +142,6 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("expected NAME=VALUE, got {s:?}")),
-    }
-}
-
-fn describe(result: &ExecResult) -> &str {
-    if result.message.is_empty() {
-        "no details"
-    } else {
-        &result.message
     }
 }
 

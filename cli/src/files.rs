@@ -2,7 +2,8 @@
 //!
 //! Paths are relative to the session's workspace (or absolute under it, as
 //! `pwd` shows it in the session). Output goes to stdout; errors are printed
-//! by `main` as `runbox: <error>` with exit status 125. `exists` answers
+//! by `main` as `runbox: <error>` with the exit status of their kind (2 bad
+//! input, 66 not found, 125 runbox failed; see `failure`). `exists` answers
 //! with its exit status (0 yes, 1 no), `grep` exits 1 when no line matched,
 //! as grep does.
 
@@ -17,7 +18,7 @@ use runbox_dispatcher::files::{
 use runbox_dispatcher::{Client, Error};
 use tokio::io::AsyncReadExt;
 
-use crate::stdout::{Stdout, io_error};
+use crate::stdout::{Stdout, io_error, note};
 
 /// Workspace file operations.
 #[derive(Subcommand)]
@@ -195,7 +196,7 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
                 .lines(lines.and_then(|l| l.start), lines.and_then(|l| l.end));
             let text = session.read_file(&path, opts).await?;
             if text.lossy {
-                eprintln!(
+                note!(
                     "runbox: warning: {path} is not valid UTF-8; invalid bytes were replaced (`runbox files get` gives the exact bytes)"
                 );
             }

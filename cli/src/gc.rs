@@ -7,6 +7,7 @@ use clap::Args;
 use runbox_dispatcher::{Client, Error, GcReport};
 
 use crate::stdout::Stdout;
+use crate::timestamp;
 
 /// Options of `runbox gc`.
 #[derive(Args)]
@@ -22,6 +23,13 @@ pub struct GcArgs {
     json: bool,
 }
 
+impl GcArgs {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Runs `runbox gc`.
 pub async fn run(client: &Client, args: GcArgs) -> Result<ExitCode, Error> {
     let mut out = Stdout::new();
@@ -35,7 +43,7 @@ pub async fn run(client: &Client, args: GcArgs) -> Result<ExitCode, Error> {
                     serde_json::json!({
                         "executionId": c.execution_id.as_str(),
                         "objects": c.objects,
-                        "finishedAt": humantime::format_rfc3339_seconds(c.finished_at).to_string(),
+                        "finishedAt": timestamp::format(c.finished_at),
                     })
                 })
                 .collect();
@@ -48,7 +56,7 @@ pub async fn run(client: &Client, args: GcArgs) -> Result<ExitCode, Error> {
                     "would delete {} ({} objects, finished {})",
                     c.execution_id,
                     c.objects,
-                    humantime::format_rfc3339_seconds(c.finished_at)
+                    timestamp::format(c.finished_at)
                 ))?;
             }
             out.line(format_args!("{}", summary(&plan.report, true)))?;

@@ -1,9 +1,13 @@
 //! `runbox`: run shell commands in stateful sandboxes.
 //!
-//! Exit status of `runbox exec`: the command's own exit code; 124 when it
-//! timed out; 125 when runbox itself failed or the execution was LOST or
-//! REJECTED; 130 when it was cancelled; 64 on bad configuration; 2 on bad
-//! usage.
+//! Exit status, the same for every subcommand (the README has the same
+//! table; [`failure`] holds the codes): the command's own exit code for
+//! `exec` and `bg wait`; 124 when it timed out (or `bg wait --timeout`
+//! elapsed); 130 when it was cancelled; 2 on bad usage or bad input; 66
+//! when a session, file or background handle does not exist; 64 on bad
+//! configuration; 125 when runbox itself failed or the execution was LOST
+//! or REJECTED. With `--json`, an error is printed as JSON on standard
+//! output (see [`failure`]).
 //!
 //! One module per group of subcommands ([`exec`], [`sessions`], [`files`],
 //! [`bg`], [`gc`]), each a thin adapter over the `runbox-dispatcher` library that
@@ -13,31 +17,46 @@
 //! through [`stdout::Stdout`], so a reader that closes early
 //! (`runbox sessions list | head -1`) ends the printing, not the process.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 use runbox_core::Config;
 use runbox_dispatcher::{Client, Error, error_chain};
 
+use crate::failure::{EXIT_USAGE, Failure, Kind};
+use crate::stdout::note;
+
+mod argv;
 mod bg;
 mod exec;
+mod failure;
 mod files;
 mod gc;
+mod seconds;
 mod sessions;
 mod spinner;
 mod stdout;
+mod timestamp;
 
-/// runbox itself failed, or the execution was LOST or REJECTED.
-const EXIT_RUNBOX: u8 = 125;
-/// The configuration from the environment is unusable.
-const EXIT_CONFIG: u8 = 64;
+/// Shown under the help of bare `runbox`: the tool at a glance.
+const EXAMPLES: &str = "\
+Examples:
+  runbox exec -- 'cd /tmp && export A=1'   one word: a bash script; cd and export persist
+  runbox exec -- printf '%s\\n' \"a b\" c     several words: one command with these arguments
+  runbox exec -s web --background -- 'python -m http.server'
+  runbox files read notes.txt               the session defaults to `default`
+
+Exit status: the command's own; 124 timed out; 130 cancelled; 2 bad usage or
+input; 66 not found; 64 bad configuration; 125 runbox failed.";
 
 /// Run shell commands in stateful, isolated sessions.
 ///
 /// With no cloud configuration everything runs on this machine: objects in
 /// RUNBOX_HOME (default ~/.local/share/runbox), commands as child processes.
 #[derive(Parser)]
-#[command(name = "runbox", version, long_about)]
+#[command(name = "runbox", version, long_about, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,19 +86,39 @@ enum Command {
     Gc(gc::GcArgs),
 }
 
+impl Command {
+    /// Whether the subcommand was asked for JSON, errors included.
+    fn json(&self) -> bool {
+        match self {
+            Command::Exec(args) => args.json(),
+            Command::Sessions { command } => command.json(),
+            Command::Bg { command } => command.json(),
+            Command::Gc(args) => args.json(),
+            Command::Files { .. } => false,
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e, &argv),
+    };
+    let json = cli.command.json();
     if let Err(e) = runbox_core::logging::init("warn") {
-        eprintln!("runbox: {}", error_chain(&e));
+        note!("runbox: {}", error_chain(&e));
     }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             // Every problem, one per line, so all can be fixed in one go.
-            for problem in e.problems() {
-                eprintln!("runbox: bad configuration: {problem}");
-            }
-            return ExitCode::from(EXIT_CONFIG);
+            let problems: Vec<String> = e
+                .problems()
+                .iter()
+                .map(|p| format!("bad configuration: {p}"))
+                .collect();
+            return Failure::new(Kind::Config, problems.join("\n")).report(json);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -89,19 +128,87 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("runbox: start runtime: {e}");
-            return ExitCode::from(EXIT_RUNBOX);
+            return Failure::new(Kind::Runbox, format!("start runtime: {e}")).report(json);
         }
     };
     runtime.block_on(async move {
         match run(cli, config).await {
             Ok(code) => code,
-            Err(e) => {
-                eprintln!("runbox: {}", error_chain(&e));
-                ExitCode::from(EXIT_RUNBOX)
-            }
+            Err(e) => Failure::from_error(&e).report(json),
         }
     })
+}
+
+/// A command line clap refused. Help and version are printed as clap
+/// prints them; an error is exit 2, as JSON when the subcommand's `--json`
+/// is there, with a hint when `exec` lacks the `--` before its command.
+fn usage_error(error: &clap::Error, argv: &[OsString]) -> ExitCode {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let hint = exec_hint(error, argv);
+    // Only the words before `--` are runbox's: `--json` after it belongs to
+    // the command.
+    let json = argv
+        .iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json");
+    if json {
+        let text = error.render().to_string();
+        let text = text.trim_start_matches("error: ").trim_end();
+        let message = match hint {
+            Some(hint) => format!("{text}\n{hint}"),
+            None => text.to_owned(),
+        };
+        return Failure::new(Kind::Usage, message).report(true);
+    }
+    // Printed as clap prints it (colours on a terminal); a closed stderr is
+    // nothing to fail over.
+    let _ = error.print();
+    if let Some(hint) = hint {
+        note!("{hint}");
+    }
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// For `runbox exec` without `--` before its command: the command line
+/// that was probably meant.
+fn exec_hint(error: &clap::Error, argv: &[OsString]) -> Option<String> {
+    let words: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if words.get(1).map(String::as_str) != Some("exec") || words.iter().any(|w| w == "--") {
+        return None;
+    }
+    let example = "hint: the command goes after `--`, as in: runbox exec -- 'ls -l'";
+    match error.kind() {
+        ErrorKind::MissingRequiredArgument => Some(example.to_owned()),
+        ErrorKind::UnknownArgument => {
+            let Some(ContextValue::String(unknown)) = error.get(ContextKind::InvalidArg) else {
+                return Some(example.to_owned());
+            };
+            // An unknown flag is more likely a typo of one of runbox's.
+            if unknown.starts_with('-') {
+                return None;
+            }
+            let at = words.iter().skip(2).position(|w| w == unknown)? + 2;
+            let mut meant: Vec<String> = words[1..at].iter().map(|w| argv::quote(w)).collect();
+            meant.push("--".to_owned());
+            meant.extend(words[at..].iter().map(|w| argv::quote(w)));
+            Some(format!(
+                "hint: the command goes after `--`: runbox {}",
+                meant.join(" ")
+            ))
+        }
+        _ => None,
+    }
 }
 
 /// Connects, runs one subcommand and shuts the client down whatever the

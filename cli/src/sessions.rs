@@ -1,11 +1,18 @@
 //! `runbox sessions ...`: list, show, close and remove sessions.
+//!
+//! With `--json`, `list` prints an array of session objects and `show` one
+//! such object, the same fields either way: `sessionId`, `cwd`, `env`,
+//! `unsetEnv`, `execCount`, `lastExecutionId`, `createdAt`, `updatedAt`
+//! (those of its `SessionState`; `null`, empty or 0 before its first
+//! command has completed) and `backgroundRunning`.
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use runbox_dispatcher::{Client, Error};
+use runbox_dispatcher::{Client, Error, SessionInfo};
 
-use crate::stdout::Stdout;
+use crate::stdout::{Stdout, note};
+use crate::timestamp;
 
 /// Session operations.
 #[derive(Subcommand)]
@@ -20,7 +27,7 @@ pub enum SessionsCommand {
     Show {
         /// The session id.
         id: String,
-        /// Print the SessionState as JSON.
+        /// Print JSON (the fields of `sessions list --json`).
         #[arg(long)]
         json: bool,
     },
@@ -36,6 +43,16 @@ pub enum SessionsCommand {
     },
 }
 
+impl SessionsCommand {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        matches!(
+            self,
+            SessionsCommand::List { json: true } | SessionsCommand::Show { json: true, .. }
+        )
+    }
+}
+
 /// Runs one `sessions` subcommand.
 pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, Error> {
     let mut out = Stdout::new();
@@ -43,19 +60,10 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
         SessionsCommand::List { json } => {
             let sessions = client.list_sessions().await?;
             if json {
-                let list: Vec<_> = sessions
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "sessionId": s.id.as_str(),
-                            "state": s.state,
-                            "backgroundRunning": s.background_running,
-                        })
-                    })
-                    .collect();
+                let list: Vec<_> = sessions.iter().map(session_json).collect();
                 out.line(format_args!("{}", serde_json::Value::Array(list)))?;
             } else if sessions.is_empty() {
-                eprintln!("no sessions in {}", client.store().describe());
+                note!("no sessions in {}", client.store().describe());
             } else {
                 out.line(format_args!(
                     "{:<24} {:>8} {:>6} {:>4}  {:<24} CWD",
@@ -81,13 +89,7 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
         SessionsCommand::Show { id, json } => {
             let info = client.session_info(&id).await?;
             match (&info.state, json) {
-                (Some(state), true) => {
-                    out.line(format_args!(
-                        "{}",
-                        serde_json::to_string_pretty(state).unwrap_or_default()
-                    ))?;
-                }
-                (None, true) => out.line(format_args!("null"))?,
+                (_, true) => out.line(format_args!("{}", session_json(&info)))?,
                 (None, false) => {
                     out.line(format_args!("session {id}: no command has completed yet"))?;
                 }
@@ -114,21 +116,36 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
         }
         SessionsCommand::Close { id } => {
             let killed = client.close_session(&id).await?;
-            eprintln!(
+            note!(
                 "closed session {id} ({} background process(es) killed)",
                 killed.len()
             );
         }
         SessionsCommand::Rm { id } => {
             let n = client.delete_session(&id).await?;
-            eprintln!("removed session {id} ({n} objects)");
+            note!("removed session {id} ({n} objects)");
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// One session as `list --json` and `show --json` print it.
+fn session_json(info: &SessionInfo) -> serde_json::Value {
+    let state = info.state.as_ref();
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    serde_json::json!({
+        "sessionId": info.id.as_str(),
+        "cwd": state.and_then(|s| text(&s.cwd)),
+        "env": state.map(|s| s.env.clone()).unwrap_or_default(),
+        "unsetEnv": state.map(|s| s.unset_env.clone()).unwrap_or_default(),
+        "execCount": state.map_or(0, |s| s.exec_count),
+        "lastExecutionId": state.and_then(|s| text(&s.last_execution_id)),
+        "createdAt": state.and_then(|s| timestamp::format_proto(s.created_at)),
+        "updatedAt": state.and_then(|s| timestamp::format_proto(s.updated_at)),
+        "backgroundRunning": info.background_running,
+    })
+}
+
 fn format_time(ts: Option<runbox_proto::Timestamp>) -> String {
-    ts.and_then(|t| std::time::SystemTime::try_from(t).ok())
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-        .unwrap_or_else(|| "-".to_owned())
+    timestamp::format_proto(ts).unwrap_or_else(|| "-".to_owned())
 }

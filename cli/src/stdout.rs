@@ -3,7 +3,8 @@
 //! write that meets the closed pipe ends the printing, and the command
 //! finishes with the exit status it would have had, where `println!` would
 //! panic (Rust ignores SIGPIPE, so the write fails with EPIPE instead of
-//! killing the process).
+//! killing the process). Standard error is written through [`note!`] for the
+//! same reason: `runbox ... 2>&1 | head -1` closes it too.
 
 use std::fmt;
 use std::io::{self, ErrorKind, Write};
@@ -62,6 +63,13 @@ impl Stdout {
     }
 }
 
+/// Writes one line on standard error, ignoring a closed or failing stderr
+/// (where `eprintln!` would panic): a message nobody can read is not worth
+/// failing the command over.
+pub fn write_note(args: fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "{args}");
+}
+
 /// An I/O failure of the CLI's own, reported like the file API's.
 pub fn io_error(op: impl Into<String>, source: io::Error) -> Error {
     Error::File(FileError::Io {
@@ -69,3 +77,11 @@ pub fn io_error(op: impl Into<String>, source: io::Error) -> Error {
         source,
     })
 }
+
+/// `eprintln!` that survives a closed standard error; see [`write_note`].
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::stdout::write_note(format_args!($($arg)*))
+    };
+}
+pub(crate) use note;
