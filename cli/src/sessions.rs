@@ -115,6 +115,9 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
             }
         }
         SessionsCommand::Close { id } => {
+            // Closing is idempotent in the library; a name with nothing
+            // behind it is more likely a typo, as for `show` and `rm`.
+            client.session_info(&id).await?;
             let killed = client.close_session(&id).await?;
             note!(
                 "closed session {id} ({} background process(es) killed)",
