@@ -102,7 +102,9 @@ async fn kill_from_another_invocation_cancels_the_process_group() {
     let out = cli
         .run(&["bg", "wait", "-s", "k", &h, "--timeout", "0.5"])
         .await;
-    assert_eq!(out.status.code(), Some(125));
+    // The wait timed out, as `timeout(1)` reports it; the message says the
+    // process itself still runs.
+    assert_eq!(out.status.code(), Some(124));
     assert!(
         text(&out.stderr).contains("still running"),
         "{}",
@@ -165,7 +167,7 @@ async fn unknown_handles_and_bad_usage_are_clear_errors() {
     let cli = Cli::new();
     for sub in ["kill", "wait", "logs"] {
         let out = cli.run(&["bg", sub, "-s", "s", "nope-123"]).await;
-        assert_eq!(out.status.code(), Some(125), "bg {sub}");
+        assert_eq!(out.status.code(), Some(66), "bg {sub}");
         assert!(
             text(&out.stderr).contains("session s has no background process \"nope-123\""),
             "bg {sub}: {}",
@@ -190,14 +192,26 @@ async fn unknown_handles_and_bad_usage_are_clear_errors() {
             "true",
         ])
         .await;
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("timeout"),
+        text(&out.stderr).contains("invalid value '0' for '--timeout"),
         "{}",
         text(&out.stderr)
     );
     assert!(out.stdout.is_empty());
     assert!(!cli.home.path().join("requests").exists());
+    // A wait's timeout may be 0 (look once) but not negative or infinite.
+    for t in ["-1", "nan", "inf"] {
+        let out = cli
+            .run(&["bg", "wait", "-s", "s", "nope-123", "--timeout", t])
+            .await;
+        assert_eq!(out.status.code(), Some(2), "{t}");
+        assert!(
+            text(&out.stderr).contains(&format!("'{t}'")),
+            "{}",
+            text(&out.stderr)
+        );
+    }
     let out = cli.run(&["bg", "list", "-s", "s"]).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty());

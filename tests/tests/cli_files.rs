@@ -1,6 +1,6 @@
 //! `runbox files ...` through the binary, on the embedded backend: each
-//! subcommand's shape, its output and exit status, and errors as exit 125
-//! with a message on stderr.
+//! subcommand's shape, its output and exit status, and errors with the exit
+//! status of their kind (2 bad input, 66 not found) and a message on stderr.
 
 use runbox_tests::cli::{Cli, text};
 
@@ -164,12 +164,13 @@ async fn every_subcommand_has_its_shape() {
 
     // rm, -r.
     cli.ok(&["files", "rm", "-s", "f", "top.py"]).await;
+    // The message names the flag, not the library's option.
     let out = cli.run(&["files", "rm", "-s", "f", "notes"]).await;
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
     assert!(
-        text(&out.stderr).contains("recursive"),
-        "{}",
-        text(&out.stderr)
+        err.contains("delete it with `runbox files rm -r`") && !err.contains("`recursive`"),
+        "{err}"
     );
     cli.ok(&["files", "rm", "-s", "f", "notes", "-r"]).await;
     let ls = cli.ok(&["files", "ls", "-s", "f"]).await;
@@ -180,39 +181,65 @@ async fn every_subcommand_has_its_shape() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn errors_exit_125_with_a_message() {
+async fn errors_exit_with_their_kind_and_a_message() {
     let cli = Cli::new();
     let out = cli
         .run_with(&["files", "write", "-s", "e", "a.txt"], b"x\n")
         .await;
     assert!(out.status.success());
-    for (args, says) in [
+    let missing_local = cli.home.path().join("no-such-local-file");
+    let missing_local = missing_local.to_str().unwrap();
+    for (args, says, code) in [
         (
             vec!["files", "read", "-s", "e", "../../etc/passwd"],
             "leaves the workspace",
+            2,
         ),
         (
             vec!["files", "read", "-s", "e", "/etc/passwd"],
             "outside the workspace",
+            2,
         ),
         (
             vec!["files", "read", "-s", "e", "missing.txt"],
             "no such file",
+            66,
+        ),
+        (
+            vec!["files", "rm", "-s", "e", "missing.txt"],
+            "no such file",
+            66,
+        ),
+        (
+            vec!["files", "read", "-s", "nobody", "a.txt"],
+            "no such file",
+            66,
+        ),
+        (
+            vec!["files", "put", "-s", "e", missing_local, "x.txt"],
+            "no-such-local-file",
+            66,
         ),
         (
             vec!["files", "grep", "-s", "e", "(", "a.txt"],
             "invalid regular expression",
+            2,
         ),
-        (vec!["files", "find", "-s", "e", "../*"], "invalid glob"),
-        (vec!["files", "ls", "-s", "e", "a.txt"], "not a directory"),
+        (vec!["files", "find", "-s", "e", "../*"], "invalid glob", 2),
+        (
+            vec!["files", "ls", "-s", "e", "a.txt"],
+            "not a directory",
+            2,
+        ),
         (
             vec!["files", "read", "-s", "bad id!", "a.txt"],
             "invalid session id",
+            2,
         ),
     ] {
         let out = cli.run(&args).await;
         let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.starts_with("runbox: "), "{stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert_eq!(text(&out.stdout), "");
@@ -221,7 +248,7 @@ async fn errors_exit_125_with_a_message() {
     let out = cli
         .run_with(&["files", "write", "-s", "e", "../escape.txt"], b"x")
         .await;
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(2));
     assert!(!cli.home.path().join("sessions/escape.txt").exists());
     // A download of a missing file creates no local file.
     let local = cli.home.path().join("never.bin");
@@ -235,7 +262,7 @@ async fn errors_exit_125_with_a_message() {
             local.to_str().unwrap(),
         ])
         .await;
-    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(out.status.code(), Some(66));
     assert!(!local.exists());
     // Bad usage is clap's exit 2. (A missing `-s` is not: the session
     // defaults to `default`, as for `exec`.)
