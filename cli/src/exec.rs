@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus};
 
 use crate::stdout::Stdout;
-use crate::{EXIT_RUNBOX, bg, spinner};
+use crate::{EXIT_RUNBOX, bg, interrupt, spinner};
 
 /// What `runbox exec` takes.
 #[derive(clap::Args)]
@@ -54,10 +54,17 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     }
     let spinner = spinner::Spinner::start(format!("running in session {}", session.id()));
     let started = Instant::now();
-    let outcome = exec.await;
+    let outcome = interrupt::run(exec).await;
     spinner.stop().await;
+    let Some(outcome) = outcome else {
+        return Ok(ExitCode::from(interrupt::EXIT_CANCELLED));
+    };
     let result = match outcome {
         Ok(r) => r,
+        Err(Error::Cancelled) => {
+            eprintln!("runbox: cancelled before it started; nothing ran");
+            return Ok(ExitCode::from(interrupt::EXIT_CANCELLED));
+        }
         Err(Error::StateConflict { session, result }) => {
             eprintln!(
                 "runbox: warning: session {session} changed while this command ran; its cwd and env were not saved"
@@ -101,7 +108,7 @@ pub fn exit_code(result: &ExecResult) -> ExitCode {
             ExitCode::from(u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1))
         }
         ExecStatus::TimedOut => ExitCode::from(124),
-        ExecStatus::Cancelled => ExitCode::from(130),
+        ExecStatus::Cancelled => ExitCode::from(interrupt::EXIT_CANCELLED),
         _ => ExitCode::from(EXIT_RUNBOX),
     }
 }

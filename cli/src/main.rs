@@ -23,6 +23,7 @@ mod bg;
 mod exec;
 mod files;
 mod gc;
+mod interrupt;
 mod sessions;
 mod spinner;
 mod stdout;
