@@ -64,7 +64,11 @@ async fn cancel_stops_the_command_and_the_next_waits(client: &Client, pipes: &Pa
         .expect("task")
         .expect("a CANCELLED result, not an error");
     let took = asked.elapsed();
-    assert_eq!(cancelled.exec_status(), ExecStatus::Cancelled, "{cancelled:?}");
+    assert_eq!(
+        cancelled.exec_status(),
+        ExecStatus::Cancelled,
+        "{cancelled:?}"
+    );
     assert_eq!(cancelled.exit_code, CANCELLED_EXIT_CODE, "{cancelled:?}");
     assert!(!cancelled.stdout.contains("finished"), "{cancelled:?}");
     assert!(
@@ -282,14 +286,14 @@ async fn dropping_a_running_exec_does_not_cancel_it() {
     let session = client.session("dropped").expect("session");
     let mut started = Announcements::new(dir.path(), "started");
     let mut gate = Gate::new(dir.path(), "gate");
-    let running = session
+    // Boxed already (Unpin): dropping it below drops the future itself.
+    let mut running = session
         .exec(format!(
             "echo started > {}; read -r _ < {}; echo done > dropped.txt",
             started.shell_path(),
             gate.shell_path()
         ))
         .into_future();
-    tokio::pin!(running);
     tokio::select! {
         outcome = &mut running => panic!("ended before it was let go: {outcome:?}"),
         _ = within(30, started.next()) => {}
@@ -332,7 +336,14 @@ async fn cli_signal_cancels(signal: rustix::process::Signal) {
         .expect("the command's pid");
     let mut second = waiting_for_the_lock(
         &cli,
-        &["exec", "--json", "-s", "c", "--", &format!("echo second >> {file}")],
+        &[
+            "exec",
+            "--json",
+            "-s",
+            "c",
+            "--",
+            &format!("echo second >> {file}"),
+        ],
     )
     .await;
 
@@ -343,21 +354,15 @@ async fn cli_signal_cancels(signal: rustix::process::Signal) {
         .await
         .expect("wait for runbox");
     let took = asked.elapsed();
-    assert_eq!(
-        first.status.code(),
-        Some(130),
-        "{}",
-        text(&first.stderr)
-    );
+    assert_eq!(first.status.code(), Some(130), "{}", text(&first.stderr));
     assert!(took < Duration::from_secs(20), "runbox took {took:?}");
-    let cancelled: ExecResult = serde_json::from_slice(&first.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            text(&first.stdout),
-            text(&first.stderr)
-        )
-    });
-    assert_eq!(cancelled.exec_status(), ExecStatus::Cancelled, "{cancelled:?}");
+    let cancelled: ExecResult = serde_json::from_slice(&first.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&first.stdout), text(&first.stderr)));
+    assert_eq!(
+        cancelled.exec_status(),
+        ExecStatus::Cancelled,
+        "{cancelled:?}"
+    );
     assert!(process_gone(bash), "the command's shell {bash} still runs");
 
     let stdout = second.stdout.take().expect("stdout");
