@@ -9,7 +9,7 @@ use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus};
 
 use crate::failure::{EXIT_CANCELLED, EXIT_RUNBOX, EXIT_TIMED_OUT};
 use crate::stdout::{Stdout, note};
-use crate::{argv, bg, seconds, spinner, timestamp};
+use crate::{argv, bg, interrupt, seconds, spinner, timestamp};
 
 /// What `runbox exec` takes.
 #[derive(clap::Args)]
@@ -59,10 +59,17 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     }
     let spinner = spinner::Spinner::start(format!("running in session {}", session.id()));
     let started = Instant::now();
-    let outcome = exec.await;
+    let outcome = interrupt::run(exec).await;
     spinner.stop().await;
+    let Some(outcome) = outcome else {
+        return Ok(ExitCode::from(EXIT_CANCELLED));
+    };
     let result = match outcome {
         Ok(r) => r,
+        Err(Error::Cancelled) => {
+            note!("runbox: cancelled before it started; nothing ran");
+            return Ok(ExitCode::from(EXIT_CANCELLED));
+        }
         Err(Error::StateConflict { session, result }) => {
             note!(
                 "runbox: warning: session {session} changed while this command ran; its cwd and env were not saved"

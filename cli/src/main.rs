@@ -34,6 +34,7 @@ mod exec;
 mod failure;
 mod files;
 mod gc;
+mod interrupt;
 mod seconds;
 mod sessions;
 mod spinner;

@@ -1,5 +1,6 @@
 //! A foreground command: [`Exec`] collects its options, validates them
-//! before any side effect, and queues it on its session in the engine.
+//! before any side effect, and queues it on its session in the engine;
+//! [`CancelHandle`] stops it.
 
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
@@ -9,17 +10,77 @@ use std::time::Duration;
 use runbox_core::contract;
 use runbox_core::{Config, SessionId};
 use runbox_proto::ExecResult;
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Handle, Submission};
 use crate::error::{Error, Result};
 
 /// A command about to run: set options, then `.await`.
+///
+/// # Cancelling, and dropping the future
+///
+/// [`Exec::cancel_handle`] gives a handle that stops the command:
+/// [`CancelHandle::cancel`] kills it (the local launcher signals the
+/// executor, which kills the command's whole process group; the Cloud Run
+/// launcher calls `CancelExecution`), and the future then resolves once the
+/// execution has settled, normally with a stored result whose status is
+/// `CANCELLED`. A command that had already finished keeps its own result; a
+/// command cancelled before it was launched resolves with
+/// [`Error::Cancelled`] without running. Because the future waits for the
+/// settled result, the session's next command starts only after the
+/// cancelled one has ended.
+///
+/// Dropping the future does **not** cancel a command that has started: it
+/// runs to its end (or its timeout) and the session's later commands still
+/// wait for it, because a command with side effects should not be killed
+/// by an implicit drop (a `select!` that lost, a caller's own timeout).
+/// A future dropped before its turn in the session's queue never runs.
+///
+/// ```no_run
+/// # async fn example(session: runbox_dispatcher::Session) -> Result<(), runbox_dispatcher::Error> {
+/// use runbox_dispatcher::ExecStatus;
+///
+/// let exec = session.exec("make test");
+/// let cancel = exec.cancel_handle();
+/// let running = tokio::spawn(exec.into_future());
+/// // ... later, from anywhere (a Ctrl-C handler, a user's "stop" button):
+/// cancel.cancel();
+/// let result = running.await.expect("task")?;
+/// assert_eq!(result.exec_status(), ExecStatus::Cancelled);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "an Exec does nothing until awaited"]
 pub struct Exec {
     handle: Handle,
     session: SessionId,
     command: String,
     options: Options,
+    cancel: CancelHandle,
+}
+
+/// Cancels one command (see [`Exec`] for what that does); cheap to clone,
+/// usable from any task, and idempotent.
+#[derive(Clone, Debug, Default)]
+pub struct CancelHandle {
+    token: CancellationToken,
+}
+
+impl CancelHandle {
+    /// Asks for the command to be stopped and returns at once; await the
+    /// command's own future for its result.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether [`CancelHandle::cancel`] has been called.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
 }
 
 /// What a caller may set on a command, before validation.
@@ -38,7 +99,14 @@ impl Exec {
             session,
             command,
             options: Options::default(),
+            cancel: CancelHandle::default(),
         }
+    }
+
+    /// A handle that cancels this command, taken before the command is
+    /// awaited; see [`Exec`] for the semantics and an example.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
     }
 
     /// The command's wall-clock limit (default `RUNBOX_DEFAULT_TIMEOUT_SECS`);
@@ -100,7 +168,7 @@ impl IntoFuture for Exec {
         let queued = self
             .options
             .validate(&engine.config, self.command)
-            .and_then(|submission| engine.enqueue(&self.session, submission));
+            .and_then(|submission| engine.enqueue(&self.session, submission, self.cancel));
         // The handle rides along: the engine runs until the result is in.
         let handle = self.handle;
         Box::pin(async move {

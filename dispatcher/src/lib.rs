@@ -55,7 +55,7 @@ pub mod session_lock;
 pub use background::{BackgroundEntry, BackgroundHandle, BackgroundState, LogRead, Spawn, Stream};
 pub use client::{Client, Parts};
 pub use error::{BackgroundError, Error, FileError, LaunchError, Result};
-pub use exec::Exec;
+pub use exec::{CancelHandle, Exec};
 pub use files::{
     DeleteOptions, DirEntry, Download, EntryKind, FileInfo, FileText, ReadOptions, ReplaceOptions,
     SearchMatch, UploadOptions, WriteOptions,

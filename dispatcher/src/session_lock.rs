@@ -6,6 +6,12 @@
 //! commands would race and all but one state update per race would be
 //! refused as a conflict. On Cloud Storage the generation precondition still
 //! detects such races; this lock only avoids them where it can.
+//!
+//! The lock belongs to an open file, not to a process: the local launcher
+//! hands a [`SessionGuard::share`] of it to the executor of a foreground
+//! command, so the session stays locked until that executor has exited even
+//! when the dispatcher holding the guard dies first (a `runbox exec` killed
+//! with SIGKILL).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,7 +27,7 @@ pub struct SessionLocks {
 /// Held while a command of the session runs; released on drop.
 #[derive(Debug)]
 pub struct SessionGuard {
-    _file: File,
+    file: File,
 }
 
 impl SessionLocks {
@@ -33,13 +39,22 @@ impl SessionLocks {
     /// Waits for the session's lock.
     pub async fn lock(&self, session: &SessionId) -> std::io::Result<SessionGuard> {
         let path = self.dir.join(format!("{session}.lock"));
-        tokio::task::spawn_blocking(move || lock_file(&path))
+        let session = session.clone();
+        tokio::task::spawn_blocking(move || lock_file(&path, &session))
             .await
             .map_err(std::io::Error::other)?
     }
 }
 
-fn lock_file(path: &Path) -> std::io::Result<SessionGuard> {
+impl SessionGuard {
+    /// Another descriptor of the locked file: the lock is held until the
+    /// guard and every share are closed, in whichever process holds them.
+    pub fn share(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+}
+
+fn lock_file(path: &Path, session: &SessionId) -> std::io::Result<SessionGuard> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -48,10 +63,17 @@ fn lock_file(path: &Path) -> std::io::Result<SessionGuard> {
         .truncate(false)
         .write(true)
         .open(path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => return Ok(SessionGuard { file }),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            tracing::debug!(%session, "waiting for the session lock");
+        }
+        Err(e) => return Err(e.into()),
+    }
     loop {
         // Blocks until granted; the lock goes with the file's descriptor.
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(SessionGuard { _file: file }),
+            Ok(()) => return Ok(SessionGuard { file }),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }

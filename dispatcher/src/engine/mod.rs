@@ -12,6 +12,8 @@
 //!   metadata when it carries the result, else by reading the object.
 //! - [`settle`]: reading a result, and writing the final one (LOST, or
 //!   CANCELLED after a kill) for an executor that wrote none.
+//! - [`cancel`]: stopping a foreground execution its caller cancelled, and
+//!   waiting for it to settle.
 //! - [`marker`]: the background marker, which settling consults.
 //!
 //! The engine knows no launcher or store kind: what differs between them is
@@ -20,7 +22,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use runbox_core::store::Store;
 use runbox_core::{Config, ExecutionId, InstanceId, SessionId};
 use runbox_notifier::{EventSource, Notifier, NotifierStats, Waiters};
@@ -30,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use crate::launcher::Launcher;
 use crate::session_lock::SessionLocks;
 
+pub(crate) mod cancel;
 pub(crate) mod marker;
 pub(crate) mod queue;
 pub(crate) mod resolve;
@@ -66,6 +69,9 @@ pub(crate) struct Engine {
     queues: DashMap<SessionId, queue::Sender>,
     /// One settle at a time per execution (see [`Engine::settle`]).
     settling: DashMap<ExecutionId, Arc<tokio::sync::Mutex<()>>>,
+    /// Foreground executions a caller cancelled, until they are settled:
+    /// one that ends without a result is then CANCELLED, not LOST.
+    cancelled: DashSet<ExecutionId>,
     session_locks: Option<SessionLocks>,
     /// Every task the engine starts (queue workers, background watches).
     tasks: TaskTracker,
@@ -100,6 +106,7 @@ impl Engine {
             results: resolve::ResultCounters::default(),
             queues: DashMap::new(),
             settling: DashMap::new(),
+            cancelled: DashSet::new(),
             session_locks: parts.session_locks,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),

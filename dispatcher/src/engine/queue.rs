@@ -7,9 +7,11 @@ use std::sync::Arc;
 use runbox_core::{SessionId, layout};
 use runbox_proto::ExecResult;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Submission};
 use crate::error::{Error, Result};
+use crate::exec::CancelHandle;
 
 /// The sending end of a session's queue.
 pub(crate) type Sender = mpsc::UnboundedSender<Job>;
@@ -18,6 +20,7 @@ pub(crate) type Sender = mpsc::UnboundedSender<Job>;
 pub(crate) struct Job {
     submission: Submission,
     reply: oneshot::Sender<Result<ExecResult>>,
+    cancel: CancelHandle,
 }
 
 impl Engine {
@@ -27,6 +30,7 @@ impl Engine {
         self: &Arc<Self>,
         session: &SessionId,
         submission: Submission,
+        cancel: CancelHandle,
     ) -> Result<oneshot::Receiver<Result<ExecResult>>> {
         if self.is_stopping() {
             return Err(Error::Closed);
@@ -37,8 +41,12 @@ impl Engine {
             .entry(session.clone())
             .or_insert_with(|| self.spawn_worker(session.clone()))
             .clone();
-        tx.send(Job { submission, reply })
-            .map_err(|_| Error::Closed)?;
+        tx.send(Job {
+            submission,
+            reply,
+            cancel,
+        })
+        .map_err(|_| Error::Closed)?;
         Ok(rx)
     }
 
@@ -62,6 +70,10 @@ impl Engine {
                     // The caller dropped its future before its turn: skip it.
                     continue;
                 }
+                if job.cancel.is_cancelled() {
+                    let _ = job.reply.send(Err(Error::Cancelled));
+                    continue;
+                }
                 let Some(engine) = engine.upgrade() else {
                     let _ = job.reply.send(Err(Error::Closed));
                     continue;
@@ -69,15 +81,22 @@ impl Engine {
                 // A running job is not cut short at shutdown: the notifier
                 // has stopped by then, so it ends at once with a typed
                 // error of its own (or its result, if that is already in).
-                let result = engine.run_queued(&session, &job.submission).await;
+                let result = engine
+                    .run_queued(&session, &job.submission, job.cancel.token())
+                    .await;
                 let _ = job.reply.send(result);
             }
         });
         tx
     }
 
-    async fn run_queued(&self, session: &SessionId, submission: &Submission) -> Result<ExecResult> {
-        let _guard = match &self.session_locks {
+    async fn run_queued(
+        &self,
+        session: &SessionId,
+        submission: &Submission,
+        cancel: &CancellationToken,
+    ) -> Result<ExecResult> {
+        let guard = match &self.session_locks {
             // Another process may hold the lock for a long command: waiting
             // for it must not hold up shutdown. Without it the command goes
             // on, and fails at once on the stopped notifier with the same
@@ -94,9 +113,12 @@ impl Engine {
                     )
                 })?),
                 () = self.stop.cancelled() => None,
+                // Still waiting for its turn: it never runs.
+                () = cancel.cancelled() => return Err(Error::Cancelled),
             },
             None => None,
         };
-        self.run_foreground(session, submission).await
+        self.run_foreground(session, submission, guard.as_ref(), cancel)
+            .await
     }
 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::launcher::ExecutionState;
 
 /// Exit code of a command that was killed with SIGTERM.
-const CANCELLED_EXIT_CODE: i32 = 128 + libc::SIGTERM;
+pub(crate) const CANCELLED_EXIT_CODE: i32 = 128 + libc::SIGTERM;
 
 impl Engine {
     /// The execution's result object, decoded.
@@ -45,9 +45,9 @@ impl Engine {
 
     /// Settles an execution whose executor has ended (`account`: how, as
     /// the launcher or an exit watch saw it): its result if it wrote one;
-    /// else CANCELLED when a kill had been asked for in its background
-    /// marker (the executor died of the signal before it could handle it),
-    /// else LOST.
+    /// else CANCELLED when a kill had been asked for (in its background
+    /// marker, or by this engine's caller: the executor died of the signal
+    /// before it could handle it), else LOST.
     ///
     /// An executor that died without a result did not kill its command
     /// either: the launcher sweeps what is left of it first, so a kill that
@@ -98,7 +98,7 @@ impl Engine {
         }
         // No readable marker (a foreground command has none): nothing says a
         // kill was asked for.
-        let kill_requested = marker.is_ok_and(|m| m.kill_requested);
+        let kill_requested = marker.is_ok_and(|m| m.kill_requested) || self.cancel_requested(id);
         let mut account = account;
         let swept = self.launcher.sweep(id).await;
         if swept > 0 {
@@ -157,8 +157,9 @@ impl Engine {
         self.result_or_lost(id, session, message).await
     }
 
-    /// Reads the result once; if there is none, writes a LOST result and
-    /// returns whichever result stands.
+    /// Reads the result once; if there is none, writes a LOST result (or
+    /// CANCELLED, when its caller cancelled it) and returns whichever
+    /// result stands.
     pub(crate) async fn result_or_lost(
         &self,
         id: &ExecutionId,
@@ -167,6 +168,18 @@ impl Engine {
     ) -> Result<ExecResult> {
         if let Some(result) = self.existing_result(id).await? {
             return Ok(result);
+        }
+        if self.cancel_requested(id) {
+            let message = format!("cancelled; {message}");
+            return self
+                .write_final_result(
+                    id,
+                    session,
+                    ExecStatus::Cancelled,
+                    CANCELLED_EXIT_CODE,
+                    message,
+                )
+                .await;
         }
         self.write_final_result(id, session, ExecStatus::Lost, -1, message)
             .await

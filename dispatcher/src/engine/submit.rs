@@ -11,9 +11,12 @@ use runbox_core::{ExecutionId, SessionId};
 use runbox_notifier::{WaitError, Waiter};
 use runbox_proto::{ExecRequest, ExecResult};
 
-use super::{EndWatch, Engine, Limit};
+use tokio_util::sync::CancellationToken;
+
+use super::Engine;
 use crate::error::{Error, Result};
-use crate::launcher::LaunchSpec;
+use crate::launcher::{LaunchError, LaunchSpec};
+use crate::session_lock::SessionGuard;
 
 /// A validated command, ready to become an execution.
 #[derive(Clone, Debug)]
@@ -71,11 +74,32 @@ impl Engine {
     /// Starts an execution whose request object is written.
     pub(crate) async fn launch(&self, id: &ExecutionId, timeout: Duration) -> Result<()> {
         self.launcher
-            .launch(LaunchSpec {
-                execution_id: id.clone(),
-                timeout,
-                traceparent: None,
+            .launch(launch_spec(id, timeout))
+            .await
+            .map_err(Error::from)
+    }
+
+    /// Starts a foreground execution whose request object is written; with
+    /// the session's lock held, the executor holds it too (see
+    /// [`crate::Launcher::launch_holding`]).
+    async fn launch_foreground(
+        &self,
+        id: &ExecutionId,
+        timeout: Duration,
+        lock: Option<&SessionGuard>,
+    ) -> Result<()> {
+        let Some(lock) = lock else {
+            return self.launch(id, timeout).await;
+        };
+        let hold = lock.share().map_err(|source| {
+            Error::Launch(LaunchError::Spawn {
+                id: id.clone(),
+                retryable: true,
+                source: Box::new(source),
             })
+        })?;
+        self.launcher
+            .launch_holding(launch_spec(id, timeout), hold)
             .await
             .map_err(Error::from)
     }
@@ -104,19 +128,30 @@ impl Engine {
     }
 
     /// Runs one foreground command to its settled result: request, waiter,
-    /// launch, then the one wait with the execution's deadline.
+    /// launch, then the one wait with the execution's deadline, which
+    /// `cancel` turns into stopping it and waiting for it to settle. `lock`
+    /// is the session's lock, when this process holds one.
     pub(crate) async fn run_foreground(
         &self,
         session: &SessionId,
         submission: &Submission,
+        lock: Option<&SessionGuard>,
+        cancel: &CancellationToken,
     ) -> Result<ExecResult> {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
         let t0 = std::time::Instant::now();
         let id = self.instance.next_execution_id();
         let request = submission.request(&id, session, SystemTime::now(), false);
         self.write_request(&request, &id).await?;
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "request written");
+        if cancel.is_cancelled() {
+            // The request exists, so the execution gets its stored result.
+            return self.cancelled_before_launch(&id, session).await;
+        }
         let waiter = self.register(&id)?;
-        if let Err(e) = self.launch(&id, submission.timeout).await {
+        if let Err(e) = self.launch_foreground(&id, submission.timeout, lock).await {
             // At shutdown the launcher closes just after the notifier: the
             // notifier's error is the one that says why.
             if self.waiters.is_closed()
@@ -129,15 +164,10 @@ impl Engine {
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "launched");
         let deadline = submission.timeout + self.config.limits.deadline_grace;
         let outcome = self
-            .wait_end(
-                &id,
-                session,
-                Some(waiter),
-                &mut EndWatch::Launcher(None),
-                Limit::Deadline(deadline),
-            )
+            .wait_foreground(&id, session, waiter, deadline, cancel)
             .await;
         self.launcher.release(&id);
+        self.forget_cancel(&id);
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "settled");
         let result = outcome?.ok_or(Error::Closed)?;
         if result.state_conflict {
@@ -147,5 +177,13 @@ impl Engine {
             });
         }
         Ok(result)
+    }
+}
+
+fn launch_spec(id: &ExecutionId, timeout: Duration) -> LaunchSpec {
+    LaunchSpec {
+        execution_id: id.clone(),
+        timeout,
+        traceparent: None,
     }
 }

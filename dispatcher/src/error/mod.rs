@@ -109,6 +109,10 @@ pub enum Error {
     /// The client was shut down.
     #[error("client is shut down")]
     Closed,
+    /// The command was cancelled (see [`crate::CancelHandle`]) before it
+    /// was launched: nothing ran and nothing was written.
+    #[error("cancelled before it started; nothing ran")]
+    Cancelled,
     /// A workspace file operation failed (bad path, missing file, …).
     #[error(transparent)]
     File(#[from] FileError),

@@ -10,6 +10,7 @@
 //! between them (sweeping what a dead executor left, watching an execution
 //! another process launched, cancelling) is a method of the trait.
 
+use std::fs::File;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -143,6 +144,19 @@ pub trait Launcher: Send + Sync + 'static {
     /// Starts an execution. Returns once the platform has accepted it.
     async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError>;
 
+    /// Starts an execution that keeps `hold` (a share of the session's
+    /// lock, [`crate::SessionGuard::share`]) open until its executor has
+    /// exited, so the session stays locked for as long as the command can
+    /// run, even if the launching process dies. A launcher whose executors
+    /// run on other machines cannot pass a descriptor on: by default `hold`
+    /// is closed once the launch returns, and the caller's own guard is all
+    /// there is.
+    async fn launch_holding(&self, spec: LaunchSpec, hold: File) -> Result<(), LaunchError> {
+        let launched = self.launch(spec).await;
+        drop(hold);
+        launched
+    }
+
     /// Resolves when the execution has ended. Backends that cannot observe
     /// the end (without polling) never resolve; the dispatcher's deadline
     /// then reconciles through [`Launcher::state`].
@@ -151,7 +165,12 @@ pub trait Launcher: Send + Sync + 'static {
     /// The platform's current view of the execution.
     async fn state(&self, id: &ExecutionId) -> Result<ExecutionState, LaunchError>;
 
-    /// Asks the execution to stop; its executor writes a CANCELLED result.
+    /// Asks the execution to stop and returns without waiting for it: the
+    /// local launcher sends the executor SIGTERM, Cloud Run calls
+    /// CancelExecution (which sends SIGTERM to the container); the executor
+    /// then kills the command's process group and writes a CANCELLED result.
+    /// An execution that has ended already, or that the launcher does not
+    /// know, is left alone.
     async fn cancel(&self, id: &ExecutionId) -> Result<(), LaunchError>;
 
     /// Forgets what is kept about a finished execution.

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -178,13 +179,9 @@ fn describe_path_dirs(dirs: &[PathBuf]) -> String {
     format!("the directories on PATH ({})", shown.join(", "))
 }
 
-#[async_trait]
-impl Launcher for LocalLauncher {
-    fn describe(&self) -> String {
-        format!("local:{}", self.executor.display())
-    }
-
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError> {
+impl LocalLauncher {
+    /// Starts the executor; `hold`, when given, becomes its standard input.
+    async fn spawn(&self, spec: LaunchSpec, hold: Option<File>) -> Result<(), LaunchError> {
         let permit = self
             .slots
             .clone()
@@ -196,7 +193,15 @@ impl Launcher for LocalLauncher {
         cmd.env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(EXECUTION_ID_ENV, id.as_str())
-            .stdin(Stdio::null())
+            // The executor never reads its standard input; as that
+            // descriptor it keeps the session's lock, which a dying
+            // dispatcher's does not release while the executor runs. So a
+            // `runbox exec` killed with SIGKILL leaves its command to run to
+            // its end (nothing can ask it to stop), and the session's next
+            // command waits until the orphan has saved its state and exited
+            // instead of overlapping it. The command itself gets its own
+            // stdin, so background processes it starts never hold the lock.
+            .stdin(hold.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             // Its own group: a Ctrl-C meant for the CLI must not kill the
@@ -259,6 +264,21 @@ impl Launcher for LocalLauncher {
         });
         Ok(())
     }
+}
+
+#[async_trait]
+impl Launcher for LocalLauncher {
+    fn describe(&self) -> String {
+        format!("local:{}", self.executor.display())
+    }
+
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError> {
+        self.spawn(spec, None).await
+    }
+
+    async fn launch_holding(&self, spec: LaunchSpec, hold: File) -> Result<(), LaunchError> {
+        self.spawn(spec, Some(hold)).await
+    }
 
     async fn ended(&self, id: &ExecutionId) -> Ended {
         let rx = self.running.get(id).map(|r| r.ended.clone());
@@ -288,7 +308,13 @@ impl Launcher for LocalLauncher {
     }
 
     async fn cancel(&self, id: &ExecutionId) -> Result<(), LaunchError> {
-        let pid = self.running.get(id).and_then(|r| r.pid);
+        // Only while it has not been reaped: afterwards its pid may belong
+        // to another process.
+        let pid = self
+            .running
+            .get(id)
+            .filter(|r| r.ended.borrow().is_none())
+            .and_then(|r| r.pid);
         if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
             // ESRCH (already exited) is harmless.
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
