@@ -68,6 +68,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Commands run as this user on the embedded backend: without this,
+    // they could read this process's environment (the caller's secrets,
+    // runbox's configuration) and memory through /proc.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("runbox: make the process non-dumpable: {e}");
+        return ExitCode::from(EXIT_RUNBOX);
+    }
     let cli = Cli::parse();
     if let Err(e) = runbox_core::logging::init("warn") {
         eprintln!("runbox: {}", error_chain(&e));
