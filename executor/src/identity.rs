@@ -22,8 +22,8 @@ pub struct Identity {
     pub gid: u32,
 }
 
-/// The user commands run as when the executor is root on the gcp backend
-/// and `RUNBOX_RUN_AS_USER` is unset.
+/// The user commands run as when the executor is a root Cloud Run task and
+/// `RUNBOX_RUN_AS_USER` is unset.
 pub const DEFAULT_RUN_AS_USER: &str = "nobody";
 
 /// The ids of `nobody` on Linux, used when `/etc/passwd` does not list it
@@ -57,8 +57,8 @@ pub enum IdentityError {
 ///
 /// `euid` is the executor's effective uid, `configured` the value of
 /// `RUNBOX_RUN_AS_USER`, `default_applies` whether an unset value means
-/// [`DEFAULT_RUN_AS_USER`] (the gcp backend, where the workspace is the
-/// executor's own copy) and `passwd` the text of `/etc/passwd`. A value
+/// [`DEFAULT_RUN_AS_USER`] (a Cloud Run task, whose workspace is its own
+/// copy) and `passwd` the text of `/etc/passwd`. A value
 /// naming the executor's own user (`root` for a root executor) turns the
 /// switch off.
 pub fn decide(
@@ -228,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn root_on_gcp_defaults_to_nobody() {
+    fn root_on_cloud_run_defaults_to_nobody() {
         assert_eq!(
             decide(0, None, true, PASSWD).unwrap(),
             who("nobody", 65534, 65534)
@@ -241,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn root_on_the_embedded_backend_switches_only_when_asked() {
+    fn root_under_the_local_launcher_switches_only_when_asked() {
         assert_eq!(decide(0, None, false, PASSWD).unwrap(), None);
         assert_eq!(
             decide(0, Some("agent"), false, PASSWD).unwrap(),

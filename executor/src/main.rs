@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     } else {
         &Env
     };
-    let id_text = match (args.execution_id, lookup.get(EXECUTION_ID_ENV)) {
+    let id_text = match (args.execution_id.clone(), lookup.get(EXECUTION_ID_ENV)) {
         (Some(arg), Some(var)) if arg != var => {
             return config_error(&format!(
                 "{EXECUTION_ID_ARG} {arg} and {EXECUTION_ID_ENV}={var} disagree"
@@ -88,10 +88,13 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_BASE)),
     };
-    // The gcp executor works on its own copy of the workspace, so it can
-    // hand it to another user by default; the embedded store's directory is
-    // the user's own, and switching there is asked for explicitly.
-    let default_switch = matches!(config.backend, BackendConfig::Gcp(_));
+    // An executor configured by its environment is a Cloud Run task: a
+    // container of its own, working on its own copy of the workspace, whose
+    // commands run as another user by default. One started by the local
+    // launcher runs commands as the dispatcher's user unless asked to switch:
+    // the workspace may be the user's own directory.
+    let default_switch = !args.config_stdin
+        && matches!(config.backend, BackendConfig::Gcp(_));
     let run_as = match identity::decide_here(lookup.get(RUN_AS_USER_ENV).as_deref(), default_switch)
     {
         Ok(who) => who,
