@@ -308,3 +308,60 @@ async fn gcp_commands_cannot_read_configuration_or_credentials() {
         );
     }
 }
+
+/// A Cloud Run task: the executor configured by its environment (as the
+/// job template gives it), on the emulators' bucket. Run as root, it starts
+/// the command as `nobody` without being asked, and the command sees
+/// neither the executor's environment nor its private `TMPDIR`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_root_a_cloud_run_task_runs_the_command_as_nobody() {
+    use runbox_core::store::{PutOptions, get_json, put_json};
+    use runbox_core::{InstanceId, layout};
+    use runbox_proto::{ExecRequest, ExecResult};
+
+    if !is_root() {
+        eprintln!("not root: the default switch is covered by the executor's identity unit tests");
+        return;
+    }
+    let emu = emulators().await;
+    let store = emu.store();
+    let id = InstanceId::random().next_execution_id();
+    let private = private_dir("executor-only");
+    let workspaces = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(workspaces.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let request = ExecRequest {
+        execution_id: id.to_string(),
+        session_id: "task".to_owned(),
+        command: format!(
+            "id -u; touch made; stat -c %U made; cat {} || echo no-secret; \
+             tr '\\0' '\\n' < /proc/$PPID/environ || echo no-environ",
+            private.path().join("secret").display()
+        ),
+        timeout_ms: 30_000,
+        ..Default::default()
+    };
+    within(
+        30,
+        put_json(&store, &layout::request(&id), &request, PutOptions::create()),
+    )
+    .await
+    .unwrap();
+    let mut task = tokio::process::Command::new(binary("runbox-executor"));
+    task.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(emu.env())
+        .env("RUNBOX_EXECUTION_ID", id.as_str())
+        .env("RUNBOX_WORKSPACE_DIR", workspaces.path())
+        .env("TMPDIR", private.path())
+        .kill_on_drop(true);
+    let out = within(60, task.output()).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let result: ExecResult = within(30, get_json(&store, &layout::result(&id), "ExecResult"))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(
+        result.stdout, "65534\nnobody\nno-secret\nno-environ\n",
+        "{result:?}"
+    );
+}
