@@ -34,7 +34,9 @@ const NOBODY_ID: u32 = 65534;
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// Neither a numeric id nor a user of `/etc/passwd`.
-    #[error("RUNBOX_RUN_AS_USER={value:?}: no such user in /etc/passwd (give a user name or a numeric uid[:gid])")]
+    #[error(
+        "RUNBOX_RUN_AS_USER={value:?}: no such user in /etc/passwd (give a user name or a numeric uid[:gid])"
+    )]
     UnknownUser {
         /// The configured value.
         value: String,
@@ -68,16 +70,18 @@ pub fn decide(
     passwd: &str,
 ) -> Result<Option<Identity>, IdentityError> {
     let wanted = match configured {
-        Some(value) => Some(resolve(value, passwd).ok_or_else(|| IdentityError::UnknownUser {
-            value: value.to_owned(),
-        })?),
-        None if euid == 0 && default_applies => {
-            Some(resolve(DEFAULT_RUN_AS_USER, passwd).unwrap_or_else(|| Identity {
+        Some(value) => Some(
+            resolve(value, passwd).ok_or_else(|| IdentityError::UnknownUser {
+                value: value.to_owned(),
+            })?,
+        ),
+        None if euid == 0 && default_applies => Some(
+            resolve(DEFAULT_RUN_AS_USER, passwd).unwrap_or_else(|| Identity {
                 name: DEFAULT_RUN_AS_USER.to_owned(),
                 uid: NOBODY_ID,
                 gid: NOBODY_ID,
-            }))
-        }
+            }),
+        ),
         None => None,
     };
     match wanted {
@@ -276,7 +280,14 @@ mod tests {
     fn a_non_root_executor_never_switches() {
         assert_eq!(decide(1000, None, true, PASSWD).unwrap(), None);
         let err = decide(1000, Some("nobody"), true, PASSWD).unwrap_err();
-        assert!(matches!(err, IdentityError::NotRoot { euid: 1000, uid: 65534, .. }));
+        assert!(matches!(
+            err,
+            IdentityError::NotRoot {
+                euid: 1000,
+                uid: 65534,
+                ..
+            }
+        ));
         assert!(err.to_string().contains("RUNBOX_RUN_AS_USER"), "{err}");
     }
 
@@ -284,7 +295,10 @@ mod tests {
     fn unknown_or_malformed_users_are_refused() {
         for value in ["no-such-user", "agent:1", "12:x", "-1"] {
             let err = decide(0, Some(value), true, PASSWD).unwrap_err();
-            assert!(matches!(err, IdentityError::UnknownUser { .. }), "{value}: {err}");
+            assert!(
+                matches!(err, IdentityError::UnknownUser { .. }),
+                "{value}: {err}"
+            );
         }
     }
 }

@@ -41,9 +41,9 @@ fn main() -> ExitCode {
     let started = std::time::Instant::now();
     // First, before the configuration is read: from here on /proc/PID/environ,
     // mem, maps and fd are closed to everyone without CAP_SYS_PTRACE.
-    if let Err(e) = rustix::process::set_dumpable_behavior(
-        rustix::process::DumpableBehavior::NotDumpable,
-    ) {
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
         eprintln!("runbox-executor: make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
@@ -93,8 +93,7 @@ fn main() -> ExitCode {
     // commands run as another user by default. One started by the local
     // launcher runs commands as the dispatcher's user unless asked to switch:
     // the workspace may be the user's own directory.
-    let default_switch = !args.config_stdin
-        && matches!(config.backend, BackendConfig::Gcp(_));
+    let default_switch = !args.config_stdin && matches!(config.backend, BackendConfig::Gcp(_));
     let run_as = match identity::decide_here(lookup.get(RUN_AS_USER_ENV).as_deref(), default_switch)
     {
         Ok(who) => who,
@@ -164,7 +163,10 @@ struct Args {
 impl Args {
     fn parse(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Self, String> {
         let mut parsed = Self::default();
-        let mut args = args.map(|a| a.into_string().map_err(|a| format!("argument {a:?} is not UTF-8")));
+        let mut args = args.map(|a| {
+            a.into_string()
+                .map_err(|a| format!("argument {a:?} is not UTF-8"))
+        });
         while let Some(arg) = args.next() {
             let arg = arg?;
             match arg.as_str() {
@@ -254,7 +256,11 @@ mod tests {
                 config_stdin: true
             }
         );
-        assert!(parse(&["--execution-id"]).unwrap_err().contains("needs a value"));
+        assert!(
+            parse(&["--execution-id"])
+                .unwrap_err()
+                .contains("needs a value")
+        );
         assert!(parse(&["--verbose"]).unwrap_err().contains("--verbose"));
     }
 

@@ -342,7 +342,12 @@ async fn as_root_a_cloud_run_task_runs_the_command_as_nobody() {
     };
     within(
         30,
-        put_json(&store, &layout::request(&id), &request, PutOptions::create()),
+        put_json(
+            &store,
+            &layout::request(&id),
+            &request,
+            PutOptions::create(),
+        ),
     )
     .await
     .unwrap();
