@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand};
 use runbox_core::Config;
 use runbox_dispatcher::{Client, Error, error_chain};
 
-use crate::failure::{EXIT_USAGE, Failure, Kind};
+use crate::failure::{EXIT_RUNBOX, EXIT_USAGE, Failure, Kind};
 use crate::stdout::note;
 
 mod argv;
@@ -101,6 +101,15 @@ impl Command {
 }
 
 fn main() -> ExitCode {
+    // Commands run as this user on the embedded backend: without this,
+    // they could read this process's environment (the caller's secrets,
+    // runbox's configuration) and memory through /proc.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        note!("runbox: make the process non-dumpable: {e}");
+        return ExitCode::from(EXIT_RUNBOX);
+    }
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,

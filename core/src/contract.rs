@@ -24,6 +24,11 @@ pub const WORKSPACE_DIR_ENV: &str = "RUNBOX_WORKSPACE_DIR";
 /// The executor's log filter (`tracing` `EnvFilter` syntax; default `info`).
 pub const LOG_ENV: &str = "RUNBOX_LOG";
 
+/// The user commands run as when the executor runs as root: a user name
+/// or a numeric `uid[:gid]` (see the README's isolation section). Read by
+/// the executor; the local launcher forwards it from its own environment.
+pub const RUN_AS_USER_ENV: &str = "RUNBOX_RUN_AS_USER";
+
 /// Names the session a command runs in; set by the executor for commands.
 pub const SESSION_ID_ENV: &str = "RUNBOX_SESSION_ID";
 

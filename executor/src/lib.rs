@@ -20,6 +20,7 @@ use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
 pub use runbox_core::error_chain;
 
 pub mod background;
+pub mod identity;
 pub mod output;
 pub mod process;
 pub mod shell;
@@ -57,6 +58,9 @@ pub struct Settings {
     /// `{base}/sessions/{session}/workspace`; on the embedded backend this is
     /// the store's own directory, so commands work on the stored files directly.
     pub workspace_base: PathBuf,
+    /// The user commands run as, when not the executor's own
+    /// (see [`identity::decide`]).
+    pub run_as: Option<identity::Identity>,
 }
 
 /// How the write of the result went.
@@ -214,14 +218,27 @@ async fn run(
         Err(message) => return rejected(result, message),
     };
     tracing::debug!(execution = %id, "workspace restored");
-    let files = match Scratch::with_command(&request.command) {
+    if let Some(who) = &settings.run_as {
+        // Before anything of the command runs, so it owns what it works on.
+        if let Err(e) = identity::hand_over(&workspace, who) {
+            return rejected(
+                result,
+                format!(
+                    "give workspace {} to user {}: {e}",
+                    workspace.display(),
+                    who.name
+                ),
+            );
+        }
+    }
+    let files = match Scratch::with_command(&request.command, settings.run_as.as_ref()) {
         Ok(files) => files,
         Err(message) => return rejected(result, message),
     };
 
     let mut notes = Vec::new();
     let cwd = starting_cwd(&state, &workspace, &mut notes);
-    let base = base_env(&session, id, &workspace);
+    let base = base_env(&session, id, &workspace, &files, settings.run_as.as_ref());
     let start = shell::start_env(&base, &state, &request.env);
     let Ran {
         started_at,
@@ -232,7 +249,7 @@ async fn run(
         Err(message) => return rejected(result, message),
     };
     result.started_at = Some(started_at);
-    let capture = std::fs::read(&files.capture)
+    let capture = read_capture(&files.capture)
         .ok()
         .and_then(|b| shell::parse_capture(&b));
     if let Err(message) = record_ending(
@@ -376,6 +393,7 @@ async fn run_command(
             stderr,
             timeout: Duration::from_millis(request.timeout_ms),
             kill_grace: settings.config.limits.kill_grace,
+            run_as: settings.run_as.as_ref(),
         },
         cancel,
     );
@@ -580,15 +598,27 @@ struct Scratch {
     capture: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
+    /// The command's own `TMPDIR` when it runs as another user.
+    tmp: Option<PathBuf>,
 }
+
+/// Where the scratch directory of a command run as another user goes: a
+/// directory every user can reach, unlike the executor's own `TMPDIR`,
+/// which may be private to it.
+const SHARED_TEMP_BASE: &str = "/tmp";
 
 impl Scratch {
     /// A new scratch directory holding `command` as the script bash runs.
-    fn with_command(command: &str) -> Result<Self, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("runbox-exec-")
-            .tempdir()
-            .map_err(|e| format!("create scratch directory: {e}"))?;
+    /// For a command run as `run_as`, the directory belongs to that user
+    /// (the shell writes its capture there) and holds its `TMPDIR`.
+    fn with_command(command: &str, run_as: Option<&identity::Identity>) -> Result<Self, String> {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("runbox-exec-");
+        let dir = match run_as {
+            None => builder.tempdir(),
+            Some(_) => builder.tempdir_in(SHARED_TEMP_BASE),
+        }
+        .map_err(|e| format!("create scratch directory: {e}"))?;
         let path = dir.path().to_owned();
         let files = Self {
             _dir: dir,
@@ -596,16 +626,44 @@ impl Scratch {
             capture: path.join("capture"),
             stdout: path.join("stdout"),
             stderr: path.join("stderr"),
+            tmp: run_as.map(|_| path.join("tmp")),
         };
         std::fs::write(&files.command, command).map_err(|e| format!("write command file: {e}"))?;
+        if let (Some(who), Some(tmp)) = (run_as, &files.tmp) {
+            std::fs::create_dir(tmp).map_err(|e| format!("create command TMPDIR: {e}"))?;
+            identity::hand_over(&path, who)
+                .map_err(|e| format!("give scratch directory to user {}: {e}", who.name))?;
+        }
         Ok(files)
     }
 }
 
+/// Reads the capture the shell wrote, never through a symlink: the command
+/// owns the scratch directory and could put one there in the capture's
+/// place, pointing at a file only the executor may read.
+fn read_capture(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The environment every command starts from, before the session's changes.
 /// Deliberately small: the executor's own variables (store location,
-/// credentials) never reach user commands.
-fn base_env(session: &SessionId, id: &ExecutionId, workspace: &Path) -> BTreeMap<String, String> {
+/// credentials) never reach user commands. A command run as another user
+/// gets that user's name and a `TMPDIR` of its own.
+fn base_env(
+    session: &SessionId,
+    id: &ExecutionId,
+    workspace: &Path,
+    files: &Scratch,
+    run_as: Option<&identity::Identity>,
+) -> BTreeMap<String, String> {
     let inherit = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut env = BTreeMap::new();
     env.insert(
@@ -622,6 +680,13 @@ fn base_env(session: &SessionId, id: &ExecutionId, workspace: &Path) -> BTreeMap
         if let Some(v) = inherit(name) {
             env.insert(name.to_owned(), v);
         }
+    }
+    if let Some(who) = run_as {
+        env.insert("USER".to_owned(), who.name.clone());
+        env.insert("LOGNAME".to_owned(), who.name.clone());
+    }
+    if let Some(tmp) = &files.tmp {
+        env.insert("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned());
     }
     env.insert(contract::SESSION_ID_ENV.to_owned(), session.to_string());
     env.insert(contract::EXECUTION_ID_ENV.to_owned(), id.to_string());

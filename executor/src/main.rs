@@ -1,41 +1,103 @@
-//! `runbox-executor`: runs one execution. Configured only by environment:
-//! `RUNBOX_EXECUTION_ID` names the request to run; the store is chosen by the
-//! same variables as the dispatcher's (`RUNBOX_BACKEND`, `RUNBOX_HOME`,
-//! `RUNBOX_BUCKET`, ...). Exit status: 0 when a result object exists for the
-//! execution (ours or an earlier one), 1 when none could be written, 64 on
-//! bad configuration.
+//! `runbox-executor`: runs one execution.
+//!
+//! Configuration comes from one of two places. On Cloud Run, from the
+//! environment: `RUNBOX_EXECUTION_ID` names the request to run, and the
+//! store is chosen by the same variables as the dispatcher's
+//! (`RUNBOX_BACKEND`, `RUNBOX_HOME`, `RUNBOX_BUCKET`, ...). Started as
+//! `runbox-executor --execution-id ID --config-stdin` (the local launcher),
+//! it reads the same variables as one JSON object of strings from standard
+//! input instead, so none of them sits in its environment.
+//!
+//! Before anything else the process makes itself non-dumpable: neither the
+//! command it runs nor any other process of the same user can read its
+//! memory, environment or open files through `/proc`.
+//!
+//! Exit status: 0 when a result object exists for the execution (ours or an
+//! earlier one), 1 when none could be written, 64 on bad configuration.
 
+use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use runbox_core::ExecutionId;
-use runbox_core::config::{BackendConfig, Config};
-use runbox_core::contract::{DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, WORKSPACE_DIR_ENV};
-use runbox_executor::{Outcome, Settings, error_chain, execute, process};
+use runbox_core::config::{BackendConfig, Config, Env, Lookup};
+use runbox_core::contract::{
+    DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
+};
+use runbox_executor::{Outcome, Settings, error_chain, execute, identity, process};
 
 const EXIT_CONFIG: u8 = 64;
 
+/// The argument naming the execution (visible in `/proc/PID/cmdline`, which
+/// is how another dispatcher process finds this executor).
+const EXECUTION_ID_ARG: &str = "--execution-id";
+/// The argument saying the configuration arrives on standard input.
+const CONFIG_STDIN_ARG: &str = "--config-stdin";
+/// More configuration than this on standard input is refused.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
+    // First, before the configuration is read: from here on /proc/PID/environ,
+    // mem, maps and fd are closed to everyone without CAP_SYS_PTRACE.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("runbox-executor: make the process non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = runbox_core::logging::init("info") {
         eprintln!("runbox-executor: {}", error_chain(&e));
     }
-    let id = match std::env::var(EXECUTION_ID_ENV) {
-        Ok(v) => match ExecutionId::new(&v) {
-            Ok(id) => id,
-            Err(e) => return config_error(&format!("{EXECUTION_ID_ENV}: {e}")),
-        },
-        Err(_) => return config_error(&format!("{EXECUTION_ID_ENV} must be set")),
+    let args = match Args::parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(message) => return config_error(&message),
     };
-    let config = match Config::from_env() {
+    let piped;
+    let lookup: &dyn Lookup = if args.config_stdin {
+        piped = match read_config(std::io::stdin().lock()) {
+            Ok(map) => map,
+            Err(message) => return config_error(&message),
+        };
+        &piped
+    } else {
+        &Env
+    };
+    let id_text = match (args.execution_id.clone(), lookup.get(EXECUTION_ID_ENV)) {
+        (Some(arg), Some(var)) if arg != var => {
+            return config_error(&format!(
+                "{EXECUTION_ID_ARG} {arg} and {EXECUTION_ID_ENV}={var} disagree"
+            ));
+        }
+        (Some(v), _) | (None, Some(v)) => v,
+        (None, None) => return config_error(&format!("{EXECUTION_ID_ENV} must be set")),
+    };
+    let id = match ExecutionId::new(&id_text) {
+        Ok(id) => id,
+        Err(e) => return config_error(&format!("{EXECUTION_ID_ENV}: {e}")),
+    };
+    let config = match Config::from_lookup(lookup) {
         Ok(c) => c,
         Err(e) => return config_error(&e.to_string()),
     };
     let workspace_base = match &config.backend {
         BackendConfig::Local(embedded) => embedded.home.clone(),
-        BackendConfig::Gcp(_) => std::env::var_os(WORKSPACE_DIR_ENV)
+        BackendConfig::Gcp(_) => lookup
+            .get(WORKSPACE_DIR_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_BASE)),
+    };
+    // An executor configured by its environment is a Cloud Run task: a
+    // container of its own, working on its own copy of the workspace, whose
+    // commands run as another user by default. One started by the local
+    // launcher runs commands as the dispatcher's user unless asked to switch:
+    // the workspace may be the user's own directory.
+    let default_switch = !args.config_stdin && matches!(config.backend, BackendConfig::Gcp(_));
+    let run_as = match identity::decide_here(lookup.get(RUN_AS_USER_ENV).as_deref(), default_switch)
+    {
+        Ok(who) => who,
+        Err(e) => return config_error(&e.to_string()),
     };
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.
@@ -67,6 +129,7 @@ fn main() -> ExitCode {
             execution_id: id.clone(),
             config,
             workspace_base,
+            run_as,
         };
         match execute(store, &settings, cancel).await {
             Ok(Outcome::Written(r)) => {
@@ -87,6 +150,59 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    })
+}
+
+/// The command line: nothing, or `--execution-id ID` and `--config-stdin`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Args {
+    execution_id: Option<String>,
+    config_stdin: bool,
+}
+
+impl Args {
+    fn parse(args: impl Iterator<Item = std::ffi::OsString>) -> Result<Self, String> {
+        let mut parsed = Self::default();
+        let mut args = args.map(|a| {
+            a.into_string()
+                .map_err(|a| format!("argument {a:?} is not UTF-8"))
+        });
+        while let Some(arg) = args.next() {
+            let arg = arg?;
+            match arg.as_str() {
+                EXECUTION_ID_ARG => {
+                    parsed.execution_id = Some(
+                        args.next()
+                            .ok_or_else(|| format!("{EXECUTION_ID_ARG} needs a value"))??,
+                    );
+                }
+                CONFIG_STDIN_ARG => parsed.config_stdin = true,
+                other => {
+                    return Err(format!(
+                        "unexpected argument {other:?} (expected {EXECUTION_ID_ARG} ID, {CONFIG_STDIN_ARG})"
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+}
+
+/// Reads the configuration variables, a JSON object of strings, to the end
+/// of `input`.
+fn read_config(input: impl Read) -> Result<BTreeMap<String, String>, String> {
+    let mut text = Vec::new();
+    input
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("read configuration from standard input: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(format!(
+            "configuration on standard input exceeds {MAX_CONFIG_BYTES} bytes"
+        ));
+    }
+    serde_json::from_slice(&text).map_err(|e| {
+        format!("configuration on standard input is not a JSON object of strings: {e}")
     })
 }
 
@@ -119,5 +235,42 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             // reconciliation reports the execution LOST.
             _ => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::parse(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn arguments_name_the_execution_and_the_config_channel() {
+        assert_eq!(parse(&[]).unwrap(), Args::default());
+        assert_eq!(
+            parse(&["--execution-id", "abc", "--config-stdin"]).unwrap(),
+            Args {
+                execution_id: Some("abc".into()),
+                config_stdin: true
+            }
+        );
+        assert!(
+            parse(&["--execution-id"])
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(parse(&["--verbose"]).unwrap_err().contains("--verbose"));
+    }
+
+    #[test]
+    fn configuration_is_a_json_object_of_strings() {
+        let map = read_config(&br#"{"RUNBOX_BACKEND":"local","RUNBOX_HOME":"/h"}"#[..]).unwrap();
+        assert_eq!(map.get("RUNBOX_HOME").map(String::as_str), Some("/h"));
+        assert!(read_config(&b"RUNBOX_HOME=/h"[..]).is_err());
+        assert!(read_config(&br#"{"A":1}"#[..]).is_err());
+        let huge = vec![b' '; MAX_CONFIG_BYTES as usize + 1];
+        assert!(read_config(&huge[..]).unwrap_err().contains("exceeds"));
     }
 }

@@ -35,6 +35,8 @@ pub struct Spawn<'a> {
     pub timeout: Duration,
     /// Between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// The user the shell runs as; `None` for the executor's own.
+    pub run_as: Option<&'a crate::identity::Identity>,
 }
 
 /// Runs the shell to its end. Output goes straight to files, not pipes, so a
@@ -45,7 +47,13 @@ pub async fn run(
 ) -> std::io::Result<Ending> {
     // No `current_dir`: the script changes directory itself, which lets the
     // standard library spawn with posix_spawn (vfork) instead of fork.
-    let mut child = Command::new(bash_path())
+    let mut command = Command::new(bash_path());
+    if let Some(who) = spawn.run_as {
+        // The standard library also drops the supplementary groups (root's)
+        // when it changes the uid.
+        command.uid(who.uid).gid(who.gid);
+    }
+    let mut child = command
         .arg("--noprofile")
         .arg("--norc")
         .arg("-c")

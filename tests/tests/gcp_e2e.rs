@@ -98,12 +98,12 @@ async fn exec_completes_through_gcs_notifications() {
 }
 
 /// An executor for the local launcher that runs the real one and then, once
-/// it has exited (its result written), writes its execution id into
-/// `exited`.
+/// it has exited (its result written), writes its execution id (the
+/// argument after `--execution-id`) into `exited`.
 fn announcing_executor(dir: &Path, exited: &Announcements) -> PathBuf {
     let path = dir.join("announcing-executor");
     let script = format!(
-        "#!/bin/sh\n{} \"$@\"\nstatus=$?\necho \"$RUNBOX_EXECUTION_ID\" > {}\nexit $status\n",
+        "#!/bin/sh\n{} \"$@\"\nstatus=$?\necho \"$2\" > {}\nexit $status\n",
         quote(&binary("runbox-executor")),
         exited.shell_path()
     );

@@ -47,6 +47,15 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Tasks (executors and their commands) are children of this process, as
+    // they are of nothing reachable on Cloud Run: they must not read its
+    // environment or memory through /proc.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("error: make the process non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

@@ -1,7 +1,12 @@
 //! The local launcher: each execution is a child process of
-//! `runbox-executor`, given the same environment contract Cloud Run gives it.
-//! Executions that another process on this machine launched are found in
-//! `/proc` by their execution id (`procfs`).
+//! `runbox-executor`, given the same configuration Cloud Run gives it, but
+//! not in its environment: the variables travel as one JSON object on the
+//! executor's standard input, which it reads before it runs anything, and
+//! the execution id as an argument. So a command, which may run as the same
+//! user, finds no configuration in its executor's `/proc/PID/environ`
+//! (which the non-dumpable executor closes as well). Executions that another
+//! process on this machine launched are found in `/proc` by their execution
+//! id (`procfs`).
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -13,9 +18,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
-use runbox_core::contract::{EXECUTION_ID_ENV, TRACEPARENT_ENV};
+use runbox_core::contract::{EXECUTION_ID_ENV, RUN_AS_USER_ENV, TRACEPARENT_ENV};
 use runbox_core::{Config, ExecutionId};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -27,8 +32,10 @@ use crate::launcher::{
 
 mod procfs;
 
-/// Variables of the dispatcher's own environment handed to the executor:
-/// what a shell needs, and the emulator endpoints. Nothing else leaks.
+/// Variables of the dispatcher's own environment put in the executor's
+/// environment: what a shell needs, the log filter, and the credentials
+/// path Google's auth library reads from the environment itself. Nothing
+/// else of the caller's environment reaches the executor.
 const PASS_THROUGH: &[&str] = &[
     "PATH",
     "HOME",
@@ -41,6 +48,15 @@ const PASS_THROUGH: &[&str] = &[
     "GOOGLE_APPLICATION_CREDENTIALS",
 ];
 
+/// Executor settings that are not part of [`Config`], forwarded from the
+/// dispatcher's environment in the configuration the executor reads.
+const FORWARDED_SETTINGS: &[&str] = &[RUN_AS_USER_ENV];
+
+/// The executor's argument naming its execution.
+const EXECUTION_ID_ARG: &str = "--execution-id";
+/// The executor's argument saying its configuration comes on stdin.
+const CONFIG_STDIN_ARG: &str = "--config-stdin";
+
 /// How many lines of an executor's stderr are kept for the LOST message.
 const STDERR_TAIL: usize = 5;
 
@@ -48,6 +64,8 @@ const STDERR_TAIL: usize = 5;
 pub struct LocalLauncher {
     executor: PathBuf,
     env: Vec<(String, String)>,
+    /// The executor's configuration variables (without the execution id).
+    config: std::collections::BTreeMap<String, String>,
     running: DashMap<ExecutionId, Running>,
     slots: Arc<Semaphore>,
     /// One task per child, reaping it and recording how it ended.
@@ -65,14 +83,24 @@ impl LocalLauncher {
     /// executors run at once (later launches wait for a slot).
     pub fn new(config: &Config, max_running: usize) -> Result<Self, LaunchError> {
         let executor = find_executor(config.launcher.executor_bin())?;
-        let mut env: Vec<(String, String)> = PASS_THROUGH
+        let env: Vec<(String, String)> = PASS_THROUGH
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
             .collect();
-        env.extend(config.to_env().into_iter().map(|(k, v)| (k.to_owned(), v)));
+        let mut settings: std::collections::BTreeMap<String, String> = config
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        settings.extend(
+            FORWARDED_SETTINGS
+                .iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))),
+        );
         Ok(Self {
             executor,
             env,
+            config: settings,
             running: DashMap::new(),
             slots: Arc::new(Semaphore::new(max_running.max(1))),
             tasks: TaskTracker::new(),
@@ -189,20 +217,32 @@ impl LocalLauncher {
             .await
             .map_err(|_| LaunchError::Closed)?;
         let id = spec.execution_id.clone();
+        let mut config = self.config.clone();
+        config.insert(EXECUTION_ID_ENV.to_owned(), id.to_string());
+        let config = serde_json::to_vec(&config).map_err(|e| LaunchError::Spawn {
+            id: id.clone(),
+            retryable: false,
+            source: Box::new(e),
+        })?;
         let mut cmd = Command::new(&self.executor);
-        cmd.env_clear()
+        // The id as an argument too: `/proc/PID/cmdline` stays readable
+        // when the executor is not, and `procfs` finds executors by it.
+        cmd.arg(EXECUTION_ID_ARG)
+            .arg(id.as_str())
+            .arg(CONFIG_STDIN_ARG)
+            .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(EXECUTION_ID_ENV, id.as_str())
-            // The executor never reads its standard input; as that
-            // descriptor it keeps the session's lock, which a dying
-            // dispatcher's does not release while the executor runs. So a
+            // Standard input carries the configuration (read, then closed).
+            // Standard output, which the executor never writes, keeps the
+            // session's lock as an inherited descriptor: a dying dispatcher's
+            // lock is then not released while the executor runs. So a
             // `runbox exec` killed with SIGKILL leaves its command to run to
             // its end (nothing can ask it to stop), and the session's next
             // command waits until the orphan has saved its state and exited
-            // instead of overlapping it. The command itself gets its own
-            // stdin, so background processes it starts never hold the lock.
-            .stdin(hold.map_or_else(Stdio::null, Stdio::from))
-            .stdout(Stdio::null())
+            // instead of overlapping it. The command gets its own standard
+            // streams, so background processes it starts never hold the lock.
+            .stdin(Stdio::piped())
+            .stdout(hold.map_or_else(Stdio::null, Stdio::from))
             .stderr(Stdio::piped())
             // Its own group: a Ctrl-C meant for the CLI must not kill the
             // executor before it writes a result.
@@ -218,6 +258,14 @@ impl LocalLauncher {
             ) || e.raw_os_error() == Some(libc::EAGAIN),
             source: Box::new(e),
         })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // Far below a pipe's buffer, so this does not wait for the
+            // executor to read. A failure means the executor already
+            // ended, which its exit status reports.
+            if let Err(e) = stdin.write_all(&config).await {
+                tracing::debug!(execution = %id, "pass configuration to the executor: {e}");
+            }
+        }
         let (tx, rx) = watch::channel(None);
         self.running.insert(
             id.clone(),

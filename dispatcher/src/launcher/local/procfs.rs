@@ -86,16 +86,36 @@ mod linux {
     use rustix::process::{Pid, PidfdFlags, Signal};
     use tokio::io::unix::AsyncFd;
 
-    /// The launcher gives each executor `RUNBOX_EXECUTION_ID={id}` in its
-    /// environment, and every process of its command inherits it: the
-    /// executor is the root of that tree, the one whose parent lacks
-    /// it. (Not found by program name: `RUNBOX_EXECUTOR` may name any
-    /// binary.) When the executor died, the root is what its command
-    /// left running, which is then watched and signalled in its place.
+    /// The launcher starts each executor with `--execution-id {id}` on its
+    /// command line, which stays readable while the (non-dumpable)
+    /// executor's environment does not. (Not found by program name:
+    /// `RUNBOX_EXECUTOR` may name any binary.) Every process of its command
+    /// carries `RUNBOX_EXECUTION_ID={id}` in its environment: when the
+    /// executor died, the root of that tree is what its command left
+    /// running, which is then watched and signalled in its place.
     pub(crate) fn find(id: &ExecutionId) -> Option<i32> {
+        if let Some(executor) = executor_by_argument(id) {
+            return Some(executor);
+        }
         let tree = processes_with(&env_entry(id));
         let root = |pid: &&i32| parent(**pid).is_none_or(|p| !tree.contains(&p));
         tree.iter().find(root).copied()
+    }
+
+    /// The process whose command line has `--execution-id {id}`.
+    fn executor_by_argument(id: &ExecutionId) -> Option<i32> {
+        let dir = std::fs::read_dir("/proc").ok()?;
+        let me = std::process::id() as i32;
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+            .filter(|pid| *pid != me)
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                    args.windows(2)
+                        .any(|w| w[0] == b"--execution-id" && w[1] == id.as_str().as_bytes())
+                })
+            })
     }
 
     /// The parent pid, from `/proc/{pid}/stat` (after the parenthesised
