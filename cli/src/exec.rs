@@ -97,6 +97,11 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
 /// The exit status of `runbox exec` (and `runbox bg wait`) for a result.
 pub fn exit_code(result: &ExecResult) -> ExitCode {
     match result.exec_status() {
+        // The command succeeded but runbox lost some of what it did: that
+        // is runbox's failure, not the command's.
+        ExecStatus::Failed if result.exit_code == 0 && !result.not_saved.is_empty() => {
+            ExitCode::from(EXIT_RUNBOX)
+        }
         ExecStatus::Succeeded | ExecStatus::Failed => {
             ExitCode::from(u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1))
         }

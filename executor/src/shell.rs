@@ -61,44 +61,38 @@ pub struct ScriptFiles<'a> {
 ///
 /// The command is read into a variable and run with `eval`, not sourced
 /// from its file: bash names a sourced file in its error messages, and the
-/// scratch path means nothing to the user (`bash: nosuchcmd: command not
-/// found` instead).
+/// scratch path means nothing to the user (`bash: line 1: nosuchcmd:
+/// command not found` instead).
 pub fn wrapper_script(cwd: &Path, files: ScriptFiles<'_>, readonly: &[&str]) -> String {
     let readonly = if readonly.is_empty() {
         String::new()
     } else {
-        format!("builtin readonly -- {}\n", readonly.join(" "))
+        format!("builtin readonly -- {}; ", readonly.join(" "))
     };
+    // All on one line, so the line numbers bash gives in its messages
+    // (relative to the line `eval` is on) are the command's own.
     format!(
-        r#"builtin cd -- {cwd} || builtin exit 126
-{readonly}IFS=
-builtin read -r -d '' __runbox_command < {command}
-IFS=$' \t\n'
-builtin mapfile -d '' -t __runbox_known < {names}
-builtin mapfile -d '' -t __runbox_env < {env}
-if [[ ${{#__runbox_env[@]}} -gt 0 ]]; then
-  builtin export -- "${{__runbox_env[@]}}" 2>/dev/null
-fi
-builtin unset -v __runbox_env
-__runbox_capture() {{
-  __runbox_rc=$?
-  set +eu
-  {{
-    builtin printf '%s\0' "$__runbox_rc"
-    builtin pwd
-    builtin printf '\0'
-    if [[ ${{#__runbox_known[@]}} -gt 0 ]]; then
-      builtin declare -p -- "${{__runbox_known[@]}}"
-      builtin unset -v -- "${{__runbox_known[@]}}"
-    fi
-    builtin declare -px
-    builtin printf '\0'
-  }} >| {capture} 2>/dev/null
-}}
-trap __runbox_capture EXIT
-builtin eval -- "$__runbox_command"
-"#,
+        concat!(
+            "builtin cd -- {cwd} || builtin exit 126; ",
+            "{readonly}",
+            "IFS=; builtin read -r -d '' __runbox_command < {command}; IFS=$' \\t\\n'; ",
+            "builtin mapfile -d '' -t __runbox_known < {names}; ",
+            "builtin mapfile -d '' -t __runbox_env < {env}; ",
+            "if [[ ${{#__runbox_env[@]}} -gt 0 ]]; then ",
+            "builtin export -- \"${{__runbox_env[@]}}\" 2>/dev/null; fi; ",
+            "builtin unset -v __runbox_env; ",
+            "__runbox_capture() {{ __runbox_rc=$?; set +eu; {{ ",
+            "builtin printf '%s\\0' \"$__runbox_rc\"; builtin pwd; builtin printf '\\0'; ",
+            "if [[ ${{#__runbox_known[@]}} -gt 0 ]]; then ",
+            "builtin declare -p -- \"${{__runbox_known[@]}}\"; ",
+            "builtin unset -v -- \"${{__runbox_known[@]}}\"; fi; ",
+            "builtin declare -px; builtin printf '\\0'; ",
+            "}} >| {capture} 2>/dev/null; }}; ",
+            "trap __runbox_capture EXIT; ",
+            "builtin eval -- \"$__runbox_command\"\n",
+        ),
         cwd = quote(cwd),
+        readonly = readonly,
         names = quote(files.names),
         env = quote(files.env),
         capture = quote(files.capture),
@@ -106,9 +100,20 @@ builtin eval -- "$__runbox_command"
     )
 }
 
-/// Single-quotes a path for bash.
+/// Quotes a path for bash as `$'...'`, so even a newline in it keeps the
+/// script on one line.
 fn quote(path: &Path) -> String {
-    format!("'{}'", path.to_string_lossy().replace('\'', r"'\''"))
+    let mut out = String::from("$'");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// The starting environment split in two: what bash gets through `execve`
@@ -598,6 +603,21 @@ mod tests {
     }
 
     #[test]
+    fn the_script_is_one_line_whatever_the_paths() {
+        let odd = Path::new("/tmp/it's a\nnew\\line");
+        let files = ScriptFiles {
+            command: odd,
+            capture: odd,
+            env: odd,
+            names: odd,
+        };
+        let script = wrapper_script(odd, files, &["RUNBOX_EXECUTION_ID"]);
+        assert_eq!(script.matches('\n').count(), 1, "{script}");
+        assert!(script.ends_with("builtin eval -- \"$__runbox_command\"\n"));
+        assert!(script.contains(r"$'/tmp/it\'s a\nnew\\line'"), "{script}");
+    }
+
+    #[test]
     fn restored_env_skips_what_bash_cannot_take() {
         let base = map(&[("PATH", "/bin"), ("HOME", "/w")]);
         let start = map(&[
@@ -646,9 +666,8 @@ mod tests {
         // Over the total, the largest changes go first.
         let piece = "p".repeat(contract::MAX_ENV_VALUE_BYTES - 1);
         let small = "s".repeat(1024);
-        let mut env: BTreeMap<String, String> = (1..=4)
-            .map(|i| (format!("P{i}"), piece.clone()))
-            .collect();
+        let mut env: BTreeMap<String, String> =
+            (1..=4).map(|i| (format!("P{i}"), piece.clone())).collect();
         env.insert("S".into(), small);
         let mut capture = Capture {
             exit_code: 0,
