@@ -136,6 +136,11 @@ fn result_json(result: &ExecResult) -> serde_json::Value {
 /// The exit status of `runbox exec` (and `runbox bg wait`) for a result.
 pub fn exit_code(result: &ExecResult) -> ExitCode {
     match result.exec_status() {
+        // The command succeeded but runbox lost some of what it did: that
+        // is runbox's failure, not the command's.
+        ExecStatus::Failed if result.exit_code == 0 && !result.not_saved.is_empty() => {
+            ExitCode::from(EXIT_RUNBOX)
+        }
         ExecStatus::Succeeded | ExecStatus::Failed => {
             ExitCode::from(u8::try_from(result.exit_code.clamp(0, 255)).unwrap_or(1))
         }

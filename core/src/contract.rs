@@ -46,6 +46,17 @@ pub const DEFAULT_WORKSPACE_BASE: &str = "/tmp/runbox";
 /// The largest command accepted, in bytes (DESIGN §8).
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
 
+/// The largest value of one exported variable a session keeps, in bytes.
+/// A command may export a larger one for itself and its children; the save
+/// refuses it, names it in the result, and the session keeps its previous
+/// value.
+pub const MAX_ENV_VALUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The most a session's exported variables may add up to (names plus
+/// values), in bytes, so the state object every command reads stays small.
+/// Over it, the save refuses the command's largest changes first.
+pub const MAX_ENV_TOTAL_BYTES: usize = 16 * 1024 * 1024;
+
 /// Why a request cannot run. The messages are what callers of the
 /// dispatcher see.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

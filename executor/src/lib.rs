@@ -240,16 +240,30 @@ async fn run(
     let cwd = starting_cwd(&state, &workspace, &mut notes);
     let base = base_env(&session, id, &workspace, &files, settings.run_as.as_ref());
     let start = shell::start_env(&base, &state, &request.env);
+    let restored_env = shell::RestoredEnv::split(&base, &start);
+    if let Err(message) = files.write_env(&restored_env) {
+        return rejected(result, message);
+    }
     let Ran {
         started_at,
         ending,
         streamer,
-    } = match run_command(store, settings, &request, &files, &cwd, &start, cancel).await {
+    } = match run_command(
+        store,
+        settings,
+        &request,
+        &files,
+        &cwd,
+        &restored_env.exec,
+        cancel,
+    )
+    .await
+    {
         Ok(ran) => ran,
         Err(message) => return rejected(result, message),
     };
     result.started_at = Some(started_at);
-    let capture = read_capture(&files.capture)
+    let mut capture = read_capture(&files.capture)
         .ok()
         .and_then(|b| shell::parse_capture(&b));
     if let Err(message) = record_ending(
@@ -284,8 +298,23 @@ async fn run(
     // Files persist whatever the exit status, like cd and export. Only
     // foreground commands save: a background process's snapshot is stale by
     // the time it ends, and its save would only conflict.
-    save_workspace(store, &session, &workspace, &restored, &sync, &mut notes).await;
+    save_workspace(
+        store,
+        &session,
+        &workspace,
+        &restored,
+        &sync,
+        &mut result,
+        &mut notes,
+    )
+    .await;
     tracing::debug!(execution = %id, "workspace saved");
+    if let Some(capture) = &mut capture {
+        for refused in shell::refuse_unpersistable(&start, capture) {
+            notes.push(refused.to_string());
+            result.not_saved.push(format!("env:{}", refused.name));
+        }
+    }
     update_state(&mut state, capture.as_ref(), &cwd, &base, &start);
     result.cwd = state.cwd.clone();
     save_state(
@@ -299,6 +328,11 @@ async fn run(
     )
     .await;
     tracing::debug!(execution = %id, "state saved");
+    if !result.not_saved.is_empty() && result.exec_status() == ExecStatus::Succeeded {
+        // The command did its work, but the session will not see all of it:
+        // a caller that only checks the status must not take it as done.
+        result.set_exec_status(ExecStatus::Failed);
+    }
     result.message = notes.join("; ");
     result
 }
@@ -382,7 +416,12 @@ async fn run_command(
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => return Err(format!("create output files: {e}")),
     };
-    let script = shell::wrapper_script(cwd, &files.command, &files.capture);
+    let readonly: Vec<&str> = start
+        .keys()
+        .map(String::as_str)
+        .filter(|name| contract::is_reserved_env(name))
+        .collect();
+    let script = shell::wrapper_script(cwd, files.script_files(), &readonly);
     tracing::debug!(execution = %id, "starting bash");
     let started_at = runbox_proto::now();
     let command = process::run(
@@ -488,26 +527,73 @@ async fn collect_output(
     }
 }
 
-/// Saves the workspace; what could not be saved becomes a note.
+/// Saves the workspace. What could not be saved becomes a note, and a
+/// failed save names every path whose change it lost in the result.
 async fn save_workspace(
     store: &dyn Store,
     session: &SessionId,
     workspace: &Path,
     restored: &workspace::Snapshot,
     sync: &workspace::SyncOptions,
+    result: &mut ExecResult,
     notes: &mut Vec<String>,
 ) {
-    match workspace::save(store, session, workspace, restored, sync).await {
+    let cause = match workspace::save(store, session, workspace, restored, sync).await {
         Ok(saved) => {
             for skipped in &saved.skipped {
                 notes.push(format!("not saved: {} ({})", skipped.path, skipped.reason));
             }
+            return;
         }
-        Err(e) if e.is_conflict() => notes.push(format!(
+        Err(e) if e.is_conflict() => format!(
             "session {session} workspace changed while the command ran; this command's file changes were not saved"
-        )),
-        Err(e) => notes.push(format!("save workspace: {}", error_chain(&e))),
+        ),
+        Err(e) => format!("save workspace: {}", error_chain(&e)),
+    };
+    match workspace::changes_since(workspace, restored).await {
+        Ok(lost) if lost.is_empty() => notes.push(cause),
+        Ok(lost) => {
+            notes.push(format!(
+                "{cause}; lost: {}",
+                summarise(&lost, MAX_NAMED_PATHS)
+            ));
+            result.not_saved.extend(
+                lost.iter()
+                    .take(MAX_NAMED_PATHS)
+                    .map(|path| format!("file:{path}")),
+            );
+            if lost.len() > MAX_NAMED_PATHS {
+                result
+                    .not_saved
+                    .push(format!("files:{} more", lost.len() - MAX_NAMED_PATHS));
+            }
+        }
+        Err(e) => {
+            notes.push(format!(
+                "{cause}; the changed files could not be listed: {}",
+                error_chain(&e)
+            ));
+            result.not_saved.push("files".to_owned());
+        }
     }
+}
+
+/// Most workspace paths a result names when a save fails; the rest are
+/// counted.
+const MAX_NAMED_PATHS: usize = 100;
+
+/// `a, b, c and N more`.
+fn summarise(paths: &[String], max: usize) -> String {
+    let mut text = paths
+        .iter()
+        .take(max)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if paths.len() > max {
+        text.push_str(&format!(" and {} more", paths.len() - max));
+    }
+    text
 }
 
 /// Takes the command's cwd and exported variables into the state.
@@ -556,11 +642,18 @@ async fn save_state(
         Ok(meta) => result.state_generation = meta.generation,
         Err(e) if e.is_conflict() => {
             result.state_conflict = true;
+            result.not_saved.push("state".to_owned());
             notes.push(format!(
                 "session {session} state changed while the command ran; this command's cwd and env were not saved"
             ));
         }
-        Err(e) => notes.push(format!("save session {session} state: {}", error_chain(&e))),
+        Err(e) => {
+            result.not_saved.push("state".to_owned());
+            notes.push(format!(
+                "save session {session} state: {}; this command's cwd and env were not saved",
+                error_chain(&e)
+            ));
+        }
     }
 }
 
@@ -600,6 +693,10 @@ struct Scratch {
     stderr: PathBuf,
     /// The command's own `TMPDIR` when it runs as another user.
     tmp: Option<PathBuf>,
+    /// The session's variables for the wrapper script to export.
+    env: PathBuf,
+    /// Their names.
+    names: PathBuf,
 }
 
 /// Where the scratch directory of a command run as another user goes: a
@@ -627,6 +724,8 @@ impl Scratch {
             stdout: path.join("stdout"),
             stderr: path.join("stderr"),
             tmp: run_as.map(|_| path.join("tmp")),
+            env: path.join("env"),
+            names: path.join("names"),
         };
         std::fs::write(&files.command, command).map_err(|e| format!("write command file: {e}"))?;
         if let (Some(who), Some(tmp)) = (run_as, &files.tmp) {
@@ -635,6 +734,23 @@ impl Scratch {
                 .map_err(|e| format!("give scratch directory to user {}: {e}", who.name))?;
         }
         Ok(files)
+    }
+
+    /// Writes the files the wrapper script restores the environment from.
+    fn write_env(&self, env: &shell::RestoredEnv) -> Result<(), String> {
+        std::fs::write(&self.env, &env.env_file)
+            .and_then(|()| std::fs::write(&self.names, &env.names_file))
+            .map_err(|e| format!("write environment file: {e}"))
+    }
+
+    /// What the wrapper script reads and writes.
+    fn script_files(&self) -> shell::ScriptFiles<'_> {
+        shell::ScriptFiles {
+            command: &self.command,
+            capture: &self.capture,
+            env: &self.env,
+            names: &self.names,
+        }
     }
 }
 

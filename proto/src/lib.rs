@@ -183,6 +183,12 @@ pub struct ExecResult {
     /// this execution's cwd and env were not saved.
     #[prost(bool, tag = "20")]
     pub state_conflict: bool,
+    /// What the command changed that was not saved; the status is then at
+    /// least FAILED. Entries: `state` (its cwd and env), `env:NAME` (one
+    /// exported variable refused), `file:PATH` (a workspace path relative
+    /// to the workspace). Empty when everything was saved.
+    #[prost(string, repeated, tag = "21")]
+    pub not_saved: Vec<String>,
 }
 
 impl ExecResult {

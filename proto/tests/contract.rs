@@ -142,6 +142,7 @@ fn the_proto_document_matches_the_rust_definitions() {
         message: "m".into(),
         state_generation: 1,
         state_conflict: true,
+        not_saved: vec!["file:a.txt".into()],
     };
     check("ExecResult", &result);
     check(

@@ -8,6 +8,8 @@
 //!    backend vs `bash -c true` spawned directly, in the same run.
 //! 2. Waiters: register + complete per second on one thread with 100k
 //!    pending, and heap bytes per pending waiter (counting allocator).
+//! 3. The cost of `exec("true")` in a session with 0, 1,000 and 10,000
+//!    exported variables (target: at most 50 ms over the empty session).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -67,6 +69,7 @@ fn main() {
         .expect("runtime");
     runtime.block_on(exec_vs_spawn(iterations));
     waiters_throughput();
+    runtime.block_on(exported_variables(iterations.clamp(5, 30)));
 }
 
 async fn exec_vs_spawn(iterations: usize) {
@@ -221,4 +224,52 @@ fn waiters_throughput() {
     println!(
         "heap per pending  {per_waiter:>10.1} B    (+ {future_size} B for the Waiter future the caller holds; target <= 256 B)"
     );
+}
+
+/// `exec("true")` in sessions holding many exported variables: restoring
+/// and capturing them is on every command's path.
+async fn exported_variables(iterations: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = runbox_dispatcher::Client::from_config(runbox_tests::embedded::config(dir.path()))
+        .await
+        .expect("embedded client");
+    println!("== exec(\"true\") with many exported variables ({iterations} each, p50)");
+    let mut empty = None;
+    for count in [0usize, 1_000, 10_000] {
+        let session = client.session(&format!("vars{count}")).expect("session");
+        let t = Instant::now();
+        let setup = format!("for i in $(seq {count}); do export BENCH_VAR_$i=value_$i; done");
+        let r = session.exec(setup.as_str()).await.expect("exec");
+        assert_eq!(r.exit_code, 0, "{r:?}");
+        let exported = t.elapsed();
+        let mut times = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = Instant::now();
+            let r = session.exec("true").await.expect("exec");
+            times.push(t.elapsed());
+            assert_eq!(r.exit_code, 0, "{r:?}");
+        }
+        let check = session
+            .exec(format!("echo ${{BENCH_VAR_{count}:-none}}").as_str())
+            .await
+            .expect("exec");
+        assert_eq!(
+            check.stdout.trim(),
+            if count == 0 {
+                "none".to_owned()
+            } else {
+                format!("value_{count}")
+            }
+        );
+        times.sort();
+        let p50 = percentile(&times, 0.5);
+        let base = *empty.get_or_insert(p50);
+        println!(
+            "{count:>6} variables: p50 {:>8.3} ms   over empty {:>8.3} ms (target <= 50 ms)   exporting them took {:>8.3} ms",
+            ms(p50),
+            ms(p50.saturating_sub(base)),
+            ms(exported),
+        );
+    }
+    client.shutdown().await;
 }

@@ -519,6 +519,42 @@ pub async fn save(
     Ok(stats)
 }
 
+/// The paths (relative to `dir`) whose files or symlinks were added,
+/// changed or removed since `before`: what a failed [`save`] did not keep.
+/// Judged by size and mtime alone, without reading content, so a file
+/// rewritten with the same size within one clock tick of its restore may be
+/// missed; a path that is only a directory is not listed.
+pub async fn changes_since(dir: &Path, before: &Snapshot) -> Result<Vec<String>> {
+    let root = dir.to_owned();
+    let local = tasks::blocking(move || scan::scan(&root, usize::MAX)).await?;
+    let old = &before.manifest;
+    let mut changed: Vec<String> = local
+        .entries
+        .iter()
+        .filter(|(path, entry)| match (entry, old.entries.get(*path)) {
+            (scan::Local::Dir { .. }, _) => false,
+            (scan::Local::File(have), Some(EntryKind::File(was))) => {
+                have.size != was.size || have.mtime_ns != was.mtime_ns
+            }
+            (scan::Local::Symlink { target }, Some(EntryKind::Symlink { target: was })) => {
+                target != was
+            }
+            _ => true,
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    changed.extend(
+        old.entries
+            .iter()
+            .filter(|(path, kind)| {
+                !matches!(kind, EntryKind::Dir { .. }) && !local.entries.contains_key(*path)
+            })
+            .map(|(path, _)| path.clone()),
+    );
+    changed.sort();
+    Ok(changed)
+}
+
 /// Reads the session's manifest as stored, with its generation; an empty
 /// manifest and generation 0 when there is none. (The file API can list
 /// modes and symlinks from it; objects stay the truth for content.)
