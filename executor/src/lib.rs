@@ -647,7 +647,10 @@ impl Scratch {
     fn with_command(base: &Path, command: &str) -> Result<Self, String> {
         let swept = scratch::sweep(base);
         if swept > 0 {
-            tracing::debug!(swept, "removed scratch directories of executors that were killed");
+            tracing::debug!(
+                swept,
+                "removed scratch directories of executors that were killed"
+            );
         }
         let dir = scratch::ScratchDir::create(base)
             .map_err(|e| format!("create scratch directory in {}: {e}", base.display()))?;

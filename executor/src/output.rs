@@ -98,10 +98,7 @@ impl Capture {
     pub async fn finish(mut self, bound: Duration) -> Produced {
         let problem = match tokio::time::timeout(bound, &mut self.task).await {
             Ok(Ok(None)) => None,
-            Ok(Ok(Some(e))) => Some(format!(
-                "capture of {} failed: {e}",
-                self.stream.as_str()
-            )),
+            Ok(Ok(Some(e))) => Some(format!("capture of {} failed: {e}", self.stream.as_str())),
             Ok(Err(e)) => Some(format!("capture of {} failed: {e}", self.stream.as_str())),
             Err(_) => {
                 // Dropping the reading end makes further writes fail with
