@@ -406,10 +406,11 @@ async fn run_command(
     }
     tracing::debug!(execution = %id, "swept");
     // Every writer is gone now, so both pipes end at once.
-    let produced = [
-        stdout_capture.finish(CAPTURE_DRAIN).await,
-        stderr_capture.finish(CAPTURE_DRAIN).await,
-    ];
+    let (stdout_produced, stderr_produced) = tokio::join!(
+        stdout_capture.finish(CAPTURE_DRAIN),
+        stderr_capture.finish(CAPTURE_DRAIN)
+    );
+    let produced = [stdout_produced, stderr_produced];
     Ok(Ran {
         started_at,
         ending,
