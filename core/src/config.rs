@@ -82,6 +82,8 @@ pub mod vars {
     pub const RUNBOX_MAX_TIMEOUT_SECS: &str = "RUNBOX_MAX_TIMEOUT_SECS";
     /// Inline output kept per stream.
     pub const RUNBOX_OUTPUT_CAP_BYTES: &str = "RUNBOX_OUTPUT_CAP_BYTES";
+    /// Output kept per stream at all (inline and log together).
+    pub const RUNBOX_LOG_CAP_BYTES: &str = "RUNBOX_LOG_CAP_BYTES";
     /// Wait past a command's timeout before reconciling.
     pub const RUNBOX_DEADLINE_GRACE_SECS: &str = "RUNBOX_DEADLINE_GRACE_SECS";
     /// SIGTERM → SIGKILL delay on timeout.
@@ -436,6 +438,13 @@ pub struct Limits {
     /// workspace the executor saves, in bytes; a larger one is not saved and
     /// the result says why. Default: 10737418240 (10 GiB).
     pub workspace_max_bytes: u64,
+    /// `RUNBOX_LOG_CAP_BYTES`: most bytes of each output stream the
+    /// executor keeps at all (on its disk while the command runs, and in the
+    /// log object or background chunks), in bytes. It applies while the
+    /// output is captured: bytes beyond it are counted and dropped, and the
+    /// result reports the stream as truncated with the total produced.
+    /// Default: 67108864 (64 MiB).
+    pub log_cap: u64,
 }
 
 impl Default for Limits {
@@ -449,6 +458,7 @@ impl Default for Limits {
             completion_grace: Duration::from_millis(2000),
             result_in_metadata: true,
             workspace_max_bytes: 10 * 1024 * 1024 * 1024,
+            log_cap: 64 * 1024 * 1024,
         }
     }
 }
@@ -633,6 +643,7 @@ impl Config {
                 RUNBOX_WORKSPACE_MAX_BYTES,
                 limits.workspace_max_bytes.to_string(),
             ),
+            (RUNBOX_LOG_CAP_BYTES, limits.log_cap.to_string()),
         ]);
         env
     }
@@ -757,6 +768,7 @@ impl Reader<'_> {
             1,
             u64::MAX,
         );
+        let log_cap = self.number(RUNBOX_LOG_CAP_BYTES, d.log_cap, 1024, u64::MAX);
         let limits = Limits {
             default_timeout: default_timeout?,
             max_timeout: max_timeout?,
@@ -766,6 +778,7 @@ impl Reader<'_> {
             completion_grace: completion_grace?,
             result_in_metadata: result_in_metadata?,
             workspace_max_bytes: workspace_max_bytes?,
+            log_cap: log_cap?,
         };
         if limits.default_timeout > limits.max_timeout {
             self.problems.push(Problem::Conflict {
@@ -942,6 +955,7 @@ mod tests {
         assert_eq!(cfg.limits.kill_grace, Duration::from_millis(2000));
         assert_eq!(cfg.limits.completion_grace, Duration::from_millis(2000));
         assert_eq!(cfg.limits.workspace_max_bytes, 10 << 30);
+        assert_eq!(cfg.limits.log_cap, 64 << 20);
         assert!(cfg.limits.result_in_metadata);
         let cfg = Config::from_lookup(&[("XDG_DATA_HOME", "/d"), ("HOME", "/h")]).unwrap();
         assert_eq!(cfg, Config::embedded("/d/runbox"));
@@ -991,6 +1005,7 @@ mod tests {
             ("RUNBOX_MAX_RUNNING", "7"),
             ("RUNBOX_WORKSPACE_MAX_BYTES", "99"),
             ("RUNBOX_RESULT_IN_METADATA", "false"),
+            ("RUNBOX_LOG_CAP_BYTES", "4096"),
         ])
         .unwrap();
         let round_trip = |cfg: &Config| {
@@ -1018,6 +1033,7 @@ mod tests {
         assert_eq!(again.limits.completion_grace, Duration::ZERO);
         assert!(!again.limits.result_in_metadata);
         assert_eq!(again.limits.workspace_max_bytes, 99);
+        assert_eq!(again.limits.log_cap, 4096);
         let LauncherConfig::CloudRun(cloud_run) = &again.launcher else {
             panic!("not cloudrun: {again:?}");
         };
@@ -1110,6 +1126,7 @@ mod tests {
             ("RUNBOX_KILL_GRACE_MS", "60001"),
             ("RUNBOX_COMPLETION_GRACE_MS", "1.5"),
             ("RUNBOX_WORKSPACE_MAX_BYTES", "0"),
+            ("RUNBOX_LOG_CAP_BYTES", "1023"),
             ("RUNBOX_RUNJOB_PER_MINUTE", "100001"),
             ("RUNBOX_MAX_RUNNING", "0"),
             ("RUNBOX_CLOUD_RUN_JOB", "j"),

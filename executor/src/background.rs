@@ -2,9 +2,11 @@
 //! its output is streamed to numbered log objects so a caller can follow it
 //! long before the result exists.
 //!
-//! The command writes stdout and stderr to local files, exactly as a
-//! foreground command does (see [`crate::process::run`] for why files and not
-//! pipes). A [`Streamer`] tails both files and uploads what is new as
+//! The command's stdout and stderr are captured into local files, exactly
+//! as a foreground command's are ([`crate::output::Capture`]: at most
+//! `RUNBOX_LOG_CAP_BYTES` per stream are kept, the rest counted and
+//! dropped, so the chunks never hold more than that either). A [`Streamer`]
+//! tails both files and uploads what is new as
 //! `logs/{execution}/stdout.000001`, `.000002`, … (and the same for stderr):
 //!
 //! - a chunk is uploaded as soon as [`CHUNK_BYTES`] (64 KiB) are waiting, or
@@ -21,8 +23,10 @@
 //!   chunk exists too, and a follower can stop after one more read.
 //!
 //! The result of a background execution is an ordinary result (inline output
-//! capped as usual, the full stream in `logs/{execution}/stdout` when longer),
-//! but it never saves the session's cwd or env (nor, where the workspace is
+//! capped as usual, the total produced counted), except that the chunks are
+//! its only log: no `logs/{execution}/stdout` copy of the same bytes is
+//! written (unless chunks could not be uploaded, as a fallback). It never
+//! saves the session's cwd or env (nor, where the workspace is
 //! a copy, its files): a background process runs beside foreground
 //! commands, and saving its (usually stale) state when it ends would
 //! overwrite what they did meanwhile.

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use runbox_core::config::{BackendKind, Config};
+use runbox_core::config::{BackendConfig, BackendKind, Config};
 use runbox_core::contract;
 use runbox_core::layout::{self, Stream};
 use runbox_core::result_metadata;
@@ -23,6 +23,7 @@ pub mod background;
 pub mod identity;
 pub mod output;
 pub mod process;
+pub mod scratch;
 pub mod shell;
 pub mod workspace;
 
@@ -231,7 +232,11 @@ async fn run(
             );
         }
     }
-    let files = match Scratch::with_command(&request.command, settings.run_as.as_ref()) {
+    let files = match Scratch::with_command(
+        &scratch_base(&settings.config),
+        &request.command,
+        settings.run_as.as_ref(),
+    ) {
         Ok(files) => files,
         Err(message) => return rejected(result, message),
     };
@@ -248,6 +253,7 @@ async fn run(
         started_at,
         ending,
         streamer,
+        produced,
     } = match run_command(
         store,
         settings,
@@ -275,17 +281,28 @@ async fn run(
     ) {
         return rejected(result, message);
     }
+    // A background process's chunks are its log; the log object is
+    // written only as the fallback for chunks that could not be uploaded.
+    let mut upload_log = true;
     if let Some(streamer) = streamer {
         // After the sweep, so nothing writes any more; before the result, so
         // every chunk exists once the result does.
-        notes.extend(streamer.finish(store).await);
+        let problems = streamer.finish(store).await;
+        upload_log = !problems.is_empty();
+        notes.extend(problems);
     }
     let cap = if request.output_cap_bytes > 0 {
         request.output_cap_bytes
     } else {
         settings.config.limits.output_cap
     };
-    collect_output(store, id, &files, cap, &mut result, &mut notes).await;
+    let output = Output {
+        cap,
+        log_cap: settings.config.limits.log_cap,
+        produced,
+        upload_log,
+    };
+    collect_output(store, id, &files, &output, &mut result, &mut notes).await;
     tracing::debug!(execution = %id, "output collected");
 
     if request.background {
@@ -395,6 +412,8 @@ struct Ran {
     ending: std::io::Result<process::Ending>,
     /// A background request's output streamer, still to be finished.
     streamer: Option<background::Streamer>,
+    /// What the command wrote to stdout and stderr.
+    produced: [output::Produced; 2],
 }
 
 /// Runs bash to its end (streaming output for a background request), then
@@ -409,13 +428,11 @@ async fn run_command(
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<Ran, String> {
     let id = &settings.execution_id;
-    let (stdout, stderr) = match (
-        std::fs::File::create(&files.stdout),
-        std::fs::File::create(&files.stderr),
-    ) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => return Err(format!("create output files: {e}")),
-    };
+    let log_cap = settings.config.limits.log_cap;
+    let (stdout_capture, stdout) = output::Capture::start(Stream::Stdout, &files.stdout, log_cap)
+        .map_err(|e| error_chain(&e))?;
+    let (stderr_capture, stderr) = output::Capture::start(Stream::Stderr, &files.stderr, log_cap)
+        .map_err(|e| error_chain(&e))?;
     let readonly: Vec<&str> = start
         .keys()
         .map(String::as_str)
@@ -449,10 +466,17 @@ async fn run_command(
         tracing::debug!(swept, "killed processes that left the command's group");
     }
     tracing::debug!(execution = %id, "swept");
+    // Every writer is gone now, so both pipes end at once.
+    let (stdout_produced, stderr_produced) = tokio::join!(
+        stdout_capture.finish(CAPTURE_DRAIN),
+        stderr_capture.finish(CAPTURE_DRAIN)
+    );
+    let produced = [stdout_produced, stderr_produced];
     Ok(Ran {
         started_at,
         ending,
         streamer,
+        produced,
     })
 }
 
@@ -491,21 +515,61 @@ fn record_ending(
     Ok(())
 }
 
-/// Puts stdout and stderr into the result (inline up to `cap` bytes each,
-/// the rest as log objects).
+/// How long the output capture may still take once the command and
+/// everything it started are gone (see [`output::Capture::finish`]).
+const CAPTURE_DRAIN: Duration = Duration::from_secs(5);
+
+/// How the captured output goes into the result.
+struct Output {
+    /// Inline bytes per stream.
+    cap: u64,
+    /// Bytes kept per stream at all (`RUNBOX_LOG_CAP_BYTES`).
+    log_cap: u64,
+    /// What the command wrote: stdout, stderr.
+    produced: [output::Produced; 2],
+    /// Whether a stream longer than the inline text gets a log object.
+    upload_log: bool,
+}
+
+/// Puts stdout and stderr into the result (inline up to the inline cap
+/// each, the kept rest as log objects), with a note for each stream whose
+/// output was cut at the log cap or not fully captured.
 async fn collect_output(
     store: &dyn Store,
     id: &ExecutionId,
     files: &Scratch,
-    cap: u64,
+    output: &Output,
     result: &mut ExecResult,
     notes: &mut Vec<String>,
 ) {
-    for (stream, path) in [
+    for ((stream, path), produced) in [
         (Stream::Stdout, &files.stdout),
         (Stream::Stderr, &files.stderr),
-    ] {
-        match output::collect(store, id, stream, path, cap).await {
+    ]
+    .into_iter()
+    .zip(&output.produced)
+    {
+        if let Some(problem) = &produced.problem {
+            notes.push(problem.clone());
+        } else if produced.dropped() {
+            notes.push(format!(
+                "{} produced {} bytes; only the first {} were kept (RUNBOX_LOG_CAP_BYTES)",
+                stream.as_str(),
+                produced.total,
+                output.log_cap
+            ));
+        }
+        match output::collect(
+            store,
+            id,
+            stream,
+            path,
+            output.cap,
+            produced,
+            output.upload_log,
+        )
+        .await
+        {
             Ok(c) => match stream {
                 Stream::Stdout => {
                     result.stdout = c.text;
@@ -686,7 +750,7 @@ async fn write_result(
 
 /// The command's files, in a scratch directory removed on drop.
 struct Scratch {
-    _dir: tempfile::TempDir,
+    _dir: scratch::ScratchDir,
     command: PathBuf,
     capture: PathBuf,
     stdout: PathBuf,
@@ -705,17 +769,29 @@ struct Scratch {
 const SHARED_TEMP_BASE: &str = "/tmp";
 
 impl Scratch {
-    /// A new scratch directory holding `command` as the script bash runs.
-    /// For a command run as `run_as`, the directory belongs to that user
-    /// (the shell writes its capture there) and holds its `TMPDIR`.
-    fn with_command(command: &str, run_as: Option<&identity::Identity>) -> Result<Self, String> {
-        let mut builder = tempfile::Builder::new();
-        builder.prefix("runbox-exec-");
-        let dir = match run_as {
-            None => builder.tempdir(),
-            Some(_) => builder.tempdir_in(SHARED_TEMP_BASE),
+    /// A new scratch directory holding `command` as the script bash runs,
+    /// in `base`, or for a command run as `run_as` in a directory every
+    /// user can reach; it then belongs to that user (the shell writes its
+    /// capture there) and holds its `TMPDIR`. Leftovers of killed executors
+    /// there are swept first.
+    fn with_command(
+        base: &Path,
+        command: &str,
+        run_as: Option<&identity::Identity>,
+    ) -> Result<Self, String> {
+        let base = match run_as {
+            None => base,
+            Some(_) => Path::new(SHARED_TEMP_BASE),
+        };
+        let swept = scratch::sweep(base);
+        if swept > 0 {
+            tracing::debug!(
+                swept,
+                "removed scratch directories of executors that were killed"
+            );
         }
-        .map_err(|e| format!("create scratch directory: {e}"))?;
+        let dir = scratch::ScratchDir::create(base)
+            .map_err(|e| format!("create scratch directory in {}: {e}", base.display()))?;
         let path = dir.path().to_owned();
         let files = Self {
             _dir: dir,
@@ -767,6 +843,16 @@ fn read_capture(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
     Ok(bytes)
+}
+
+/// Where scratch directories go: on the embedded backend inside the store's
+/// own `.runbox/` directory (so one store's executors sweep only their own
+/// leftovers), elsewhere in the temporary directory.
+fn scratch_base(config: &Config) -> PathBuf {
+    match &config.backend {
+        BackendConfig::Local(embedded) => embedded.home.join(scratch::EMBEDDED_DIR),
+        BackendConfig::Gcp(_) => std::env::temp_dir(),
+    }
 }
 
 /// The environment every command starts from, before the session's changes.

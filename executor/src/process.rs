@@ -27,10 +27,10 @@ pub struct Spawn<'a> {
     pub script: &'a str,
     /// The complete environment (nothing is inherited).
     pub env: &'a BTreeMap<String, String>,
-    /// Where standard output goes.
-    pub stdout: std::fs::File,
+    /// Where standard output goes (a capture pipe, see [`crate::output`]).
+    pub stdout: Stdio,
     /// Where standard error goes.
-    pub stderr: std::fs::File,
+    pub stderr: Stdio,
     /// Wall-clock limit.
     pub timeout: Duration,
     /// Between SIGTERM and SIGKILL.
@@ -39,8 +39,9 @@ pub struct Spawn<'a> {
     pub run_as: Option<&'a crate::identity::Identity>,
 }
 
-/// Runs the shell to its end. Output goes straight to files, not pipes, so a
-/// grandchild that keeps the descriptors open cannot make us wait.
+/// Runs the shell to its end. Only the shell is waited for, never its
+/// output: a grandchild that keeps stdout open cannot make us wait here
+/// (the capture ends once the group kill and the sweep have ended it).
 pub async fn run(
     spawn: Spawn<'_>,
     cancel: impl std::future::Future<Output = ()>,
@@ -62,8 +63,8 @@ pub async fn run(
         .env_clear()
         .envs(spawn.env)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(spawn.stdout))
-        .stderr(Stdio::from(spawn.stderr))
+        .stdout(spawn.stdout)
+        .stderr(spawn.stderr)
         // Its own process group, so one signal reaches every descendant
         // that did not deliberately leave it.
         .process_group(0)

@@ -150,16 +150,20 @@ pub struct ExecResult {
     /// Standard error was not valid UTF-8; `stderr` holds a lossy rendering.
     #[prost(bool, tag = "10")]
     pub stderr_lossy: bool,
-    /// Object with the full, exact standard output when truncated or lossy.
+    /// Object with the exact standard output kept (at most the log cap,
+    /// `RUNBOX_LOG_CAP_BYTES`) when truncated or lossy; empty for a
+    /// background execution, whose output is in its chunks.
     #[prost(string, tag = "11")]
     pub stdout_log: String,
-    /// Object with the full, exact standard error when truncated or lossy.
+    /// Object with the exact standard error kept, as for `stdout_log`.
     #[prost(string, tag = "12")]
     pub stderr_log: String,
-    /// Total size of standard output in bytes.
+    /// Bytes the command wrote to standard output, including any dropped
+    /// beyond the log cap.
     #[prost(uint64, tag = "13")]
     pub stdout_bytes: u64,
-    /// Total size of standard error in bytes.
+    /// Bytes the command wrote to standard error, including any dropped
+    /// beyond the log cap.
     #[prost(uint64, tag = "14")]
     pub stderr_bytes: u64,
     /// Working directory after the command.
