@@ -64,6 +64,8 @@ pub mod vars {
     pub use crate::store::gcs::STORAGE_EMULATOR_HOST;
     /// A Pub/Sub emulator instead of Pub/Sub.
     pub const PUBSUB_EMULATOR_HOST: &str = "PUBSUB_EMULATOR_HOST";
+    /// Validity of a session lease without renewal (gcp backend).
+    pub const RUNBOX_SESSION_LEASE_TTL_MS: &str = "RUNBOX_SESSION_LEASE_TTL_MS";
     /// Which launcher starts executions.
     pub const RUNBOX_LAUNCHER: &str = "RUNBOX_LAUNCHER";
     /// Path of the `runbox-executor` binary.
@@ -311,6 +313,11 @@ pub struct GcpConfig {
     /// `PUBSUB_EMULATOR_HOST`: a Pub/Sub emulator (`host:port`) instead of
     /// Pub/Sub.
     pub pubsub_emulator_host: Option<String>,
+    /// `RUNBOX_SESSION_LEASE_TTL_MS`: how long a session lease stays valid
+    /// without renewal, in milliseconds (1000 to 3600000). The holder renews
+    /// it every third of that; a holder that died blocks the session's next
+    /// command for at most this long. Default: 30000.
+    pub session_lease_ttl: Duration,
 }
 
 impl GcpConfig {
@@ -323,6 +330,7 @@ impl GcpConfig {
             notifications_topic: "runbox-notifications".to_owned(),
             storage_emulator_host: None,
             pubsub_emulator_host: None,
+            session_lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -581,6 +589,10 @@ impl Config {
                 if let Some(host) = &gcp.pubsub_emulator_host {
                     env.push((PUBSUB_EMULATOR_HOST, host.clone()));
                 }
+                env.push((
+                    RUNBOX_SESSION_LEASE_TTL_MS,
+                    gcp.session_lease_ttl.as_millis().to_string(),
+                ));
             }
         }
         env.push((RUNBOX_LAUNCHER, self.launcher.kind().as_str().to_owned()));
@@ -675,6 +687,12 @@ impl Reader<'_> {
         let topic = self.env.get(RUNBOX_NOTIFICATIONS_TOPIC);
         let storage_emulator_host = self.env.get(STORAGE_EMULATOR_HOST);
         let pubsub_emulator_host = self.env.get(PUBSUB_EMULATOR_HOST);
+        let lease_ttl = self.millis(
+            RUNBOX_SESSION_LEASE_TTL_MS,
+            Duration::from_secs(30),
+            1000,
+            3_600_000,
+        );
         match kind? {
             BackendKind::Local => Some(BackendConfig::Local(EmbeddedConfig { home, sync: sync? })),
             BackendKind::Gcp => {
@@ -687,6 +705,7 @@ impl Reader<'_> {
                 }
                 gcp.storage_emulator_host = storage_emulator_host;
                 gcp.pubsub_emulator_host = pubsub_emulator_host;
+                gcp.session_lease_ttl = lease_ttl?;
                 Some(BackendConfig::Gcp(gcp))
             }
         }

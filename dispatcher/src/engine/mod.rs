@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::launcher::Launcher;
+use crate::session_lease::SessionLeases;
 use crate::session_lock::SessionLocks;
 
 pub(crate) mod marker;
@@ -67,6 +68,9 @@ pub(crate) struct Engine {
     /// One settle at a time per execution (see [`Engine::settle`]).
     settling: DashMap<ExecutionId, Arc<tokio::sync::Mutex<()>>>,
     session_locks: Option<SessionLocks>,
+    /// The gcp backend's cross-process session order (where no file lock
+    /// can reach the other processes).
+    session_leases: Option<SessionLeases>,
     /// Every task the engine starts (queue workers, background watches).
     tasks: TaskTracker,
     /// Cancelled at shutdown: every task's loop watches it.
@@ -89,6 +93,12 @@ impl Engine {
     pub(crate) fn start(parts: EngineParts) -> Arc<Self> {
         let waiters = Waiters::new();
         let notifier = Notifier::spawn(parts.events, waiters.clone(), parts.store.clone());
+        let session_leases = match (&parts.session_locks, &parts.config.backend) {
+            (None, runbox_core::config::BackendConfig::Gcp(gcp)) => Some(
+                crate::session_lease::for_gcp(gcp, &parts.instance, &parts.store, &waiters),
+            ),
+            _ => None,
+        };
         Arc::new(Self {
             config: parts.config,
             instance: parts.instance,
@@ -101,6 +111,7 @@ impl Engine {
             queues: DashMap::new(),
             settling: DashMap::new(),
             session_locks: parts.session_locks,
+            session_leases,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         })
