@@ -989,6 +989,34 @@ mod tests {
         };
         assert_eq!(gcp.notifications_topic, "runbox-notifications");
         assert_eq!(gcp.storage_emulator_host, None);
+        assert_eq!(gcp.session_lease_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn session_lease_ttl_is_read_and_bounded() {
+        let gcp = |ttl: &str| {
+            Config::from_lookup(&[
+                ("RUNBOX_BACKEND", "gcp"),
+                ("RUNBOX_BUCKET", "b"),
+                ("RUNBOX_PROJECT", "p"),
+                ("RUNBOX_SESSION_LEASE_TTL_MS", ttl),
+            ])
+        };
+        let cfg = gcp("2000").unwrap();
+        let BackendConfig::Gcp(g) = &cfg.backend else {
+            panic!("not gcp: {cfg:?}");
+        };
+        assert_eq!(g.session_lease_ttl, Duration::from_millis(2000));
+        let env: HashMap<String, String> = cfg
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(Config::from_lookup(&env).unwrap(), cfg);
+        for bad in ["999", "3600001", "x", "-1"] {
+            let err = gcp(bad).unwrap_err().to_string();
+            assert!(err.contains("RUNBOX_SESSION_LEASE_TTL_MS"), "{bad}: {err}");
+        }
     }
 
     #[test]

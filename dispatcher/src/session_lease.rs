@@ -192,7 +192,11 @@ impl SessionLeases {
             let expires = SystemTime::now() + inner.settings.ttl;
             match inner
                 .store
-                .put(&name, self.body(expires, false), PutOptions::when(precondition))
+                .put(
+                    &name,
+                    self.body(expires, false),
+                    PutOptions::when(precondition),
+                )
                 .await
             {
                 Ok(meta) => {
@@ -599,7 +603,10 @@ mod tests {
         assert_eq!(Lease::parse(&lease.to_json()), Some(lease.clone()));
         let left = lease.remaining(now);
         assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
-        assert_eq!(lease.remaining(now + Duration::from_secs(6)), Duration::ZERO);
+        assert_eq!(
+            lease.remaining(now + Duration::from_secs(6)),
+            Duration::ZERO
+        );
         assert_eq!(Lease::parse(b"{}"), None);
         assert_eq!(Lease::parse(b"not json"), None);
     }

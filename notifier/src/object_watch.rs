@@ -111,3 +111,53 @@ impl std::fmt::Debug for ObjectWatch {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_change_after_the_watch_wakes_it_and_a_close_fails_it() {
+        let waiters = Waiters::new();
+        let mut watch = waiters.watch_object("sessions/s/lease");
+        assert!(!waiters.object_changed("sessions/other/lease"));
+        // Announced before anyone awaits: still seen (watch, then read).
+        assert!(waiters.object_changed("sessions/s/lease"));
+        tokio::time::timeout(T, watch.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        waiters.all_objects_changed();
+        tokio::time::timeout(T, watch.changed())
+            .await
+            .unwrap()
+            .unwrap();
+
+        waiters.close("stopped for the test".to_owned());
+        let err = tokio::time::timeout(T, watch.changed())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains("stopped for the test"), "{err}");
+        let mut late = waiters.watch_object("sessions/s/lease");
+        assert!(late.changed().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_last_watch_dropped_removes_the_entry() {
+        let waiters = Waiters::new();
+        let first = waiters.watch_object("n");
+        let second = waiters.watch_object("n");
+        drop(first);
+        assert!(
+            waiters.object_changed("n"),
+            "the second watch still listens"
+        );
+        drop(second);
+        assert!(!waiters.object_changed("n"));
+    }
+}

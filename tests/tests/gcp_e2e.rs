@@ -282,7 +282,10 @@ async fn two_dispatchers_on_one_session_take_turns_through_its_lease() {
     // B's command must not start while A's holds the session's lease (a
     // time limit as the assertion, not as synchronisation).
     let overlap = tokio::time::timeout(Duration::from_secs(3), started.next()).await;
-    assert!(overlap.is_err(), "B ran while A held the session: {overlap:?}");
+    assert!(
+        overlap.is_err(),
+        "B ran while A held the session: {overlap:?}"
+    );
     within(10, gate.release(1)).await;
     let ra = within(90, ra).await.unwrap().unwrap();
     assert_eq!(ra.exec_status(), ExecStatus::Succeeded, "{ra:?}");

@@ -69,9 +69,20 @@ async fn fifty_cli_processes_on_one_session_keep_every_export_and_line() {
         .iter()
         .enumerate()
         .filter(|(_, o)| !o.status.success())
-        .map(|(i, o)| format!("#{i}: {:?} {}", o.status, String::from_utf8_lossy(&o.stderr)))
+        .map(|(i, o)| {
+            format!(
+                "#{i}: {:?} {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
         .collect();
-    assert!(failed.is_empty(), "{} failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 
     let client = within(60, Client::from_config(config(&emu, home.path(), &[])))
         .await
@@ -126,7 +137,9 @@ async fn a_dead_holders_lease_is_taken_over_after_its_expiry_and_not_before() {
         .await
         .unwrap();
 
-    let r = within(60, s.exec("echo $BEFORE; export AFTER=1")).await.unwrap();
+    let r = within(60, s.exec("echo $BEFORE; export AFTER=1"))
+        .await
+        .unwrap();
     let done = SystemTime::now();
     assert_eq!(r.stdout, "1\n", "{r:?}");
     assert!(
@@ -135,7 +148,10 @@ async fn a_dead_holders_lease_is_taken_over_after_its_expiry_and_not_before() {
         expires.duration_since(done).unwrap_or_default()
     );
     let late = done.duration_since(expires).unwrap();
-    assert!(late < Duration::from_secs(10), "took over {late:?} after the expiry");
+    assert!(
+        late < Duration::from_secs(10),
+        "took over {late:?} after the expiry"
+    );
 
     // The takeover fenced the state (a new generation) before the command
     // saved its own, so a save of the dead holder's command would conflict.
@@ -206,7 +222,10 @@ async fn lease_take_renew_release_hold_their_preconditions() {
     let b_lease = within(30, &mut b_wait).await;
     let woke_after = released_at.elapsed();
     let b_lease = b_lease.unwrap();
-    assert!(woke_after < ttl / 2, "B woke {woke_after:?} after the release");
+    assert!(
+        woke_after < ttl / 2,
+        "B woke {woke_after:?} after the release"
+    );
     let body: serde_json::Value =
         serde_json::from_slice(&store.get(&name).await.unwrap().data).unwrap();
     assert_eq!(body["holder"], "b");
