@@ -5,6 +5,7 @@
 //! the emulator store.
 
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,10 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use runbox_core::store::{Precondition, PutOptions};
 use runbox_core::{Config, InstanceId, SessionId, Store, layout};
 use runbox_dispatcher::session_lease::{LeaseSettings, lease_body};
-use runbox_dispatcher::{Client, ExecStatus, LeaseError, SessionLeases};
+use runbox_dispatcher::{Client, Error, ExecStatus, LeaseError, SessionLeases};
 use runbox_notifier::{Notifier, PubSubAnnouncer, Waiters};
 use runbox_tests::embedded::{binary, within};
 use runbox_tests::harness::Emulators;
+use runbox_tests::pipes::{Announcements, Gate};
 
 async fn emulators() -> Emulators {
     within(120, Emulators::start()).await.expect("emulators")
@@ -163,6 +165,78 @@ async fn a_dead_holders_lease_is_taken_over_after_its_expiry_and_not_before() {
     let r = within(60, s.exec("echo $BEFORE $AFTER")).await.unwrap();
     assert_eq!(r.stdout, "1 1\n");
     within(60, client.shutdown()).await;
+}
+
+/// A holder whose lease was taken over while its command ran (its renewals
+/// stalled past the expiry: here the lease is overwritten as expired) does
+/// not save over the newer holder's work, even when the newer holder's
+/// command is still running, and its caller is told the lease was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_saves_nothing_over_the_new_holder() {
+    let emu = emulators().await;
+    let home = tempfile::tempdir().unwrap();
+    let short = [("RUNBOX_SESSION_LEASE_TTL_MS", "1000")];
+    let a = within(60, Client::from_config(config(&emu, home.path(), &short)))
+        .await
+        .unwrap();
+    let b = within(60, Client::from_config(config(&emu, home.path(), &short)))
+        .await
+        .unwrap();
+    within(60, a.session("taken").unwrap().exec("export FROM=start"))
+        .await
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut started = Announcements::new(scratch.path(), "started");
+    let mut gate_a = Gate::new(scratch.path(), "gate-a");
+    let mut gate_b = Gate::new(scratch.path(), "gate-b");
+    let announce = started.shell_path();
+    let command = |who: &str, gate: &Gate| {
+        format!(
+            "echo {who} > {announce}; read -r _ < {}; export FROM={who}",
+            gate.shell_path()
+        )
+    };
+    let ra = tokio::spawn(
+        a.session("taken")
+            .unwrap()
+            .exec(command("a", &gate_a))
+            .into_future(),
+    );
+    assert_eq!(within(60, started.next()).await, "a");
+
+    // A's lease as if its renewals had stalled past the expiry.
+    let store = emu.store();
+    let name = layout::session_lease(&SessionId::new("taken").unwrap());
+    let past = SystemTime::now() - Duration::from_secs(1);
+    store
+        .put(&name, lease_body("stalled", past), PutOptions::default())
+        .await
+        .unwrap();
+    let rb = tokio::spawn(
+        b.session("taken")
+            .unwrap()
+            .exec(command("b", &gate_b))
+            .into_future(),
+    );
+    assert_eq!(within(60, started.next()).await, "b");
+
+    // A finishes first, while B (the new holder) still runs.
+    within(10, gate_a.release(1)).await;
+    let ra = within(90, ra).await.unwrap();
+    match &ra {
+        Err(Error::Lease(LeaseError::Lost { execution, .. })) => assert!(!execution.is_empty()),
+        other => panic!("A's result stood although its lease was lost: {other:?}"),
+    }
+    within(10, gate_b.release(1)).await;
+    let rb = within(90, rb).await.unwrap().unwrap();
+    assert_eq!(rb.exec_status(), ExecStatus::Succeeded, "{rb:?}");
+    assert!(!rb.state_conflict, "{rb:?}");
+    let r = within(60, b.session("taken").unwrap().exec("echo $FROM"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "b\n");
+    within(60, a.shutdown()).await;
+    within(60, b.shutdown()).await;
 }
 
 /// One lease client of its own: a store, a notifier routing the emulator's
