@@ -509,32 +509,6 @@ async fn renew(
     }
 }
 
-/// The leases of a client on the gcp backend: releases are announced on
-/// the bucket's notifications topic, where every dispatcher listens.
-pub(crate) fn for_gcp(
-    gcp: &runbox_core::config::GcpConfig,
-    instance: &runbox_core::InstanceId,
-    store: &Arc<dyn Store>,
-    waiters: &Arc<Waiters>,
-) -> SessionLeases {
-    let mut pubsub = runbox_notifier::PubSubConfig::new(
-        gcp.project.clone(),
-        gcp.notifications_topic.clone(),
-        instance.as_str(),
-    );
-    pubsub.emulator_host = gcp.pubsub_emulator_host.clone();
-    SessionLeases::new(
-        store.clone(),
-        waiters.clone(),
-        Arc::new(runbox_notifier::PubSubAnnouncer::new(pubsub)),
-        LeaseSettings {
-            holder: instance.to_string(),
-            bucket: gcp.bucket.clone(),
-            ttl: gcp.session_lease_ttl,
-        },
-    )
-}
-
 /// The lease object's content.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Lease {

@@ -93,11 +93,15 @@ impl Engine {
     pub(crate) fn start(parts: EngineParts) -> Arc<Self> {
         let waiters = Waiters::new();
         let notifier = Notifier::spawn(parts.events, waiters.clone(), parts.store.clone());
-        let session_leases = match (&parts.session_locks, &parts.config.backend) {
-            (None, runbox_core::config::BackendConfig::Gcp(gcp)) => Some(
-                crate::session_lease::for_gcp(gcp, &parts.instance, &parts.store, &waiters),
+        // A file lock already orders the session across processes.
+        let session_leases = match parts.session_locks {
+            Some(_) => None,
+            None => crate::backends::session_leases(
+                &parts.config,
+                &parts.instance,
+                &parts.store,
+                &waiters,
             ),
-            _ => None,
         };
         Arc::new(Self {
             config: parts.config,
