@@ -64,6 +64,8 @@ pub mod vars {
     pub use crate::store::gcs::STORAGE_EMULATOR_HOST;
     /// A Pub/Sub emulator instead of Pub/Sub.
     pub const PUBSUB_EMULATOR_HOST: &str = "PUBSUB_EMULATOR_HOST";
+    /// Validity of a session lease without renewal (gcp backend).
+    pub const RUNBOX_SESSION_LEASE_TTL_MS: &str = "RUNBOX_SESSION_LEASE_TTL_MS";
     /// Which launcher starts executions.
     pub const RUNBOX_LAUNCHER: &str = "RUNBOX_LAUNCHER";
     /// Path of the `runbox-executor` binary.
@@ -313,6 +315,11 @@ pub struct GcpConfig {
     /// `PUBSUB_EMULATOR_HOST`: a Pub/Sub emulator (`host:port`) instead of
     /// Pub/Sub.
     pub pubsub_emulator_host: Option<String>,
+    /// `RUNBOX_SESSION_LEASE_TTL_MS`: how long a session lease stays valid
+    /// without renewal, in milliseconds (1000 to 3600000). The holder renews
+    /// it every third of that; a holder that died blocks the session's next
+    /// command for at most this long. Default: 30000.
+    pub session_lease_ttl: Duration,
 }
 
 impl GcpConfig {
@@ -325,6 +332,7 @@ impl GcpConfig {
             notifications_topic: "runbox-notifications".to_owned(),
             storage_emulator_host: None,
             pubsub_emulator_host: None,
+            session_lease_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -591,6 +599,10 @@ impl Config {
                 if let Some(host) = &gcp.pubsub_emulator_host {
                     env.push((PUBSUB_EMULATOR_HOST, host.clone()));
                 }
+                env.push((
+                    RUNBOX_SESSION_LEASE_TTL_MS,
+                    gcp.session_lease_ttl.as_millis().to_string(),
+                ));
             }
         }
         env.push((RUNBOX_LAUNCHER, self.launcher.kind().as_str().to_owned()));
@@ -686,6 +698,12 @@ impl Reader<'_> {
         let topic = self.env.get(RUNBOX_NOTIFICATIONS_TOPIC);
         let storage_emulator_host = self.env.get(STORAGE_EMULATOR_HOST);
         let pubsub_emulator_host = self.env.get(PUBSUB_EMULATOR_HOST);
+        let lease_ttl = self.millis(
+            RUNBOX_SESSION_LEASE_TTL_MS,
+            Duration::from_secs(30),
+            1000,
+            3_600_000,
+        );
         match kind? {
             BackendKind::Local => Some(BackendConfig::Local(EmbeddedConfig { home, sync: sync? })),
             BackendKind::Gcp => {
@@ -698,6 +716,7 @@ impl Reader<'_> {
                 }
                 gcp.storage_emulator_host = storage_emulator_host;
                 gcp.pubsub_emulator_host = pubsub_emulator_host;
+                gcp.session_lease_ttl = lease_ttl?;
                 Some(BackendConfig::Gcp(gcp))
             }
         }
@@ -984,6 +1003,34 @@ mod tests {
         };
         assert_eq!(gcp.notifications_topic, "runbox-notifications");
         assert_eq!(gcp.storage_emulator_host, None);
+        assert_eq!(gcp.session_lease_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn session_lease_ttl_is_read_and_bounded() {
+        let gcp = |ttl: &str| {
+            Config::from_lookup(&[
+                ("RUNBOX_BACKEND", "gcp"),
+                ("RUNBOX_BUCKET", "b"),
+                ("RUNBOX_PROJECT", "p"),
+                ("RUNBOX_SESSION_LEASE_TTL_MS", ttl),
+            ])
+        };
+        let cfg = gcp("2000").unwrap();
+        let BackendConfig::Gcp(g) = &cfg.backend else {
+            panic!("not gcp: {cfg:?}");
+        };
+        assert_eq!(g.session_lease_ttl, Duration::from_millis(2000));
+        let env: HashMap<String, String> = cfg
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(Config::from_lookup(&env).unwrap(), cfg);
+        for bad in ["999", "3600001", "x", "-1"] {
+            let err = gcp(bad).unwrap_err().to_string();
+            assert!(err.contains("RUNBOX_SESSION_LEASE_TTL_MS"), "{bad}: {err}");
+        }
     }
 
     #[test]

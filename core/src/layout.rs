@@ -53,6 +53,18 @@ pub fn workspace_prefix(id: &SessionId) -> String {
     format!("{SESSIONS_PREFIX}{id}/workspace/")
 }
 
+/// `sessions/{session}/lease`: who runs the session's command now, and
+/// until when (the gcp backend's cross-process session order).
+pub fn session_lease(id: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{id}/lease")
+}
+
+/// The session whose lease `name` is, if it is one.
+pub fn parse_session_lease(name: &str) -> Option<SessionId> {
+    let id = name.strip_prefix(SESSIONS_PREFIX)?.strip_suffix("/lease")?;
+    SessionId::new(id).ok()
+}
+
 /// `sessions/{session}/manifest.json`: the list of every entry of the
 /// session's workspace (files with size, mode, checksum and generation,
 /// directories, symlinks), written after the files it describes.
@@ -112,5 +124,9 @@ mod tests {
         assert_eq!(log(&id, Stream::Stderr), "logs/abc123-0001/stderr");
         let s = SessionId::new("s1").unwrap();
         assert_eq!(manifest(&s), "sessions/s1/manifest.json");
+        assert_eq!(session_lease(&s), "sessions/s1/lease");
+        assert_eq!(parse_session_lease("sessions/s1/lease"), Some(s.clone()));
+        assert_eq!(parse_session_lease("sessions/s1/state.json"), None);
+        assert_eq!(parse_session_lease("sessions/a/b/lease"), None);
     }
 }

@@ -9,12 +9,15 @@ use std::sync::Arc;
 use runbox_core::config::{BackendConfig, LauncherConfig};
 use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId};
-use runbox_notifier::{EventSource, FsEventSource, PubSubConfig, PubSubEventSource};
+use runbox_notifier::{
+    EventSource, FsEventSource, PubSubAnnouncer, PubSubConfig, PubSubEventSource, Waiters,
+};
 
 use crate::error::{Error, Result};
 use crate::launcher::Launcher;
 use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings};
 use crate::launcher::local::LocalLauncher;
+use crate::session_lease::{LeaseSettings, SessionLeases};
 use crate::session_lock::SessionLocks;
 
 /// The parts a client is assembled from; [`crate::Client::from_config`] picks them
@@ -31,7 +34,8 @@ pub struct Parts {
     /// This dispatcher instance's id (the execution-id prefix).
     pub instance: InstanceId,
     /// Per-session file locks that order commands across processes sharing
-    /// one machine (embedded backend); `None` elsewhere.
+    /// one machine (embedded backend); `None` elsewhere, where a gcp
+    /// configuration orders them through a session lease object instead.
     pub session_locks: Option<SessionLocks>,
     /// The directory the store keeps its objects in, when commands work in
     /// those very files (embedded backend); `None` when the executor
@@ -70,6 +74,37 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
         launcher,
         instance,
     })
+}
+
+/// The session leases that order a session's commands across processes
+/// and machines where no file lock reaches them (the gcp backend); their
+/// releases are announced on the bucket's notifications topic, where every
+/// dispatcher listens. `None` on the embedded backend.
+pub(crate) fn session_leases(
+    config: &Config,
+    instance: &InstanceId,
+    store: &Arc<dyn Store>,
+    waiters: &Arc<Waiters>,
+) -> Option<SessionLeases> {
+    let BackendConfig::Gcp(gcp) = &config.backend else {
+        return None;
+    };
+    let mut pubsub = PubSubConfig::new(
+        gcp.project.clone(),
+        gcp.notifications_topic.clone(),
+        instance.as_str(),
+    );
+    pubsub.emulator_host = gcp.pubsub_emulator_host.clone();
+    Some(SessionLeases::new(
+        store.clone(),
+        waiters.clone(),
+        Arc::new(PubSubAnnouncer::new(pubsub)),
+        LeaseSettings {
+            holder: instance.to_string(),
+            bucket: gcp.bucket.clone(),
+            ttl: gcp.session_lease_ttl,
+        },
+    ))
 }
 
 async fn events(

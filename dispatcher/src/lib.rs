@@ -50,6 +50,7 @@ pub mod files;
 pub mod launcher;
 pub mod retention;
 pub mod session;
+pub mod session_lease;
 pub mod session_lock;
 
 pub use background::{BackgroundEntry, BackgroundHandle, BackgroundState, LogRead, Spawn, Stream};
@@ -67,4 +68,5 @@ pub use retention::{GcCandidate, GcPlan, GcReport};
 pub use runbox_core::error_chain;
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};
 pub use session::{Session, SessionInfo};
+pub use session_lease::{LeaseError, SessionLease, SessionLeases};
 pub use session_lock::{SessionGuard, SessionLocks};

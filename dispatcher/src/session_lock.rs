@@ -4,8 +4,10 @@
 //! Several `runbox` processes on one machine (a shell loop firing commands in
 //! the background) are separate dispatchers; without this lock their
 //! commands would race and all but one state update per race would be
-//! refused as a conflict. On Cloud Storage the generation precondition still
-//! detects such races; this lock only avoids them where it can.
+//! refused as a conflict. The gcp backend orders them through a lease
+//! object instead ([`crate::session_lease`]); a lock fits here better: the
+//! kernel drops it the instant its process dies (no expiry to wait out),
+//! wakes the next waiter without any event, and costs no inotify instance.
 //!
 //! The lock belongs to an open file, not to a process: the local launcher
 //! hands a [`SessionGuard::share`] of it to the executor of a foreground

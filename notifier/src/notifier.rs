@@ -26,13 +26,14 @@ pub const RESYNC_CONCURRENCY: usize = 16;
 /// Counters of what the notifier has routed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NotifierStats {
-    /// Events that resolved a waiter.
+    /// Events that resolved a waiter or woke an object watch.
     pub delivered: u64,
     /// Events already delivered before (same name and generation).
     pub duplicates: u64,
     /// Result events for executions nobody here awaits.
     pub unknown: u64,
-    /// Events on objects outside `results/` or with unusable names.
+    /// Events on objects outside `results/` that nobody watches, or with
+    /// unusable names.
     pub ignored: u64,
     /// Messages that were not usable events.
     pub malformed: u64,
@@ -230,14 +231,23 @@ impl Router {
                 self.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 ack.ack().await;
             }
-            SourceItem::Resubscribed => self.resync().await,
+            SourceItem::Resubscribed => {
+                // Object watchers re-read their object: a change announced
+                // while the subscription was away would be missed otherwise.
+                self.waiters.all_objects_changed();
+                self.resync().await;
+            }
         }
         self.counters.changed.send_replace(());
     }
 
     fn route(&self, event: ObjectEvent) {
         let Some(id) = layout::parse_result(&event.name) else {
-            tracing::trace!(name = %event.name, "event outside results/; ignored");
+            if self.waiters.object_changed(&event.name) {
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            tracing::trace!(name = %event.name, "event outside results/ that nobody watches; ignored");
             self.counters.ignored.fetch_add(1, Ordering::Relaxed);
             return;
         };

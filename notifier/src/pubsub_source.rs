@@ -3,7 +3,8 @@
 //!
 //! Each dispatcher instance owns one subscription, `runbox-{instance}`,
 //! created when the source connects, filtered on the instance's execution-id
-//! prefix (`results/{instance}-`) and given an expiration policy so a crashed
+//! prefix (`results/{instance}-`) and on `sessions/` (announced session
+//! leases, see [`crate::PubSubAnnouncer`]) and given an expiration policy so a crashed
 //! instance's subscription goes away by itself. The filter only saves traffic:
 //! the emulator ignores filters, and nothing here relies on it.
 //!
@@ -151,12 +152,14 @@ impl PubSubConfig {
         format!("runbox-{}", self.instance)
     }
 
-    /// The subscription filter: only this instance's results.
+    /// The subscription filter: this instance's results, and the session
+    /// objects dispatchers announce to each other (session leases).
     pub fn filter(&self) -> String {
         format!(
-            "hasPrefix(attributes.objectId, \"{}{}-\")",
+            "hasPrefix(attributes.objectId, \"{}{}-\") OR hasPrefix(attributes.objectId, \"{}\")",
             runbox_core::layout::RESULTS_PREFIX,
-            self.instance
+            self.instance,
+            runbox_core::layout::SESSIONS_PREFIX,
         )
     }
 
@@ -337,7 +340,7 @@ impl EventSource for PubSubEventSource {
 
 /// Turns one Pub/Sub message into the item the notifier gets; `ack`
 /// acknowledges it.
-fn parse_notification(message: &PubsubMessage, ack: Acker) -> SourceItem {
+pub(crate) fn parse_notification(message: &PubsubMessage, ack: Acker) -> SourceItem {
     match parse_event(message) {
         Ok(event) => SourceItem::Event(event, ack),
         Err(reason) => SourceItem::Malformed {
@@ -683,7 +686,7 @@ fn subscription_config(config: &PubSubConfig) -> SubscriptionConfig {
     }
 }
 
-async fn client_config(config: &PubSubConfig) -> Result<ClientConfig, String> {
+pub(crate) async fn client_config(config: &PubSubConfig) -> Result<ClientConfig, String> {
     let environment = match &config.emulator_host {
         Some(host) => {
             let host = host
@@ -816,7 +819,7 @@ mod tests {
         assert_eq!(cfg.subscription_id(), "runbox-ab12cd");
         assert_eq!(
             cfg.filter(),
-            r#"hasPrefix(attributes.objectId, "results/ab12cd-")"#
+            r#"hasPrefix(attributes.objectId, "results/ab12cd-") OR hasPrefix(attributes.objectId, "sessions/")"#
         );
         assert_eq!(
             cfg.with_ack_deadline(Duration::from_secs(1))

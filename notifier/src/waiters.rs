@@ -26,6 +26,7 @@ use runbox_core::ExecutionId;
 use tokio::sync::oneshot;
 
 use crate::ObjectEvent;
+use crate::object_watch::{ObjectWatch, ObjectWatches};
 
 /// How many delivered `(execution, generation)` keys are remembered to
 /// recognise duplicate notifications. GCS and Pub/Sub redeliver within
@@ -73,6 +74,8 @@ pub struct Waiters {
     stopped: OnceLock<String>,
     /// Recently delivered keys, to tell duplicates from strangers.
     delivered: Mutex<DeliveredKeys>,
+    /// Watches on objects outside `results/` (session leases).
+    pub(crate) objects: ObjectWatches,
 }
 
 impl Waiters {
@@ -89,6 +92,7 @@ impl Waiters {
             closed: AtomicBool::new(false),
             stopped: OnceLock::new(),
             delivered: Mutex::new(DeliveredKeys::with_capacity(DEDUPE_CAPACITY)),
+            objects: ObjectWatches::default(),
         })
     }
 
@@ -176,6 +180,33 @@ impl Waiters {
         self.closed.store(true, Ordering::SeqCst);
         // Dropping a sender wakes its waiter, which then reports `stopped`.
         self.pending.clear();
+        self.objects.clear();
+    }
+
+    /// Watches object `name` (outside `results/`) for announced changes;
+    /// create the watch BEFORE reading the object. After
+    /// [`Waiters::close`] the watch fails at once.
+    pub fn watch_object(self: &Arc<Self>, name: &str) -> ObjectWatch {
+        if self.closed.load(Ordering::SeqCst) {
+            return ObjectWatch::new(name, None, Arc::clone(self));
+        }
+        let rx = self.objects.subscribe(name);
+        // As in `register`: a close that drained the table before our
+        // insert would leave this watch waiting forever.
+        if self.closed.load(Ordering::SeqCst) {
+            return ObjectWatch::new(name, None, Arc::clone(self));
+        }
+        ObjectWatch::new(name, Some(rx), Arc::clone(self))
+    }
+
+    /// Wakes the watches of object `name`; whether anyone watched it.
+    pub fn object_changed(&self, name: &str) -> bool {
+        self.objects.changed(name)
+    }
+
+    /// Wakes every object watch (events may have been lost).
+    pub fn all_objects_changed(&self) {
+        self.objects.all_changed();
     }
 
     /// Whether [`Waiters::close`] has been called.
@@ -203,7 +234,7 @@ impl Waiters {
         self.len() == 0
     }
 
-    fn stopped_error(&self) -> WaitError {
+    pub(crate) fn stopped_error(&self) -> WaitError {
         WaitError::NotifierStopped(
             self.stopped
                 .get()

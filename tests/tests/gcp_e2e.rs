@@ -11,7 +11,7 @@ use futures::future::join_all;
 use gcloud_googleapis::pubsub::v1::PubsubMessage;
 use runbox_core::store::list_all;
 use runbox_core::{Config, Store, layout};
-use runbox_dispatcher::{Client, Error, ExecStatus};
+use runbox_dispatcher::{Client, ExecStatus};
 use runbox_tests::embedded::{binary, within};
 use runbox_tests::harness::Emulators;
 use runbox_tests::pipes::{Announcements, Gate, quote};
@@ -261,7 +261,7 @@ async fn duplicate_unknown_and_malformed_notifications_are_acked_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_dispatchers_racing_on_one_session_conflict_instead_of_overwriting() {
+async fn two_dispatchers_on_one_session_take_turns_through_its_lease() {
     let emu = emulators().await;
     let home = tempfile::tempdir().unwrap();
     let a = client(config(&emu, home.path(), &[])).await;
@@ -269,40 +269,35 @@ async fn two_dispatchers_racing_on_one_session_conflict_instead_of_overwriting()
     within(60, a.session("race").unwrap().exec("export BASE=1"))
         .await
         .unwrap();
-    // Both commands run, so both executors have read the same state
-    // generation, before either is let go to write its state.
     let scratch = tempfile::tempdir().unwrap();
     let mut started = Announcements::new(scratch.path(), "started");
     let mut gate = Gate::new(scratch.path(), "gate");
+    let (announce, wait) = (started.shell_path(), gate.shell_path());
     let command = |from: &str| {
-        format!(
-            "echo {from} > {}; read -r _ < {}; export FROM={from}",
-            started.shell_path(),
-            gate.shell_path()
-        )
+        format!("echo {from} > {announce}; read -r _ < {wait}; export FROM=${{FROM}}{from}")
     };
     let ra = tokio::spawn(a.session("race").unwrap().exec(command("a")).into_future());
+    assert_eq!(within(60, started.next()).await, "a");
     let rb = tokio::spawn(b.session("race").unwrap().exec(command("b")).into_future());
-    let mut running = vec![
-        within(60, started.next()).await,
-        within(60, started.next()).await,
-    ];
-    running.sort();
-    assert_eq!(running, ["a", "b"]);
-    within(10, gate.release(2)).await;
-    let (ra, rb) = within(90, futures::future::join(ra, rb)).await;
-    let (ra, rb) = (ra.unwrap(), rb.unwrap());
-    let conflicts = [&ra, &rb]
-        .iter()
-        .filter(|r| matches!(r, Err(Error::StateConflict { .. })))
-        .count();
-    let wins = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
-    assert_eq!((wins, conflicts), (1, 1), "{ra:?}\n{rb:?}");
-    let winner = if ra.is_ok() { "a" } else { "b" };
+    // B's command must not start while A's holds the session's lease (a
+    // time limit as the assertion, not as synchronisation).
+    let overlap = tokio::time::timeout(Duration::from_secs(3), started.next()).await;
+    assert!(
+        overlap.is_err(),
+        "B ran while A held the session: {overlap:?}"
+    );
+    within(10, gate.release(1)).await;
+    let ra = within(90, ra).await.unwrap().unwrap();
+    assert_eq!(ra.exec_status(), ExecStatus::Succeeded, "{ra:?}");
+    assert_eq!(within(60, started.next()).await, "b");
+    within(10, gate.release(1)).await;
+    let rb = within(90, rb).await.unwrap().unwrap();
+    assert_eq!(rb.exec_status(), ExecStatus::Succeeded, "{rb:?}");
+    // Both saved, in turn: B saw A's export.
     let r = within(60, a.session("race").unwrap().exec("echo $BASE $FROM"))
         .await
         .unwrap();
-    assert_eq!(r.stdout, format!("1 {winner}\n"));
+    assert_eq!(r.stdout, "1 ab\n");
     within(60, a.shutdown()).await;
     within(60, b.shutdown()).await;
 }
@@ -330,8 +325,14 @@ async fn the_cli_runs_on_the_emulators() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "ok /tmp\n");
     // Nothing of the session landed in the local home: it is all in the bucket.
     assert!(!home.path().join("sessions").exists());
-    let names = list_all(&emu.store(), "sessions/cli/").await.unwrap();
-    assert_eq!(names.len(), 1, "{names:?}");
+    // The session's state, and the lease that ordered its commands.
+    let names: Vec<String> = list_all(&emu.store(), "sessions/cli/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["sessions/cli/lease", "sessions/cli/state.json"]);
 
     // A gcp configuration without a bucket is refused at start.
     let out = within(

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::launcher::Launcher;
+use crate::session_lease::SessionLeases;
 use crate::session_lock::SessionLocks;
 
 pub(crate) mod cancel;
@@ -73,6 +74,9 @@ pub(crate) struct Engine {
     /// one that ends without a result is then CANCELLED, not LOST.
     cancelled: DashSet<ExecutionId>,
     session_locks: Option<SessionLocks>,
+    /// The gcp backend's cross-process session order (where no file lock
+    /// can reach the other processes).
+    session_leases: Option<SessionLeases>,
     /// Every task the engine starts (queue workers, background watches).
     tasks: TaskTracker,
     /// Cancelled at shutdown: every task's loop watches it.
@@ -95,6 +99,16 @@ impl Engine {
     pub(crate) fn start(parts: EngineParts) -> Arc<Self> {
         let waiters = Waiters::new();
         let notifier = Notifier::spawn(parts.events, waiters.clone(), parts.store.clone());
+        // A file lock already orders the session across processes.
+        let session_leases = match parts.session_locks {
+            Some(_) => None,
+            None => crate::backends::session_leases(
+                &parts.config,
+                &parts.instance,
+                &parts.store,
+                &waiters,
+            ),
+        };
         Arc::new(Self {
             config: parts.config,
             instance: parts.instance,
@@ -108,6 +122,7 @@ impl Engine {
             settling: DashMap::new(),
             cancelled: DashSet::new(),
             session_locks: parts.session_locks,
+            session_leases,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         })

@@ -1,6 +1,8 @@
 //! One queue per session: its foreground commands run one at a time, in the
 //! order they were submitted; sessions run in parallel. On the embedded
-//! backend a per-session file lock extends that order to other processes.
+//! backend a per-session file lock extends that order to other processes;
+//! on the gcp backend a session lease object extends it to other processes
+//! and machines.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Engine, Submission};
 use crate::error::{Error, Result};
 use crate::exec::CancelHandle;
+use crate::session_lease::{LeaseError, SessionLease};
 
 /// The sending end of a session's queue.
 pub(crate) type Sender = mpsc::UnboundedSender<Job>;
@@ -118,7 +121,49 @@ impl Engine {
             },
             None => None,
         };
-        self.run_foreground(session, submission, guard.as_ref(), cancel)
-            .await
+        let lease = match &self.session_leases {
+            // As with the lock: shutdown does not wait for another holder.
+            Some(leases) => tokio::select! {
+                lease = leases.acquire(session) => Some(lease?),
+                () = self.stop.cancelled() => None,
+                () = cancel.cancelled() => return Err(Error::Cancelled),
+            },
+            None => None,
+        };
+        let result = self
+            .run_foreground(session, submission, guard.as_ref(), cancel)
+            .await;
+        match lease {
+            Some(lease) => leased_result(lease, result).await,
+            None => result,
+        }
+    }
+}
+
+/// Gives the lease back; a lease lost while the command ran turns its
+/// result into [`LeaseError::Lost`], since another command may have run
+/// meanwhile.
+async fn leased_result(lease: SessionLease, result: Result<ExecResult>) -> Result<ExecResult> {
+    let session = lease.session().to_string();
+    match lease.release().await {
+        Ok(()) => result,
+        Err(LeaseError::Lost { ttl, .. }) => {
+            let execution = match &result {
+                Ok(r) => r.execution_id.clone(),
+                Err(Error::StateConflict { result, .. }) => result.execution_id.clone(),
+                Err(_) => String::new(),
+            };
+            Err(LeaseError::Lost {
+                session,
+                execution,
+                ttl,
+            }
+            .into())
+        }
+        Err(e) => {
+            // The lease expires by itself; the command's outcome stands.
+            tracing::warn!(%session, error = %e, "could not release the session lease");
+            result
+        }
     }
 }

@@ -119,6 +119,9 @@ pub enum Error {
     /// A background-process operation failed.
     #[error(transparent)]
     Background(#[from] BackgroundError),
+    /// The session lease (gcp backend) could not be taken or was lost.
+    #[error(transparent)]
+    Lease(#[from] crate::session_lease::LeaseError),
 }
 
 impl Error {
@@ -127,6 +130,7 @@ impl Error {
         match self {
             Error::Store { source, .. } => source.is_retryable(),
             Error::Launch(e) => e.is_retryable(),
+            Error::Lease(e) => e.is_retryable(),
             _ => false,
         }
     }
