@@ -3,6 +3,7 @@
 //! `results/` to the [`Waiters`], and each waiting future resolves once.
 
 mod event;
+mod fs_share;
 mod fs_source;
 mod notifier;
 mod pubsub_source;
