@@ -41,7 +41,8 @@ impl CloudRun {
                 [embedded::binary("runbox-executor").display().to_string()],
             )
             .inherit_env(false)
-            .kill_grace(Duration::from_millis(500));
+            .kill_grace(Duration::from_millis(500))
+            .supervisor(embedded::binary("runbox-cloudrun-emulator"));
         let emulator = within(
             10,
             Emulator::start("127.0.0.1:0".parse().expect("address"), config),
@@ -281,5 +282,30 @@ async fn markers_without_the_execution_name_are_found_by_listing() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_stopped(&[older_pids, newer_pids].concat(), "cleanup").await;
     assert_listed_cancelled(&cloud, "s0", &older).await;
+    cloud.shutdown().await;
+}
+
+/// The emulator, like Cloud Run, ends every process of a task when its main
+/// process dies: here the executor is SIGKILLed while its command (`bash`
+/// in a process group of its own, and `sleep 600`) runs; both must be gone
+/// at once, not at the command's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_executor_takes_every_process_of_its_task_with_it() {
+    let cloud = CloudRun::start().await;
+    let (_, pids) = cloud.spawn_sleeper("s0").await;
+    let executor = pids
+        .iter()
+        .copied()
+        .find(|p| procs::comm(*p).as_deref() == Some("runbox-executor"))
+        .unwrap_or_else(|| panic!("no executor among {pids:?}"));
+    assert!(
+        pids.iter()
+            .any(|p| procs::comm(*p).as_deref() == Some("sleep")),
+        "the command runs: {pids:?}"
+    );
+    let executor_pid = rustix::process::Pid::from_raw(executor).expect("a pid");
+    rustix::process::kill_process(executor_pid, rustix::process::Signal::KILL)
+        .expect("SIGKILL the executor");
+    assert_stopped(&pids, "the processes of a task whose executor was killed").await;
     cloud.shutdown().await;
 }
