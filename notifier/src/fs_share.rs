@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
-use notify::{EventKind, RecursiveMode, Watcher};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use runbox_core::layout;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{UnixListener, UnixStream};
@@ -56,43 +56,110 @@ const RELAY_BACKLOG: usize = 65_536;
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Starts following `results_dir` (absolute) for this process: as the hub,
-/// or through it. Ends when `feed` is closed (the source dropped) or after
-/// reporting [`Feed::Failed`].
-pub(crate) fn follow(results_dir: PathBuf, feed: mpsc::UnboundedSender<Feed>) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// or through it. The first election happens here, synchronously, so a
+/// watch that cannot be set up (a kernel limit) fails the source's
+/// creation, before anything is launched. The task ends when `feed` is
+/// closed (the source dropped) or after reporting [`Feed::Failed`].
+pub(crate) fn follow(
+    results_dir: PathBuf,
+    feed: mpsc::UnboundedSender<Feed>,
+) -> Result<JoinHandle<()>, String> {
+    let addr = socket_name(&results_dir)?;
+    let first = elect_once(&addr, &results_dir)?;
+    Ok(tokio::spawn(async move {
         let outcome = tokio::select! {
-            outcome = elect(&results_dir, &feed) => outcome,
+            outcome = run(addr, results_dir, first, &feed) => outcome,
             () = feed.closed() => return,
         };
         if let Err(reason) = outcome {
             let _ = feed.send(Feed::Failed(reason));
         }
-    })
+    }))
 }
 
-/// Becomes the hub or a client, again after every handover; returns only
-/// on a failure that trying again would not fix.
-async fn elect(results_dir: &Path, feed: &mpsc::UnboundedSender<Feed>) -> Result<(), String> {
-    let addr = socket_name(results_dir)?;
+/// What one election made of this process.
+enum Role {
+    /// It holds the name: the watch is in place, `events` receives it.
+    Hub {
+        listener: std::os::unix::net::UnixListener,
+        watcher: RecommendedWatcher,
+        events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
+    },
+    /// It is connected to the hub.
+    Client(std::os::unix::net::UnixStream),
+}
+
+/// Serves or follows the hub, electing again after every handover; returns
+/// only on a failure that trying again would not fix.
+async fn run(
+    addr: SocketAddr,
+    results_dir: PathBuf,
+    mut role: Option<Role>,
+    feed: &mpsc::UnboundedSender<Feed>,
+) -> Result<(), String> {
     loop {
-        match std::os::unix::net::UnixListener::bind_addr(&addr) {
-            Ok(listener) => return serve(listener, results_dir, feed).await,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
-            Err(e) => return Err(format!("binding the shared event socket: {e}")),
-        }
-        match connect(&addr).await {
-            Ok(stream) => relay(stream, feed).await?,
+        match role.take() {
+            Some(Role::Hub {
+                listener,
+                watcher,
+                events,
+            }) => return serve(listener, watcher, events, &results_dir, feed).await,
+            Some(Role::Client(stream)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| UnixStream::from_std(stream))
+                    .map_err(|e| format!("setting up the shared event socket: {e}"))?;
+                relay(stream, feed).await?;
+            }
             // The hub exited between our bind and connect, or its accept
-            // queue is full: elect again shortly.
-            Err(e) if is_transient(&e) => tokio::time::sleep(RETRY_PAUSE).await,
-            Err(e) => return Err(format!("connecting to the shared event socket: {e}")),
+            // queue was full: elect again shortly.
+            None => tokio::time::sleep(RETRY_PAUSE).await,
         }
+        let (addr, dir) = (addr.clone(), results_dir.clone());
+        role = tokio::task::spawn_blocking(move || elect_once(&addr, &dir))
+            .await
+            .map_err(|e| format!("electing the shared watch's holder: {e}"))??;
+    }
+}
+
+/// One election: bind the name and set up the watch, or connect to the
+/// process that holds it. `None`: it went away meanwhile; try again. The
+/// connect blocks, on purpose: a full accept queue makes a non-blocking
+/// connect fail at once, while a blocking one waits its turn.
+fn elect_once(addr: &SocketAddr, results_dir: &Path) -> Result<Option<Role>, String> {
+    match std::os::unix::net::UnixListener::bind_addr(addr) {
+        Ok(listener) => {
+            let (events_tx, events) = mpsc::unbounded_channel();
+            let mut watcher = notify::recommended_watcher(move |event| {
+                // Fails only once the hub has stopped; nothing left to tell.
+                let _ = events_tx.send(event);
+            })
+            .map_err(|e| watch_error("starting the watcher", &e))?;
+            watcher
+                .watch(results_dir, RecursiveMode::NonRecursive)
+                .map_err(|e| watch_error(&format!("watching {}", results_dir.display()), &e))?;
+            return Ok(Some(Role::Hub {
+                listener,
+                watcher,
+                events,
+            }));
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+        Err(e) => return Err(format!("binding the shared event socket: {e}")),
+    }
+    match std::os::unix::net::UnixStream::connect_addr(addr) {
+        Ok(stream) => Ok(Some(Role::Client(stream))),
+        Err(e) if is_transient(&e) => Ok(None),
+        Err(e) => Err(format!("connecting to the shared event socket: {e}")),
     }
 }
 
 /// The hub: holds the watch, feeds this process and relays to every client.
 async fn serve(
     listener: std::os::unix::net::UnixListener,
+    // Held for as long as the hub serves: dropping it ends the watch.
+    _watcher: RecommendedWatcher,
+    mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     results_dir: &Path,
     feed: &mpsc::UnboundedSender<Feed>,
 ) -> Result<(), String> {
@@ -101,15 +168,6 @@ async fn serve(
         .map_err(|e| format!("setting up the shared event socket: {e}"))?;
     let listener = UnixListener::from_std(listener)
         .map_err(|e| format!("setting up the shared event socket: {e}"))?;
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event| {
-        // Fails only once the hub has stopped; nothing left to tell.
-        let _ = events_tx.send(event);
-    })
-    .map_err(|e| watch_error("starting the watcher", &e))?;
-    watcher
-        .watch(results_dir, RecursiveMode::NonRecursive)
-        .map_err(|e| watch_error(&format!("watching {}", results_dir.display()), &e))?;
     let _ = feed.send(Feed::Rescan);
     let (relay_tx, _) = broadcast::channel::<Arc<str>>(RELAY_BACKLOG);
     loop {
@@ -207,20 +265,6 @@ async fn relay(stream: UnixStream, feed: &mpsc::UnboundedSender<Feed>) -> Result
     }
     // The hub went away: the caller elects again.
     Ok(())
-}
-
-/// A blocking connect on a thread of its own: a full accept queue makes a
-/// non-blocking connect fail at once, while a blocking one waits its turn.
-async fn connect(addr: &SocketAddr) -> io::Result<UnixStream> {
-    let addr = addr.clone();
-    let stream = tokio::task::spawn_blocking(move || {
-        let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-        stream.set_nonblocking(true)?;
-        Ok::<_, io::Error>(stream)
-    })
-    .await
-    .map_err(io::Error::other)??;
-    UnixStream::from_std(stream)
 }
 
 fn is_transient(e: &io::Error) -> bool {

@@ -70,7 +70,7 @@ impl FsEventSource {
             return Err(fail("needs a tokio runtime".to_owned()));
         }
         let (tx, events) = mpsc::unbounded_channel();
-        let follower = fs_share::follow(results_dir, tx);
+        let follower = fs_share::follow(results_dir, tx).map_err(fail)?;
         Ok(Self {
             bucket: root.display().to_string(),
             description,
