@@ -226,8 +226,7 @@ async fn feed_client(stream: UnixStream, mut lines: broadcast::Receiver<Arc<str>
             // what it missed. Closed: the hub stopped.
             Err(_) => return,
         };
-        if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err()
-        {
+        if out.write_all(line.as_bytes()).await.is_err() || out.write_all(b"\n").await.is_err() {
             return;
         }
         // Flush only when nothing else is queued: bursts go out together.
@@ -436,7 +435,8 @@ mod tests {
         );
         let e = io::Error::from_raw_os_error(28);
         assert!(
-            describe_io(&e).starts_with("inotify watch limit reached (fs.inotify.max_user_watches = "),
+            describe_io(&e)
+                .starts_with("inotify watch limit reached (fs.inotify.max_user_watches = "),
             "{}",
             describe_io(&e)
         );

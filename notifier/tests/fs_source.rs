@@ -202,7 +202,11 @@ async fn sources_on_one_store_share_one_watch_and_survive_its_holder() {
     for src in &mut sources {
         resubscribed(src).await;
     }
-    assert_eq!(inotify_instances() - before, 1, "one watch for five sources");
+    assert_eq!(
+        inotify_instances() - before,
+        1,
+        "one watch for five sources"
+    );
 
     // The first round has no handover: every source must see the event.
     let name = "results/r0.json";

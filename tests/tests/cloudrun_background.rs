@@ -83,18 +83,15 @@ impl CloudRun {
             .await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let handle = text(&out.stdout).trim_end().to_owned();
-        // `bg logs -f` needs output; instead, the marker and the processes
-        // carrying the execution id show it started. The launch returned
-        // after RunJob; the task's processes appear shortly after.
         let pids = self.processes_of(&handle).await;
         (handle, pids)
     }
 
-    /// The processes whose environment carries the execution id, waiting
-    /// (on the CLI's own event: `bg wait` with a short timeout as a
-    /// bounded, non-polling wait is not available for "started", so each
-    /// look is one `/proc` scan after a `bg list` round trip) until bash
-    /// and sleep are among them.
+    /// The processes whose environment carries the execution id, once
+    /// `sleep` is among them. The spawn returns after RunJob, before the
+    /// task has started, and nothing announces "the command has forked":
+    /// each look is one `/proc` scan, with a CLI round trip (`bg list`)
+    /// between looks, for at most 30 s.
     async fn processes_of(&self, handle: &str) -> Vec<i32> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {

@@ -52,7 +52,10 @@ fn check_order(session: &str, content: &str, expected: &BTreeSet<usize>) {
         previous_end = Some(end);
         assert!(seen.insert(index), "{session}: {index} twice:\n{content}");
     }
-    assert_eq!(&seen, expected, "{session}: lost or foreign commands:\n{content}");
+    assert_eq!(
+        &seen, expected,
+        "{session}: lost or foreign commands:\n{content}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,12 +257,9 @@ async fn watch_end<'a>(engine: &'a Engine, handle: &BackgroundHandle) -> Result<
 /// out: if the executor then ends without a result (the signal came before
 /// it could handle it), whoever settles it writes CANCELLED, not LOST.
 async fn mark_kill_requested(engine: &Engine, handle: &BackgroundHandle) -> Result<()> {
-    marker::update(
-        &*engine.store,
-        &handle.session,
-        &handle.execution_id,
-        |m| m.kill_requested = true,
-    )
+    marker::update(&*engine.store, &handle.session, &handle.execution_id, |m| {
+        m.kill_requested = true
+    })
     .await
     .map(drop)
 }

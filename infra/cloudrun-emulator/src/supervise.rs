@@ -116,7 +116,13 @@ fn children_of(parent: Pid) -> Vec<Pid> {
             let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // `pid (comm) state ppid ...`; comm may hold spaces and parens.
-            let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            let ppid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
             (ppid == parent.as_raw_nonzero().get())
                 .then(|| Pid::from_raw(pid))
                 .flatten()

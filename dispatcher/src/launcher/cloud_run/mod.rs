@@ -47,8 +47,8 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
     CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, ListExecutionsRequest,
-    RunJobRequest, env_var,
-    executions_client::ExecutionsClient, jobs_client::JobsClient, run_job_request,
+    RunJobRequest, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
+    run_job_request,
 };
 use googleapis_tonic_google_longrunning::google::longrunning::{
     Operation, WaitOperationRequest, operation, operations_client::OperationsClient,
@@ -302,7 +302,9 @@ impl CloudRunLauncher {
         id: &ExecutionId,
         since: SystemTime,
     ) -> Result<Option<String>, CallError> {
-        let oldest = since.checked_sub(FIND_SKEW).unwrap_or(SystemTime::UNIX_EPOCH);
+        let oldest = since
+            .checked_sub(FIND_SKEW)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut page_token = String::new();
         loop {
             let mut call = tonic::Request::new(ListExecutionsRequest {
