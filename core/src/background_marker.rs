@@ -4,9 +4,10 @@
 //! what may run, and rewritten with `killRequested` before a kill is sent.
 //!
 //! Stored as JSON with sorted keys:
-//! `{"command":…,"executionId":…,"killRequested":true,"sessionId":…,"startedAt":"2023-11-14T22:13:20.123Z"}`,
-//! `killRequested` only once a kill was asked for, `startedAt` RFC 3339
-//! with milliseconds.
+//! `{"command":…,"executionId":…,"killRequested":true,"locator":…,"sessionId":…,"startedAt":"2023-11-14T22:13:20.123Z"}`,
+//! `killRequested` only once a kill was asked for, `locator` only once the
+//! launcher named where the process runs (markers written before it was
+//! stored have none), `startedAt` RFC 3339 with milliseconds.
 
 use std::time::SystemTime;
 
@@ -47,6 +48,12 @@ pub struct BackgroundMarker {
     /// A kill was asked for: a process that then ends without a result was
     /// killed, not lost.
     pub kill_requested: bool,
+    /// Where the platform runs it, as the launcher named it after the
+    /// launch (Cloud Run: the Execution's resource name), so that another
+    /// dispatcher process can reach it; `None` before the launch, for
+    /// launchers that need nothing beyond the execution id, and in markers
+    /// written before this field existed.
+    pub locator: Option<String>,
 }
 
 impl BackgroundMarker {
@@ -60,6 +67,8 @@ impl BackgroundMarker {
             execution_id: &'a str,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             kill_requested: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            locator: Option<&'a str>,
             session_id: &'a str,
             started_at: String,
         }
@@ -67,6 +76,7 @@ impl BackgroundMarker {
             command: &self.command,
             execution_id: self.execution_id.as_str(),
             kill_requested: self.kill_requested,
+            locator: self.locator.as_deref(),
             session_id: self.session.as_str(),
             started_at: humantime::format_rfc3339_millis(self.started_at).to_string(),
         };
@@ -97,6 +107,11 @@ impl BackgroundMarker {
             command: field("command")?.to_owned(),
             started_at,
             kill_requested: value.get("killRequested") == Some(&serde_json::Value::Bool(true)),
+            locator: match value.get("locator") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(l)) => Some(l.clone()),
+                Some(_) => return Err(MarkerError::MissingField("locator")),
+            },
         })
     }
 }
@@ -114,6 +129,7 @@ mod tests {
             command: "python3 -m http.server 0".into(),
             started_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             kill_requested: false,
+            locator: None,
         }
     }
 
@@ -141,6 +157,19 @@ mod tests {
         assert_eq!(
             BackgroundMarker::decode(&bytes, &m.session, &m.execution_id).unwrap(),
             killed
+        );
+        let located = BackgroundMarker {
+            locator: Some("projects/p/locations/l/jobs/j/executions/e".into()),
+            ..killed.clone()
+        };
+        let bytes = located.encode();
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"command":"python3 -m http.server 0","executionId":"abc-1","killRequested":true,"locator":"projects/p/locations/l/jobs/j/executions/e","sessionId":"s","startedAt":"2023-11-14T22:13:20.123Z"}"#
+        );
+        assert_eq!(
+            BackgroundMarker::decode(&bytes, &m.session, &m.execution_id).unwrap(),
+            located
         );
     }
 

@@ -5,6 +5,7 @@
 //! [`EventAnnouncer`]) wake the [`ObjectWatch`]es on them.
 
 mod event;
+mod fs_share;
 mod fs_source;
 mod notifier;
 mod object_watch;

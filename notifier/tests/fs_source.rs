@@ -158,3 +158,75 @@ async fn removing_the_results_directory_is_an_error() {
     // And it stays failed.
     assert!(timeout(LIMIT, src.next()).await.unwrap().is_err());
 }
+
+/// The inotify instances this process holds.
+fn inotify_instances() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_str() == Some("anon_inode:inotify"))
+        .count()
+}
+
+/// Takes what `source` has ready now, without waiting.
+async fn drain(source: &mut FsEventSource) {
+    while let Ok(item) = timeout(Duration::ZERO, source.next()).await {
+        item.expect("the source works");
+    }
+}
+
+/// Waits until `source` has told of `name`: its event, or a `Resubscribed`
+/// (a handover of the shared watch) on which a notifier reads the store
+/// again and finds it. Events of other objects are skipped.
+async fn learns_of(source: &mut FsEventSource, name: &str) {
+    loop {
+        match next(source).await {
+            SourceItem::Event(event, _ack) if event.name == name => return,
+            SourceItem::Event(..) => continue,
+            SourceItem::Resubscribed => return,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Many sources on one store cost one inotify instance between them (the
+/// kernel allows 128 per user by default), every one of them sees every
+/// result, and when the one holding the watch goes, another takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_on_one_store_share_one_watch_and_survive_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Arc::new(MemStore::default());
+    let before = inotify_instances();
+    let mut sources: Vec<FsEventSource> = (0..5).map(|_| source(root, &store)).collect();
+    for src in &mut sources {
+        resubscribed(src).await;
+    }
+    assert_eq!(
+        inotify_instances() - before,
+        1,
+        "one watch for five sources"
+    );
+
+    // The first round has no handover: every source must see the event.
+    let name = "results/r0.json";
+    store.insert(name, 100, &[]);
+    publish(root, name, "{}");
+    for src in &mut sources {
+        assert_eq!(next_event(src).await.name, name);
+    }
+    for round in 1..=4 {
+        for src in &mut sources {
+            drain(src).await;
+        }
+        let name = format!("results/r{round}.json");
+        store.insert(&name, round, &[]);
+        publish(root, &name, "{}");
+        for src in &mut sources {
+            learns_of(src, &name).await;
+        }
+        // Drop the oldest: in the first round that is, most likely, the one
+        // holding the watch; whichever it was, the rest carry on.
+        sources.remove(0);
+    }
+}

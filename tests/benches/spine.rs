@@ -10,6 +10,9 @@
 //!    pending, and heap bytes per pending waiter (counting allocator).
 //! 3. The cost of `exec("true")` in a session with 0, 1,000 and 10,000
 //!    exported variables (target: at most 50 ms over the empty session).
+//! 4. Concurrency: 1,000 `runbox exec` processes at once over 100 sessions
+//!    on the embedded backend (`RUNBOX_BENCH_PROCESSES` to change the
+//!    count): wall time until the last one exits, and failures (must be 0).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -70,6 +73,51 @@ fn main() {
     runtime.block_on(exec_vs_spawn(iterations));
     waiters_throughput();
     runtime.block_on(exported_variables(iterations.clamp(5, 30)));
+    let processes: usize = std::env::var("RUNBOX_BENCH_PROCESSES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    runtime.block_on(concurrent_processes(processes, 100));
+}
+
+/// `processes` `runbox exec` CLI processes started at once, spread over
+/// `sessions` sessions of one embedded home; each appends a line to its
+/// session's file.
+async fn concurrent_processes(processes: usize, sessions: usize) {
+    let cli = runbox_tests::cli::Cli::new();
+    let started = Instant::now();
+    let children: Vec<_> = (0..processes)
+        .map(|index| {
+            let session = format!("s{}", index % sessions);
+            let script = format!("echo {index} >> order");
+            cli.command(&["exec", "-s", &session, "--", &script])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn runbox")
+                .wait_with_output()
+        })
+        .collect();
+    let outputs = futures::future::join_all(children).await;
+    let wall = started.elapsed();
+    let failed: Vec<String> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Ok(o) if o.status.success() => None,
+            Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim_end().to_owned()),
+            Err(e) => Some(e.to_string()),
+        })
+        .collect();
+    println!("== Concurrency ({processes} runbox exec processes at once, {sessions} sessions)");
+    println!(
+        "  wall {:.2} s, {:.1} commands/s, failures: {} (must be 0)",
+        wall.as_secs_f64(),
+        processes as f64 / wall.as_secs_f64(),
+        failed.len()
+    );
+    if let Some(first) = failed.first() {
+        println!("  first failure: {first}");
+    }
 }
 
 async fn exec_vs_spawn(iterations: usize) {

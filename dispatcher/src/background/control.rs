@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use runbox_core::background_marker::BackgroundMarker;
-use runbox_core::store::{self, PutOptions};
+use runbox_core::store;
 use runbox_core::{ExecutionId, SessionId, layout};
 use runbox_notifier::{WaitError, Waiter};
 use runbox_proto::ExecResult;
@@ -127,9 +127,9 @@ pub(crate) async fn wait(
     timeout: Duration,
 ) -> Result<ExecResult> {
     let id = &handle.execution_id;
-    let (waiter, mut watch) = match watch_end(engine, handle).await? {
+    let (waiter, mut watch, _adoption) = match watch_end(engine, handle).await? {
         Watch::Ended(result) => return Ok(*result),
-        Watch::Running(waiter, watch) => (waiter, watch),
+        Watch::Running(waiter, watch, adoption) => (waiter, watch, adoption),
     };
     if waiter.is_none() && matches!(watch, EndWatch::Unobservable) {
         // Nothing could tell us of the end before the timeout.
@@ -162,9 +162,9 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
     let id = &handle.execution_id;
     // Registered BEFORE the cancel, so the CANCELLED result's event cannot
     // come before anyone listens.
-    let (waiter, mut watch) = match watch_end(engine, handle).await? {
+    let (waiter, mut watch, _adoption) = match watch_end(engine, handle).await? {
         Watch::Ended(result) => return Ok(*result),
-        Watch::Running(waiter, watch) => (waiter, watch),
+        Watch::Running(waiter, watch, adoption) => (waiter, watch, adoption),
     };
     if matches!(watch, EndWatch::Unobservable) {
         return Err(Error::Background(BackgroundError::Unreachable {
@@ -197,41 +197,69 @@ pub(crate) async fn kill(engine: &Engine, handle: &BackgroundHandle) -> Result<E
 }
 
 /// Where a process stands once its end is watched.
-enum Watch {
+enum Watch<'a> {
     /// It has ended; its (settled) result.
     Ended(Box<ExecResult>),
     /// It runs: its completion waiter (`None` when another caller in this
     /// process holds it) and how its end can be seen.
-    Running(Option<Waiter>, EndWatch),
+    Running(Option<Waiter>, EndWatch, Adoption<'a>),
+}
+
+/// An execution of another dispatcher process that the launcher took in for
+/// this call; released when the call is done, however it ends.
+struct Adoption<'a> {
+    engine: &'a Engine,
+    id: Option<ExecutionId>,
+}
+
+impl Drop for Adoption<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.engine.launcher.release(&id);
+        }
+    }
+}
+
+/// Lets the launcher reach a process that another dispatcher process
+/// launched (a CLI call that has exited), from the locator in its marker.
+async fn adopt<'a>(engine: &'a Engine, handle: &BackgroundHandle) -> Result<Adoption<'a>> {
+    let id = &handle.execution_id;
+    let marker = marker::read(&*engine.store, &handle.session, id).await?;
+    let adopted = engine
+        .launcher
+        .adopt(id, marker.locator.as_deref(), marker.started_at)
+        .await?;
+    Ok(Adoption {
+        engine,
+        id: adopted.then(|| id.clone()),
+    })
 }
 
 /// Starts watching for the end of a process, list-then-watch: the waiter is
 /// registered first, then the result read once, then the executor looked
 /// for; an executor already gone without a result is settled here.
-async fn watch_end(engine: &Engine, handle: &BackgroundHandle) -> Result<Watch> {
+async fn watch_end<'a>(engine: &'a Engine, handle: &BackgroundHandle) -> Result<Watch<'a>> {
     let id = &handle.execution_id;
     let waiter = engine.register_shared(id)?;
     if let Some(result) = engine.existing_result(id).await? {
         return Ok(Watch::Ended(Box::new(result)));
     }
+    let adoption = adopt(engine, handle).await?;
     let watch = engine.end_watch(id).await?;
     if let Some(account) = watch.ended_already() {
         let result = engine.settle(id, &handle.session, account).await?;
         return Ok(Watch::Ended(Box::new(result)));
     }
-    Ok(Watch::Running(waiter, watch))
+    Ok(Watch::Running(waiter, watch, adoption))
 }
 
 /// Records in the marker that a kill was asked for, before the signal goes
 /// out: if the executor then ends without a result (the signal came before
 /// it could handle it), whoever settles it writes CANCELLED, not LOST.
 async fn mark_kill_requested(engine: &Engine, handle: &BackgroundHandle) -> Result<()> {
-    let record = BackgroundMarker {
-        execution_id: handle.execution_id.clone(),
-        session: handle.session.clone(),
-        command: handle.command.clone(),
-        started_at: handle.started_at,
-        kill_requested: true,
-    };
-    marker::write(&*engine.store, &record, PutOptions::default()).await
+    marker::update(&*engine.store, &handle.session, &handle.execution_id, |m| {
+        m.kill_requested = true
+    })
+    .await
+    .map(drop)
 }

@@ -104,6 +104,7 @@ async fn start(
         command: submission.command.clone(),
         started_at,
         kill_requested: false,
+        locator: None,
     };
     marker::write(&*engine.store, &record, PutOptions::create()).await?;
     if let Err(e) = engine.launch(&id, submission.timeout).await {
@@ -115,6 +116,7 @@ async fn start(
         return Err(e);
     }
     tracing::debug!(execution = %id, session = %session, "background process launched");
+    record_locator(engine, &session, &id).await;
     watch_launch(
         engine,
         id.clone(),
@@ -127,6 +129,23 @@ async fn start(
         command: submission.command,
         started_at,
     })
+}
+
+/// Stores in the marker where the launcher runs the process, so a later
+/// dispatcher process can kill it. A failure is logged, not returned: the
+/// process runs, and a marker without a locator is still found (more
+/// slowly, by searching the platform).
+async fn record_locator(engine: &Engine, session: &SessionId, id: &ExecutionId) {
+    let Some(locator) = engine.launcher.locator(id) else {
+        return;
+    };
+    let stored = marker::update(&*engine.store, session, id, |m| {
+        m.locator = Some(locator.clone());
+    })
+    .await;
+    if let Err(e) = stored {
+        tracing::warn!(execution = %id, error = %crate::error_chain(&e), "could not record where the background process runs");
+    }
 }
 
 /// Observes a background launch to its end so nothing leaks: releases the

@@ -11,7 +11,7 @@
 //! another process launched, cancelling) is a method of the trait.
 
 use std::fs::File;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -180,6 +180,31 @@ pub trait Launcher: Send + Sync + 'static {
     /// dispatcher process launched it), for callers that must see it end or
     /// stop it: a background process spawned by a CLI call that has exited.
     async fn observe(&self, id: &ExecutionId) -> Observed;
+
+    /// Where the platform runs an execution this launcher started, for
+    /// another dispatcher process to reach it through [`Launcher::adopt`]
+    /// (Cloud Run: the Execution's resource name); stored in the background
+    /// marker. `None` when the execution id is all another process needs.
+    fn locator(&self, _id: &ExecutionId) -> Option<String> {
+        None
+    }
+
+    /// Makes an execution that another dispatcher process started known to
+    /// this launcher, so that [`Launcher::state`], [`Launcher::cancel`] and
+    /// [`Launcher::ended`] reach it: from its stored `locator` when there is
+    /// one, else by searching the platform for executions started since
+    /// `since`. Returns `true` when it was adopted now (the caller then
+    /// calls [`Launcher::release`] when done with it), `false` when it was
+    /// already known, was not found, or needs no adoption (launchers that
+    /// find other processes' executions through [`Launcher::observe`]).
+    async fn adopt(
+        &self,
+        _id: &ExecutionId,
+        _locator: Option<&str>,
+        _since: SystemTime,
+    ) -> Result<bool, LaunchError> {
+        Ok(false)
+    }
 
     /// Kills whatever the command of an executor that ended without a result
     /// left running (an executor that dies does not kill its command);

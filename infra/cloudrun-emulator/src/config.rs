@@ -33,6 +33,15 @@ pub struct Config {
     /// a container would see only its image's env. CLI: `--clean-env` sets
     /// `false`. Default: `true`.
     pub inherit_env: bool,
+    /// The emulator's own binary, run between the emulator and each task's
+    /// main process as `PROGRAM __task GRACE_MS -- ARGV...`: a subreaper
+    /// that kills every process of the task when its main process ends or
+    /// dies, even those in process groups or sessions of their own. `None`
+    /// (when the emulator runs inside another program, e.g. a test) runs
+    /// tasks directly: then only the task's process group is killed, and a
+    /// process that left it outlives a main process that died. The
+    /// `runbox-cloudrun-emulator` binary sets itself. Default: `None`.
+    pub supervisor: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -42,6 +51,7 @@ impl Default for Config {
             kill_grace: Duration::from_secs(2),
             log_dir: None,
             inherit_env: true,
+            supervisor: None,
         }
     }
 }
@@ -76,6 +86,13 @@ impl Config {
     #[must_use]
     pub fn log_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.log_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets [`Config::supervisor`].
+    #[must_use]
+    pub fn supervisor(mut self, program: impl Into<PathBuf>) -> Self {
+        self.supervisor = Some(program.into());
         self
     }
 

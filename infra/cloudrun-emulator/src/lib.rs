@@ -33,9 +33,11 @@ mod operations_api;
 mod process;
 mod runner;
 mod store;
+mod supervise;
 mod template;
 
 pub use config::{Config, ImageMapping};
 pub use emulator::Emulator;
 pub use error::{Error, Result};
 pub use lro::{EXECUTION_TYPE_URL, JOB_TYPE_URL};
+pub use supervise::{SUPERVISE_ARG, supervise};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use runbox_cloudrun_emulator::{Config, Emulator, ImageMapping};
+use runbox_cloudrun_emulator::{Config, Emulator, ImageMapping, SUPERVISE_ARG, supervise};
 use runbox_core::logging::{Color, Logging};
 
 /// Exit status for a command line that cannot be used (sysexits EX_USAGE).
@@ -56,6 +56,11 @@ fn main() -> ExitCode {
         eprintln!("error: make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
+    // The same binary supervises each task (see `Config::supervisor`).
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == SUPERVISE_ARG) {
+        return supervise(args.collect());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -92,6 +97,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::default()
         .kill_grace(cli.kill_grace)
         .inherit_env(!cli.clean_env);
+    match std::env::current_exe() {
+        Ok(me) => config = config.supervisor(me),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find the own binary; tasks run unsupervised (only their process group is killed)");
+        }
+    }
     if let Some(dir) = cli.log_dir {
         config = config.log_dir(dir);
     }

@@ -16,6 +16,10 @@ use crate::execution::{self, ExecutionEntry, FailureReason, TaskOutcome};
 use crate::process::{AttemptEnd, Exit, TaskProcess};
 use crate::template::{TaskSpec, cloud_run_env};
 
+/// Beyond the kill grace, how long a supervised task's supervisor gets to
+/// kill and reap what its main process left before its group is killed.
+const SUPERVISOR_SLACK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything the tasks of one execution share.
 #[derive(Debug)]
 pub(crate) struct Run {
@@ -138,8 +142,24 @@ async fn run_task(run: &Run, index: i32, slots: &Semaphore) -> TaskOutcome {
 async fn run_attempt(run: &Run, index: i32, attempt: u32) -> std::io::Result<AttemptEnd> {
     let spec = &run.spec;
     let name = &run.entry.name;
-    let mut command = Command::new(&spec.argv[0]);
-    command.args(&spec.argv[1..]).stdin(Stdio::null());
+    let supervisor = run.config.supervisor.as_ref();
+    let mut command = match supervisor {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command
+                .arg(crate::supervise::SUPERVISE_ARG)
+                .arg(run.config.kill_grace.as_millis().to_string())
+                .arg("--")
+                .args(&spec.argv);
+            command
+        }
+        None => {
+            let mut command = Command::new(&spec.argv[0]);
+            command.args(&spec.argv[1..]);
+            command
+        }
+    };
+    command.stdin(Stdio::null());
     if !run.config.inherit_env {
         // What a container's image would provide: a PATH and a HOME.
         command.env_clear();
@@ -171,9 +191,13 @@ async fn run_attempt(run: &Run, index: i32, attempt: u32) -> std::io::Result<Att
     let process = TaskProcess::spawn(&mut command)?;
     let _running = RunningGuard::new(&run.entry);
     tracing::debug!(execution = %name, index, attempt, "task attempt started");
-    process
-        .run(spec.timeout, &run.entry.cancel, run.config.kill_grace)
-        .await
+    // A supervisor gives the main process the grace itself, then cleans up:
+    // it gets a moment more before its group is killed.
+    let grace = match supervisor {
+        Some(_) => run.config.kill_grace + SUPERVISOR_SLACK,
+        None => run.config.kill_grace,
+    };
+    process.run(spec.timeout, &run.entry.cancel, grace).await
 }
 
 fn append(path: &Path) -> std::io::Result<File> {

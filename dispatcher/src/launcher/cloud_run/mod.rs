@@ -17,6 +17,14 @@
 //!   the operation is done, then the Execution's terminal condition.
 //! - **State**: GetExecution; **cancel**: CancelExecution (Cloud Run sends
 //!   SIGTERM, the executor writes a CANCELLED result).
+//! - **Other processes' executions** (a background process that an earlier
+//!   CLI call spawned): the Execution's name is the [`Launcher::locator`]
+//!   stored in the background marker; [`Launcher::adopt`] takes it back, or,
+//!   for markers without one, finds the Execution with ListExecutions on
+//!   the job (newest first, down to the marker's start time) by the
+//!   `RUNBOX_EXECUTION_ID` of its template. An adopted execution has no
+//!   RunJob operation to wait on here: its end is learnt from its result
+//!   event, or from GetExecution at the deadline.
 //!
 //! The job template must run `runbox-executor` with the store's settings in
 //! its env (`RUNBOX_BACKEND`, `RUNBOX_BUCKET`, ...), one task, and
@@ -33,13 +41,14 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, RunJobRequest, env_var,
-    executions_client::ExecutionsClient, jobs_client::JobsClient, run_job_request,
+    CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, ListExecutionsRequest,
+    RunJobRequest, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
+    run_job_request,
 };
 use googleapis_tonic_google_longrunning::google::longrunning::{
     Operation, WaitOperationRequest, operation, operations_client::OperationsClient,
@@ -80,7 +89,8 @@ pub struct CloudRunLauncher {
 /// What is kept about a launched execution until it is released.
 struct Tracked {
     execution: String,
-    operation: String,
+    /// The RunJob operation; `None` for an adopted execution.
+    operation: Option<String>,
     // Freed early when the platform reports the end, else on release.
     slot: Mutex<Option<Slot>>,
 }
@@ -284,6 +294,54 @@ impl CloudRunLauncher {
         })
     }
 
+    /// The name of the Execution of the job whose template carries
+    /// `RUNBOX_EXECUTION_ID={id}`, among those created since `since` (less
+    /// a margin for clock skew); `None` when there is none.
+    async fn find_execution(
+        &self,
+        id: &ExecutionId,
+        since: SystemTime,
+    ) -> Result<Option<String>, CallError> {
+        let oldest = since
+            .checked_sub(FIND_SKEW)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut page_token = String::new();
+        loop {
+            let mut call = tonic::Request::new(ListExecutionsRequest {
+                parent: self.settings.job.clone(),
+                page_size: FIND_PAGE_SIZE,
+                page_token: page_token.clone(),
+                show_deleted: false,
+            });
+            route(&mut call, &[("parent", &self.settings.job)]);
+            let page = self
+                .unary(
+                    call,
+                    |mut c, r| async move { c.list_executions(r).await },
+                    self.executions.clone(),
+                )
+                .await
+                .map_err(|status| CallError {
+                    call: "ListExecutions",
+                    resource: self.settings.job.clone(),
+                    status,
+                })?;
+            let mut older = false;
+            for execution in page.executions {
+                if runs_execution(&execution, id) {
+                    return Ok(Some(execution.name));
+                }
+                older |= created_before(&execution, oldest);
+            }
+            // Newest first: once a page reaches past `since`, later pages
+            // hold only older executions.
+            if older || page.next_page_token.is_empty() {
+                return Ok(None);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// One server-side wait on the operation.
     async fn wait_operation(&self, name: &str) -> Result<Operation, Status> {
         let wait = self.settings.wait_timeout;
@@ -404,7 +462,7 @@ impl Launcher for CloudRunLauncher {
             id,
             Tracked {
                 execution,
-                operation: op.name,
+                operation: Some(op.name),
                 slot: Mutex::new(Some(slot)),
             },
         );
@@ -421,6 +479,12 @@ impl Launcher for CloudRunLauncher {
                 succeeded: false,
                 message: format!("execution {id} is not known to this launcher"),
             };
+        };
+        let Some(operation) = operation else {
+            // Adopted: its operation is known only to the process that
+            // launched it. Asking GetExecution over and over would be
+            // polling; the result event or the deadline tells the end.
+            return std::future::pending().await;
         };
         // Consecutive calls that came back early: failed, or not done long
         // before the wait asked for (WaitOperation is best effort and may
@@ -528,8 +592,52 @@ impl Launcher for CloudRunLauncher {
         self.running.remove(id);
     }
 
+    fn locator(&self, id: &ExecutionId) -> Option<String> {
+        self.execution_name(id)
+    }
+
+    async fn adopt(
+        &self,
+        id: &ExecutionId,
+        locator: Option<&str>,
+        since: SystemTime,
+    ) -> Result<bool, LaunchError> {
+        if self.running.contains_key(id) {
+            return Ok(false);
+        }
+        let execution = match locator {
+            Some(name) => name.to_owned(),
+            None => match self.find_execution(id, since).await {
+                Ok(Some(name)) => name,
+                Ok(None) => return Ok(false),
+                Err(e) => {
+                    return Err(LaunchError::Platform {
+                        op: "look up",
+                        id: id.clone(),
+                        retryable: is_transient(e.status.code()),
+                        source: Box::new(e),
+                    });
+                }
+            },
+        };
+        tracing::debug!(execution = %id, cloud_run = %execution, "adopted an execution launched elsewhere");
+        // Another caller may have adopted it meanwhile: only one of them
+        // inserts, and only that one releases it.
+        let mut adopted = false;
+        self.running.entry(id.clone()).or_insert_with(|| {
+            adopted = true;
+            Tracked {
+                execution,
+                operation: None,
+                slot: Mutex::new(None),
+            }
+        });
+        Ok(adopted)
+    }
+
     async fn observe(&self, _id: &ExecutionId) -> Observed {
-        // Only the launching instance knows the Cloud Run execution's name.
+        // Executions launched elsewhere are reached through `adopt`; what
+        // it did not find is not there to be watched.
         Observed::Unobservable
     }
 
@@ -544,6 +652,35 @@ impl Launcher for CloudRunLauncher {
         // launcher starts no tasks of its own.
         self.slots.close();
     }
+}
+
+/// Executions created this long before a marker's start time are still
+/// looked at: the dispatcher's clock and Cloud Run's may disagree.
+const FIND_SKEW: Duration = Duration::from_secs(600);
+
+/// Executions per ListExecutions page when looking for one.
+const FIND_PAGE_SIZE: i32 = 100;
+
+/// Whether `execution` was started for runbox execution `id` (its template's
+/// env, where RunJob's overrides are merged, names it).
+fn runs_execution(execution: &Execution, id: &ExecutionId) -> bool {
+    let Some(template) = &execution.template else {
+        return false;
+    };
+    template.containers.iter().any(|c| {
+        c.env.iter().any(|e| {
+            e.name == EXECUTION_ID_ENV
+                && matches!(&e.values, Some(env_var::Values::Value(v)) if v == id.as_str())
+        })
+    })
+}
+
+/// Whether `execution` was created before `time`.
+fn created_before(execution: &Execution, time: SystemTime) -> bool {
+    let Some(created) = &execution.create_time else {
+        return false;
+    };
+    SystemTime::try_from(*created).is_ok_and(|c| c < time)
 }
 
 /// The task timeout for a command timeout: whole seconds, rounded up, at

@@ -1,0 +1,63 @@
+//! Finding processes and waiting for their exit without sleeping: a pidfd
+//! becomes readable when its process exits.
+
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{Pid, PidfdFlags, pidfd_open};
+
+/// The processes whose environment holds `name=value`, found in `/proc`
+/// (the caller must be allowed to read their environment: same user, or root).
+pub fn with_env(name: &str, value: &str) -> Vec<i32> {
+    let wanted = format!("{name}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == wanted.as_bytes()))
+        })
+        .collect()
+}
+
+/// The command name (`/proc/PID/comm`) of a process, if it still exists.
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+/// Waits until every process of `pids` has exited (a zombie counts as
+/// exited); the pids still alive after `timeout`, empty when all are gone.
+pub async fn wait_exited(pids: &[i32], timeout: Duration) -> Vec<i32> {
+    let pids = pids.to_vec();
+    tokio::task::spawn_blocking(move || wait_exited_blocking(&pids, timeout))
+        .await
+        .expect("the waiting thread")
+}
+
+fn wait_exited_blocking(pids: &[i32], timeout: Duration) -> Vec<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut alive = Vec::new();
+    for &pid in pids {
+        let Some(fd) = Pid::from_raw(pid).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok())
+        else {
+            // No such process any more.
+            continue;
+        };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let left = Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        // A pidfd polls readable once its process has exited.
+        let exited = matches!(poll(&mut fds, Some(&left)), Ok(n) if n > 0);
+        if !exited && !crate::embedded::process_gone(pid) {
+            alive.push(pid);
+        }
+    }
+    alive
+}
