@@ -90,6 +90,8 @@ pub mod vars {
     pub const RUNBOX_COMPLETION_GRACE_MS: &str = "RUNBOX_COMPLETION_GRACE_MS";
     /// Whether a completion resolves from the result in the event's metadata.
     pub const RUNBOX_RESULT_IN_METADATA: &str = "RUNBOX_RESULT_IN_METADATA";
+    /// Largest standard input a command accepts.
+    pub const RUNBOX_STDIN_CAP_BYTES: &str = "RUNBOX_STDIN_CAP_BYTES";
     /// Largest workspace the executor saves.
     pub const RUNBOX_WORKSPACE_MAX_BYTES: &str = "RUNBOX_WORKSPACE_MAX_BYTES";
     /// Base of the default `RUNBOX_HOME` (XDG base directory).
@@ -436,6 +438,10 @@ pub struct Limits {
     /// workspace the executor saves, in bytes; a larger one is not saved and
     /// the result says why. Default: 10737418240 (10 GiB).
     pub workspace_max_bytes: u64,
+    /// `RUNBOX_STDIN_CAP_BYTES`: largest standard input a command accepts,
+    /// in bytes (1 to 1073741824); more is refused before anything is
+    /// written. Default: 16777216 (16 MiB).
+    pub stdin_cap: u64,
 }
 
 impl Default for Limits {
@@ -449,6 +455,7 @@ impl Default for Limits {
             completion_grace: Duration::from_millis(2000),
             result_in_metadata: true,
             workspace_max_bytes: 10 * 1024 * 1024 * 1024,
+            stdin_cap: 16 << 20,
         }
     }
 }
@@ -633,6 +640,7 @@ impl Config {
                 RUNBOX_WORKSPACE_MAX_BYTES,
                 limits.workspace_max_bytes.to_string(),
             ),
+            (RUNBOX_STDIN_CAP_BYTES, limits.stdin_cap.to_string()),
         ]);
         env
     }
@@ -757,6 +765,7 @@ impl Reader<'_> {
             1,
             u64::MAX,
         );
+        let stdin_cap = self.number(RUNBOX_STDIN_CAP_BYTES, d.stdin_cap, 1, 1 << 30);
         let limits = Limits {
             default_timeout: default_timeout?,
             max_timeout: max_timeout?,
@@ -766,6 +775,7 @@ impl Reader<'_> {
             completion_grace: completion_grace?,
             result_in_metadata: result_in_metadata?,
             workspace_max_bytes: workspace_max_bytes?,
+            stdin_cap: stdin_cap?,
         };
         if limits.default_timeout > limits.max_timeout {
             self.problems.push(Problem::Conflict {
@@ -936,6 +946,7 @@ mod tests {
             LauncherConfig::Local(LocalLauncherConfig::default())
         );
         assert_eq!(cfg.limits.output_cap, 1 << 20);
+        assert_eq!(cfg.limits.stdin_cap, 16 << 20);
         assert_eq!(cfg.limits.default_timeout, Duration::from_secs(600));
         assert_eq!(cfg.limits.max_timeout, Duration::from_secs(86_400));
         assert_eq!(cfg.limits.deadline_grace, Duration::from_secs(30));
@@ -990,6 +1001,7 @@ mod tests {
             ("RUNBOX_RUNJOB_PER_MINUTE", "600"),
             ("RUNBOX_MAX_RUNNING", "7"),
             ("RUNBOX_WORKSPACE_MAX_BYTES", "99"),
+            ("RUNBOX_STDIN_CAP_BYTES", "5"),
             ("RUNBOX_RESULT_IN_METADATA", "false"),
         ])
         .unwrap();
@@ -1018,6 +1030,7 @@ mod tests {
         assert_eq!(again.limits.completion_grace, Duration::ZERO);
         assert!(!again.limits.result_in_metadata);
         assert_eq!(again.limits.workspace_max_bytes, 99);
+        assert_eq!(again.limits.stdin_cap, 5);
         let LauncherConfig::CloudRun(cloud_run) = &again.launcher else {
             panic!("not cloudrun: {again:?}");
         };

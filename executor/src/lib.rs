@@ -23,6 +23,7 @@ pub mod background;
 pub mod output;
 pub mod process;
 pub mod shell;
+pub mod stdin;
 pub mod workspace;
 
 /// Exit code reported for a command that ran past its timeout.
@@ -150,6 +151,7 @@ async fn load_request(store: &dyn Store, settings: &Settings) -> Result<Loaded, 
     // The dispatcher checked it too; a request object written any other
     // way meets the same rules.
     contract::validate_request(&request, settings.config.limits.max_timeout)
+        .and_then(|()| contract::validate_stdin(request.stdin_bytes, settings.config.limits.stdin_cap))
         .map_err(|e| reject(session.as_str(), e.to_string()))?;
     let (state, state_precondition) = load_state(store, &session)
         .await
@@ -218,6 +220,9 @@ async fn run(
         Ok(files) => files,
         Err(message) => return rejected(result, message),
     };
+    if let Err(message) = stdin::fetch(store, id, request.stdin_bytes, &files.stdin).await {
+        return rejected(result, message);
+    }
 
     let mut notes = Vec::new();
     let cwd = starting_cwd(&state, &workspace, &mut notes);
@@ -365,6 +370,13 @@ async fn run_command(
         (Ok(o), Ok(e)) => (o, e),
         (Err(e), _) | (_, Err(e)) => return Err(format!("create output files: {e}")),
     };
+    let stdin = match request.stdin_bytes {
+        0 => None,
+        _ => Some(
+            std::fs::File::open(&files.stdin)
+                .map_err(|e| format!("open standard input file: {e}"))?,
+        ),
+    };
     let script = shell::wrapper_script(cwd, &files.command, &files.capture);
     tracing::debug!(execution = %id, "starting bash");
     let started_at = runbox_proto::now();
@@ -372,6 +384,7 @@ async fn run_command(
         process::Spawn {
             script: &script,
             env: start,
+            stdin,
             stdout,
             stderr,
             timeout: Duration::from_millis(request.timeout_ms),
@@ -580,6 +593,7 @@ struct Scratch {
     capture: PathBuf,
     stdout: PathBuf,
     stderr: PathBuf,
+    stdin: PathBuf,
 }
 
 impl Scratch {
@@ -596,6 +610,7 @@ impl Scratch {
             capture: path.join("capture"),
             stdout: path.join("stdout"),
             stderr: path.join("stderr"),
+            stdin: path.join("stdin"),
         };
         std::fs::write(&files.command, command).map_err(|e| format!("write command file: {e}"))?;
         Ok(files)
