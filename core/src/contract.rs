@@ -73,9 +73,7 @@ pub enum RequestError {
         reason: &'static str,
     },
     /// The standard input is larger than the configured cap.
-    #[error(
-        "standard input is larger than {max} bytes, the limit (RUNBOX_STDIN_CAP_BYTES)"
-    )]
+    #[error("standard input is larger than {max} bytes, the limit (RUNBOX_STDIN_CAP_BYTES)")]
     StdinTooLarge {
         /// The configured cap (`RUNBOX_STDIN_CAP_BYTES`).
         max: u64,

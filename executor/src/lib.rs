@@ -151,7 +151,9 @@ async fn load_request(store: &dyn Store, settings: &Settings) -> Result<Loaded, 
     // The dispatcher checked it too; a request object written any other
     // way meets the same rules.
     contract::validate_request(&request, settings.config.limits.max_timeout)
-        .and_then(|()| contract::validate_stdin(request.stdin_bytes, settings.config.limits.stdin_cap))
+        .and_then(|()| {
+            contract::validate_stdin(request.stdin_bytes, settings.config.limits.stdin_cap)
+        })
         .map_err(|e| reject(session.as_str(), e.to_string()))?;
     let (state, state_precondition) = load_state(store, &session)
         .await

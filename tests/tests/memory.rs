@@ -57,10 +57,7 @@ fn pattern(i: u64) -> u8 {
 
 /// Reads a child's stdout to its end, checking each byte against `expect`
 /// without keeping it; returns how many bytes came.
-async fn check_stream(
-    mut stdout: tokio::process::ChildStdout,
-    expect: impl Fn(u64) -> u8,
-) -> u64 {
+async fn check_stream(mut stdout: tokio::process::ChildStdout, expect: impl Fn(u64) -> u8) -> u64 {
     let mut buf = vec![0u8; 1 << 20];
     let mut at = 0u64;
     loop {
@@ -103,7 +100,10 @@ async fn the_cli_streams_output_and_files_in_bounded_memory() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(got, size);
     let peak = peak_children_kib();
-    assert!(peak < LIMIT_KIB, "exec of {size} bytes: peak RSS {peak} KiB");
+    assert!(
+        peak < LIMIT_KIB,
+        "exec of {size} bytes: peak RSS {peak} KiB"
+    );
 
     // files write: standard input streamed into the workspace.
     let mut child = cli
@@ -131,7 +131,10 @@ async fn the_cli_streams_output_and_files_in_bounded_memory() {
     let stored = cli.home.path().join("sessions/mem/workspace/big.txt");
     assert_eq!(std::fs::metadata(&stored).expect("stored file").len(), size);
     let peak = peak_children_kib();
-    assert!(peak < LIMIT_KIB, "files write of {size} bytes: peak RSS {peak} KiB");
+    assert!(
+        peak < LIMIT_KIB,
+        "files write of {size} bytes: peak RSS {peak} KiB"
+    );
 
     // files read: the text streamed back.
     let mut child = cli
@@ -146,6 +149,9 @@ async fn the_cli_streams_output_and_files_in_bounded_memory() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(got, size);
     let peak = peak_children_kib();
-    assert!(peak < LIMIT_KIB, "files read of {size} bytes: peak RSS {peak} KiB");
+    assert!(
+        peak < LIMIT_KIB,
+        "files read of {size} bytes: peak RSS {peak} KiB"
+    );
     eprintln!("peak RSS of the CLI and its children: {peak} KiB for {size} bytes per case");
 }

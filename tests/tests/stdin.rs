@@ -39,7 +39,9 @@ async fn piped_stdin_reaches_the_command() {
 
     // Exact bytes, not text; the session keeps working as before.
     let input = binary_input();
-    let out = cli.run_with(&["exec", "-s", "b", "--", "cat"], &input).await;
+    let out = cli
+        .run_with(&["exec", "-s", "b", "--", "cat"], &input)
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(out.stdout, input);
 

@@ -79,7 +79,11 @@ impl Engine {
             return Ok(());
         };
         self.store
-            .put(&layout::request_stdin(id), data.clone(), PutOptions::create())
+            .put(
+                &layout::request_stdin(id),
+                data.clone(),
+                PutOptions::create(),
+            )
             .await
             .map(drop)
             .map_err(|e| Error::store(format!("write standard input of execution {id}"), e))

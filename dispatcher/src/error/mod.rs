@@ -56,9 +56,7 @@ pub enum Error {
         reason: &'static str,
     },
     /// The standard input is larger than `RUNBOX_STDIN_CAP_BYTES`.
-    #[error(
-        "standard input is larger than {max} bytes, the limit (RUNBOX_STDIN_CAP_BYTES)"
-    )]
+    #[error("standard input is larger than {max} bytes, the limit (RUNBOX_STDIN_CAP_BYTES)")]
     StdinTooLarge {
         /// The configured cap.
         max: u64,

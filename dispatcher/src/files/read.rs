@@ -256,8 +256,8 @@ impl TextStream {
                     }
                 }
             }
-            let text =
-                selected.map(|(from, to)| decode(&mut self.pending, &mut self.lossy, &buf[from..to]));
+            let text = selected
+                .map(|(from, to)| decode(&mut self.pending, &mut self.lossy, &buf[from..to]));
             // Nothing is pending when reading stopped after a line: a line
             // ends with `\n`, which completes every character before it.
             self.reader.consume(pos);
