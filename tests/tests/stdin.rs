@@ -189,6 +189,12 @@ async fn the_library_gives_stdin_to_one_command() {
         "{err:?}"
     );
     assert_eq!(request_objects(home.path()).len(), before);
+
+    // Retention removes the input with its request.
+    within(60, client.gc(std::time::Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(request_objects(home.path()), Vec::<String>::new());
     within(60, client.shutdown()).await;
 }
 

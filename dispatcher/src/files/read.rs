@@ -270,6 +270,8 @@ impl TextStream {
 
     /// Whether some bytes read so far were not valid UTF-8 (and are U+FFFD
     /// in the text); final once [`TextStream::next_chunk`] returned `None`.
+    /// With a `max_length` cut, bytes of the last read buffer just past the
+    /// cut count too.
     pub fn lossy(&self) -> bool {
         self.lossy
     }
