@@ -1,14 +1,15 @@
 //! `runbox exec`: one command in a session, its output on the terminal and
 //! its exit status as runbox's own.
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus};
+use tokio::io::AsyncReadExt;
 
 use crate::failure::{EXIT_CANCELLED, EXIT_RUNBOX, EXIT_TIMED_OUT};
-use crate::stdout::{Stdout, note};
+use crate::stdout::{Stdout, io_error, note};
 use crate::{argv, bg, interrupt, seconds, spinner, timestamp};
 
 /// What `runbox exec` takes.
@@ -50,7 +51,13 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     if args.background {
         return bg::spawn(&session, script, args.env, args.timeout).await;
     }
+    // Bad input like a bad flag (exit 2, JSON with `--json`): refused
+    // before anything is written.
+    let stdin = read_stdin(client.config().limits.stdin_cap)?;
     let mut exec = session.exec(script);
+    if !stdin.is_empty() {
+        exec = exec.stdin(stdin);
+    }
     if let Some(timeout) = args.timeout {
         exec = exec.timeout(timeout);
     }
@@ -133,6 +140,29 @@ fn result_json(result: &ExecResult) -> serde_json::Value {
     value
 }
 
+/// The command's standard input: what runbox's own stdin holds, read to its
+/// end, at most `cap` bytes (`RUNBOX_STDIN_CAP_BYTES`). Nothing is read from
+/// a terminal (a person typing a command does not mean to feed it). A closed
+/// stdin (`<&-`) reads as empty: the standard library opens `/dev/null` in
+/// its place at start, and reads EBADF as the end.
+fn read_stdin(cap: u64) -> Result<Vec<u8>, Error> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(Vec::new());
+    }
+    let mut data = Vec::new();
+    // One byte past the cap tells "exactly the cap" from "more".
+    stdin
+        .lock()
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut data)
+        .map_err(|e| io_error("read standard input", e))?;
+    if data.len() as u64 > cap {
+        return Err(Error::StdinTooLarge { max: cap });
+    }
+    Ok(data)
+}
+
 /// The exit status of `runbox exec` (and `runbox bg wait`) for a result.
 pub fn exit_code(result: &ExecResult) -> ExitCode {
     match result.exec_status() {
@@ -159,28 +189,41 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 /// Writes a stream as the command produced it: from the log object when the
 /// inline text is truncated or lossy, so the terminal gets the exact bytes.
-/// The command's stdout goes to `stdout`; with `None`, the stream is the
-/// command's stderr and goes to runbox's.
+/// The log is streamed, a piece at a time, so memory stays flat however much
+/// the command printed. The command's stdout goes to `stdout`; with `None`,
+/// the stream is the command's stderr and goes to runbox's.
 async fn print_stream(
     client: &Client,
     inline: &str,
     log: &str,
-    stdout: Option<&mut Stdout>,
+    mut stdout: Option<&mut Stdout>,
 ) -> Result<(), Error> {
-    let logged;
-    let bytes: &[u8] = if log.is_empty() {
-        inline.as_bytes()
-    } else {
-        logged = client.read_log(log).await?;
-        &logged
-    };
-    match stdout {
-        Some(out) => out.bytes(bytes),
+    let mut write = |bytes: &[u8]| match stdout.as_deref_mut() {
+        Some(out) => out.bytes(bytes).map(|()| !out.gone()),
         None => {
             // As with the status messages: a closed stderr is not worth
             // failing the command over.
-            let _ = std::io::stderr().lock().write_all(bytes);
-            Ok(())
+            Ok(std::io::stderr().lock().write_all(bytes).is_ok())
+        }
+    };
+    if log.is_empty() {
+        write(inline.as_bytes())?;
+        return Ok(());
+    }
+    let (_, mut stream) = client.open_log(log).await?;
+    let mut chunk = vec![0u8; LOG_CHUNK_BYTES];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| io_error(format!("read log {log}"), e))?;
+        // Stop at the end, or once the reader has gone: the rest would
+        // only be thrown away.
+        if n == 0 || !write(&chunk[..n])? {
+            return Ok(());
         }
     }
 }
+
+/// How much of a log object is held at a time while printing it.
+const LOG_CHUNK_BYTES: usize = 256 * 1024;

@@ -93,6 +93,7 @@ impl Kind {
             | Error::CommandHasNul
             | Error::InvalidTimeout { .. }
             | Error::InvalidEnv { .. }
+            | Error::StdinTooLarge { .. }
             | Error::SessionExists(_) => Kind::InvalidInput,
             Error::Config(_) => Kind::Config,
             Error::NoSuchSession(_) => Kind::NotFound,

@@ -13,9 +13,10 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use runbox_dispatcher::files::{
-    DeleteOptions, EntryKind, ReadOptions, ReplaceOptions, UploadOptions, WriteOptions,
+    DeleteOptions, EntryKind, MAX_EDIT_BYTES, ReadOptions, ReplaceOptions, UploadOptions,
+    WriteOptions,
 };
-use runbox_dispatcher::{Client, Error};
+use runbox_dispatcher::{Client, Error, FileError};
 use tokio::io::AsyncReadExt;
 
 use crate::stdout::{Stdout, io_error, note};
@@ -173,18 +174,34 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
             append,
         } => {
             let session = client.session(&session)?;
-            // The CLI's standard streams are used synchronously, as in `main`:
-            // one command, nothing else to run meanwhile.
-            let mut content = Vec::new();
-            std::io::stdin()
-                .lock()
-                .read_to_end(&mut content)
-                .map_err(|e| io_error("read standard input", e))?;
-            let opts = WriteOptions {
-                append,
-                ..WriteOptions::default()
-            };
-            session.write_file(&path, content, opts).await?;
+            if append {
+                // An append rewrites the whole file from memory (see
+                // `MAX_EDIT_BYTES`): read no more than could be appended.
+                let mut content = Vec::new();
+                std::io::stdin()
+                    .lock()
+                    .take(MAX_EDIT_BYTES + 1)
+                    .read_to_end(&mut content)
+                    .map_err(|e| io_error("read standard input", e))?;
+                if content.len() as u64 > MAX_EDIT_BYTES {
+                    return Err(FileError::TooLargeToEdit {
+                        path,
+                        size: content.len() as u64,
+                        limit: MAX_EDIT_BYTES,
+                        op: "append",
+                    }
+                    .into());
+                }
+                session
+                    .write_file(&path, content, WriteOptions::append())
+                    .await?;
+            } else {
+                // Streamed into the store, so memory stays flat whatever
+                // the size; past the upload cap nothing is written.
+                session
+                    .upload(&path, tokio::io::stdin(), UploadOptions::default())
+                    .await?;
+            }
         }
         FilesCommand::Read {
             session,
@@ -194,13 +211,20 @@ pub async fn run(client: &Client, command: FilesCommand) -> Result<ExitCode, Err
             let session = client.session(&session)?;
             let opts = ReadOptions::default()
                 .lines(lines.and_then(|l| l.start), lines.and_then(|l| l.end));
-            let text = session.read_file(&path, opts).await?;
-            if text.lossy {
+            // Streamed a piece at a time: a file of any size prints in
+            // constant memory.
+            let mut text = session.read_file_stream(&path, opts).await?;
+            while let Some(chunk) = text.next_chunk().await? {
+                out.bytes(chunk.as_bytes())?;
+                if out.gone() {
+                    break;
+                }
+            }
+            if text.lossy() {
                 note!(
                     "runbox: warning: {path} is not valid UTF-8; invalid bytes were replaced (`runbox files get` gives the exact bytes)"
                 );
             }
-            out.bytes(text.content.as_bytes())?;
         }
         FilesCommand::Ls { session, path } => {
             let session = client.session(&session)?;

@@ -94,6 +94,8 @@ pub mod vars {
     pub const RUNBOX_COMPLETION_GRACE_MS: &str = "RUNBOX_COMPLETION_GRACE_MS";
     /// Whether a completion resolves from the result in the event's metadata.
     pub const RUNBOX_RESULT_IN_METADATA: &str = "RUNBOX_RESULT_IN_METADATA";
+    /// Largest standard input a command accepts.
+    pub const RUNBOX_STDIN_CAP_BYTES: &str = "RUNBOX_STDIN_CAP_BYTES";
     /// Largest workspace the executor saves.
     pub const RUNBOX_WORKSPACE_MAX_BYTES: &str = "RUNBOX_WORKSPACE_MAX_BYTES";
     /// Base of the default `RUNBOX_HOME` (XDG base directory).
@@ -453,6 +455,10 @@ pub struct Limits {
     /// result reports the stream as truncated with the total produced.
     /// Default: 67108864 (64 MiB).
     pub log_cap: u64,
+    /// `RUNBOX_STDIN_CAP_BYTES`: largest standard input a command accepts,
+    /// in bytes (1 to 1073741824); more is refused before anything is
+    /// written. Default: 16777216 (16 MiB).
+    pub stdin_cap: u64,
 }
 
 impl Default for Limits {
@@ -467,6 +473,7 @@ impl Default for Limits {
             result_in_metadata: true,
             workspace_max_bytes: 10 * 1024 * 1024 * 1024,
             log_cap: 64 * 1024 * 1024,
+            stdin_cap: 16 << 20,
         }
     }
 }
@@ -656,6 +663,7 @@ impl Config {
                 limits.workspace_max_bytes.to_string(),
             ),
             (RUNBOX_LOG_CAP_BYTES, limits.log_cap.to_string()),
+            (RUNBOX_STDIN_CAP_BYTES, limits.stdin_cap.to_string()),
         ]);
         env
     }
@@ -788,6 +796,7 @@ impl Reader<'_> {
             u64::MAX,
         );
         let log_cap = self.number(RUNBOX_LOG_CAP_BYTES, d.log_cap, 1024, u64::MAX);
+        let stdin_cap = self.number(RUNBOX_STDIN_CAP_BYTES, d.stdin_cap, 1, 1 << 30);
         let limits = Limits {
             default_timeout: default_timeout?,
             max_timeout: max_timeout?,
@@ -798,6 +807,7 @@ impl Reader<'_> {
             result_in_metadata: result_in_metadata?,
             workspace_max_bytes: workspace_max_bytes?,
             log_cap: log_cap?,
+            stdin_cap: stdin_cap?,
         };
         if limits.default_timeout > limits.max_timeout {
             self.problems.push(Problem::Conflict {
@@ -968,6 +978,7 @@ mod tests {
             LauncherConfig::Local(LocalLauncherConfig::default())
         );
         assert_eq!(cfg.limits.output_cap, 1 << 20);
+        assert_eq!(cfg.limits.stdin_cap, 16 << 20);
         assert_eq!(cfg.limits.default_timeout, Duration::from_secs(600));
         assert_eq!(cfg.limits.max_timeout, Duration::from_secs(86_400));
         assert_eq!(cfg.limits.deadline_grace, Duration::from_secs(30));
@@ -1051,6 +1062,7 @@ mod tests {
             ("RUNBOX_RUNJOB_PER_MINUTE", "600"),
             ("RUNBOX_MAX_RUNNING", "7"),
             ("RUNBOX_WORKSPACE_MAX_BYTES", "99"),
+            ("RUNBOX_STDIN_CAP_BYTES", "5"),
             ("RUNBOX_RESULT_IN_METADATA", "false"),
             ("RUNBOX_LOG_CAP_BYTES", "4096"),
         ])
@@ -1081,6 +1093,7 @@ mod tests {
         assert!(!again.limits.result_in_metadata);
         assert_eq!(again.limits.workspace_max_bytes, 99);
         assert_eq!(again.limits.log_cap, 4096);
+        assert_eq!(again.limits.stdin_cap, 5);
         let LauncherConfig::CloudRun(cloud_run) = &again.launcher else {
             panic!("not cloudrun: {again:?}");
         };

@@ -88,6 +88,21 @@ pub enum RequestError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The standard input is larger than the configured cap.
+    #[error("standard input is larger than {max} bytes, the limit (RUNBOX_STDIN_CAP_BYTES)")]
+    StdinTooLarge {
+        /// The configured cap (`RUNBOX_STDIN_CAP_BYTES`).
+        max: u64,
+    },
+}
+
+/// Checks the size of a command's standard input against `max`
+/// (`RUNBOX_STDIN_CAP_BYTES`).
+pub fn validate_stdin(bytes: u64, max: u64) -> Result<(), RequestError> {
+    if bytes > max {
+        return Err(RequestError::StdinTooLarge { max });
+    }
+    Ok(())
 }
 
 /// Checks a command's size and content.

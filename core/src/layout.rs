@@ -17,6 +17,12 @@ pub fn request(id: &ExecutionId) -> String {
     format!("{REQUESTS_PREFIX}{id}.json")
 }
 
+/// `requests/{execution}.stdin`: the command's standard input, written
+/// before the request when the request has `stdin_bytes` > 0.
+pub fn request_stdin(id: &ExecutionId) -> String {
+    format!("{REQUESTS_PREFIX}{id}.stdin")
+}
+
 /// `results/{execution}.json`: the ExecResult, written last and once.
 pub fn result(id: &ExecutionId) -> String {
     format!("{RESULTS_PREFIX}{id}.json")

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use runbox_core::store::Store;
+use runbox_core::store::{ByteStream, Store};
 use runbox_core::{Config, InstanceId, SessionId};
 use runbox_notifier::NotifierStats;
 use runbox_proto::ExecResult;
@@ -208,13 +208,26 @@ impl Client {
         retention::plan(&*self.engine().store, older_than).await
     }
 
-    /// The bytes of a log object named in a result (`stdout_log`, `stderr_log`).
+    /// The bytes of a log object named in a result (`stdout_log`,
+    /// `stderr_log`), held in memory; [`Client::open_log`] streams it.
     pub async fn read_log(&self, name: &str) -> Result<Bytes> {
         self.engine()
             .store
             .get(name)
             .await
             .map(|o| o.data)
+            .map_err(|e| Error::store(format!("read log {name}"), e))
+    }
+
+    /// A log object named in a result (`stdout_log`, `stderr_log`) as a
+    /// byte stream, with its size: a log can be far larger than memory
+    /// (its total is `stdout_bytes` / `stderr_bytes`).
+    pub async fn open_log(&self, name: &str) -> Result<(u64, ByteStream)> {
+        self.engine()
+            .store
+            .get_stream(name)
+            .await
+            .map(|(meta, stream)| (meta.size, stream))
             .map_err(|e| Error::store(format!("read log {name}"), e))
     }
 

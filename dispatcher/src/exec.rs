@@ -7,6 +7,7 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::time::Duration;
 
+use bytes::Bytes;
 use runbox_core::contract;
 use runbox_core::{Config, SessionId};
 use runbox_proto::ExecResult;
@@ -90,6 +91,7 @@ pub(crate) struct Options {
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) output_cap: Option<u64>,
     pub(crate) request_id: String,
+    pub(crate) stdin: Option<Bytes>,
 }
 
 impl Exec {
@@ -128,6 +130,15 @@ impl Exec {
         self
     }
 
+    /// The command's standard input: at most `RUNBOX_STDIN_CAP_BYTES`
+    /// (default 16 MiB), else the exec fails with [`Error::StdinTooLarge`]
+    /// before anything is written. Without it (or when empty) the command
+    /// reads an empty stdin.
+    pub fn stdin(mut self, data: impl Into<Bytes>) -> Self {
+        self.options.stdin = Some(data.into());
+        self
+    }
+
     /// A correlation id stored in the request.
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.options.request_id = id.into();
@@ -146,12 +157,17 @@ impl Options {
         for (name, value) in &self.env {
             contract::validate_env(name, value)?;
         }
+        let stdin = self.stdin.filter(|data| !data.is_empty());
+        if let Some(data) = &stdin {
+            contract::validate_stdin(data.len() as u64, config.limits.stdin_cap)?;
+        }
         Ok(Submission {
             command,
             env: self.env,
             timeout,
             output_cap: self.output_cap.unwrap_or(0),
             request_id: self.request_id,
+            stdin,
         })
     }
 }

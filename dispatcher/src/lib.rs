@@ -59,7 +59,7 @@ pub use error::{BackgroundError, Error, FileError, LaunchError, Result};
 pub use exec::{CancelHandle, Exec};
 pub use files::{
     DeleteOptions, DirEntry, Download, EntryKind, FileInfo, FileText, ReadOptions, ReplaceOptions,
-    SearchMatch, UploadOptions, WriteOptions,
+    SearchMatch, TextStream, UploadOptions, WriteOptions,
 };
 pub use launcher::cloud_run::{CloudRunEndpoint, CloudRunLauncher, CloudRunSettings, admission};
 pub use launcher::local::LocalLauncher;

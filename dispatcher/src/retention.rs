@@ -180,7 +180,7 @@ async fn background_executions(store: &dyn Store) -> Result<HashSet<ExecutionId>
     }
 }
 
-/// Deletes an execution's request and logs, then its result (the
+/// Deletes an execution's request (and its stdin) and logs, then its result (the
 /// generation listed: a result is written once, so another generation
 /// would be news worth keeping); returns how many objects were deleted.
 async fn delete_execution(
@@ -190,10 +190,12 @@ async fn delete_execution(
 ) -> Result<usize> {
     let op = || format!("gc: delete execution {id}");
     let mut n = 0;
-    match store.delete(&layout::request(id), Precondition::None).await {
-        Ok(()) => n += 1,
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(Error::store(op(), e)),
+    for name in [layout::request(id), layout::request_stdin(id)] {
+        match store.delete(&name, Precondition::None).await {
+            Ok(()) => n += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(Error::store(op(), e)),
+        }
     }
     n += store::delete_prefix(store, &layout::logs_prefix(id))
         .await
@@ -218,6 +220,7 @@ async fn count_objects(store: &dyn Store, id: &ExecutionId) -> Result<usize> {
     let mut n = 0;
     for prefix in [
         layout::request(id),
+        layout::request_stdin(id),
         layout::result(id),
         layout::logs_prefix(id),
     ] {

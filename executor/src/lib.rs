@@ -25,6 +25,7 @@ pub mod output;
 pub mod process;
 pub mod scratch;
 pub mod shell;
+pub mod stdin;
 pub mod workspace;
 
 /// Exit code reported for a command that ran past its timeout.
@@ -155,6 +156,9 @@ async fn load_request(store: &dyn Store, settings: &Settings) -> Result<Loaded, 
     // The dispatcher checked it too; a request object written any other
     // way meets the same rules.
     contract::validate_request(&request, settings.config.limits.max_timeout)
+        .and_then(|()| {
+            contract::validate_stdin(request.stdin_bytes, settings.config.limits.stdin_cap)
+        })
         .map_err(|e| reject(session.as_str(), e.to_string()))?;
     let (state, state_precondition) = load_state(store, &session)
         .await
@@ -240,6 +244,9 @@ async fn run(
         Ok(files) => files,
         Err(message) => return rejected(result, message),
     };
+    if let Err(message) = stdin::fetch(store, id, request.stdin_bytes, &files.stdin).await {
+        return rejected(result, message);
+    }
 
     let mut notes = Vec::new();
     let cwd = starting_cwd(&state, &workspace, &mut notes);
@@ -438,6 +445,13 @@ async fn run_command(
         .map(String::as_str)
         .filter(|name| contract::is_reserved_env(name))
         .collect();
+    let stdin = match request.stdin_bytes {
+        0 => None,
+        _ => Some(
+            std::fs::File::open(&files.stdin)
+                .map_err(|e| format!("open standard input file: {e}"))?,
+        ),
+    };
     let script = shell::wrapper_script(cwd, files.script_files(), &readonly);
     tracing::debug!(execution = %id, "starting bash");
     let started_at = runbox_proto::now();
@@ -445,6 +459,7 @@ async fn run_command(
         process::Spawn {
             script: &script,
             env: start,
+            stdin,
             stdout,
             stderr,
             timeout: Duration::from_millis(request.timeout_ms),
@@ -761,6 +776,8 @@ struct Scratch {
     env: PathBuf,
     /// Their names.
     names: PathBuf,
+    /// The command's standard input, copied from its stdin object.
+    stdin: PathBuf,
 }
 
 /// Where the scratch directory of a command run as another user goes: a
@@ -802,6 +819,7 @@ impl Scratch {
             tmp: run_as.map(|_| path.join("tmp")),
             env: path.join("env"),
             names: path.join("names"),
+            stdin: path.join("stdin"),
         };
         std::fs::write(&files.command, command).map_err(|e| format!("write command file: {e}"))?;
         if let (Some(who), Some(tmp)) = (run_as, &files.tmp) {

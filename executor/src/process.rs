@@ -27,6 +27,8 @@ pub struct Spawn<'a> {
     pub script: &'a str,
     /// The complete environment (nothing is inherited).
     pub env: &'a BTreeMap<String, String>,
+    /// What standard input reads; `None`: nothing (`/dev/null`).
+    pub stdin: Option<std::fs::File>,
     /// Where standard output goes (a capture pipe, see [`crate::output`]).
     pub stdout: Stdio,
     /// Where standard error goes.
@@ -62,7 +64,7 @@ pub async fn run(
         .arg("bash")
         .env_clear()
         .envs(spawn.env)
-        .stdin(Stdio::null())
+        .stdin(spawn.stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(spawn.stdout)
         .stderr(spawn.stderr)
         // Its own process group, so one signal reaches every descendant

@@ -113,6 +113,11 @@ pub struct ExecRequest {
     /// objects while it runs, and cwd/env changes are not saved.
     #[prost(bool, tag = "10")]
     pub background: bool,
+    /// Size of the command's standard input in bytes, stored as the object
+    /// `requests/{execution_id}.stdin`; 0: none (the command reads an
+    /// empty stdin).
+    #[prost(uint64, tag = "15")]
+    pub stdin_bytes: u64,
 }
 
 /// The outcome of one execution; stored once as `results/{execution_id}.json`.

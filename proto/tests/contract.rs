@@ -119,6 +119,7 @@ fn the_proto_document_matches_the_rust_definitions() {
         traceparent: "t".into(),
         request_id: "r".into(),
         background: true,
+        stdin_bytes: 1,
     };
     check("ExecRequest", &request);
     let result = ExecResult {

@@ -969,3 +969,51 @@ async fn gcp_bad_input_is_refused_without_side_effects() {
     bad_input_is_refused(&s, &other, &emu.store()).await;
     client.shutdown().await;
 }
+
+/// `read_file_stream` gives, piece by piece, the text `read_file` gives at
+/// once: the same lines, the same U+FFFD replacements (also for characters
+/// split across read buffers), the same cut at `max_length`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_text_matches_text_read_at_once() {
+    let (client, _home) = embedded::client().await;
+    let s = client.session("stream").unwrap();
+    // Multi-byte characters and invalid bytes around the 64 KiB buffer
+    // boundaries, over many lines.
+    let mut data = Vec::new();
+    let mut n = 0u32;
+    while data.len() < 300_000 {
+        data.extend_from_slice(format!("line {n} ").as_bytes());
+        data.extend_from_slice(if n % 7 == 0 {
+            b"\xFF\xC3"
+        } else {
+            "é€😀".as_bytes()
+        });
+        data.push(b'\n');
+        n += 1;
+    }
+    data.extend_from_slice("tail é".as_bytes());
+    op(s.write_file("t.txt", data, WriteOptions::default()))
+        .await
+        .unwrap();
+    for opts in [
+        ReadOptions::default(),
+        ReadOptions::default().lines(Some(3), Some(9000)),
+        ReadOptions::default().lines(Some(n as u64 - 2), None),
+        ReadOptions::default()
+            .lines(Some(5), None)
+            .max_length(70_001),
+    ] {
+        let whole = op(s.read_file("t.txt", opts.clone())).await.unwrap();
+        let mut stream = op(s.read_file_stream("t.txt", opts.clone())).await.unwrap();
+        let mut text = String::new();
+        while let Some(chunk) = op(stream.next_chunk()).await.unwrap() {
+            assert!(!chunk.is_empty());
+            text.push_str(&chunk);
+        }
+        assert_eq!(text, whole.content, "{opts:?}");
+        assert_eq!(stream.lossy(), whole.lossy, "{opts:?}");
+        assert_eq!(stream.truncated(), whole.truncated, "{opts:?}");
+        assert_eq!(stream.size(), whole.size);
+    }
+    within(60, client.shutdown()).await;
+}

@@ -65,6 +65,7 @@ impl IntoFuture for Spawn {
             env: self.env,
             output_cap: None,
             request_id: String::new(),
+            ..Options::default()
         };
         let submission = match options.validate(&engine.config, self.command) {
             Ok(s) => s,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use runbox_core::layout;
 use runbox_core::store::{self, PutOptions};
 use runbox_core::{ExecutionId, SessionId};
@@ -27,6 +28,8 @@ pub(crate) struct Submission {
     /// Inline output per stream; 0 = the configured default.
     pub(crate) output_cap: u64,
     pub(crate) request_id: String,
+    /// Standard input, non-empty when set; written as its own object.
+    pub(crate) stdin: Option<Bytes>,
 }
 
 impl Submission {
@@ -49,6 +52,7 @@ impl Submission {
             traceparent: String::new(),
             request_id: self.request_id.clone(),
             background,
+            stdin_bytes: self.stdin.as_ref().map_or(0, |data| data.len() as u64),
         }
     }
 }
@@ -69,6 +73,23 @@ impl Engine {
         .await
         .map(drop)
         .map_err(|e| Error::store(format!("write request of execution {id}"), e))
+    }
+
+    /// Writes the standard input object, when there is one, before the
+    /// request that names it (create-only, like the request).
+    pub(crate) async fn write_stdin(&self, id: &ExecutionId, stdin: Option<&Bytes>) -> Result<()> {
+        let Some(data) = stdin else {
+            return Ok(());
+        };
+        self.store
+            .put(
+                &layout::request_stdin(id),
+                data.clone(),
+                PutOptions::create(),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| Error::store(format!("write standard input of execution {id}"), e))
     }
 
     /// Starts an execution whose request object is written.
@@ -144,6 +165,7 @@ impl Engine {
         let t0 = std::time::Instant::now();
         let id = self.instance.next_execution_id();
         let request = submission.request(&id, session, SystemTime::now(), false);
+        self.write_stdin(&id, submission.stdin.as_ref()).await?;
         self.write_request(&request, &id).await?;
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "request written");
         if cancel.is_cancelled() {

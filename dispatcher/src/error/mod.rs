@@ -55,6 +55,12 @@ pub enum Error {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The standard input is larger than `RUNBOX_STDIN_CAP_BYTES`.
+    #[error("standard input is larger than {max} bytes, the limit (RUNBOX_STDIN_CAP_BYTES)")]
+    StdinTooLarge {
+        /// The configured cap.
+        max: u64,
+    },
     /// The configuration cannot be used.
     #[error("configuration")]
     Config(#[source] runbox_core::ConfigError),
@@ -152,6 +158,7 @@ impl From<RequestError> for Error {
                 Error::InvalidTimeout { requested, max }
             }
             RequestError::InvalidEnv { name, reason } => Error::InvalidEnv { name, reason },
+            RequestError::StdinTooLarge { max } => Error::StdinTooLarge { max },
         }
     }
 }

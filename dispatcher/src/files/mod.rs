@@ -65,6 +65,7 @@ mod tree;
 pub use crate::error::FileError;
 
 use host::confine;
+pub use read::TextStream;
 
 /// Largest upload accepted by default: 1 GiB ([`UploadOptions::max_bytes`]).
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;

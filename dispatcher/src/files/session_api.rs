@@ -9,7 +9,7 @@ use tokio::io::AsyncRead;
 
 use super::{
     DeleteOptions, DirEntry, Download, FileInfo, FileText, ReadOptions, ReplaceOptions,
-    SearchMatch, UploadOptions, Workspace, WriteOptions,
+    SearchMatch, TextStream, UploadOptions, Workspace, WriteOptions,
 };
 #[cfg(doc)]
 use super::{FileError, MAX_EDIT_BYTES};
@@ -31,6 +31,13 @@ impl Session {
     /// The file is streamed, so only the lines returned are held in memory.
     pub async fn read_file(&self, path: &str, opts: ReadOptions) -> Result<FileText> {
         Ok(self.workspace().read_text(path, opts).await?)
+    }
+
+    /// Like [`Session::read_file`], but the text comes as a stream of
+    /// chunks, so a file of any size is read in constant memory; the line
+    /// count is not known (reading stops after the last line asked for).
+    pub async fn read_file_stream(&self, path: &str, opts: ReadOptions) -> Result<TextStream> {
+        Ok(self.workspace().text_stream(path, opts).await?)
     }
 
     /// The exact bytes of a file of up to [`MAX_EDIT_BYTES`]; larger files
