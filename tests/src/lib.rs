@@ -6,4 +6,5 @@ pub mod event_source_conformance;
 pub mod harness;
 pub mod launcher_conformance;
 pub mod pipes;
+pub mod serve;
 pub mod store_conformance;
