@@ -258,8 +258,8 @@ pub async fn request(
 
 /// Waits at most `secs` for a future; for the benchmark, which has no test
 /// harness to fail.
-pub async fn bounded<T>(secs: u64, fut: impl std::future::Future<Output = T>) -> Result<T> {
-    tokio::time::timeout(Duration::from_secs(secs), fut)
+pub async fn bounded<F: std::future::IntoFuture>(secs: u64, fut: F) -> Result<F::Output> {
+    tokio::time::timeout(Duration::from_secs(secs), fut.into_future())
         .await
         .context("timed out")
 }
