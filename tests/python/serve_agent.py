@@ -1,4 +1,4 @@
-"""The agent scenario against `runbox serve`, with Python's own HTTP client.
+"""The agent scenario against `runbox serve`, with Python's standard HTTP client.
 
 Run by tests/tests/serve_http.rs as `python3 serve_agent.py BASE_URL`:
 write app.py, run it, read the file it wrote, start `python3 -m
@@ -117,6 +117,19 @@ def main():
 
     listed = call("GET", f"/v1/sessions/{SESSION}/background")
     assert listed["processes"][0]["status"] == "CANCELLED", listed
+
+    root = call("GET", f"/v1/sessions/{SESSION}/dirs")
+    assert [(e["name"], e["kind"]) for e in root["entries"]] == [("app.py", "file"), ("out", "dir")], root
+    found = call("GET", f"/v1/sessions/{SESSION}/find?glob=**/*.txt")
+    assert found["paths"] == ["out/result.txt"], found
+    replaced = call(
+        "POST",
+        f"/v1/sessions/{SESSION}/replace/out/result.txt",
+        {"old": "squares", "new": "SQUARES"},
+    )
+    assert replaced["replaced"] == 1, replaced
+    matches = call("GET", f"/v1/sessions/{SESSION}/search/out/result.txt?pattern=%5ESQ.*16$")
+    assert matches["matches"] == [{"lineNumber": 1, "line": "SQUARES: 0 1 4 9 16"}], matches
 
     deleted = call("DELETE", f"/v1/sessions/{SESSION}")
     assert deleted["deleted"] > 0, deleted

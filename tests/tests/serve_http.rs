@@ -213,6 +213,65 @@ async fn sigterm_lets_requests_in_flight_finish() {
 }
 
 #[tokio::test]
+async fn a_dropped_connection_loses_no_result() {
+    let serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("started");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let body = serde_json::json!({
+        "command": format!("echo go > {}; sleep 1; echo finished > out.txt; cd sub || mkdir sub", fifo.display()),
+    })
+    .to_string();
+    let addr = serve.addr.clone();
+    let call = tokio::spawn(async move {
+        request(
+            &addr,
+            "POST",
+            "/v1/sessions/hangup/exec",
+            &[],
+            body.as_bytes(),
+        )
+        .await
+    });
+    within(
+        60,
+        tokio::task::spawn_blocking(move || std::io::BufReader::new(reader).lines().next()),
+    )
+    .await
+    .unwrap();
+    // The caller hangs up while its command runs.
+    call.abort();
+    let _ = call.await;
+    // The session's next command queues behind it, so it sees what it did.
+    let r = request(
+        &serve.addr,
+        "POST",
+        "/v1/sessions/hangup/exec",
+        &[],
+        br#"{"command":"cat out.txt; ls -d sub"}"#,
+    )
+    .await
+    .unwrap();
+    let result = r.json();
+    assert_eq!(result["stdout"], "finished\nsub\n", "{result}");
+    let info = request(&serve.addr, "GET", "/v1/sessions/hangup", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(info.json()["execCount"], 2, "{}", info.json());
+}
+
+#[tokio::test]
 async fn the_drain_is_bounded() {
     let mut serve = Serve::start("127.0.0.1:0", &[("RUNBOX_DRAIN_SECS", "1")])
         .await

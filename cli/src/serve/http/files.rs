@@ -219,7 +219,7 @@ pub async fn list_root(
     State(api): State<Arc<Api>>,
     Params(session): Params<String>,
 ) -> Result<Json<DirList>, Problem> {
-    list_dir(&api, &session, "").await
+    list_dir(&api, &session, ".").await
 }
 
 /// The entries of a directory, sorted by name.

@@ -4,7 +4,7 @@
 //! - [`problem`]: errors as RFC 9457 problem documents;
 //! - [`schema`]: the JSON shapes that are not `runbox.v1` messages;
 //! - `extract`: request parts whose rejections are problem documents too;
-//! - `sessions`, `exec`, `files`, `background`: the routes;
+//! - `sessions`, `exec`, `files`, `file_tools`, `background`: the routes;
 //! - [`openapi`]: the OpenAPI 3.1 document generated from all of them.
 //!
 //! Every route but `/healthz` sits behind the bearer token when one is
@@ -28,6 +28,7 @@ use self::problem::{Problem, ProblemKind};
 mod background;
 mod exec;
 mod extract;
+mod file_tools;
 mod files;
 pub mod openapi;
 pub mod problem;
@@ -73,6 +74,15 @@ pub fn router(api: Arc<Api>) -> Router {
                 .delete(files::delete)
                 .head(files::head),
         )
+        .route(
+            "/sessions/{session}/replace/{*path}",
+            post(file_tools::replace),
+        )
+        .route(
+            "/sessions/{session}/search/{*path}",
+            get(file_tools::search),
+        )
+        .route("/sessions/{session}/find", get(file_tools::find))
         .route("/sessions/{session}/dirs", get(files::list_root))
         .route("/sessions/{session}/dirs/{*path}", get(files::list))
         .route(

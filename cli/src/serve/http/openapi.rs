@@ -6,12 +6,13 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::file_tools::{FoundFiles, ReplaceBody, Replaced, SearchMatchView, SearchMatches};
 use super::problem::Problem;
 use super::schema::{
     BackgroundList, BackgroundView, CreateSessionBody, Deleted, DirEntryView, DirList, ExecBody,
     ExecResultSchema, FileView, ResultList, SessionList, SessionView, SpawnBody,
 };
-use super::{background, exec, files, sessions};
+use super::{background, exec, file_tools, files, sessions};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,13 +32,14 @@ use super::{background, exec, files, sessions};
         sessions::delete,
         exec::exec,
         files::get, files::head, files::put, files::delete, files::list_root, files::list,
+        file_tools::replace, file_tools::search, file_tools::find,
         background::spawn, background::list, background::logs, background::kill,
         background::wait,
     ),
     components(schemas(
         Problem, ExecBody, SpawnBody, CreateSessionBody, SessionView, SessionList, Deleted,
         ResultList, FileView, DirEntryView, DirList, BackgroundView, BackgroundList,
-        ExecResultSchema,
+        ExecResultSchema, ReplaceBody, Replaced, SearchMatchView, SearchMatches, FoundFiles,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),
