@@ -610,3 +610,71 @@ async fn bad_requests_are_typed_problems_before_anything_runs() {
     assert_problem(&r, 409);
     assert_eq!(r.json()["type"], "urn:runbox:problem:conflict");
 }
+
+/// Subscriptions on the emulator's notifications topic, through its REST API.
+async fn subscriptions(env: &std::collections::BTreeMap<String, String>) -> usize {
+    let host = &env["PUBSUB_EMULATOR_HOST"];
+    let project = &env["RUNBOX_PROJECT"];
+    let topic = format!(
+        "projects/{project}/topics/{}",
+        env["RUNBOX_NOTIFICATIONS_TOPIC"]
+    );
+    let r = request(
+        host,
+        "GET",
+        &format!("/v1/projects/{project}/subscriptions"),
+        &[],
+        b"",
+    )
+    .await
+    .expect("list subscriptions");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["subscriptions"].as_array().map_or(0, |subs| {
+        subs.iter().filter(|s| s["topic"] == topic.as_str()).count()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_runs_the_agent_scenario_on_the_emulators() {
+    let emu = within(120, runbox_tests::harness::Emulators::start())
+        .await
+        .expect("emulators");
+    let env = emu.env();
+    let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executor = runbox_tests::embedded::binary("runbox-executor");
+    let executor = executor.to_str().unwrap();
+    vars.push(("RUNBOX_EXECUTOR", executor));
+    let mut serve = Serve::start("127.0.0.1:0", &vars).await.expect("serve");
+    // One subscription for the whole life of the service.
+    assert_eq!(subscriptions(&env).await, 1);
+
+    let script = repo_root().join("tests/python/serve_agent.py");
+    let out = within(
+        240,
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(serve.url())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run python3");
+    assert!(
+        out.status.success(),
+        "agent scenario failed on the emulators:\n{}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        emu.logs()
+    );
+    assert_eq!(
+        subscriptions(&env).await,
+        1,
+        "the scenario made more subscriptions"
+    );
+
+    serve.terminate();
+    let (status, _) = serve.wait().await;
+    assert!(status.success());
+    // A graceful stop deletes the instance's subscription.
+    assert_eq!(subscriptions(&env).await, 0);
+}
