@@ -291,7 +291,7 @@ async fn the_drain_is_bounded() {
         .write(true)
         .open(&fifo)
         .unwrap();
-    let body = serde_json::json!({"command": format!("echo go > {}; sleep 20", fifo.display())})
+    let body = serde_json::json!({"command": format!("echo go > {}; sleep 5", fifo.display())})
         .to_string();
     let call = tokio::spawn(async move {
         request(
