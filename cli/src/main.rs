@@ -11,9 +11,8 @@
 //!
 //! One module per group of subcommands ([`exec`], [`sessions`], [`files`],
 //! [`bg`], [`gc`]), each a thin adapter over the `runbox-dispatcher` library that
-//! borrows the one [`Client`] [`run`] owns. A long-running `runbox serve`
-//! will be one more such module, `serve.rs`, with its variant in
-//! [`Command`]. Everything a subcommand prints to standard output goes
+//! borrows the one [`Client`] [`run`] owns. The long-running `runbox serve`
+//! ([`serve`]) owns its client instead, for the whole life of the service. Everything a subcommand prints to standard output goes
 //! through [`stdout::Stdout`], so a reader that closes early
 //! (`runbox sessions list | head -1`) ends the printing, not the process.
 
@@ -36,6 +35,7 @@ mod files;
 mod gc;
 mod interrupt;
 mod seconds;
+mod serve;
 mod sessions;
 mod spinner;
 mod stdout;
@@ -85,6 +85,8 @@ enum Command {
     /// Delete the requests, results and logs of executions that finished
     /// long ago (background processes' are kept while their session lists them).
     Gc(gc::GcArgs),
+    /// Serve the HTTP API (see /openapi.json) until SIGTERM.
+    Serve(serve::ServeArgs),
 }
 
 impl Command {
@@ -95,7 +97,7 @@ impl Command {
             Command::Sessions { command } => command.json(),
             Command::Bg { command } => command.json(),
             Command::Gc(args) => args.json(),
-            Command::Files { .. } => false,
+            Command::Files { .. } | Command::Serve(_) => false,
         }
     }
 }
@@ -226,8 +228,12 @@ fn exec_hint(error: &clap::Error, argv: &[OsString]) -> Option<String> {
 /// process's Pub/Sub subscription, which an error must not leave behind.
 /// Subcommands only borrow the client, so none can skip this.
 async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
+    let command = match cli.command {
+        Command::Serve(args) => return serve::run(args, config).await,
+        command => command,
+    };
     let client = Client::from_config(config).await?;
-    let outcome = dispatch(&client, cli.command).await;
+    let outcome = dispatch(&client, command).await;
     client.shutdown().await;
     outcome
 }
@@ -239,5 +245,6 @@ async fn dispatch(client: &Client, command: Command) -> Result<ExitCode, Error> 
         Command::Files { command } => files::run(client, command).await,
         Command::Bg { command } => bg::run(client, command).await,
         Command::Gc(args) => gc::run(client, args).await,
+        Command::Serve(_) => unreachable!("serve owns its client; run() hands it over"),
     }
 }

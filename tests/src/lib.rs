@@ -7,4 +7,5 @@ pub mod harness;
 pub mod launcher_conformance;
 pub mod pipes;
 pub mod procs;
+pub mod serve;
 pub mod store_conformance;
