@@ -11,8 +11,8 @@ use bytes::Bytes;
 use runbox_core::contract;
 use runbox_core::{Config, SessionId};
 use runbox_proto::ExecResult;
-use tokio_util::sync::CancellationToken;
 
+pub use crate::engine::CancelHandle;
 use crate::engine::{Handle, Submission};
 use crate::error::{Error, Result};
 
@@ -58,30 +58,6 @@ pub struct Exec {
     command: String,
     options: Options,
     cancel: CancelHandle,
-}
-
-/// Cancels one command (see [`Exec`] for what that does); cheap to clone,
-/// usable from any task, and idempotent.
-#[derive(Clone, Debug, Default)]
-pub struct CancelHandle {
-    token: CancellationToken,
-}
-
-impl CancelHandle {
-    /// Asks for the command to be stopped and returns at once; await the
-    /// command's own future for its result.
-    pub fn cancel(&self) {
-        self.token.cancel();
-    }
-
-    /// Whether [`CancelHandle::cancel`] has been called.
-    pub fn is_cancelled(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    pub(crate) fn token(&self) -> &CancellationToken {
-        &self.token
-    }
 }
 
 /// What a caller may set on a command, before validation.

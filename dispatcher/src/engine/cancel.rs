@@ -14,6 +14,30 @@ use super::settle::CANCELLED_EXIT_CODE;
 use super::{EndWatch, Engine, Limit};
 use crate::error::Result;
 
+/// Cancels one command (see [`crate::Exec`] for what that does); cheap to clone,
+/// usable from any task, and idempotent.
+#[derive(Clone, Debug, Default)]
+pub struct CancelHandle {
+    token: CancellationToken,
+}
+
+impl CancelHandle {
+    /// Asks for the command to be stopped and returns at once; await the
+    /// command's own future for its result.
+    pub fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether [`CancelHandle::cancel`] has been called.
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
 impl Engine {
     /// The wait of a launched foreground execution ([`Engine::wait_end`]
     /// up to its deadline), until `cancel` fires: then the execution is

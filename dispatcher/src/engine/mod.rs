@@ -41,6 +41,7 @@ pub(crate) mod settle;
 pub(crate) mod submit;
 pub(crate) mod wait;
 
+pub use cancel::CancelHandle;
 pub use resolve::ResultStats;
 pub(crate) use submit::Submission;
 pub(crate) use wait::{EndWatch, Limit};

@@ -11,9 +11,8 @@ use runbox_proto::ExecResult;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Engine, Submission};
+use super::{CancelHandle, Engine, Submission};
 use crate::error::{Error, Result};
-use crate::exec::CancelHandle;
 use crate::session_lease::{LeaseError, SessionLease};
 
 /// The sending end of a session's queue.
