@@ -126,12 +126,7 @@ const WIRING: &[Breakage] = &[
         "      containers {\n        image = \"proxy\"\n      }\n      containers {\n        image = local.executor_image",
         "job.containers",
     ),
-    breaks(
-        RUN,
-        "cpu    = var.executor_cpu\n",
-        "",
-        "job.resources",
-    ),
+    breaks(RUN, "cpu    = var.executor_cpu\n", "", "job.resources"),
     breaks(
         RUN,
         "\"RUNBOX_RUN_AS_USER\"",
@@ -156,7 +151,12 @@ const WIRING: &[Breakage] = &[
         "\"RUNBOX_EXECUTION_ID\"",
         "job.env.override",
     ),
-    breaks(RUN, "value = \"gcp\"", "value = \"local\"", "job.env.backend"),
+    breaks(
+        RUN,
+        "value = \"gcp\"",
+        "value = \"local\"",
+        "job.env.backend",
+    ),
     breaks(
         RUN,
         "value = \"cloudrun\"",
@@ -218,7 +218,12 @@ const WIRING: &[Breakage] = &[
         "[\"OBJECT_FINALIZE\", \"OBJECT_DELETE\"]",
         "notification.events",
     ),
-    breaks(STORAGE, "\"JSON_API_V1\"", "\"NONE\"", "notification.payload"),
+    breaks(
+        STORAGE,
+        "\"JSON_API_V1\"",
+        "\"NONE\"",
+        "notification.payload",
+    ),
     breaks(
         STORAGE,
         "depends_on = [google_pubsub_topic_iam_member.gcs_publishes_notifications]",
@@ -289,12 +294,7 @@ const WIRING: &[Breakage] = &[
 
 /// Breakages of the grants and of the permission tables.
 const GRANTS: &[Breakage] = &[
-    breaks(
-        IAM,
-        "    \"run.executions.list\",\n",
-        "",
-        "grants.needed",
-    ),
+    breaks(IAM, "    \"run.executions.list\",\n", "", "grants.needed"),
     breaks(
         IAM,
         "    \"run.executions.list\",\n",
@@ -465,7 +465,10 @@ async fn each_breakage_fails(breakages: &[Breakage]) {
             (b, out)
         }
     });
-    let results: Vec<_> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
+    let results: Vec<_> = futures::stream::iter(runs)
+        .buffer_unordered(2)
+        .collect()
+        .await;
     let mut missed = Vec::new();
     for (b, out) in results {
         let stdout = String::from_utf8_lossy(&out.stdout);
