@@ -23,11 +23,12 @@ impl Inner {
         }
     }
 
-    /// Atomically replaces the sidecar of `name` with `encoded`.
-    pub(super) fn write_sidecar(&self, name: &str, encoded: &[u8]) -> Result<()> {
+    /// Atomically replaces the sidecar of `name` with `encoded`, synced
+    /// first when `sync`.
+    pub(super) fn write_sidecar(&self, name: &str, encoded: &[u8], sync: bool) -> Result<()> {
         let (tmp, mut file) = self.create_temp(name)?;
         file.write_all(encoded)
-            .and_then(|()| self.sync_file(&file))
+            .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
             .and_then(|()| place(tmp, &self.meta_path(name)))
             .map_err(io_err("write metadata of", name))
     }
@@ -36,7 +37,7 @@ impl Inner {
     /// new one), so the old content keeps its generation.
     pub(super) fn restore_sidecar(&self, name: &str, previous: Option<&[u8]>) {
         let restored = match previous {
-            Some(bytes) => self.write_sidecar(name, bytes),
+            Some(bytes) => self.write_sidecar(name, bytes, self.sync),
             None => {
                 fs::remove_file(self.meta_path(name)).map_err(io_err("remove metadata of", name))
             }

@@ -40,7 +40,7 @@ async fn content_is_a_plain_file_and_bookkeeping_stays_under_runbox() {
             .put(
                 "results/a.json",
                 Bytes::from_static(b"{}"),
-                PutOptions::create(),
+                PutOptions::create().with_metadata("k", "v"),
             )
             .await
             .unwrap();
@@ -489,7 +489,9 @@ async fn unreadable_metadata_is_corrupt_until_a_plain_put_repairs_it() {
             .put(name, Bytes::new(), PutOptions::create())
             .await
             .unwrap();
-        fs::write(store.root().join(".runbox/meta").join(name), b"not json").unwrap();
+        let sidecar = store.root().join(".runbox/meta").join(name);
+        fs::create_dir_all(sidecar.parent().unwrap()).unwrap();
+        fs::write(&sidecar, b"not json").unwrap();
 
         assert!(matches!(
             store.head(name).await,
@@ -516,6 +518,70 @@ async fn unreadable_metadata_is_corrupt_until_a_plain_put_repairs_it() {
             .unwrap();
         assert!(repaired.generation > meta.generation);
         assert_eq!(store.head(name).await.unwrap(), repaired);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_without_metadata_keeps_its_generation_in_its_mtime() {
+    let (_dir, store) = store();
+    bounded(async {
+        let name = "sessions/s/state.json";
+        let sidecar = store.root().join(".runbox/meta").join(name);
+        let path = store.path_of(name).unwrap();
+        let with_metadata = store
+            .put(
+                name,
+                Bytes::from_static(b"1"),
+                PutOptions::create().with_metadata("k", "v"),
+            )
+            .await
+            .unwrap();
+        assert!(sidecar.is_file());
+
+        // No sidecar to write and sync: the generation is the mtime, and
+        // the sidecar of the replaced generation is gone.
+        let plain = store
+            .put(
+                name,
+                Bytes::from_static(b"22"),
+                PutOptions::when(Precondition::GenerationMatch(with_metadata.generation)),
+            )
+            .await
+            .unwrap();
+        assert!(plain.generation > with_metadata.generation);
+        assert!(plain.metadata.is_empty());
+        assert!(!sidecar.exists());
+        assert_eq!(mtime_us(&path), plain.generation);
+        assert_eq!(store.head(name).await.unwrap(), plain);
+        let page = store.list(&ListOptions::default()).await.unwrap();
+        assert_eq!(page.objects, [plain.clone()]);
+
+        // Volatile writes keep the same rules, and preconditions hold.
+        let volatile = store
+            .put(
+                name,
+                Bytes::from_static(b"333"),
+                PutOptions::when(Precondition::GenerationMatch(plain.generation)).volatile(),
+            )
+            .await
+            .unwrap();
+        assert!(volatile.generation > plain.generation);
+        assert_eq!(store.head(name).await.unwrap(), volatile);
+        let stale = store
+            .put(
+                name,
+                Bytes::new(),
+                PutOptions::when(Precondition::GenerationMatch(plain.generation)),
+            )
+            .await;
+        assert!(matches!(stale, Err(StoreError::PreconditionFailed { .. })));
+
+        // A change behind the store's back moves the generation.
+        fs::write(&path, b"edited").unwrap();
+        let edited = store.head(name).await.unwrap();
+        assert_ne!(edited.generation, volatile.generation);
+        assert_eq!(edited.size, 6);
     })
     .await;
 }
