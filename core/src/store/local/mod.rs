@@ -6,14 +6,18 @@
 //! - `<root>/<name>`: the object's content, a plain file, so a command can use
 //!   a session's workspace files directly and a filesystem watcher on
 //!   `<root>/results/` sees results appear;
-//! - `<root>/.runbox/meta/<name>`: for an object with custom metadata, a
-//!   JSON sidecar with the generation, the custom metadata, the write time
-//!   and a fingerprint of the content file it describes (the meta tree
-//!   mirrors the content tree exactly, so it can never collide where the
-//!   content tree does not). An object without custom metadata has none:
-//!   its generation is the content file's mtime, set to the microsecond
-//!   when it is written, so a durable write syncs one file and one
-//!   directory (a sidecar would be one more file to sync);
+//! - the content file also holds the object's bookkeeping (a stamp): its
+//!   generation is the file's mtime, set to the microsecond when it is
+//!   written, and its custom metadata, if any, is in the extended attribute
+//!   `user.runbox.meta`. So a durable write syncs one file and one
+//!   directory;
+//! - `<root>/.runbox/meta/<name>`: only where a stamp cannot be (a file
+//!   system without user extended attributes or microsecond timestamps,
+//!   metadata over 3 KiB, a generation ahead of the clock), a JSON sidecar
+//!   with the generation, the custom metadata, the write time and a
+//!   fingerprint of the content file it describes (the meta tree mirrors
+//!   the content tree exactly, so it can never collide where the content
+//!   tree does not);
 //! - `<root>/.runbox/tmp/`: temporary files, renamed into place when complete;
 //! - `<root>/.runbox/locks/`: striped lock files (`flock`), shared by every
 //!   process that opens the same root. Each also holds the last generation it
@@ -31,7 +35,8 @@
 //! workspace file) are objects too: when the sidecar is missing, or its
 //! fingerprint (inode, size, mtime) no longer matches the file, the generation
 //! is the file's mtime in microseconds (never below the old sidecar's
-//! generation + 1) and the custom metadata is empty.
+//! generation + 1) and the custom metadata is the stamp's only while the
+//! stamp names that same generation (an edit in place moves the mtime).
 //!
 //! Limits of a directory: only regular files are objects (symlinks, FIFOs and
 //! sockets are ignored, empty directories are not objects), and the store
@@ -233,7 +238,8 @@ impl Store for LocalStore {
         let owned = name.to_owned();
         self.blocking("write", name, move |inner| {
             // Stage outside the lock: writers of other names sharing the
-            // stripe do not wait for our disk.
+            // stripe do not wait for our copy (the sync waits for the stamp,
+            // which is only known under the lock).
             let (tmp, mut file) = inner.create_temp(&owned)?;
             file.write_all(&data).map_err(io_err("write", &owned))?;
             inner.commit(&owned, tmp, &file, opts)
@@ -345,11 +351,11 @@ impl Inner {
     /// without precondition, which repair it, and by listings, which should
     /// not fail as a whole for one bad file).
     fn current(&self, name: &str, tolerate_corrupt: bool) -> Result<Current> {
-        let Some((_, md)) = self.open_content(name)? else {
+        let Some((file, md)) = self.open_content(name)? else {
             return Ok(Current::absent());
         };
         let sidecar = self.read_sidecar(name)?;
-        let meta = describe(name, &md, sidecar.as_deref(), tolerate_corrupt)?;
+        let meta = describe(name, &file, &md, sidecar.as_deref(), tolerate_corrupt)?;
         Ok(Current {
             meta: Some(meta),
             sidecar,
@@ -361,7 +367,7 @@ impl Inner {
         let _lock = StripeLock::acquire(self, name, LockMode::Shared)?;
         let (file, md) = self.open_content(name)?.ok_or_else(|| not_found(name))?;
         let sidecar = self.read_sidecar(name)?;
-        let meta = describe(name, &md, sidecar.as_deref(), false)?;
+        let meta = describe(name, &file, &md, sidecar.as_deref(), false)?;
         Ok((meta, file))
     }
 

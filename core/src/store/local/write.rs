@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustix::io::Errno;
 
 use super::resolve::{leaf_of, unlink_at};
-use super::sidecar::{Fingerprint, Sidecar};
+use super::sidecar::{Fingerprint, Sidecar, stamp_metadata};
 use super::*;
 
 impl Inner {
@@ -40,12 +40,11 @@ impl Inner {
     /// Makes the staged content in `tmp` (open as `file`, not yet synced) the
     /// new generation of `name`, if the precondition holds.
     ///
-    /// A durable write waits for the disk twice: the content (with the
-    /// generation), then the directory holding its new name. An object
-    /// without custom metadata keeps its generation as the content file's
-    /// mtime (see [`stamp_generation`]), so the content's own fsync makes
-    /// both durable and no sidecar is written; one with metadata also
-    /// writes and syncs a sidecar.
+    /// A durable write waits for the disk twice: the content with its
+    /// stamp (the generation as mtime, see [`stamp_generation`], and any
+    /// custom metadata in an extended attribute), then the directory
+    /// holding its new name. Where no stamp can be made, a sidecar is
+    /// written and synced as well.
     pub(super) fn commit(
         &self,
         name: &str,
@@ -55,13 +54,6 @@ impl Inner {
     ) -> Result<ObjectMeta> {
         let sync = self.sync && !opts.volatile;
         let write_err = io_err("write", name);
-        let may_stamp = opts.metadata.is_empty();
-        if sync && !may_stamp {
-            // Outside the lock: writers of other names sharing the stripe
-            // do not wait for our disk. A stamped write syncs under the
-            // lock instead, because the stamp is only known there.
-            file.sync_all().map_err(&write_err)?;
-        }
         let lock = StripeLock::acquire(self, name, LockMode::Exclusive)?;
         let tolerate_corrupt = opts.precondition == Precondition::None;
         let current = self.current(name, tolerate_corrupt)?;
@@ -86,9 +78,11 @@ impl Inner {
         let generation = lock
             .issue_generation(previous)
             .map_err(io_err("allocate generation for", name))?;
-        let stamped = may_stamp && stamp_generation(file, generation);
-        if sync && may_stamp {
-            // The content and, when stamped, its generation in one fsync.
+        let stamped = stamp_generation(file, generation)
+            && (opts.metadata.is_empty() || stamp_metadata(file, generation, &opts.metadata));
+        if sync {
+            // The content and its stamp in one fsync (under the lock, where
+            // the generation is issued).
             file.sync_all().map_err(&write_err)?;
         }
         // After the stamp: a sidecar's fingerprint names the final mtime.
