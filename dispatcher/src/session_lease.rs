@@ -256,6 +256,7 @@ impl SessionLeases {
             let opts = PutOptions {
                 precondition: Precondition::GenerationMatch(object.meta.generation),
                 metadata: object.meta.metadata.clone(),
+                ..PutOptions::default()
             };
             match store.put(&name, object.data, opts).await {
                 Ok(_) => return,

@@ -19,12 +19,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use runbox_core::ExecutionId;
 use runbox_core::config::{BackendConfig, Config, Env, Lookup};
 use runbox_core::contract::{
     DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
 };
+use runbox_core::store::{Durability, LocalStore, Store, StoreError};
 use runbox_executor::{Outcome, Settings, error_chain, execute, identity, process};
 
 const EXIT_CONFIG: u8 = 64;
@@ -118,7 +120,7 @@ fn main() -> ExitCode {
         // must cancel the command, not kill the executor before it can
         // write a CANCELLED result.
         let cancel = shutdown_signal();
-        let store = match runbox_core::backend::open_store(&config).await {
+        let store = match open_store(&config).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("runbox-executor: open store: {}", error_chain(&e));
@@ -151,6 +153,27 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// The store, as the dispatcher opens it, except that an embedded store
+/// does its file work on this thread: the executor does one thing at a
+/// time, and a handoff to the blocking pool and back per operation cost
+/// more than the operations themselves (see `LocalStore::open_inline`).
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    match &config.backend {
+        BackendConfig::Local(embedded) => {
+            let durability = if embedded.sync {
+                Durability::Sync
+            } else {
+                Durability::NoSync
+            };
+            Ok(Arc::new(LocalStore::open_inline(
+                &embedded.home,
+                durability,
+            )?))
+        }
+        BackendConfig::Gcp(_) => runbox_core::backend::open_store(config).await,
+    }
 }
 
 /// The command line: nothing, or `--execution-id ID` and `--config-stdin`.

@@ -83,6 +83,12 @@ pub struct PutOptions {
     pub precondition: Precondition,
     /// Custom metadata stored with the new generation.
     pub metadata: BTreeMap<String, String>,
+    /// The caller can do without this write after a power loss or kernel
+    /// crash, so a backend may skip waiting for the disk. The write stays
+    /// atomic either way; Cloud Storage ignores the hint (every write there
+    /// is durable), the local store skips its fsyncs (see
+    /// [`PutOptions::volatile()`]).
+    pub volatile: bool,
 }
 
 impl PutOptions {
@@ -102,6 +108,16 @@ impl PutOptions {
             precondition,
             ..Self::default()
         }
+    }
+
+    /// Marks the write volatile (the field of that name): only for an object whose
+    /// loss in a crash of the whole machine costs nothing more than the
+    /// crash itself (a request that the executor, on the same machine, reads
+    /// at once: after the crash that execution can only be LOST anyway).
+    #[must_use]
+    pub fn volatile(mut self) -> Self {
+        self.volatile = true;
+        self
     }
 
     /// Adds one custom metadata entry.

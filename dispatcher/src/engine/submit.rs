@@ -59,6 +59,15 @@ impl Submission {
 
 impl Engine {
     /// Writes the request object (create-only: an execution runs once).
+    ///
+    /// Volatile: a request is read once, by its executor, right after this
+    /// write. Where a store can lose a write at all (the embedded store, in
+    /// a power loss or kernel crash) the executor runs on the same machine
+    /// and dies with it, so a lost request can only belong to an execution
+    /// that is LOST anyway: settling never needs it when a result or a
+    /// background marker exists, and a foreground waiter dies with its
+    /// process. Not waiting for the disk here takes a durable write off
+    /// every command's path. Results and session state stay durable.
     pub(crate) async fn write_request(
         &self,
         request: &ExecRequest,
@@ -68,7 +77,7 @@ impl Engine {
             &*self.store,
             &layout::request(id),
             request,
-            PutOptions::create(),
+            PutOptions::create().volatile(),
         )
         .await
         .map(drop)
@@ -76,7 +85,7 @@ impl Engine {
     }
 
     /// Writes the standard input object, when there is one, before the
-    /// request that names it (create-only, like the request).
+    /// request that names it (create-only and volatile, like the request).
     pub(crate) async fn write_stdin(&self, id: &ExecutionId, stdin: Option<&Bytes>) -> Result<()> {
         let Some(data) = stdin else {
             return Ok(());
@@ -85,7 +94,7 @@ impl Engine {
             .put(
                 &layout::request_stdin(id),
                 data.clone(),
-                PutOptions::create(),
+                PutOptions::create().volatile(),
             )
             .await
             .map(drop)

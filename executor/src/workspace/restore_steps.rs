@@ -19,9 +19,9 @@ pub(super) async fn in_place(
     generation: i64,
     pending: bool,
 ) -> Result<Snapshot> {
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(io_err("create workspace", dir))?;
+    // A directory that almost always exists already: two system calls,
+    // not worth a trip to the blocking pool.
+    std::fs::create_dir_all(dir).map_err(io_err("create workspace", dir))?;
     Ok(Snapshot {
         manifest: stored,
         generation,

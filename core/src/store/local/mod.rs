@@ -6,18 +6,27 @@
 //! - `<root>/<name>`: the object's content, a plain file, so a command can use
 //!   a session's workspace files directly and a filesystem watcher on
 //!   `<root>/results/` sees results appear;
-//! - `<root>/.runbox/meta/<name>`: a JSON sidecar with the generation, the
-//!   custom metadata, the write time and a fingerprint of the content file it
-//!   describes (the meta tree mirrors the content tree exactly, so it can
-//!   never collide where the content tree does not);
+//! - the content file also holds the object's bookkeeping (a stamp): its
+//!   generation is the file's mtime, set to the microsecond when it is
+//!   written, and its custom metadata, if any, is in the extended attribute
+//!   `user.runbox.meta`. So a durable write syncs one file and one
+//!   directory;
+//! - `<root>/.runbox/meta/<name>`: only where a stamp cannot be (a file
+//!   system without user extended attributes or microsecond timestamps,
+//!   metadata over 3 KiB, a generation ahead of the clock), a JSON sidecar
+//!   with the generation, the custom metadata, the write time and a
+//!   fingerprint of the content file it describes (the meta tree mirrors
+//!   the content tree exactly, so it can never collide where the content
+//!   tree does not);
 //! - `<root>/.runbox/tmp/`: temporary files, renamed into place when complete;
 //! - `<root>/.runbox/locks/`: striped lock files (`flock`), shared by every
 //!   process that opens the same root. Each also holds the last generation it
 //!   issued, so generations never repeat, even after a delete.
 //!
 //! A write stages the content in a temporary file (outside any lock), then,
-//! holding the name's lock exclusively, checks the precondition, renames the
-//! new sidecar into place and renames the content into place LAST: a watcher
+//! holding the name's lock exclusively, checks the precondition, stamps the
+//! generation (the mtime, or a new sidecar renamed into place) and renames
+//! the content into place LAST: a watcher
 //! reacting to the content's appearance and calling [`Store::head`] sees the
 //! new generation. Reads take the lock shared, so they never pair a new
 //! sidecar with old content.
@@ -26,7 +35,8 @@
 //! workspace file) are objects too: when the sidecar is missing, or its
 //! fingerprint (inode, size, mtime) no longer matches the file, the generation
 //! is the file's mtime in microseconds (never below the old sidecar's
-//! generation + 1) and the custom metadata is empty.
+//! generation + 1) and the custom metadata is the stamp's only while the
+//! stamp names that same generation (an edit in place moves the mtime).
 //!
 //! Limits of a directory: only regular files are objects (symlinks, FIFOs and
 //! sockets are ignored, empty directories are not objects), and the store
@@ -71,8 +81,10 @@ const PLACE_ATTEMPTS: usize = 16;
 /// Whether writes wait for the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// fsync the content, its metadata and the directory before a write
-    /// returns: a completed write survives a power loss (the default).
+    /// fsync the content (with its generation), any sidecar and the
+    /// directory before a write returns: a completed write survives a power
+    /// loss (the default). A write marked [`PutOptions::volatile()`] skips
+    /// them, as with [`Durability::NoSync`].
     #[default]
     Sync,
     /// Skip the fsyncs: writes stay atomic for readers (temp file + rename)
@@ -97,7 +109,21 @@ impl LocalStore {
 
     /// Opens a store with the given durability (see [`Durability`]).
     pub fn open_with(root: impl Into<PathBuf>, durability: Durability) -> Result<Self> {
-        let root = root.into();
+        Self::open_impl(root.into(), durability, false)
+    }
+
+    /// Opens a store whose file operations run on the calling thread
+    /// instead of tokio's blocking pool. For a process that does one thing
+    /// at a time, like the executor, where handing each operation to
+    /// another thread and back costs more than the operation itself (two
+    /// wake-ups, each a wait for a CPU on a busy machine). Never for a
+    /// process serving many tasks: a write waiting for the disk, or for a
+    /// lock another process holds, stalls its whole runtime thread.
+    pub fn open_inline(root: impl Into<PathBuf>, durability: Durability) -> Result<Self> {
+        Self::open_impl(root.into(), durability, true)
+    }
+
+    fn open_impl(root: PathBuf, durability: Durability, inline: bool) -> Result<Self> {
         let io_err = |source| StoreError::Io {
             op: "open store",
             name: root.display().to_string(),
@@ -107,6 +133,7 @@ impl LocalStore {
         let internal = root.join(".runbox");
         let inner = Inner {
             sync: durability == Durability::Sync,
+            inline,
             meta: internal.join("meta"),
             tmp: internal.join("tmp"),
             locks: internal.join("locks"),
@@ -136,11 +163,16 @@ impl LocalStore {
 
     /// Runs `f` on the blocking pool: every file operation here blocks, and
     /// `flock` may block for as long as another process holds the lock.
+    /// (On the calling thread for a store opened with
+    /// [`LocalStore::open_inline`].)
     async fn blocking<T, F>(&self, op: &'static str, name: &str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T> + Send + 'static,
     {
+        if self.inner.inline {
+            return f(&self.inner);
+        }
         let inner = Arc::clone(&self.inner);
         match tokio::task::spawn_blocking(move || f(&inner)).await {
             Ok(result) => result,
@@ -206,11 +238,10 @@ impl Store for LocalStore {
         let owned = name.to_owned();
         self.blocking("write", name, move |inner| {
             // Stage outside the lock: writers of other names sharing the
-            // stripe do not wait for our disk.
+            // stripe do not wait for our copy (the sync waits for the stamp,
+            // which is only known under the lock).
             let (tmp, mut file) = inner.create_temp(&owned)?;
-            file.write_all(&data)
-                .and_then(|()| inner.sync_file(&file))
-                .map_err(io_err("write", &owned))?;
+            file.write_all(&data).map_err(io_err("write", &owned))?;
             inner.commit(&owned, tmp, &file, opts)
         })
         .await
@@ -238,16 +269,7 @@ impl Store for LocalStore {
         writer.flush().await.map_err(&write_err)?;
         let file = writer.into_inner();
         let file = file.into_std().await;
-        if self.inner.sync {
-            let (synced, result) = tokio::task::spawn_blocking(move || {
-                let r = file.sync_all();
-                (file, r)
-            })
-            .await
-            .map_err(|e| write_err(io::Error::other(e)))?;
-            result.map_err(&write_err)?;
-            return self.commit_staged(name, tmp, synced, opts).await;
-        }
+        // `commit` syncs the content (on the blocking pool).
         self.commit_staged(name, tmp, file, opts).await
     }
 
@@ -294,8 +316,12 @@ impl LocalStore {
 
 /// The store's directories; shared with blocking tasks.
 struct Inner {
-    /// fsync content, sidecar and directory on every write.
+    /// fsync content, any sidecar and the directory on every write not
+    /// marked volatile.
     sync: bool,
+    /// Run file operations on the calling thread (see
+    /// [`LocalStore::open_inline`]).
+    inline: bool,
     root: PathBuf,
     meta: PathBuf,
     tmp: PathBuf,
@@ -325,11 +351,11 @@ impl Inner {
     /// without precondition, which repair it, and by listings, which should
     /// not fail as a whole for one bad file).
     fn current(&self, name: &str, tolerate_corrupt: bool) -> Result<Current> {
-        let Some((_, md)) = self.open_content(name)? else {
+        let Some((file, md)) = self.open_content(name)? else {
             return Ok(Current::absent());
         };
         let sidecar = self.read_sidecar(name)?;
-        let meta = describe(name, &md, sidecar.as_deref(), tolerate_corrupt)?;
+        let meta = describe(name, &file, &md, sidecar.as_deref(), tolerate_corrupt)?;
         Ok(Current {
             meta: Some(meta),
             sidecar,
@@ -341,7 +367,7 @@ impl Inner {
         let _lock = StripeLock::acquire(self, name, LockMode::Shared)?;
         let (file, md) = self.open_content(name)?.ok_or_else(|| not_found(name))?;
         let sidecar = self.read_sidecar(name)?;
-        let meta = describe(name, &md, sidecar.as_deref(), false)?;
+        let meta = describe(name, &file, &md, sidecar.as_deref(), false)?;
         Ok((meta, file))
     }
 

@@ -1,10 +1,13 @@
-//! The sidecar kept beside each object under `.runbox/meta/`: its
-//! generation, custom metadata and write time, and the fingerprint of the
-//! content file it describes, so a file changed behind the store's back is
-//! recognised.
+//! The bookkeeping of each object. Usually the content file holds it all:
+//! the generation is its mtime and any custom metadata sits in an extended
+//! attribute (a stamp). Where that cannot be (a generation ahead of the
+//! clock, a file system without such timestamps or attributes, large
+//! metadata), a sidecar under `.runbox/meta/` holds the generation, custom
+//! metadata and write time, and the fingerprint of the content file it
+//! describes, so a file changed behind the store's back is recognised.
 
 use std::collections::BTreeMap;
-use std::fs::{self, Metadata};
+use std::fs::{self, File, Metadata};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 
@@ -23,11 +26,12 @@ impl Inner {
         }
     }
 
-    /// Atomically replaces the sidecar of `name` with `encoded`.
-    pub(super) fn write_sidecar(&self, name: &str, encoded: &[u8]) -> Result<()> {
+    /// Atomically replaces the sidecar of `name` with `encoded`, synced
+    /// first when `sync`.
+    pub(super) fn write_sidecar(&self, name: &str, encoded: &[u8], sync: bool) -> Result<()> {
         let (tmp, mut file) = self.create_temp(name)?;
         file.write_all(encoded)
-            .and_then(|()| self.sync_file(&file))
+            .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
             .and_then(|()| place(tmp, &self.meta_path(name)))
             .map_err(io_err("write metadata of", name))
     }
@@ -36,7 +40,7 @@ impl Inner {
     /// new one), so the old content keeps its generation.
     pub(super) fn restore_sidecar(&self, name: &str, previous: Option<&[u8]>) {
         let restored = match previous {
-            Some(bytes) => self.write_sidecar(name, bytes),
+            Some(bytes) => self.write_sidecar(name, bytes, self.sync),
             None => {
                 fs::remove_file(self.meta_path(name)).map_err(io_err("remove metadata of", name))
             }
@@ -81,9 +85,60 @@ impl Fingerprint {
     }
 }
 
-/// The metadata of the regular file `md` at `name`, given its raw sidecar.
+/// The extended attribute holding a stamped object's custom metadata.
+const STAMP_XATTR: &str = "user.runbox.meta";
+
+/// Largest stamp written as an extended attribute: ext4 keeps all of a
+/// file's attributes in one block. A larger one goes to a sidecar.
+const MAX_STAMP_BYTES: usize = 3 * 1024;
+
+/// The custom metadata of a stamped object (whose generation is its
+/// mtime), kept on the content file itself, so the content's fsync makes it
+/// durable with the content: no sidecar to write and sync.
+#[derive(Serialize, Deserialize)]
+struct Stamp {
+    /// The generation (the mtime) the metadata belongs to: after an edit in
+    /// place behind the store's back the mtime moves, and the attribute,
+    /// which stays with the file, no longer describes it.
+    generation: i64,
+    metadata: BTreeMap<String, String>,
+}
+
+/// Puts `metadata` for `generation` on the staged `file`; whether it took
+/// (not on a file system without user extended attributes, and not for
+/// metadata over [`MAX_STAMP_BYTES`]).
+pub(super) fn stamp_metadata(
+    file: &File,
+    generation: i64,
+    metadata: &BTreeMap<String, String>,
+) -> bool {
+    let stamp = Stamp {
+        generation,
+        metadata: metadata.clone(),
+    };
+    let Ok(encoded) = serde_json::to_vec(&stamp) else {
+        return false;
+    };
+    encoded.len() <= MAX_STAMP_BYTES
+        && rustix::fs::fsetxattr(file, STAMP_XATTR, &encoded, rustix::fs::XattrFlags::empty())
+            .is_ok()
+}
+
+/// The custom metadata stamped on `file` for `generation`, if any.
+fn stamped_metadata(file: &File, generation: i64) -> Option<BTreeMap<String, String>> {
+    let mut buf = [0u8; MAX_STAMP_BYTES];
+    // Absent (ENODATA), unsupported, or larger than any stamp written
+    // here (ERANGE): not a stamp.
+    let len = rustix::fs::fgetxattr(file, STAMP_XATTR, &mut buf[..]).ok()?;
+    let stamp: Stamp = serde_json::from_slice(&buf[..len]).ok()?;
+    (stamp.generation == generation).then_some(stamp.metadata)
+}
+
+/// The metadata of the regular file `file` (`md`) at `name`, given its raw
+/// sidecar.
 pub(super) fn describe(
     name: &str,
+    file: &File,
     md: &Metadata,
     sidecar: Option<&[u8]>,
     tolerate_corrupt: bool,
@@ -110,17 +165,23 @@ pub(super) fn describe(
             metadata: sidecar.metadata,
             updated: Some(from_us(sidecar.updated_us)),
         },
-        // Written behind the store's back: the file's mtime is the best
-        // generation there is; after a stale sidecar it must still be newer
-        // than the generation the sidecar handed out.
+        // Stamped by the store (the mtime is the generation, any metadata
+        // is on the file), or written behind the store's back: the file's
+        // mtime is the best generation there is. After a stale sidecar it
+        // must still be newer than the generation the sidecar handed out.
         stale => {
             let mtime_us = md.mtime() * 1_000_000 + md.mtime_nsec() / 1_000;
             let floor = stale.map_or(1, |s| s.generation + 1);
+            let generation = mtime_us.max(floor);
+            let metadata = (generation == mtime_us)
+                .then(|| stamped_metadata(file, generation))
+                .flatten()
+                .unwrap_or_default();
             ObjectMeta {
                 name: name.to_owned(),
-                generation: mtime_us.max(floor),
+                generation,
                 size: md.len(),
-                metadata: BTreeMap::new(),
+                metadata,
                 updated: md.modified().ok(),
             }
         }

@@ -23,6 +23,11 @@ fn store() -> (tempfile::TempDir, LocalStore) {
     (dir, store)
 }
 
+/// Whether the file carries the store's metadata stamp.
+fn stamped(path: &Path) -> bool {
+    rustix::fs::getxattr(path, "user.runbox.meta", &mut [0u8; 4096][..]).is_ok()
+}
+
 fn names(page: &ListPage) -> Vec<&str> {
     page.objects.iter().map(|m| m.name.as_str()).collect()
 }
@@ -40,14 +45,17 @@ async fn content_is_a_plain_file_and_bookkeeping_stays_under_runbox() {
             .put(
                 "results/a.json",
                 Bytes::from_static(b"{}"),
-                PutOptions::create(),
+                PutOptions::create().with_metadata("k", "v"),
             )
             .await
             .unwrap();
         let path = store.path_of("results/a.json").unwrap();
         assert_eq!(path, store.root().join("results/a.json"));
         assert_eq!(fs::read(&path).unwrap(), b"{}");
-        assert!(store.root().join(".runbox/meta/results/a.json").is_file());
+        // The bookkeeping is on the file itself, or in a sidecar under
+        // `.runbox/` where the file system cannot hold it.
+        let sidecar = store.root().join(".runbox/meta/results/a.json");
+        assert!(stamped(&path) != sidecar.is_file());
         // Nothing staged is left behind by a successful write.
         let leftovers: Vec<_> = fs::read_dir(store.root().join(".runbox/tmp"))
             .unwrap()
@@ -489,7 +497,9 @@ async fn unreadable_metadata_is_corrupt_until_a_plain_put_repairs_it() {
             .put(name, Bytes::new(), PutOptions::create())
             .await
             .unwrap();
-        fs::write(store.root().join(".runbox/meta").join(name), b"not json").unwrap();
+        let sidecar = store.root().join(".runbox/meta").join(name);
+        fs::create_dir_all(sidecar.parent().unwrap()).unwrap();
+        fs::write(&sidecar, b"not json").unwrap();
 
         assert!(matches!(
             store.head(name).await,
@@ -516,6 +526,115 @@ async fn unreadable_metadata_is_corrupt_until_a_plain_put_repairs_it() {
             .unwrap();
         assert!(repaired.generation > meta.generation);
         assert_eq!(store.head(name).await.unwrap(), repaired);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_without_metadata_keeps_its_generation_in_its_mtime() {
+    let (_dir, store) = store();
+    bounded(async {
+        let name = "sessions/s/state.json";
+        let sidecar = store.root().join(".runbox/meta").join(name);
+        let path = store.path_of(name).unwrap();
+        // Metadata too large for a stamp goes to a sidecar.
+        let large = "x".repeat(4096);
+        let with_metadata = store
+            .put(
+                name,
+                Bytes::from_static(b"1"),
+                PutOptions::create().with_metadata("k", large.as_str()),
+            )
+            .await
+            .unwrap();
+        assert!(sidecar.is_file());
+        assert!(!stamped(&path));
+        assert_eq!(store.head(name).await.unwrap(), with_metadata);
+
+        // No sidecar to write and sync: the generation is the mtime, and
+        // the sidecar of the replaced generation is gone.
+        let plain = store
+            .put(
+                name,
+                Bytes::from_static(b"22"),
+                PutOptions::when(Precondition::GenerationMatch(with_metadata.generation)),
+            )
+            .await
+            .unwrap();
+        assert!(plain.generation > with_metadata.generation);
+        assert!(plain.metadata.is_empty());
+        assert!(!sidecar.exists());
+        assert_eq!(mtime_us(&path), plain.generation);
+        assert_eq!(store.head(name).await.unwrap(), plain);
+        let page = store.list(&ListOptions::default()).await.unwrap();
+        assert_eq!(page.objects, std::slice::from_ref(&plain));
+
+        // Volatile writes keep the same rules, and preconditions hold.
+        let volatile = store
+            .put(
+                name,
+                Bytes::from_static(b"333"),
+                PutOptions::when(Precondition::GenerationMatch(plain.generation)).volatile(),
+            )
+            .await
+            .unwrap();
+        assert!(volatile.generation > plain.generation);
+        assert_eq!(store.head(name).await.unwrap(), volatile);
+        let stale = store
+            .put(
+                name,
+                Bytes::new(),
+                PutOptions::when(Precondition::GenerationMatch(plain.generation)),
+            )
+            .await;
+        assert!(matches!(stale, Err(StoreError::PreconditionFailed { .. })));
+
+        // A change behind the store's back moves the generation.
+        fs::write(&path, b"edited").unwrap();
+        let edited = store.head(name).await.unwrap();
+        assert_ne!(edited.generation, volatile.generation);
+        assert_eq!(edited.size, 6);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stamped_metadata_lasts_until_the_file_is_edited_in_place() {
+    let (_dir, store) = store();
+    bounded(async {
+        let name = "results/r.json";
+        let path = store.path_of(name).unwrap();
+        let written = store
+            .put(
+                name,
+                Bytes::from_static(b"{}"),
+                PutOptions::create().with_metadata("k", "v"),
+            )
+            .await
+            .unwrap();
+        let supported = stamped(&path);
+        assert_eq!(store.head(name).await.unwrap(), written);
+        assert_eq!(store.get(name).await.unwrap().meta, written);
+        if !supported {
+            // No user extended attributes here: the sidecar holds it all.
+            return;
+        }
+        assert_eq!(mtime_us(&path), written.generation);
+        assert!(!store.root().join(".runbox/meta").join(name).exists());
+
+        // An edit in place keeps the attribute but moves the mtime: the
+        // stamp no longer describes the file.
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b" ").unwrap();
+        drop(file);
+        // Coarse file timestamps may not move within one tick: make sure.
+        let moved = written.generation + 1_000;
+        let edited = std::fs::File::options().write(true).open(&path).unwrap();
+        edited.set_modified(from_us(moved)).unwrap();
+        let head = store.head(name).await.unwrap();
+        assert_eq!(head.generation, moved);
+        assert!(head.metadata.is_empty());
+        assert_eq!(head.size, 3);
     })
     .await;
 }

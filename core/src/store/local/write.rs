@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustix::io::Errno;
 
 use super::resolve::{leaf_of, unlink_at};
-use super::sidecar::{Fingerprint, Sidecar};
+use super::sidecar::{Fingerprint, Sidecar, stamp_metadata};
 use super::*;
 
 impl Inner {
@@ -37,8 +37,14 @@ impl Inner {
         Ok((TempFile { path: Some(path) }, file))
     }
 
-    /// Makes the staged content in `tmp` (open as `file`, already synced) the
+    /// Makes the staged content in `tmp` (open as `file`, not yet synced) the
     /// new generation of `name`, if the precondition holds.
+    ///
+    /// A durable write waits for the disk twice: the content with its
+    /// stamp (the generation as mtime, see [`stamp_generation`], and any
+    /// custom metadata in an extended attribute), then the directory
+    /// holding its new name. Where no stamp can be made, a sidecar is
+    /// written and synced as well.
     pub(super) fn commit(
         &self,
         name: &str,
@@ -46,8 +52,8 @@ impl Inner {
         file: &File,
         opts: PutOptions,
     ) -> Result<ObjectMeta> {
-        let staged = file.metadata().map_err(io_err("stat", name))?;
-        let fingerprint = Fingerprint::of(&staged);
+        let sync = self.sync && !opts.volatile;
+        let write_err = io_err("write", name);
         let lock = StripeLock::acquire(self, name, LockMode::Exclusive)?;
         let tolerate_corrupt = opts.precondition == Precondition::None;
         let current = self.current(name, tolerate_corrupt)?;
@@ -58,7 +64,6 @@ impl Inner {
         // fails the write while nothing has changed yet: a file or a symlink
         // where a directory should be, or a directory at the name itself
         // (the store cannot hold both `a` and `a/b`).
-        let write_err = io_err("write", name);
         let (parent, leaf) = open_parent(&self.root, name, true).map_err(&write_err)?;
         let in_the_way = open_at(&parent, leaf, READ_FLAGS)
             .is_ok_and(|fd| File::from(fd).metadata().is_ok_and(|md| md.is_dir()));
@@ -73,28 +78,53 @@ impl Inner {
         let generation = lock
             .issue_generation(previous)
             .map_err(io_err("allocate generation for", name))?;
-        let updated_us = now_us();
-        let sidecar = Sidecar {
-            generation,
-            metadata: opts.metadata,
-            updated_us,
-            content: fingerprint,
-        };
-        let encoded = serde_json::to_vec(&sidecar).expect("a sidecar always encodes");
-        self.write_sidecar(name, &encoded)?;
+        let stamped = stamp_generation(file, generation)
+            && (opts.metadata.is_empty() || stamp_metadata(file, generation, &opts.metadata));
+        if sync {
+            // The content and its stamp in one fsync (under the lock, where
+            // the generation is issued).
+            file.sync_all().map_err(&write_err)?;
+        }
+        // After the stamp: a sidecar's fingerprint names the final mtime.
+        let staged = file.metadata().map_err(io_err("stat", name))?;
+        let fingerprint = Fingerprint::of(&staged);
+        let updated_us = if stamped { generation } else { now_us() };
+        if !stamped {
+            let sidecar = Sidecar {
+                generation,
+                metadata: opts.metadata.clone(),
+                updated_us,
+                content: fingerprint,
+            };
+            let encoded = serde_json::to_vec(&sidecar).expect("a sidecar always encodes");
+            self.write_sidecar(name, &encoded, sync)?;
+        }
 
         // The content's rename is the last step: whoever sees the new file
-        // and then asks for its metadata finds the new sidecar already there.
+        // and then asks for its metadata finds the new sidecar already there
+        // (or, stamped, the generation in the file itself).
         let parent = match self.place_content(tmp, name, parent) {
             Ok(parent) => parent,
             Err(e) => {
-                self.restore_sidecar(name, current.sidecar.as_deref());
+                if !stamped {
+                    self.restore_sidecar(name, current.sidecar.as_deref());
+                }
                 return Err(write_err(e));
             }
         };
         // Make the rename durable before reporting success.
-        if let Err(e) = self.sync_file(&File::from(parent)) {
+        if sync && let Err(e) = File::from(parent).sync_all() {
             tracing::warn!(object = name, error = %e, "could not sync directory after write");
+        }
+        if stamped && current.sidecar.is_some() {
+            // Only tidiness, after the rename is durable: a sidecar
+            // describes one content file, so the old one cannot be taken
+            // for the new content's even if this unlink is lost.
+            if let Err(e) = fs::remove_file(self.meta_path(name))
+                && !is_absent(&e)
+            {
+                tracing::warn!(object = name, error = %e, "could not remove metadata of a replaced generation");
+            }
         }
         drop(lock);
 
@@ -102,7 +132,7 @@ impl Inner {
             name: name.to_owned(),
             generation,
             size: fingerprint.size,
-            metadata: sidecar.metadata,
+            metadata: opts.metadata,
             updated: Some(from_us(updated_us)),
         })
     }
@@ -138,11 +168,6 @@ impl Inner {
         }
     }
 
-    /// fsyncs `file` when the store is durable.
-    pub(super) fn sync_file(&self, file: &File) -> io::Result<()> {
-        if self.sync { file.sync_all() } else { Ok(()) }
-    }
-
     pub(super) fn delete(&self, name: &str, precondition: Precondition) -> Result<()> {
         let lock = StripeLock::acquire(self, name, LockMode::Exclusive)?;
         let current = self.current(name, precondition == Precondition::None)?;
@@ -176,6 +201,42 @@ impl Inner {
         prune(&self.meta_path(name), &self.meta);
         Ok(())
     }
+}
+
+/// How far ahead of the clock a generation may be and still become a
+/// content file's mtime. A generation runs ahead only when its stripe's
+/// counter was pushed forward (a file dated in the future by a command):
+/// rather than date content in the future, such a write keeps a sidecar.
+const MAX_STAMP_AHEAD_US: i64 = 1_000_000;
+
+/// Sets the staged file's mtime to `generation` (microseconds since the
+/// epoch), the generation [`describe`] reads from a file without a
+/// sidecar. Whether it took: not when the generation is ahead of the clock,
+/// and not on a file system whose timestamps cannot hold every microsecond
+/// (the file is read back to make sure).
+fn stamp_generation(file: &File, generation: i64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if generation > now_us() + MAX_STAMP_AHEAD_US {
+        return false;
+    }
+    let at = rustix::fs::Timespec {
+        tv_sec: generation.div_euclid(1_000_000),
+        tv_nsec: generation.rem_euclid(1_000_000) * 1_000,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: at,
+    };
+    if rustix::fs::futimens(file, &times).is_err() {
+        return false;
+    }
+    file.metadata().is_ok_and(|md| {
+        md.mtime() * 1_000_000 + md.mtime_nsec() / 1_000 == generation
+            && md.mtime_nsec() % 1_000 == 0
+    })
 }
 
 /// Whether `precondition` holds for `current`.
