@@ -119,45 +119,48 @@ fn main() -> ExitCode {
         execution = %id,
         session = tracing::field::Empty
     );
-    runtime.block_on(tracing::Instrument::instrument(async move {
-        // Handlers go in before anything else: a SIGTERM (Cloud Run's cancel,
-        // `runbox bg kill`) that arrives while the request is still loading
-        // must cancel the command, not kill the executor before it can
-        // write a CANCELLED result.
-        let cancel = shutdown_signal();
-        let store = match runbox_core::backend::open_store(&config).await {
-            Ok(s) => s,
-            Err(e) => {
-                report(&format!("open store: {}", error_chain(&e)));
-                return ExitCode::FAILURE;
+    runtime.block_on(tracing::Instrument::instrument(
+        async move {
+            // Handlers go in before anything else: a SIGTERM (Cloud Run's cancel,
+            // `runbox bg kill`) that arrives while the request is still loading
+            // must cancel the command, not kill the executor before it can
+            // write a CANCELLED result.
+            let cancel = shutdown_signal();
+            let store = match runbox_core::backend::open_store(&config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    report(&format!("open store: {}", error_chain(&e)));
+                    return ExitCode::FAILURE;
+                }
+            };
+            let settings = Settings {
+                execution_id: id.clone(),
+                config,
+                workspace_base,
+                run_as,
+            };
+            match execute(store, &settings, cancel).await {
+                Ok(Outcome::Written(r)) => {
+                    tracing::debug!(
+                        execution = %id,
+                        status = %r.exec_status(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "result written"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Outcome::AlreadyWritten(_)) => {
+                    tracing::warn!(execution = %id, "a result already existed; ours was dropped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report(&error_chain(&e));
+                    ExitCode::FAILURE
+                }
             }
-        };
-        let settings = Settings {
-            execution_id: id.clone(),
-            config,
-            workspace_base,
-            run_as,
-        };
-        match execute(store, &settings, cancel).await {
-            Ok(Outcome::Written(r)) => {
-                tracing::debug!(
-                    execution = %id,
-                    status = %r.exec_status(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "result written"
-                );
-                ExitCode::SUCCESS
-            }
-            Ok(Outcome::AlreadyWritten(_)) => {
-                tracing::warn!(execution = %id, "a result already existed; ours was dropped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                report(&error_chain(&e));
-                ExitCode::FAILURE
-            }
-        }
-    }, span))
+        },
+        span,
+    ))
 }
 
 /// An error line on stderr: JSON when the log lines are, so a log reader

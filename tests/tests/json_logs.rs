@@ -20,7 +20,10 @@ fn json_lines(stderr: &[u8]) -> Vec<Value> {
             let value: Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\nall:\n{stderr}"));
             let severity = value["severity"].as_str().unwrap_or_default();
-            assert!(SEVERITIES.contains(&severity), "severity {severity:?}: {line}");
+            assert!(
+                SEVERITIES.contains(&severity),
+                "severity {severity:?}: {line}"
+            );
             assert!(value["message"].is_string(), "no message: {line}");
             let time = value["time"].as_str().unwrap_or_default();
             assert!(
@@ -63,7 +66,10 @@ async fn exec_lines_are_json_with_execution_and_session_ids() {
         .iter()
         .find(|l| message(l) == "request written")
         .expect("a `request written` line");
-    let execution = written["execution_id"].as_str().expect("execution_id").to_owned();
+    let execution = written["execution_id"]
+        .as_str()
+        .expect("execution_id")
+        .to_owned();
     assert_eq!(
         written["logging.googleapis.com/labels"]["execution_id"],
         execution.as_str()
@@ -77,7 +83,9 @@ async fn exec_lines_are_json_with_execution_and_session_ids() {
         .collect();
     assert!(!executor.is_empty(), "no executor lines relayed");
     assert!(
-        executor.iter().all(|l| l["execution_id"] == execution.as_str()),
+        executor
+            .iter()
+            .all(|l| l["execution_id"] == execution.as_str()),
         "{executor:?}"
     );
     assert!(
@@ -120,7 +128,9 @@ async fn cloud_run_service_defaults_to_json_and_text_overrides() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("request written"), "{stderr}");
     assert!(
-        stderr.lines().all(|l| serde_json::from_str::<Value>(l).is_err()),
+        stderr
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_err()),
         "text asked for, JSON written: {stderr}"
     );
 }

@@ -161,10 +161,7 @@ where
         // The entry's own fields last: a field of the same name loses.
         line.insert("target".into(), meta.target().into());
         line.insert("severity".into(), severity(meta.level()).into());
-        line.insert(
-            "message".into(),
-            fields.message.unwrap_or_default().into(),
-        );
+        line.insert("message".into(), fields.message.unwrap_or_default().into());
         line.insert("time".into(), now().into());
         if let Some(ids) = trace {
             line.insert(TRACE_KEY.into(), ids.trace.into());
@@ -283,7 +280,8 @@ mod tests {
         let buffer = Buffer::default();
         let subscriber = tracing_subscriber::registry().with(JsonLayer::new(buffer.clone()));
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("exec", session = "s1", execution = tracing::field::Empty);
+            let span =
+                tracing::info_span!("exec", session = "s1", execution = tracing::field::Empty);
             let _entered = span.enter();
             span.record("execution", "e1");
             tracing::warn!(attempt = 2, "RunJob \"refused\"");

@@ -237,6 +237,9 @@ mod tests {
             LogFormat::Json
         );
         let err = LogFormat::from_lookup(env(&[(FORMAT_VAR, "xml")])).unwrap_err();
-        assert!(matches!(&err, LoggingError::Format { value } if value == "xml"), "{err:?}");
+        assert!(
+            matches!(&err, LoggingError::Format { value } if value == "xml"),
+            "{err:?}"
+        );
     }
 }

@@ -14,7 +14,9 @@
 //!   [`LaunchError::Throttled`] (retryable).
 //! - **End**: `google.longrunning.Operations/WaitOperation` on the RunJob
 //!   operation — a wait held by the server, not polling — in a loop until
-//!   the operation is done, then the Execution's terminal condition.
+//!   the operation is done, then the Execution's terminal condition. A
+//!   server that answers UNIMPLEMENTED (or no longer knows the operation)
+//!   gets GetExecution at doubling intervals instead.
 //! - **State**: GetExecution; **cancel**: CancelExecution (Cloud Run sends
 //!   SIGTERM, the executor writes a CANCELLED result).
 //! - **Other processes' executions** (a background process that an earlier
@@ -408,6 +410,38 @@ impl CloudRunLauncher {
         }
     }
 
+    /// The end of an execution read with GetExecution at doubling intervals,
+    /// for servers that cannot wait on its operation.
+    async fn follow_execution(&self, id: &ExecutionId, execution: &str) -> Ended {
+        let mut pause = self.settings.get_execution_interval;
+        loop {
+            tokio::time::sleep(pause).await;
+            match self.get_execution(execution).await {
+                Ok(e) => {
+                    if let Some(ended) = terminal(&e) {
+                        return ended;
+                    }
+                }
+                Err(e) if e.status.code() == Code::NotFound => {
+                    return Ended {
+                        succeeded: false,
+                        message: format!("Cloud Run execution {execution} no longer exists"),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        execution = %id,
+                        error = %crate::error_chain(&e),
+                        "GetExecution failed"
+                    );
+                }
+            }
+            pause = pause
+                .saturating_mul(2)
+                .min(self.settings.get_execution_max_interval);
+        }
+    }
+
     fn free_slot(&self, id: &ExecutionId) {
         if let Some(t) = self.running.get(id) {
             // A panic elsewhere while holding the lock cannot leave the
@@ -510,19 +544,22 @@ impl Launcher for CloudRunLauncher {
                     tracing::debug!(execution = %id, "WaitOperation answered early, not done");
                 }
                 Err(status) if matches!(status.code(), Code::Unimplemented | Code::NotFound) => {
-                    // No server-side wait for this operation: do not turn
-                    // into a poller. The dispatcher's deadline reconciles
-                    // through state().
+                    // No server-side wait for this operation. Without this
+                    // fallback a crashed executor would be noticed only at
+                    // the deadline (timeout + grace), hours later for long
+                    // commands.
                     tracing::warn!(
                         execution = %id,
                         operation,
                         code = ?status.code(),
-                        "WaitOperation unusable; the end will be found at the deadline"
+                        "WaitOperation unusable; following the execution with GetExecution"
                     );
-                    return std::future::pending().await;
+                    let ended = self.follow_execution(id, &execution).await;
+                    self.free_slot(id);
+                    return ended;
                 }
                 Err(status) => {
-                    tracing::debug!(execution = %id, error = %status, "WaitOperation failed");
+                    tracing::warn!(execution = %id, error = %status, "WaitOperation failed");
                 }
             }
             early += 1;
