@@ -48,10 +48,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, ListExecutionsRequest,
-    RunJobRequest, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
+    CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, GetJobRequest, Job,
+    ListExecutionsRequest, RunJobRequest, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
     run_job_request,
 };
+use googleapis_tonic_google_iam_v1::google::iam::v1::TestIamPermissionsRequest;
 use googleapis_tonic_google_longrunning::google::longrunning::{
     Operation, WaitOperationRequest, operation, operations_client::OperationsClient,
 };
@@ -64,10 +65,12 @@ use tonic::{Code, Status};
 pub mod admission;
 mod settings;
 mod status;
+mod template_check;
 mod transport;
 
 pub use self::settings::{CLOUD_RUN_URL, CloudRunEndpoint, CloudRunSettings};
 pub use self::status::{CallError, NoExecution};
+pub use self::template_check::{TemplateProblem, template_problems};
 
 use self::admission::{RateLimiter, RunningSlots, Slot};
 use self::settings::{MAX_TASK_TIMEOUT, WAITS_PER_CONNECTION, job_location};
@@ -152,6 +155,55 @@ impl CloudRunLauncher {
     /// The Cloud Run Execution name of a launched execution, while it is kept.
     pub fn execution_name(&self, id: &ExecutionId) -> Option<String> {
         self.running.get(id).map(|t| t.execution.clone())
+    }
+
+    /// The job template as Cloud Run has it (GetJob), for checking a
+    /// deployment (`runbox doctor`).
+    pub async fn get_job(&self) -> Result<Job, CallError> {
+        let job = self.settings.job.clone();
+        let mut call = tonic::Request::new(GetJobRequest { name: job.clone() });
+        route(&mut call, &[("name", &job)]);
+        self.unary(
+            call,
+            |mut c, r| async move { c.get_job(r).await },
+            self.jobs.clone(),
+        )
+        .await
+        .map_err(|status| CallError {
+            call: "GetJob",
+            resource: job,
+            status,
+        })
+    }
+
+    /// Which of `permissions` the caller holds on the job template
+    /// (testIamPermissions); `None` when the server does not offer the call
+    /// (UNIMPLEMENTED, as an emulator without IAM answers).
+    pub async fn test_job_permissions(
+        &self,
+        permissions: &[&str],
+    ) -> Result<Option<Vec<String>>, CallError> {
+        let job = self.settings.job.clone();
+        let mut call = tonic::Request::new(TestIamPermissionsRequest {
+            resource: job.clone(),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+        });
+        route(&mut call, &[("resource", &job)]);
+        match self.unary(
+            call,
+            |mut c, r| async move { c.test_iam_permissions(r).await },
+            self.jobs.clone(),
+        )
+        .await
+        {
+            Ok(r) => Ok(Some(r.permissions)),
+            Err(status) if status.code() == Code::Unimplemented => Ok(None),
+            Err(status) => Err(CallError {
+                call: "TestIamPermissions",
+                resource: job,
+                status,
+            }),
+        }
     }
 
     /// Executions holding a running slot now.
