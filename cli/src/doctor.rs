@@ -222,11 +222,7 @@ async fn check_store(store: &dyn Store, config: &Config, instance: &InstanceId) 
         Err(e) => {
             return Check::fail(
                 "store",
-                format!(
-                    "write {name} in {}: {}",
-                    store.describe(),
-                    error_chain(&e)
-                ),
+                format!("write {name} in {}: {}", store.describe(), error_chain(&e)),
                 store_fix(config),
             );
         }
@@ -283,9 +279,7 @@ async fn check_events(
     // The subscription goes with the notifier; the probe is no result of
     // anyone's.
     notifier.shutdown().await;
-    if let Err(e) = store
-        .delete(&layout::result(&id), Precondition::None)
-        .await
+    if let Err(e) = store.delete(&layout::result(&id), Precondition::None).await
         && !e.is_not_found()
     {
         tracing::warn!(error = %error_chain(&e), "deleting the doctor's probe result failed");
@@ -371,7 +365,10 @@ async fn check_job(config: &Config) -> Vec<Check> {
     let LauncherConfig::CloudRun(cloud_run) = &config.launcher else {
         return vec![
             Check::skip("job", "skipped: the local launcher needs no job template"),
-            Check::skip("permissions", "skipped: the local launcher needs no job permissions"),
+            Check::skip(
+                "permissions",
+                "skipped: the local launcher needs no job permissions",
+            ),
         ];
     };
     let settings = CloudRunSettings::from_config(cloud_run);
@@ -589,12 +586,27 @@ mod tests {
 
     #[test]
     fn otlp_endpoints_become_host_and_port() {
-        assert_eq!(host_port("http://collector:4317").as_deref(), Some("collector:4317"));
-        assert_eq!(host_port("https://telemetry.googleapis.com").as_deref(), Some("telemetry.googleapis.com:443"));
-        assert_eq!(host_port("http://127.0.0.1:4318/v1/traces").as_deref(), Some("127.0.0.1:4318"));
-        assert_eq!(host_port("http://[::1]:4317").as_deref(), Some("[::1]:4317"));
+        assert_eq!(
+            host_port("http://collector:4317").as_deref(),
+            Some("collector:4317")
+        );
+        assert_eq!(
+            host_port("https://telemetry.googleapis.com").as_deref(),
+            Some("telemetry.googleapis.com:443")
+        );
+        assert_eq!(
+            host_port("http://127.0.0.1:4318/v1/traces").as_deref(),
+            Some("127.0.0.1:4318")
+        );
+        assert_eq!(
+            host_port("http://[::1]:4317").as_deref(),
+            Some("[::1]:4317")
+        );
         assert_eq!(host_port("http://[::1]").as_deref(), Some("[::1]:80"));
-        assert_eq!(host_port("localhost:4317").as_deref(), Some("localhost:4317"));
+        assert_eq!(
+            host_port("localhost:4317").as_deref(),
+            Some("localhost:4317")
+        );
         assert_eq!(host_port("http://"), None);
     }
 

@@ -28,10 +28,8 @@ async fn emulators() -> Emulators {
 }
 
 async fn cloud_run() -> Emulator {
-    let config = EmulatorConfig::default().image(
-        IMAGE,
-        [binary("runbox-executor").display().to_string()],
-    );
+    let config =
+        EmulatorConfig::default().image(IMAGE, [binary("runbox-executor").display().to_string()]);
     within(
         10,
         Emulator::start("127.0.0.1:0".parse().expect("address"), config),
@@ -42,9 +40,13 @@ async fn cloud_run() -> Emulator {
 
 /// Creates job `id` running the executor image with `env`; `retries` as
 /// given (`None`: Cloud Run's default of 3).
-async fn create_job(endpoint: &str, id: &str, env: &BTreeMap<String, String>, retries: Option<i32>) {
-    let endpoint =
-        tonic::transport::Endpoint::from_shared(endpoint.to_owned()).expect("endpoint");
+async fn create_job(
+    endpoint: &str,
+    id: &str,
+    env: &BTreeMap<String, String>,
+    retries: Option<i32>,
+) {
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).expect("endpoint");
     let mut jobs = JobsClient::new(within(10, endpoint.connect()).await.expect("connect"));
     let job = Job {
         template: Some(ExecutionTemplate {
@@ -113,7 +115,10 @@ fn checklist(out: &Output) -> (Value, BTreeMap<String, Value>) {
 }
 
 fn status(checks: &BTreeMap<String, Value>, name: &str) -> String {
-    checks[name]["status"].as_str().unwrap_or_default().to_owned()
+    checks[name]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// Every object of the store, name and generation.
@@ -148,7 +153,10 @@ async fn passes_on_the_emulator_stack_with_cloud_run() {
 
     let mut env = emu.env();
     env.insert("RUNBOX_LAUNCHER".into(), "cloudrun".into());
-    env.insert("RUNBOX_CLOUD_RUN_JOB".into(), format!("{PARENT}/jobs/runbox"));
+    env.insert(
+        "RUNBOX_CLOUD_RUN_JOB".into(),
+        format!("{PARENT}/jobs/runbox"),
+    );
     env.insert("RUNBOX_CLOUD_RUN_ENDPOINT".into(), run.endpoint());
     let out = doctor(&env, &["--json"]).await;
     let (value, checks) = checklist(&out);
@@ -158,7 +166,10 @@ async fn passes_on_the_emulator_stack_with_cloud_run() {
         assert_eq!(status(&checks, name), "pass", "{name}: {value:#}");
     }
     assert!(
-        checks["events"]["detail"].as_str().unwrap().contains("pubsub:"),
+        checks["events"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pubsub:"),
         "{value:#}"
     );
     // The emulator has no IAM: said, not failed.
@@ -173,7 +184,11 @@ async fn passes_on_the_emulator_stack_with_cloud_run() {
     assert_eq!(status(&checks, "otlp"), "skip");
     assert!(!text(&out.stdout).contains(SECRET));
     assert!(!text(&out.stderr).contains(SECRET));
-    assert_eq!(objects(&store).await, before, "the doctor left or changed objects");
+    assert_eq!(
+        objects(&store).await,
+        before,
+        "the doctor left or changed objects"
+    );
 
     // The same as a human reads it.
     let out = doctor(&env, &[]).await;
@@ -200,9 +215,15 @@ async fn a_missing_topic_fails_the_events_line() {
     assert_eq!(status(&checks, "store"), "pass", "{value:#}");
     assert_eq!(status(&checks, "events"), "fail", "{value:#}");
     let detail = checks["events"]["detail"].as_str().unwrap();
-    assert!(detail.contains("no-such-topic") && detail.contains("does not exist"), "{detail}");
+    assert!(
+        detail.contains("no-such-topic") && detail.contains("does not exist"),
+        "{detail}"
+    );
     let fix = checks["events"]["fix"].as_str().unwrap();
-    assert!(fix.contains("gcloud pubsub topics create no-such-topic"), "{fix}");
+    assert!(
+        fix.contains("gcloud pubsub topics create no-such-topic"),
+        "{fix}"
+    );
     assert!(fix.contains("--object-prefix=results/"), "{fix}");
 
     let out = doctor(&env, &[]).await;
@@ -220,7 +241,10 @@ async fn a_missing_or_retrying_job_template_fails_the_job_line() {
     let run = cloud_run().await;
     let mut env = emu.env();
     env.insert("RUNBOX_LAUNCHER".into(), "cloudrun".into());
-    env.insert("RUNBOX_CLOUD_RUN_JOB".into(), format!("{PARENT}/jobs/missing"));
+    env.insert(
+        "RUNBOX_CLOUD_RUN_JOB".into(),
+        format!("{PARENT}/jobs/missing"),
+    );
     env.insert("RUNBOX_CLOUD_RUN_ENDPOINT".into(), run.endpoint());
     let out = doctor(&env, &["--json"]).await;
     let (value, checks) = checklist(&out);
@@ -229,11 +253,17 @@ async fn a_missing_or_retrying_job_template_fails_the_job_line() {
     assert_eq!(status(&checks, "events"), "pass", "{value:#}");
     assert_eq!(status(&checks, "job"), "fail", "{value:#}");
     assert!(
-        checks["job"]["detail"].as_str().unwrap().contains("jobs/missing does not exist"),
+        checks["job"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("jobs/missing does not exist"),
         "{value:#}"
     );
     assert!(
-        checks["job"]["fix"].as_str().unwrap().contains("--max-retries 0"),
+        checks["job"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("--max-retries 0"),
         "{value:#}"
     );
 
@@ -241,7 +271,10 @@ async fn a_missing_or_retrying_job_template_fails_the_job_line() {
     let mut other = emu.env();
     other.insert("RUNBOX_BUCKET".into(), "someone-elses-bucket".into());
     create_job(&run.endpoint(), "retrying", &other, None).await;
-    env.insert("RUNBOX_CLOUD_RUN_JOB".into(), format!("{PARENT}/jobs/retrying"));
+    env.insert(
+        "RUNBOX_CLOUD_RUN_JOB".into(),
+        format!("{PARENT}/jobs/retrying"),
+    );
     let out = doctor(&env, &["--json"]).await;
     let (value, checks) = checklist(&out);
     assert_eq!(out.status.code(), Some(1), "{value:#}");
@@ -249,7 +282,10 @@ async fn a_missing_or_retrying_job_template_fails_the_job_line() {
     assert!(detail.contains("max_retries is 3"), "{detail}");
     assert!(detail.contains("bucket someone-elses-bucket"), "{detail}");
     let fix = checks["job"]["fix"].as_str().unwrap();
-    assert!(fix.contains(&format!("RUNBOX_BUCKET={}", emu.bucket)), "{fix}");
+    assert!(
+        fix.contains(&format!("RUNBOX_BUCKET={}", emu.bucket)),
+        "{fix}"
+    );
     within(10, run.shutdown()).await.expect("emulator shutdown");
 }
 
@@ -270,23 +306,27 @@ async fn embedded_backend_checks_store_and_events() {
     .await
     .expect("put");
     let before = objects(&store).await;
-    let env = BTreeMap::from([(
-        "RUNBOX_HOME".to_owned(),
-        home.path().display().to_string(),
-    )]);
+    let env = BTreeMap::from([("RUNBOX_HOME".to_owned(), home.path().display().to_string())]);
     let out = doctor(&env, &["--json"]).await;
     let (value, checks) = checklist(&out);
     assert_eq!(out.status.code(), Some(0), "{value:#}");
     assert_eq!(status(&checks, "store"), "pass");
     assert_eq!(status(&checks, "events"), "pass");
     assert!(
-        checks["events"]["detail"].as_str().unwrap().contains("inotify:"),
+        checks["events"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("inotify:"),
         "{value:#}"
     );
     for name in ["job", "permissions", "otlp"] {
         assert_eq!(status(&checks, name), "skip", "{name}: {value:#}");
     }
-    assert_eq!(objects(&store).await, before, "the doctor left or changed objects");
+    assert_eq!(
+        objects(&store).await,
+        before,
+        "the doctor left or changed objects"
+    );
 
     // Nothing listens on a port that was just free.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

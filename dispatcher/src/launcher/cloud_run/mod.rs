@@ -49,8 +49,8 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
     CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, GetJobRequest, Job,
-    ListExecutionsRequest, RunJobRequest, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
-    run_job_request,
+    ListExecutionsRequest, RunJobRequest, env_var, executions_client::ExecutionsClient,
+    jobs_client::JobsClient, run_job_request,
 };
 use googleapis_tonic_google_iam_v1::google::iam::v1::TestIamPermissionsRequest;
 use googleapis_tonic_google_longrunning::google::longrunning::{
@@ -189,12 +189,13 @@ impl CloudRunLauncher {
             permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
         });
         route(&mut call, &[("resource", &job)]);
-        match self.unary(
-            call,
-            |mut c, r| async move { c.test_iam_permissions(r).await },
-            self.jobs.clone(),
-        )
-        .await
+        match self
+            .unary(
+                call,
+                |mut c, r| async move { c.test_iam_permissions(r).await },
+                self.jobs.clone(),
+            )
+            .await
         {
             Ok(r) => Ok(Some(r.permissions)),
             Err(status) if status.code() == Code::Unimplemented => Ok(None),

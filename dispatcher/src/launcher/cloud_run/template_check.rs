@@ -42,9 +42,7 @@ pub fn template_problems(job: &Job, container: &str, config: &Config) -> Vec<Tem
     };
     if retries != 0 {
         problems.push(TemplateProblem {
-            problem: format!(
-                "max_retries is {retries}: a failed task would run its command again"
-            ),
+            problem: format!("max_retries is {retries}: a failed task would run its command again"),
             fix: format!("gcloud run jobs update {} --max-retries 0", short(name)),
         });
     }
@@ -101,6 +99,12 @@ fn env_problems(container: &Container, config: &Config) -> Vec<TemplateProblem> 
             _ => None,
         })
         .collect();
+    if !env.keys().any(|k| k.starts_with("RUNBOX_")) {
+        return vec![TemplateProblem {
+            problem: "the container sets no RUNBOX_* variable, so executors would not find the store (a local emulator that hands tasks its own environment hides this; Cloud Run does not)".to_owned(),
+            fix: format!("set in the job's env: {}", wanted(config)),
+        }];
+    }
     let theirs = match Config::from_lookup(&env) {
         Ok(c) => c,
         Err(e) => {
@@ -219,7 +223,10 @@ mod tests {
     fn a_good_template_has_no_problems() {
         let j = job(vec![container("", GOOD)], Some(0));
         assert_eq!(template_problems(&j, "", &gcp()), vec![]);
-        let j = job(vec![container("executor", GOOD), container("proxy", &[])], Some(0));
+        let j = job(
+            vec![container("executor", GOOD), container("proxy", &[])],
+            Some(0),
+        );
         assert_eq!(template_problems(&j, "executor", &gcp()), vec![]);
     }
 
@@ -231,7 +238,10 @@ mod tests {
         assert!(p[0].problem.contains("max_retries is 3"), "{p:?}");
         assert!(p[0].fix.contains("--max-retries 0"), "{p:?}");
 
-        let j = job(vec![container("executor", GOOD), container("proxy", &[])], Some(0));
+        let j = job(
+            vec![container("executor", GOOD), container("proxy", &[])],
+            Some(0),
+        );
         let p = template_problems(&j, "", &gcp());
         assert!(p[0].fix.contains("RUNBOX_CLOUD_RUN_CONTAINER"), "{p:?}");
         let p = template_problems(&j, "sidecar", &gcp());
@@ -240,7 +250,11 @@ mod tests {
         let j = job(
             vec![container(
                 "",
-                &[("RUNBOX_BACKEND", "gcp"), ("RUNBOX_BUCKET", "other"), ("RUNBOX_PROJECT", "p")],
+                &[
+                    ("RUNBOX_BACKEND", "gcp"),
+                    ("RUNBOX_BUCKET", "other"),
+                    ("RUNBOX_PROJECT", "p"),
+                ],
             )],
             Some(0),
         );
@@ -251,5 +265,9 @@ mod tests {
         let j = job(vec![container("", &[("RUNBOX_BACKEND", "gcp")])], Some(0));
         let p = template_problems(&j, "", &gcp());
         assert!(p[0].problem.contains("RUNBOX_BUCKET"), "{p:?}");
+
+        let j = job(vec![container("", &[("PATH", "/bin")])], Some(0));
+        let p = template_problems(&j, "", &gcp());
+        assert!(p[0].problem.contains("sets no RUNBOX_* variable"), "{p:?}");
     }
 }
