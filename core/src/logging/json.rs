@@ -333,6 +333,24 @@ mod tests {
         assert_eq!(lines[1]["severity"], "DEBUG");
     }
 
+    /// A value with a newline and quotes (a command's text, a session
+    /// name from a request) cannot start a line of its own or forge a field.
+    #[test]
+    fn values_cannot_forge_lines_or_fields() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(JsonLayer::new(buffer.clone()));
+        let forged = "x\"}\n{\"severity\":\"ERROR\",\"message\":\"forged";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(session = forged, severity = "ERROR", "{forged}");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let line = &lines(&buffer)[0];
+        assert_eq!(line["severity"], "INFO");
+        assert_eq!(line["message"], forged);
+        assert_eq!(line[SESSION_KEY], forged);
+    }
+
     #[test]
     fn plain_lines_parse() {
         let line = plain_line(&Level::INFO, "runbox serve: listening");
