@@ -28,7 +28,7 @@ use std::process::ExitCode;
 
 use runbox_dispatcher::{BackgroundError, Error, FileError, error_chain};
 
-use crate::stdout::{Stdout, note};
+use crate::stdout::Stdout;
 
 /// Bad usage or bad input.
 pub const EXIT_USAGE: u8 = 2;
@@ -139,7 +139,10 @@ impl Failure {
             let _ = Stdout::new().line(format_args!("{value}"));
         } else {
             for line in self.message.lines() {
-                note!("runbox: {line}");
+                crate::stdout::write_note_at(
+                    &tracing::Level::ERROR,
+                    format_args!("runbox: {line}"),
+                );
             }
         }
         ExitCode::from(self.kind.exit_code())

@@ -29,6 +29,7 @@ use crate::stdout::note;
 
 mod argv;
 mod bg;
+mod doctor;
 mod exec;
 mod failure;
 mod files;
@@ -87,6 +88,10 @@ enum Command {
     Gc(gc::GcArgs),
     /// Serve the HTTP API (see /openapi.json) until SIGTERM.
     Serve(serve::ServeArgs),
+    /// Check the configured deployment end to end: store, completion
+    /// events, job template, permissions, OTLP endpoint. Exit 0 when no
+    /// check failed, 1 when one did.
+    Doctor(doctor::DoctorArgs),
 }
 
 impl Command {
@@ -97,6 +102,7 @@ impl Command {
             Command::Sessions { command } => command.json(),
             Command::Bg { command } => command.json(),
             Command::Gc(args) => args.json(),
+            Command::Doctor(args) => args.json(),
             Command::Files { .. } | Command::Serve(_) => false,
         }
     }
@@ -230,6 +236,9 @@ fn exec_hint(error: &clap::Error, argv: &[OsString]) -> Option<String> {
 async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
     let command = match cli.command {
         Command::Serve(args) => return serve::run(args, config).await,
+        // The doctor checks what a client needs, so it must run where a
+        // client could not start.
+        Command::Doctor(args) => return doctor::run(args, config).await,
         command => command,
     };
     let client = Client::from_config(config).await?;
@@ -245,6 +254,8 @@ async fn dispatch(client: &Client, command: Command) -> Result<ExitCode, Error> 
         Command::Files { command } => files::run(client, command).await,
         Command::Bg { command } => bg::run(client, command).await,
         Command::Gc(args) => gc::run(client, args).await,
-        Command::Serve(_) => unreachable!("serve owns its client; run() hands it over"),
+        Command::Serve(_) | Command::Doctor(_) => {
+            unreachable!("serve and doctor run without the shared client; run() hands them over")
+        }
     }
 }

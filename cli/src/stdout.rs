@@ -67,7 +67,22 @@ impl Stdout {
 /// (where `eprintln!` would panic): a message nobody can read is not worth
 /// failing the command over.
 pub fn write_note(args: fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "{args}");
+    write_note_at(&tracing::Level::INFO, args);
+}
+
+/// [`write_note`] with a severity, which JSON log lines carry: with
+/// `RUNBOX_LOG_FORMAT=json` (or on Cloud Run) a note is one JSON line like
+/// the log's, so stderr stays parseable line by line.
+pub fn write_note_at(level: &tracing::Level, args: fmt::Arguments<'_>) {
+    match runbox_core::logging::active_format() {
+        Some(runbox_core::logging::LogFormat::Json) => {
+            let line = runbox_core::logging::json::plain_line(level, &args.to_string());
+            let _ = io::stderr().lock().write_all(line.as_bytes());
+        }
+        _ => {
+            let _ = writeln!(io::stderr().lock(), "{args}");
+        }
+    }
 }
 
 /// An I/O failure of the CLI's own, reported like the file API's.

@@ -74,6 +74,8 @@ pub mod vars {
     pub const RUNBOX_CLOUD_RUN_JOB: &str = "RUNBOX_CLOUD_RUN_JOB";
     /// A Cloud Run Admin API emulator.
     pub const RUNBOX_CLOUD_RUN_ENDPOINT: &str = "RUNBOX_CLOUD_RUN_ENDPOINT";
+    /// The job template's container that RunJob overrides apply to.
+    pub const RUNBOX_CLOUD_RUN_CONTAINER: &str = "RUNBOX_CLOUD_RUN_CONTAINER";
     /// RunJob calls per minute.
     pub const RUNBOX_RUNJOB_PER_MINUTE: &str = "RUNBOX_RUNJOB_PER_MINUTE";
     /// Cloud Run executions running at once.
@@ -392,6 +394,12 @@ pub struct CloudRunConfig {
     /// `http://host:port`), instead of Cloud Run over TLS with Application
     /// Default Credentials.
     pub endpoint: Option<String>,
+    /// `RUNBOX_CLOUD_RUN_CONTAINER`: the name of the job template's container
+    /// that runs `runbox-executor`, which RunJob's overrides (the execution
+    /// id, the timeout) must name when the template has more than one
+    /// container (a sidecar). Default: none named, which Cloud Run accepts
+    /// only for a single-container template. An RFC 1123 label.
+    pub container: Option<String>,
     /// `RUNBOX_RUNJOB_PER_MINUTE`: RunJob calls allowed per minute; launches
     /// beyond it wait their turn. Default: 60 (Cloud Run's quota is reported
     /// between 60 and 180 per minute and region).
@@ -408,6 +416,7 @@ impl CloudRunConfig {
         Self {
             job: job.into(),
             endpoint: None,
+            container: None,
             runjob_per_minute: 60,
             max_running: 1000,
         }
@@ -624,6 +633,9 @@ impl Config {
                 if let Some(endpoint) = &cloud_run.endpoint {
                     env.push((RUNBOX_CLOUD_RUN_ENDPOINT, endpoint.clone()));
                 }
+                if let Some(container) = &cloud_run.container {
+                    env.push((RUNBOX_CLOUD_RUN_CONTAINER, container.clone()));
+                }
                 env.push((
                     RUNBOX_RUNJOB_PER_MINUTE,
                     cloud_run.runjob_per_minute.to_string(),
@@ -749,6 +761,18 @@ impl Reader<'_> {
             _ => true,
         };
         let endpoint = self.env.get(RUNBOX_CLOUD_RUN_ENDPOINT);
+        let container = match self.env.get(RUNBOX_CLOUD_RUN_CONTAINER) {
+            Some(name) if name.is_empty() => Some(None),
+            Some(name) if !is_container_name(&name) => {
+                self.problems.push(Problem::Invalid {
+                    var: RUNBOX_CLOUD_RUN_CONTAINER,
+                    value: name,
+                    reason: "expected a container name: 1 to 63 lowercase letters, digits and `-`, starting with a letter and not ending with `-`".to_owned(),
+                });
+                None
+            }
+            name => Some(name),
+        };
         let defaults = CloudRunConfig::new("");
         let per_minute = self.count(
             RUNBOX_RUNJOB_PER_MINUTE,
@@ -771,6 +795,7 @@ impl Reader<'_> {
                 Some(LauncherConfig::CloudRun(CloudRunConfig {
                     job: job?,
                     endpoint,
+                    container: container?,
                     runjob_per_minute: per_minute?,
                     max_running: max_running?,
                 }))
@@ -939,6 +964,18 @@ fn default_home(env: &dyn Lookup) -> PathBuf {
 
 /// Whether `name` has the form `projects/P/locations/L/jobs/J` with
 /// non-empty segments free of `/`.
+/// Whether `name` is a container name Cloud Run accepts (an RFC 1123 label
+/// that starts with a letter).
+fn is_container_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
 fn is_job_name(name: &str) -> bool {
     let parts: Vec<&str> = name.split('/').collect();
     matches!(
@@ -1059,6 +1096,7 @@ mod tests {
             ("RUNBOX_LAUNCHER", "cloudrun"),
             ("RUNBOX_CLOUD_RUN_JOB", "projects/p/locations/l/jobs/j"),
             ("RUNBOX_CLOUD_RUN_ENDPOINT", "127.0.0.1:2"),
+            ("RUNBOX_CLOUD_RUN_CONTAINER", "executor"),
             ("RUNBOX_RUNJOB_PER_MINUTE", "600"),
             ("RUNBOX_MAX_RUNNING", "7"),
             ("RUNBOX_WORKSPACE_MAX_BYTES", "99"),
@@ -1170,6 +1208,33 @@ mod tests {
         );
         let err = Config::from_lookup(&[("RUNBOX_MAX_RUNNING", "lots")]).unwrap_err();
         assert!(err.to_string().contains("RUNBOX_MAX_RUNNING"), "{err}");
+    }
+
+    #[test]
+    fn the_override_container_is_a_container_name() {
+        let cloud_run = |container: &str| {
+            Config::from_lookup(&[
+                ("RUNBOX_LAUNCHER", "cloudrun"),
+                ("RUNBOX_CLOUD_RUN_JOB", "projects/p/locations/l/jobs/j"),
+                ("RUNBOX_CLOUD_RUN_CONTAINER", container),
+            ])
+        };
+        let LauncherConfig::CloudRun(c) = cloud_run("executor-1").unwrap().launcher else {
+            panic!("not cloudrun");
+        };
+        assert_eq!(c.container.as_deref(), Some("executor-1"));
+        let LauncherConfig::CloudRun(c) = cloud_run("").unwrap().launcher else {
+            panic!("not cloudrun");
+        };
+        assert_eq!(c.container, None);
+        for bad in ["Executor", "1st", "sidecar-", "a_b", "a/b", &"x".repeat(64)] {
+            let err = cloud_run(bad).unwrap_err();
+            assert_eq!(
+                problems(&err),
+                ["RUNBOX_CLOUD_RUN_CONTAINER"],
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

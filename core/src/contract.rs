@@ -24,6 +24,11 @@ pub const WORKSPACE_DIR_ENV: &str = "RUNBOX_WORKSPACE_DIR";
 /// The executor's log filter (`tracing` `EnvFilter` syntax; default `info`).
 pub const LOG_ENV: &str = "RUNBOX_LOG";
 
+/// The log line format of the runbox binaries: `text` or `json` (one JSON
+/// object per line, for Cloud Logging). Default: `json` on Cloud Run
+/// (`K_SERVICE` or `CLOUD_RUN_JOB` set), `text` elsewhere.
+pub const LOG_FORMAT_ENV: &str = "RUNBOX_LOG_FORMAT";
+
 /// The user commands run as when the executor runs as root: a user name
 /// or a numeric `uid[:gid]` (see the README's isolation section). Read by
 /// the executor; the local launcher forwards it from its own environment.

@@ -123,6 +123,7 @@ async fn events(
                 instance.as_str(),
             );
             settings.emulator_host = gcp.pubsub_emulator_host.clone();
+            settings.bucket = Some(gcp.bucket.clone());
             // The subscription is this instance's alone: the source deletes
             // it when the notifier shuts down (its expiration policy covers
             // crashes).

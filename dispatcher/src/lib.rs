@@ -61,7 +61,10 @@ pub use files::{
     DeleteOptions, DirEntry, Download, EntryKind, FileInfo, FileText, ReadOptions, ReplaceOptions,
     SearchMatch, TextStream, UploadOptions, WriteOptions,
 };
-pub use launcher::cloud_run::{CloudRunEndpoint, CloudRunLauncher, CloudRunSettings, admission};
+pub use launcher::cloud_run::{
+    CloudRunEndpoint, CloudRunLauncher, CloudRunSettings, TemplateProblem, admission,
+    template_problems,
+};
 pub use launcher::local::LocalLauncher;
 pub use launcher::{Ended, ExecutionState, LaunchSpec, Launcher};
 pub use retention::{GcCandidate, GcPlan, GcReport};

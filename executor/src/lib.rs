@@ -90,6 +90,9 @@ pub async fn execute(
         Err(rejection) => (rejection.into_result(id), String::new()),
         Ok(loaded) => {
             let traceparent = loaded.request.traceparent.clone();
+            // The caller's span names the execution; from here its lines
+            // name the session too.
+            tracing::Span::current().record("session", loaded.request.session_id.as_str());
             (run(&*store, settings, loaded, cancel).await, traceparent)
         }
     };

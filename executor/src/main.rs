@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if let Err(e) = runbox_core::logging::init("info") {
-        eprintln!("runbox-executor: {}", error_chain(&e));
+        report(&error_chain(&e));
     }
     let args = match Args::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
@@ -110,49 +110,74 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("runbox-executor: start runtime: {e}");
+            report(&format!("start runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
-        // Handlers go in before anything else: a SIGTERM (Cloud Run's cancel,
-        // `runbox bg kill`) that arrives while the request is still loading
-        // must cancel the command, not kill the executor before it can
-        // write a CANCELLED result.
-        let cancel = shutdown_signal();
-        let store = match open_store(&config).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("runbox-executor: open store: {}", error_chain(&e));
-                return ExitCode::FAILURE;
+    // Every line of this run names its execution (and, once the request is
+    // read, its session).
+    let span = tracing::info_span!(
+        "execution",
+        execution = %id,
+        session = tracing::field::Empty
+    );
+    runtime.block_on(tracing::Instrument::instrument(
+        async move {
+            // Handlers go in before anything else: a SIGTERM (Cloud Run's cancel,
+            // `runbox bg kill`) that arrives while the request is still loading
+            // must cancel the command, not kill the executor before it can
+            // write a CANCELLED result.
+            let cancel = shutdown_signal();
+            let store = match open_store(&config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    report(&format!("open store: {}", error_chain(&e)));
+                    return ExitCode::FAILURE;
+                }
+            };
+            let settings = Settings {
+                execution_id: id.clone(),
+                config,
+                workspace_base,
+                run_as,
+            };
+            match execute(store, &settings, cancel).await {
+                Ok(Outcome::Written(r)) => {
+                    tracing::debug!(
+                        execution = %id,
+                        status = %r.exec_status(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "result written"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Outcome::AlreadyWritten(_)) => {
+                    tracing::warn!(execution = %id, "a result already existed; ours was dropped");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    report(&error_chain(&e));
+                    ExitCode::FAILURE
+                }
             }
-        };
-        let settings = Settings {
-            execution_id: id.clone(),
-            config,
-            workspace_base,
-            run_as,
-        };
-        match execute(store, &settings, cancel).await {
-            Ok(Outcome::Written(r)) => {
-                tracing::debug!(
-                    execution = %id,
-                    status = %r.exec_status(),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "result written"
-                );
-                ExitCode::SUCCESS
-            }
-            Ok(Outcome::AlreadyWritten(_)) => {
-                tracing::warn!(execution = %id, "a result already existed; ours was dropped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("runbox-executor: {}", error_chain(&e));
-                ExitCode::FAILURE
-            }
-        }
-    })
+        },
+        span,
+    ))
+}
+
+/// An error line on stderr: JSON when the log lines are, so a log reader
+/// that parses every line never meets a stray one.
+fn report(message: &str) {
+    use std::io::Write as _;
+    let line = match runbox_core::logging::active_format() {
+        Some(runbox_core::logging::LogFormat::Json) => runbox_core::logging::json::plain_line(
+            &tracing::Level::ERROR,
+            &format!("runbox-executor: {message}"),
+        ),
+        _ => format!("runbox-executor: {message}\n"),
+    };
+    // Nowhere else to report a failing stderr.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// The store, as the dispatcher opens it, except that an embedded store
@@ -233,7 +258,7 @@ fn config_error(message: &str) -> ExitCode {
     // A configuration error lists one problem per line: each gets the
     // prefix, so every line of the log says where it comes from.
     for line in message.lines() {
-        eprintln!("runbox-executor: bad configuration: {line}");
+        report(&format!("bad configuration: {line}"));
     }
     ExitCode::from(EXIT_CONFIG)
 }

@@ -91,6 +91,14 @@ pub trait EventSource: Send + 'static {
     /// The next item. Cancel-safe: dropping the future loses nothing.
     async fn next(&mut self) -> Result<SourceItem, SourceError>;
 
+    /// The bucket every event of this source must come from, when the
+    /// source is told it: the notifier counts events of any other bucket as
+    /// foreign and ignores them (a topic may receive several buckets'
+    /// notifications). `None` (the default) checks nothing.
+    fn bucket(&self) -> Option<&str> {
+        None
+    }
+
     /// Releases what the source holds outside this process (the Pub/Sub
     /// source deletes its subscription) at a graceful shutdown; `next` is
     /// not called afterwards. [`crate::Notifier::shutdown`] calls it once

@@ -37,6 +37,8 @@ pub struct NotifierStats {
     pub ignored: u64,
     /// Messages that were not usable events.
     pub malformed: u64,
+    /// Events of another bucket than the source's ([`crate::EventSource::bucket`]).
+    pub foreign: u64,
     /// Results found by reading the store after a (re)subscribe.
     pub resynced: u64,
 }
@@ -66,9 +68,11 @@ impl Notifier {
     ) -> Self {
         let counters = Arc::new(Counters::default());
         let source_name = source.describe();
+        let expected_bucket = source.bucket().map(str::to_owned);
         let (stop, stopped) = oneshot::channel();
         let router = Router {
             bucket: store.describe(),
+            expected_bucket,
             waiters: Arc::clone(&waiters),
             store,
             counters: Arc::clone(&counters),
@@ -215,6 +219,8 @@ struct Router {
     counters: Arc<Counters>,
     /// Reported as [`ObjectEvent::bucket`] for results read by a resync.
     bucket: String,
+    /// Events of other buckets are foreign.
+    expected_bucket: Option<String>,
 }
 
 impl Router {
@@ -242,6 +248,15 @@ impl Router {
     }
 
     fn route(&self, event: ObjectEvent) {
+        if let Some(expected) = &self.expected_bucket
+            && event.bucket != *expected
+        {
+            // Another bucket's object of the same name is not our result:
+            // resolving a waiter with it would hand over a stranger's output.
+            tracing::debug!(bucket = %event.bucket, name = %event.name, "event of another bucket; ignored");
+            self.counters.foreign.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some(id) = layout::parse_result(&event.name) else {
             if self.waiters.object_changed(&event.name) {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -313,6 +328,7 @@ struct Counters {
     unknown: AtomicU64,
     ignored: AtomicU64,
     malformed: AtomicU64,
+    foreign: AtomicU64,
     resynced: AtomicU64,
 }
 
@@ -325,6 +341,7 @@ impl Counters {
             unknown: read(&self.unknown),
             ignored: read(&self.ignored),
             malformed: read(&self.malformed),
+            foreign: read(&self.foreign),
             resynced: read(&self.resynced),
         }
     }

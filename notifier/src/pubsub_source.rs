@@ -78,6 +78,10 @@ pub struct PubSubConfig {
     pub project: String,
     /// Topic id (not the full name) receiving the bucket's notifications.
     pub topic: String,
+    /// The bucket whose notifications count (`RUNBOX_BUCKET`); events whose
+    /// `bucketId` differs are foreign ([`EventSource::bucket`]). `None`
+    /// checks nothing.
+    pub bucket: Option<String>,
     /// The dispatcher instance's id: names the subscription
     /// (`runbox-{instance}`) and its filter (`results/{instance}-`).
     pub instance: String,
@@ -108,6 +112,7 @@ impl PubSubConfig {
         Self {
             project: project.into(),
             topic: topic.into(),
+            bucket: None,
             instance: instance.into(),
             emulator_host: None,
             ack_deadline: Duration::from_secs(30),
@@ -116,6 +121,13 @@ impl PubSubConfig {
             backoff_max: Duration::from_secs(10),
             buffer: 256,
         }
+    }
+
+    /// Counts only `bucket`'s events ([`PubSubConfig::bucket`]).
+    #[must_use]
+    pub fn with_bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = Some(bucket.into());
+        self
     }
 
     /// Uses the emulator at `host` (`host:port`, an `http://` prefix is accepted).
@@ -174,6 +186,7 @@ pub struct PubSubEventSource {
     items: mpsc::Receiver<Result<SourceItem, SourceError>>,
     handle: PubSubSubscription,
     describe: String,
+    bucket: Option<String>,
 }
 
 /// A handle on the source's subscription that outlives handing the source to
@@ -239,6 +252,7 @@ impl PubSubEventSource {
         };
         tokio::spawn(worker.run());
         Ok(Self {
+            bucket: config.bucket.clone(),
             items: rx,
             handle: PubSubSubscription {
                 subscription,
@@ -314,6 +328,10 @@ impl PubSubSubscription {
 impl EventSource for PubSubEventSource {
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn bucket(&self) -> Option<&str> {
+        self.bucket.as_deref()
     }
 
     async fn next(&mut self) -> Result<SourceItem, SourceError> {

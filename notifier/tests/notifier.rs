@@ -206,6 +206,7 @@ async fn counts_duplicates_unknown_ignored_and_malformed_and_acks_each() {
             unknown: 1,
             ignored: 2,
             malformed: 1,
+            foreign: 0,
             resynced: 0,
         }
     );

@@ -726,3 +726,112 @@ async fn cloud_run_client(emulated: &Emulated) -> runbox_dispatcher::Client {
         .await
         .expect("client")
 }
+
+/// `RUNBOX_CLOUD_RUN_CONTAINER` names the container RunJob's overrides
+/// apply to, as a template with a sidecar needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_configured_container_is_named_in_the_overrides() {
+    let fake = FakeJobs::default();
+    let address = serve(fake.clone()).await;
+    let config = CloudRunConfig {
+        endpoint: Some(address.clone()),
+        container: Some("executor".to_owned()),
+        ..CloudRunConfig::new(JOB)
+    };
+    let mut configured = CloudRunSettings::from_config(&config);
+    assert_eq!(configured.container, "executor");
+    configured.runjob_burst = 10;
+    let launcher = CloudRunLauncher::connect(configured)
+        .await
+        .expect("launcher");
+    within(10, launcher.launch(spec(Duration::from_secs(5))))
+        .await
+        .expect("launch");
+    let calls = fake.calls();
+    let overrides = calls[0].request.overrides.as_ref().expect("overrides");
+    assert_eq!(overrides.container_overrides.len(), 1);
+    assert_eq!(overrides.container_overrides[0].name, "executor");
+    // Unset, the overrides name none (the template's only container).
+    let launcher = CloudRunLauncher::connect(settings(&address))
+        .await
+        .expect("launcher");
+    within(10, launcher.launch(spec(Duration::from_secs(5))))
+        .await
+        .expect("launch");
+    let calls = fake.calls();
+    assert_eq!(
+        calls[1]
+            .request
+            .overrides
+            .as_ref()
+            .unwrap()
+            .container_overrides[0]
+            .name,
+        ""
+    );
+}
+
+/// Against a server that answers WaitOperation UNIMPLEMENTED (the emulator
+/// with `wait_operation(false)`), an executor that dies without a result is
+/// still seen to end, through GetExecution, long before any deadline; and
+/// a job whose container is not the one the overrides name is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_wait_operation_the_end_comes_from_get_execution() {
+    let config = EmulatorConfig::default()
+        .image(
+            EXECUTOR_IMAGE,
+            [embedded::binary("runbox-executor").display().to_string()],
+        )
+        .inherit_env(false)
+        .wait_operation(false)
+        .kill_grace(Duration::from_millis(500));
+    let emulator = within(
+        10,
+        Emulator::start("127.0.0.1:0".parse().expect("address"), config),
+    )
+    .await
+    .expect("start the emulator");
+    let endpoint = emulator.endpoint();
+    // The gcp backend without a bucket: the executor exits 64, no result.
+    create_job(&endpoint, "broken", &[("RUNBOX_BACKEND", "gcp")]).await;
+    let mut settings = CloudRunSettings::new(format!("{PARENT}/jobs/broken"));
+    settings.endpoint = CloudRunEndpoint::emulator(&endpoint);
+    settings.get_execution_interval = Duration::from_millis(200);
+    settings.get_execution_max_interval = Duration::from_secs(1);
+    let launcher = CloudRunLauncher::connect(settings.clone())
+        .await
+        .expect("launcher");
+    let spec = LaunchSpec {
+        execution_id: InstanceId::random().next_execution_id(),
+        timeout: Duration::from_secs(3600),
+        traceparent: None,
+    };
+    let id = spec.execution_id.clone();
+    within(10, launcher.launch(spec)).await.expect("launch");
+    let ended = within(20, launcher.ended(&id)).await;
+    assert!(!ended.succeeded);
+    assert!(ended.message.contains("exit code 64"), "{}", ended.message);
+    assert_eq!(launcher.running(), 0, "the running slot is freed");
+
+    settings.container = "sidecar".to_owned();
+    let launcher = CloudRunLauncher::connect(settings).await.expect("launcher");
+    let err = within(
+        10,
+        launcher.launch(LaunchSpec {
+            execution_id: InstanceId::random().next_execution_id(),
+            timeout: Duration::from_secs(5),
+            traceparent: None,
+        }),
+    )
+    .await
+    .expect_err("overrides of a container the job lacks");
+    assert!(
+        runbox_dispatcher::error_chain(&err).contains("no container named")
+            && runbox_dispatcher::error_chain(&err).contains("sidecar"),
+        "{}",
+        runbox_dispatcher::error_chain(&err)
+    );
+    within(10, emulator.shutdown())
+        .await
+        .expect("emulator shutdown");
+}

@@ -266,3 +266,60 @@ async fn unusable_messages_are_malformed_and_acked() {
         other => panic!("expected the control again, got {other:?}"),
     }
 }
+
+/// A notification whose `bucketId` is not the configured bucket is another
+/// bucket's object, even under our result's name: counted as foreign,
+/// acked, and never resolves the waiter; the same name from our bucket does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_another_bucket_are_foreign_and_ignored() {
+    use std::sync::Arc;
+
+    use runbox_notifier::{Notifier, Waiters};
+
+    let emu = emulators().await;
+    let instance = InstanceId::random();
+    let source = timeout(
+        T,
+        PubSubEventSource::connect(emu.source_config(&instance).with_bucket(&emu.bucket)),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("source");
+    assert_eq!(source.bucket(), Some(emu.bucket.as_str()));
+    let waiters = Waiters::new();
+    let store: Arc<dyn Store> = Arc::new(emu.store());
+    let notifier = Notifier::spawn(Box::new(source), waiters.clone(), store);
+    let id = instance.next_execution_id();
+    let waiter = waiters.register(id.clone()).expect("register");
+    let name = layout::result(&id);
+
+    let mut foreign = notification(&emu, "OBJECT_FINALIZE", &name, "{}");
+    foreign
+        .attributes
+        .insert("bucketId".to_owned(), "someone-elses-bucket".to_owned());
+    publish(&emu, foreign).await;
+    let mut changed = notifier.stats_changed();
+    timeout(T, async {
+        while notifier.stats().foreign < 1 {
+            changed.changed().await.expect("the notifier runs");
+        }
+    })
+    .await
+    .expect("the foreign event was not counted");
+    let stats = notifier.stats();
+    assert_eq!((stats.delivered, stats.unknown), (0, 0), "{stats:?}");
+    assert_eq!(
+        waiters.pending(),
+        vec![id.clone()],
+        "the waiter still waits"
+    );
+
+    publish(&emu, notification(&emu, "OBJECT_FINALIZE", &name, "{}")).await;
+    let event = timeout(T, waiter)
+        .await
+        .expect("our bucket's event resolves the waiter")
+        .expect("completion");
+    assert_eq!(event.bucket, emu.bucket);
+    assert_eq!(notifier.stats().foreign, 1);
+    timeout(T, notifier.shutdown()).await.expect("shutdown");
+}

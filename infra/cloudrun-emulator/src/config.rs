@@ -42,6 +42,11 @@ pub struct Config {
     /// process that left it outlives a main process that died. The
     /// `runbox-cloudrun-emulator` binary sets itself. Default: `None`.
     pub supervisor: Option<PathBuf>,
+    /// Whether `Operations/WaitOperation` is served. `false` answers it
+    /// UNIMPLEMENTED, as some Operations servers do, so clients can be
+    /// tested on their fallback. CLI: `--no-wait-operation` sets `false`.
+    /// Default: `true`.
+    pub wait_operation: bool,
 }
 
 impl Default for Config {
@@ -52,6 +57,7 @@ impl Default for Config {
             log_dir: None,
             inherit_env: true,
             supervisor: None,
+            wait_operation: true,
         }
     }
 }
@@ -93,6 +99,13 @@ impl Config {
     #[must_use]
     pub fn supervisor(mut self, program: impl Into<PathBuf>) -> Self {
         self.supervisor = Some(program.into());
+        self
+    }
+
+    /// Sets [`Config::wait_operation`].
+    #[must_use]
+    pub fn wait_operation(mut self, serve: bool) -> Self {
+        self.wait_operation = serve;
         self
     }
 

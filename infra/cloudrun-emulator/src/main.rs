@@ -40,6 +40,10 @@ struct Cli {
     /// Give tasks only PATH and HOME from the emulator's environment.
     #[arg(long)]
     clean_env: bool,
+    /// Answer WaitOperation with UNIMPLEMENTED, as an Operations server
+    /// without it does (to test clients' fallback).
+    #[arg(long)]
+    no_wait_operation: bool,
     /// Create a one-task, no-retry job running IMAGE at start, e.g.
     /// `projects/p/locations/local/jobs/runbox=runbox-executor`. Repeatable.
     #[arg(long = "job", value_name = "NAME=IMAGE", value_parser = parse_job)]
@@ -96,7 +100,8 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::default()
         .kill_grace(cli.kill_grace)
-        .inherit_env(!cli.clean_env);
+        .inherit_env(!cli.clean_env)
+        .wait_operation(!cli.no_wait_operation);
     match std::env::current_exe() {
         Ok(me) => config = config.supervisor(me),
         Err(e) => {

@@ -97,6 +97,11 @@ impl Operations for OperationsApi {
         &self,
         request: Request<WaitOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        if !self.store.config.wait_operation {
+            return Err(Status::unimplemented(
+                "WaitOperation is not served (--no-wait-operation)",
+            ));
+        }
         let request = request.into_inner();
         let name = request.name;
         let timeout = match request.timeout {

@@ -14,7 +14,9 @@
 //!   [`LaunchError::Throttled`] (retryable).
 //! - **End**: `google.longrunning.Operations/WaitOperation` on the RunJob
 //!   operation — a wait held by the server, not polling — in a loop until
-//!   the operation is done, then the Execution's terminal condition.
+//!   the operation is done, then the Execution's terminal condition. A
+//!   server that answers UNIMPLEMENTED (or no longer knows the operation)
+//!   gets GetExecution at doubling intervals instead.
 //! - **State**: GetExecution; **cancel**: CancelExecution (Cloud Run sends
 //!   SIGTERM, the executor writes a CANCELLED result).
 //! - **Other processes' executions** (a background process that an earlier
@@ -46,10 +48,11 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, ListExecutionsRequest,
-    RunJobRequest, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
-    run_job_request,
+    CancelExecutionRequest, EnvVar, Execution, GetExecutionRequest, GetJobRequest, Job,
+    ListExecutionsRequest, RunJobRequest, env_var, executions_client::ExecutionsClient,
+    jobs_client::JobsClient, run_job_request,
 };
+use googleapis_tonic_google_iam_v1::google::iam::v1::TestIamPermissionsRequest;
 use googleapis_tonic_google_longrunning::google::longrunning::{
     Operation, WaitOperationRequest, operation, operations_client::OperationsClient,
 };
@@ -62,10 +65,12 @@ use tonic::{Code, Status};
 pub mod admission;
 mod settings;
 mod status;
+mod template_check;
 mod transport;
 
 pub use self::settings::{CLOUD_RUN_URL, CloudRunEndpoint, CloudRunSettings};
 pub use self::status::{CallError, NoExecution};
+pub use self::template_check::{TemplateProblem, template_problems};
 
 use self::admission::{RateLimiter, RunningSlots, Slot};
 use self::settings::{MAX_TASK_TIMEOUT, WAITS_PER_CONNECTION, job_location};
@@ -150,6 +155,56 @@ impl CloudRunLauncher {
     /// The Cloud Run Execution name of a launched execution, while it is kept.
     pub fn execution_name(&self, id: &ExecutionId) -> Option<String> {
         self.running.get(id).map(|t| t.execution.clone())
+    }
+
+    /// The job template as Cloud Run has it (GetJob), for checking a
+    /// deployment (`runbox doctor`).
+    pub async fn get_job(&self) -> Result<Job, CallError> {
+        let job = self.settings.job.clone();
+        let mut call = tonic::Request::new(GetJobRequest { name: job.clone() });
+        route(&mut call, &[("name", &job)]);
+        self.unary(
+            call,
+            |mut c, r| async move { c.get_job(r).await },
+            self.jobs.clone(),
+        )
+        .await
+        .map_err(|status| CallError {
+            call: "GetJob",
+            resource: job,
+            status,
+        })
+    }
+
+    /// Which of `permissions` the caller holds on the job template
+    /// (testIamPermissions); `None` when the server does not offer the call
+    /// (UNIMPLEMENTED, as an emulator without IAM answers).
+    pub async fn test_job_permissions(
+        &self,
+        permissions: &[&str],
+    ) -> Result<Option<Vec<String>>, CallError> {
+        let job = self.settings.job.clone();
+        let mut call = tonic::Request::new(TestIamPermissionsRequest {
+            resource: job.clone(),
+            permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
+        });
+        route(&mut call, &[("resource", &job)]);
+        match self
+            .unary(
+                call,
+                |mut c, r| async move { c.test_iam_permissions(r).await },
+                self.jobs.clone(),
+            )
+            .await
+        {
+            Ok(r) => Ok(Some(r.permissions)),
+            Err(status) if status.code() == Code::Unimplemented => Ok(None),
+            Err(status) => Err(CallError {
+                call: "TestIamPermissions",
+                resource: job,
+                status,
+            }),
+        }
     }
 
     /// Executions holding a running slot now.
@@ -408,6 +463,38 @@ impl CloudRunLauncher {
         }
     }
 
+    /// The end of an execution read with GetExecution at doubling intervals,
+    /// for servers that cannot wait on its operation.
+    async fn follow_execution(&self, id: &ExecutionId, execution: &str) -> Ended {
+        let mut pause = self.settings.get_execution_interval;
+        loop {
+            tokio::time::sleep(pause).await;
+            match self.get_execution(execution).await {
+                Ok(e) => {
+                    if let Some(ended) = terminal(&e) {
+                        return ended;
+                    }
+                }
+                Err(e) if e.status.code() == Code::NotFound => {
+                    return Ended {
+                        succeeded: false,
+                        message: format!("Cloud Run execution {execution} no longer exists"),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        execution = %id,
+                        error = %crate::error_chain(&e),
+                        "GetExecution failed"
+                    );
+                }
+            }
+            pause = pause
+                .saturating_mul(2)
+                .min(self.settings.get_execution_max_interval);
+        }
+    }
+
     fn free_slot(&self, id: &ExecutionId) {
         if let Some(t) = self.running.get(id) {
             // A panic elsewhere while holding the lock cannot leave the
@@ -510,19 +597,22 @@ impl Launcher for CloudRunLauncher {
                     tracing::debug!(execution = %id, "WaitOperation answered early, not done");
                 }
                 Err(status) if matches!(status.code(), Code::Unimplemented | Code::NotFound) => {
-                    // No server-side wait for this operation: do not turn
-                    // into a poller. The dispatcher's deadline reconciles
-                    // through state().
+                    // No server-side wait for this operation. Without this
+                    // fallback a crashed executor would be noticed only at
+                    // the deadline (timeout + grace), hours later for long
+                    // commands.
                     tracing::warn!(
                         execution = %id,
                         operation,
                         code = ?status.code(),
-                        "WaitOperation unusable; the end will be found at the deadline"
+                        "WaitOperation unusable; following the execution with GetExecution"
                     );
-                    return std::future::pending().await;
+                    let ended = self.follow_execution(id, &execution).await;
+                    self.free_slot(id);
+                    return ended;
                 }
                 Err(status) => {
-                    tracing::debug!(execution = %id, error = %status, "WaitOperation failed");
+                    tracing::warn!(execution = %id, error = %status, "WaitOperation failed");
                 }
             }
             early += 1;

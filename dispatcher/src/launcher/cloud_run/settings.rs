@@ -70,14 +70,23 @@ pub struct CloudRunSettings {
     /// (30 s), so a hung executor has been stopped by Cloud Run, with a
     /// condition saying so, by the time reconciliation asks.
     pub task_timeout_margin: Duration,
-    /// The container the overrides apply to; empty (default) for the job's
-    /// only container.
+    /// The container the overrides apply to (`RUNBOX_CLOUD_RUN_CONTAINER`);
+    /// empty (default) for the job's only container.
     pub container: String,
     /// Deadline of each RunJob, GetExecution and CancelExecution call.
     pub rpc_timeout: Duration,
     /// How long one WaitOperation call asks the server to hold on before it
     /// answers with the operation still running (then it is called again).
     pub wait_timeout: Duration,
+    /// Where the server does not serve WaitOperation (UNIMPLEMENTED) or no
+    /// longer knows the operation (NOT_FOUND), the end of an execution is
+    /// read with GetExecution: first after this long, then at doubling
+    /// intervals up to [`CloudRunSettings::get_execution_max_interval`].
+    /// Only an end without a result (crash, OOM) depends on it; completions
+    /// still arrive as result events. Default: 1 s.
+    pub get_execution_interval: Duration,
+    /// The longest interval between two such GetExecution calls. Default: 30 s.
+    pub get_execution_max_interval: Duration,
 }
 
 impl CloudRunSettings {
@@ -94,6 +103,8 @@ impl CloudRunSettings {
             container: String::new(),
             rpc_timeout: Duration::from_secs(30),
             wait_timeout: Duration::from_secs(60),
+            get_execution_interval: Duration::from_secs(1),
+            get_execution_max_interval: Duration::from_secs(30),
         }
     }
 
@@ -102,6 +113,9 @@ impl CloudRunSettings {
         let mut settings = Self::new(config.job.clone());
         if let Some(address) = &config.endpoint {
             settings.endpoint = CloudRunEndpoint::emulator(address);
+        }
+        if let Some(container) = &config.container {
+            settings.container = container.clone();
         }
         settings.runjob_per_minute = config.runjob_per_minute.max(1);
         settings.runjob_burst = (config.runjob_per_minute / 10).max(1);

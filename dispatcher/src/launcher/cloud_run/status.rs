@@ -27,6 +27,13 @@ pub struct CallError {
     pub status: Status,
 }
 
+impl CallError {
+    /// Whether the resource does not exist (NOT_FOUND).
+    pub fn is_not_found(&self) -> bool {
+        self.status.code() == Code::NotFound
+    }
+}
+
 /// RunJob answered with an operation that names no Execution.
 #[derive(Debug, thiserror::Error)]
 #[error("RunJob {job} answered operation {operation:?} without an Execution{}", error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default())]

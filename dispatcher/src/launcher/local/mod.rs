@@ -33,7 +33,7 @@ use crate::launcher::{
 mod procfs;
 
 /// Variables of the dispatcher's own environment put in the executor's
-/// environment: what a shell needs, the log filter, and the credentials
+/// environment: what a shell needs, the log filter and format, and the credentials
 /// path Google's auth library reads from the environment itself. Nothing
 /// else of the caller's environment reaches the executor.
 const PASS_THROUGH: &[&str] = &[
@@ -45,6 +45,7 @@ const PASS_THROUGH: &[&str] = &[
     "TZ",
     "TMPDIR",
     "RUNBOX_LOG",
+    "RUNBOX_LOG_FORMAT",
     "GOOGLE_APPLICATION_CREDENTIALS",
 ];
 
