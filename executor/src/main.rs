@@ -25,7 +25,8 @@ use runbox_core::config::{BackendConfig, Config, Env, Lookup};
 use runbox_core::contract::{
     DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
 };
-use runbox_executor::{Outcome, Settings, error_chain, execute, identity, process};
+use runbox_core::session_cwd::{self, WORKSPACE_PATH_ENV};
+use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -46,6 +47,13 @@ fn main() -> ExitCode {
     {
         eprintln!("runbox-executor: make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
+    }
+    // The namespace helper (a re-exec of this binary) runs nothing else.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some((first, rest)) = argv.split_first()
+        && first == namespace::ENTER_ARG
+    {
+        return namespace::enter(rest);
     }
     if let Err(e) = runbox_core::logging::init("info") {
         eprintln!("runbox-executor: {}", error_chain(&e));
@@ -88,6 +96,11 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_BASE)),
     };
+    let workspace_path = match session_cwd::workspace_path(lookup.get(WORKSPACE_PATH_ENV).as_deref())
+    {
+        Ok(path) => path,
+        Err(e) => return config_error(&e.to_string()),
+    };
     // An executor configured by its environment is a Cloud Run task: a
     // container of its own, working on its own copy of the workspace, whose
     // commands run as another user by default. One started by the local
@@ -99,6 +112,12 @@ fn main() -> ExitCode {
         Ok(who) => who,
         Err(e) => return config_error(&e.to_string()),
     };
+    let placement = placement(
+        workspace_path,
+        workspace_base,
+        !args.config_stdin,
+        run_as.as_ref(),
+    );
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.
     process::become_subreaper();
@@ -128,7 +147,7 @@ fn main() -> ExitCode {
         let settings = Settings {
             execution_id: id.clone(),
             config,
-            workspace_base,
+            placement,
             run_as,
         };
         match execute(store, &settings, cancel).await {
@@ -151,6 +170,29 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Where workspaces go and how commands see them. `configured_by_env`:
+/// this executor is a Cloud Run task (alone in its container when Cloud
+/// Run runs it, though not under the emulator, where namespaces are used).
+fn placement(
+    path: PathBuf,
+    base: PathBuf,
+    configured_by_env: bool,
+    run_as: Option<&identity::Identity>,
+) -> namespace::Placement {
+    let base = std::path::absolute(&base).unwrap_or(base);
+    let helper = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let probe = namespace::probe(&helper, &base, run_as);
+    let cloud_run_task = configured_by_env && std::env::var_os("CLOUD_RUN_EXECUTION").is_some();
+    let (mode, _why) = namespace::decide(probe, cloud_run_task);
+    namespace::Placement {
+        mode,
+        path,
+        hide: vec![base.clone()],
+        base,
+        helper,
+    }
 }
 
 /// The command line: nothing, or `--execution-id ID` and `--config-stdin`.
