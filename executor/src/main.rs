@@ -40,6 +40,16 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
+    // The namespace helper (a re-exec of this binary) runs nothing else. It
+    // makes itself non-dumpable once it has written its id maps: before,
+    // `/proc/self/uid_map` would belong to root and stay closed to an
+    // unprivileged helper.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some((first, rest)) = argv.split_first()
+        && first == namespace::ENTER_ARG
+    {
+        return namespace::enter(rest);
+    }
     // First, before the configuration is read: from here on /proc/PID/environ,
     // mem, maps and fd are closed to everyone without CAP_SYS_PTRACE.
     if let Err(e) =
@@ -47,13 +57,6 @@ fn main() -> ExitCode {
     {
         eprintln!("runbox-executor: make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
-    }
-    // The namespace helper (a re-exec of this binary) runs nothing else.
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if let Some((first, rest)) = argv.split_first()
-        && first == namespace::ENTER_ARG
-    {
-        return namespace::enter(rest);
     }
     if let Err(e) = runbox_core::logging::init("info") {
         eprintln!("runbox-executor: {}", error_chain(&e));

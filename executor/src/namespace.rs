@@ -193,12 +193,19 @@ pub fn probe(
 ) -> Result<(), String> {
     let dir = base.join(".runbox");
     let cache = dir.join("namespace-probe");
+    // Another boot, user or executor build may answer differently.
+    let built = std::fs::metadata(helper)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
     let key = format!(
-        "{} {}",
+        "{} {} {} {built}",
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .unwrap_or_default()
             .trim(),
-        run_as.map_or_else(|| rustix::process::geteuid().as_raw(), |who| who.uid)
+        run_as.map_or_else(|| rustix::process::geteuid().as_raw(), |who| who.uid),
+        helper.display(),
     );
     if let Ok(text) = std::fs::read_to_string(&cache)
         && let Some((cached_key, verdict)) = text.split_once('\n')
@@ -357,7 +364,10 @@ impl Plan {
 pub fn enter(args: &[OsString]) -> ExitCode {
     let result = match args.split_first() {
         Some((stage, rest)) if stage == OUTSIDE => outside(rest),
-        Some((stage, rest)) if stage == INIT => init(rest),
+        Some((stage, rest)) if stage == INIT => match rest.split_first() {
+            Some((ids, rest)) => init(ids, rest),
+            None => Err("missing the ids argument".into()),
+        },
         _ => Err(format!("usage: runbox-executor {ENTER_ARG} {OUTSIDE} …")),
     };
     match result {
@@ -374,7 +384,16 @@ pub fn enter(args: &[OsString]) -> ExitCode {
 fn outside(args: &[OsString]) -> Result<u8, String> {
     // Checked here, before anything changes.
     Plan::from_args(args)?;
-    enter_user_namespace(UnshareFlags::NEWUSER | UnshareFlags::NEWNS | UnshareFlags::NEWPID)?;
+    let ids = (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    );
+    // Root in there, so the init stage keeps its capabilities across exec
+    // whoever entered.
+    enter_user_namespace(
+        UnshareFlags::NEWUSER | UnshareFlags::NEWNS | UnshareFlags::NEWPID,
+        (0, 0),
+    )?;
     // Handlers installed, these signals no longer end this process: it
     // waits for the shell, which gets them through the process group and
     // still writes its capture (the executor stops waiting when this
@@ -391,6 +410,7 @@ fn outside(args: &[OsString]) -> Result<u8, String> {
     let status = Command::new(exe)
         .arg(ENTER_ARG)
         .arg(INIT)
+        .arg(format!("{}:{}", ids.0, ids.1))
         .args(args)
         .status()
         .map_err(|e| format!("start the namespace's init: {e}"))?;
@@ -399,12 +419,19 @@ fn outside(args: &[OsString]) -> Result<u8, String> {
 
 /// Stage two, PID 1 of the new namespace: builds the new root, locks it,
 /// then runs the program as its child until it ends.
-fn init(args: &[OsString]) -> Result<u8, String> {
+fn init(ids: &OsStr, args: &[OsString]) -> Result<u8, String> {
+    let ids = ids
+        .to_str()
+        .and_then(|t| t.split_once(':'))
+        .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
+        .ok_or("the ids argument is not uid:gid")?;
     let (plan, program) = Plan::from_args(args)?;
     build_root(&plan)?;
     // A second user namespace makes every mount above locked: not even
     // root in there can unmount one to see what it covers.
-    enter_user_namespace(UnshareFlags::NEWUSER | UnshareFlags::NEWNS)?;
+    // The command is the user that entered again: without capabilities
+    // unless that user is root.
+    enter_user_namespace(UnshareFlags::NEWUSER | UnshareFlags::NEWNS, ids)?;
     let Some((program, program_args)) = program.split_first() else {
         // A probe: the namespace could be built.
         return Ok(0);
@@ -439,13 +466,13 @@ fn status_code(code: Option<i32>, signal: Option<i32>) -> u8 {
         .unwrap_or(SETUP_FAILED)
 }
 
-/// Unshares `flags` (a new user namespace among them) and maps the
-/// caller's own uid and gid to themselves: the one map a process may
+/// Unshares `flags` (a new user namespace among them) and maps `inside`
+/// (uid, gid) there to the caller's own ids: the one map a process may
 /// write for itself (even root: a wider map must be written from outside),
 /// which forbids `setgroups` in there. So the command runs as the user
 /// that entered (the executor switches to `RUNBOX_RUN_AS_USER` before),
 /// and other users' ids show as the overflow id.
-fn enter_user_namespace(flags: UnshareFlags) -> Result<(), String> {
+fn enter_user_namespace(flags: UnshareFlags, inside: (u32, u32)) -> Result<(), String> {
     let (uid, gid) = (
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
@@ -469,11 +496,14 @@ fn enter_user_namespace(flags: UnshareFlags) -> Result<(), String> {
         .write_all(b"deny")
         .map_err(|e| format!("write setgroups: {e}"))?;
     gid_map
-        .write_all(format!("{gid} {gid} 1").as_bytes())
+        .write_all(format!("{} {gid} 1", inside.1).as_bytes())
         .map_err(|e| format!("write gid_map: {e}"))?;
     uid_map
-        .write_all(format!("{uid} {uid} 1").as_bytes())
+        .write_all(format!("{} {uid} 1", inside.0).as_bytes())
         .map_err(|e| format!("write uid_map: {e}"))?;
+    // Closed to the command from here on, as the executor is.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("make the helper non-dumpable: {e}"))?;
     Ok(())
 }
 

@@ -9,6 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
+    Container, CreateJobRequest, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var,
+    jobs_client::JobsClient, task_template::Retries,
+};
+use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::Config;
 use runbox_dispatcher::files::{ReadOptions, WriteOptions};
 use runbox_dispatcher::{Client, ExecStatus, Session};
@@ -235,4 +240,84 @@ async fn gcp_local_launcher_sees_the_same_path() {
     assert_eq!(state.value.cwd, "sub");
     drop(base);
     client.shutdown().await;
+}
+
+const PARENT: &str = "projects/p/locations/us-central1";
+const EXECUTOR_IMAGE: &str = "runbox-executor:test";
+
+/// gcp with the Cloud Run launcher: the emulator runs each execution's
+/// executor, configured by the job's environment, as Cloud Run would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_cloud_run_launcher_sees_the_same_path() {
+    let emu = within(120, Emulators::start()).await.expect("emulators");
+    let emulator_config = EmulatorConfig::default()
+        .image(EXECUTOR_IMAGE, [binary("runbox-executor").display().to_string()])
+        .inherit_env(false)
+        .kill_grace(Duration::from_millis(500))
+        .supervisor(binary("runbox-cloudrun-emulator"));
+    let emulator = within(
+        10,
+        Emulator::start("127.0.0.1:0".parse().expect("address"), emulator_config),
+    )
+    .await
+    .expect("start the emulator");
+    let endpoint = emulator.endpoint();
+    let env: BTreeMap<String, String> = emu.env();
+    create_job(&endpoint, &env).await;
+    let mut client_env = env.clone();
+    client_env.insert("RUNBOX_LAUNCHER".into(), "cloudrun".into());
+    client_env.insert("RUNBOX_CLOUD_RUN_JOB".into(), format!("{PARENT}/jobs/runbox"));
+    client_env.insert("RUNBOX_CLOUD_RUN_ENDPOINT".into(), endpoint.clone());
+    let config = Config::from_lookup(&client_env).expect("config");
+    let client = within(60, Client::from_config(config)).await.expect("client");
+    let s = client.session("via-cloud-run").unwrap();
+    starts_and_stays_at_the_workspace(&s).await;
+    // Files written by a command are where the file API looks.
+    run(&s, "echo hi > note.txt").await;
+    let text = within(30, s.read_file("/workspace/sub/note.txt", ReadOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(text.content, "hi\n");
+    within(10, client.shutdown()).await;
+    within(10, emulator.shutdown()).await.expect("emulator shutdown");
+}
+
+/// A job template running the executor image with `env`, one task, no
+/// retries.
+async fn create_job(endpoint: &str, env: &BTreeMap<String, String>) {
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).expect("endpoint");
+    let mut jobs = JobsClient::new(within(10, endpoint.connect()).await.expect("connect"));
+    let job = Job {
+        template: Some(ExecutionTemplate {
+            task_count: 1,
+            template: Some(TaskTemplate {
+                containers: vec![Container {
+                    image: EXECUTOR_IMAGE.to_owned(),
+                    env: env
+                        .iter()
+                        .map(|(name, value)| EnvVar {
+                            name: name.clone(),
+                            values: Some(env_var::Values::Value(value.clone())),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                retries: Some(Retries::MaxRetries(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    within(
+        10,
+        jobs.create_job(CreateJobRequest {
+            parent: PARENT.to_owned(),
+            job: Some(job),
+            job_id: "runbox".to_owned(),
+            validate_only: false,
+        }),
+    )
+    .await
+    .expect("CreateJob");
 }
