@@ -18,6 +18,23 @@ use std::path::{Component, Path, PathBuf};
 /// local launcher forwards it from its own environment.
 pub const WORKSPACE_PATH_ENV: &str = "RUNBOX_WORKSPACE_PATH";
 
+/// `off` keeps commands out of a workspace namespace: they see the real
+/// workspace directory and the host's `/tmp` (as where the platform allows
+/// none); unset or `auto`, the executor uses one where it can.
+pub const WORKSPACE_NAMESPACE_ENV: &str = "RUNBOX_WORKSPACE_NAMESPACE";
+
+/// Whether a [`WORKSPACE_NAMESPACE_ENV`] value allows the namespace.
+pub fn namespace_wanted(value: Option<&str>) -> Result<bool, WorkspacePathSettingError> {
+    match value {
+        None | Some("" | "auto") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(WorkspacePathSettingError {
+            value: other.to_owned(),
+            reason: "RUNBOX_WORKSPACE_NAMESPACE is `auto` or `off`",
+        }),
+    }
+}
+
 /// Where commands of every session see their workspace by default.
 pub const DEFAULT_WORKSPACE_PATH: &str = "/workspace";
 

@@ -25,7 +25,7 @@ use runbox_core::config::{BackendConfig, Config, Env, Lookup};
 use runbox_core::contract::{
     DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
 };
-use runbox_core::session_cwd::{self, WORKSPACE_PATH_ENV};
+use runbox_core::session_cwd::{self, WORKSPACE_NAMESPACE_ENV, WORKSPACE_PATH_ENV};
 use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
 
 const EXIT_CONFIG: u8 = 64;
@@ -115,11 +115,16 @@ fn main() -> ExitCode {
         Ok(who) => who,
         Err(e) => return config_error(&e.to_string()),
     };
+    let namespace_wanted =
+        match session_cwd::namespace_wanted(lookup.get(WORKSPACE_NAMESPACE_ENV).as_deref()) {
+            Ok(wanted) => wanted,
+            Err(e) => return config_error(&e.to_string()),
+        };
     let placement = placement(
         workspace_path,
         workspace_base,
         !args.config_stdin,
-        run_as.as_ref(),
+        namespace_wanted.then_some(run_as.as_ref()),
     );
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.
@@ -178,15 +183,20 @@ fn main() -> ExitCode {
 /// Where workspaces go and how commands see them. `configured_by_env`:
 /// this executor is a Cloud Run task (alone in its container when Cloud
 /// Run runs it, though not under the emulator, where namespaces are used).
+/// `namespace`: `None` when `RUNBOX_WORKSPACE_NAMESPACE=off`, else the
+/// user commands run as (`Some(None)`: the executor's own).
 fn placement(
     path: PathBuf,
     base: PathBuf,
     configured_by_env: bool,
-    run_as: Option<&identity::Identity>,
+    namespace: Option<Option<&identity::Identity>>,
 ) -> namespace::Placement {
     let base = std::path::absolute(&base).unwrap_or(base);
     let helper = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let probe = namespace::probe(&helper, &base, run_as);
+    let probe = match namespace {
+        Some(run_as) => namespace::probe(&helper, &base, run_as),
+        None => Err(format!("{WORKSPACE_NAMESPACE_ENV}=off")),
+    };
     let cloud_run_task = configured_by_env && std::env::var_os("CLOUD_RUN_EXECUTION").is_some();
     let (mode, _why) = namespace::decide(probe, cloud_run_task);
     namespace::Placement {

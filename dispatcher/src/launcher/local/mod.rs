@@ -53,6 +53,7 @@ const PASS_THROUGH: &[&str] = &[
 const FORWARDED_SETTINGS: &[&str] = &[
     RUN_AS_USER_ENV,
     runbox_core::session_cwd::WORKSPACE_PATH_ENV,
+    runbox_core::session_cwd::WORKSPACE_NAMESPACE_ENV,
 ];
 
 /// The executor's argument naming its execution.
