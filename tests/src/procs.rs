@@ -22,6 +22,25 @@ pub fn with_env(name: &str, value: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The host's pid of the process that execution `execution`'s command
+/// knows as `inner`: commands run in a PID namespace of their own, so `$$`
+/// there is not the host's number. The command's processes carry the
+/// execution id in their environment; the last field of `NSpid` is the pid
+/// in the innermost namespace.
+pub fn host_pid(inner: i32, execution: &str) -> Option<i32> {
+    with_env("RUNBOX_EXECUTION_ID", execution)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|ids| ids.split_whitespace().last()?.parse::<i32>().ok())
+                    == Some(inner)
+            })
+        })
+}
+
 /// The command name (`/proc/PID/comm`) of a process, if it still exists.
 pub fn comm(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
