@@ -80,22 +80,6 @@ fn on_host(inner: i32, execution: &str) -> (i32, i32) {
     panic!("no process of execution {execution} is {inner} in its namespace");
 }
 
-/// The executor running `execution` (named on its command line).
-fn executor_of(execution: &str) -> i32 {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                args.windows(2)
-                    .any(|w| w[0] == b"--execution-id" && w[1] == execution.as_bytes())
-            })
-        })
-        .unwrap_or_else(|| panic!("no executor runs {execution}"))
-}
-
 fn group_gone(pgid: i32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return true;
@@ -461,12 +445,7 @@ async fn executor_dying_without_a_result_is_lost_not_a_hang() {
     .await
     .unwrap();
     follow_until(&client, &bg, Stream::Stdout, "bye\n").await;
-    let executor = executor_of(bg.execution_id.as_str());
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(executor).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
+    runbox_tests::procs::kill_executor(bg.execution_id.as_str());
     let r = within(60, client.wait_background(&bg, Duration::from_secs(30)))
         .await
         .unwrap();
