@@ -129,7 +129,11 @@ pub fn resolve(stored: &str, workspace: &Path, session: &str) -> Option<PathBuf>
             return Some(workspace.to_owned());
         }
         if let Some(rest) = rest.strip_prefix('/') {
-            return resolve(if rest.is_empty() { ROOT } else { rest }, workspace, session);
+            return resolve(
+                if rest.is_empty() { ROOT } else { rest },
+                workspace,
+                session,
+            );
         }
     }
     Some(PathBuf::from(stored))
@@ -159,7 +163,15 @@ mod tests {
             workspace_path(Some("/home/user/")).unwrap(),
             PathBuf::from("/home/user")
         );
-        for bad in ["workspace", "/", "//", "/a/../b", "/a//b", "/a/./b", "/a\nb"] {
+        for bad in [
+            "workspace",
+            "/",
+            "//",
+            "/a/../b",
+            "/a//b",
+            "/a/./b",
+            "/a\nb",
+        ] {
             let err = workspace_path(Some(bad)).unwrap_err();
             assert!(err.to_string().contains(WORKSPACE_PATH_ENV), "{err}");
         }

@@ -251,14 +251,12 @@ async fn run(
     let placement = &settings.placement;
     let seen = placement.seen_workspace(&session);
     let enter = match placement.mode {
-        namespace::Mode::Namespace => {
-            match placement.enter(&session, files.dir.path()) {
-                Ok(enter) => Some(enter),
-                Err(e) => {
-                    return rejected(result, format!("prepare the workspace namespace: {e}"));
-                }
+        namespace::Mode::Namespace => match placement.enter(&session, files.dir.path()) {
+            Ok(enter) => Some(enter),
+            Err(e) => {
+                return rejected(result, format!("prepare the workspace namespace: {e}"));
             }
-        }
+        },
         namespace::Mode::Direct | namespace::Mode::Host => None,
     };
     let mut notes = Vec::new();
@@ -283,9 +281,11 @@ async fn run(
         settings,
         &request,
         &files,
-        &cwd,
+        Place {
+            cwd: &cwd,
+            enter: enter.as_ref(),
+        },
         &restored_env.exec,
-        enter.as_ref(),
         cancel,
     )
     .await
@@ -437,6 +437,14 @@ fn starting_cwd(
     }
 }
 
+/// Where the command runs: its starting directory as it sees it, and the
+/// namespace it sees it in (`None`: the executor's own view).
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    cwd: &'a Path,
+    enter: Option<&'a namespace::Enter>,
+}
+
 /// How [`run_command`] went.
 struct Ran {
     /// When bash was started.
@@ -456,11 +464,11 @@ async fn run_command(
     settings: &Settings,
     request: &ExecRequest,
     files: &Scratch,
-    cwd: &Path,
+    place: Place<'_>,
     start: &BTreeMap<String, String>,
-    enter: Option<&namespace::Enter>,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<Ran, String> {
+    let Place { cwd, enter } = place;
     let id = &settings.execution_id;
     let log_cap = settings.config.limits.log_cap;
     let (stdout_capture, stdout) = output::Capture::start(Stream::Stdout, &files.stdout, log_cap)

@@ -99,11 +99,11 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_BASE)),
     };
-    let workspace_path = match session_cwd::workspace_path(lookup.get(WORKSPACE_PATH_ENV).as_deref())
-    {
-        Ok(path) => path,
-        Err(e) => return config_error(&e.to_string()),
-    };
+    let workspace_path =
+        match session_cwd::workspace_path(lookup.get(WORKSPACE_PATH_ENV).as_deref()) {
+            Ok(path) => path,
+            Err(e) => return config_error(&e.to_string()),
+        };
     // An executor configured by its environment is a Cloud Run task: a
     // container of its own, working on its own copy of the workspace, whose
     // commands run as another user by default. One started by the local

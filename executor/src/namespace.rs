@@ -224,7 +224,9 @@ pub fn probe(
     }
     let text = format!(
         "{key}\n{}\n",
-        verdict.as_ref().map_or_else(|e| e.clone(), |()| "ok".into())
+        verdict
+            .as_ref()
+            .map_or_else(|e| e.clone(), |()| "ok".into())
     );
     // A lost cache only costs the next executor another trial.
     let _ = std::fs::create_dir_all(&dir).and_then(|()| write_atomically(&cache, text.as_bytes()));
@@ -680,7 +682,10 @@ mod tests {
             placement.host_workspace(&session),
             PathBuf::from("/h/sessions/s/workspace")
         );
-        assert_eq!(placement.seen_workspace(&session), PathBuf::from("/workspace"));
+        assert_eq!(
+            placement.seen_workspace(&session),
+            PathBuf::from("/workspace")
+        );
         assert_eq!(
             placement.to_host(&session, Path::new("/workspace/a")),
             PathBuf::from("/h/sessions/s/workspace/a")

@@ -272,7 +272,11 @@ fn namespace_cost() {
         }
         let started = Instant::now();
         let out = command.output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         started.elapsed()
     };
     // Warm-up: the first executor probes for namespaces and remembers it.

@@ -55,7 +55,8 @@ pub fn executor_of(execution: &str) -> Option<i32> {
             .collect()
     };
     let is_executor = |args: &[Vec<u8>]| {
-        args.first().is_some_and(|a| a.ends_with(b"runbox-executor"))
+        args.first()
+            .is_some_and(|a| a.ends_with(b"runbox-executor"))
             && args.get(1).is_none_or(|a| a != b"__enter-namespace")
     };
     let by_arg = std::fs::read_dir("/proc")

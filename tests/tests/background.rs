@@ -510,10 +510,8 @@ async fn background_process_on_the_emulators() {
 
     let bg = within(
         30,
-        s.spawn(format!(
-            "echo started; read x < /tmp/gate; echo bye; exit 3"
-        ))
-        .timeout(LEFTOVER_LIMIT),
+        s.spawn("echo started; read x < /tmp/gate; echo bye; exit 3")
+            .timeout(LEFTOVER_LIMIT),
     )
     .await
     .unwrap();

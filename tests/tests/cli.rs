@@ -206,7 +206,10 @@ async fn crashed_executor_is_reported_lost() {
             "-s",
             "c",
             "--",
-            &format!("echo $RUNBOX_EXECUTION_ID > {}; sleep 30", started.shell_path()),
+            &format!(
+                "echo $RUNBOX_EXECUTION_ID > {}; sleep 30",
+                started.shell_path()
+            ),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -130,7 +130,10 @@ async fn kill_from_another_invocation_cancels_the_process_group() {
     let pid = text(&out.stdout);
     let (inner, execution) = pid.trim().split_once(' ').unwrap();
     let left = runbox_tests::procs::host_pid(inner.parse().unwrap(), execution);
-    assert!(left.is_none_or(process_gone), "background process {left:?} survived");
+    assert!(
+        left.is_none_or(process_gone),
+        "background process {left:?} survived"
+    );
     let out = cli.run(&["bg", "logs", "-s", "k", &h]).await;
     assert_eq!(text(&out.stdout), "started\n");
     let out = cli.run(&["bg", "list", "-s", "k"]).await;

@@ -95,10 +95,7 @@ fn assert_nothing_leaks(out: &Output, values: &[&str]) -> Vec<Ancestor> {
         own.environ && own.env.iter().any(|v| v.starts_with("RUNBOX_SESSION_ID=")),
         "the probe could not read the command's own environment: {own:?}"
     );
-    let Some(executor) = chain
-        .iter()
-        .position(|a| a.cmd.contains("runbox-executor"))
-    else {
+    let Some(executor) = chain.iter().position(|a| a.cmd.contains("runbox-executor")) else {
         // In its workspace namespace the command has a PID namespace of
         // its own: the walk ends below that namespace's init, every
         // process it met is the command's own, and the executor and the

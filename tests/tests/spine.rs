@@ -82,7 +82,7 @@ async fn timeout_kills_the_whole_process_group() {
         s.exec(
             "(sleep 1000 & echo $! $RUNBOX_EXECUTION_ID > sleeper.pid); echo started; sleep 1000",
         )
-            .timeout(Duration::from_millis(1500)),
+        .timeout(Duration::from_millis(1500)),
     )
     .await
     .unwrap();

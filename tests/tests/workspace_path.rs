@@ -97,7 +97,11 @@ async fn tmp_is_private_to_the_session() {
     // The session's later commands see it ...
     assert_eq!(out(&run(&a, &format!("cat /tmp/{name}")).await), "from-a");
     // ... another session does not, nor the host.
-    let r = run(&b, &format!("test -e /tmp/{name} && echo seen || echo absent")).await;
+    let r = run(
+        &b,
+        &format!("test -e /tmp/{name} && echo seen || echo absent"),
+    )
+    .await;
     assert_eq!(out(&r), "absent");
     assert!(!std::path::Path::new("/tmp").join(&name).exists());
     // A background process of the session sees the same paths.
@@ -134,7 +138,11 @@ async fn the_file_api_and_commands_agree_on_every_path() {
     run(&s, "cd api && echo two > two.txt").await;
     // The command's own absolute path, its cwd's relative one, the API's
     // relative one: one file.
-    for path in ["/workspace/api/two.txt", "api/two.txt", "./api/../api/two.txt"] {
+    for path in [
+        "/workspace/api/two.txt",
+        "api/two.txt",
+        "./api/../api/two.txt",
+    ] {
         let text = within(30, s.read_file(path, ReadOptions::default()))
             .await
             .unwrap();
@@ -176,7 +184,9 @@ async fn nothing_outside_the_session_is_reachable() {
         format!("{home_text}/sessions/victim/state.json"),
     ];
     for path in &tries {
-        let r = within(60, attacker.exec(format!("cat {path}"))).await.unwrap();
+        let r = within(60, attacker.exec(format!("cat {path}")))
+            .await
+            .unwrap();
         assert_ne!(r.exit_code, 0, "{path} was readable: {}", r.stdout);
         assert!(!r.stdout.contains("secret"), "{path}: {}", r.stdout);
     }
@@ -189,7 +199,9 @@ async fn nothing_outside_the_session_is_reachable() {
     .await;
     assert!(!r.stdout.contains("victim"), "{}", r.stdout);
     // The store directory is covered; the mounts cannot be undone.
-    let r = within(60, attacker.exec(format!("ls -A {home_text}"))).await.unwrap();
+    let r = within(60, attacker.exec(format!("ls -A {home_text}")))
+        .await
+        .unwrap();
     assert!(r.stdout.trim().is_empty(), "store listed: {}", r.stdout);
     for undo in [
         format!("umount {home_text}"),
@@ -197,9 +209,12 @@ async fn nothing_outside_the_session_is_reachable() {
         "umount -l /tmp".to_owned(),
         "umount -l /workspace".to_owned(),
     ] {
-        let r = within(60, attacker.exec(format!("{undo} && ls -A {home_text}/sessions")))
-            .await
-            .unwrap();
+        let r = within(
+            60,
+            attacker.exec(format!("{undo} && ls -A {home_text}/sessions")),
+        )
+        .await
+        .unwrap();
         assert_ne!(r.exit_code, 0, "{undo} worked: {}", r.stdout);
         assert!(!r.stdout.contains("victim"), "{undo}: {}", r.stdout);
     }
@@ -251,7 +266,10 @@ const EXECUTOR_IMAGE: &str = "runbox-executor:test";
 async fn gcp_cloud_run_launcher_sees_the_same_path() {
     let emu = within(120, Emulators::start()).await.expect("emulators");
     let emulator_config = EmulatorConfig::default()
-        .image(EXECUTOR_IMAGE, [binary("runbox-executor").display().to_string()])
+        .image(
+            EXECUTOR_IMAGE,
+            [binary("runbox-executor").display().to_string()],
+        )
         .inherit_env(false)
         .kill_grace(Duration::from_millis(500))
         .supervisor(binary("runbox-cloudrun-emulator"));
@@ -266,20 +284,30 @@ async fn gcp_cloud_run_launcher_sees_the_same_path() {
     create_job(&endpoint, &env).await;
     let mut client_env = env.clone();
     client_env.insert("RUNBOX_LAUNCHER".into(), "cloudrun".into());
-    client_env.insert("RUNBOX_CLOUD_RUN_JOB".into(), format!("{PARENT}/jobs/runbox"));
+    client_env.insert(
+        "RUNBOX_CLOUD_RUN_JOB".into(),
+        format!("{PARENT}/jobs/runbox"),
+    );
     client_env.insert("RUNBOX_CLOUD_RUN_ENDPOINT".into(), endpoint.clone());
     let config = Config::from_lookup(&client_env).expect("config");
-    let client = within(60, Client::from_config(config)).await.expect("client");
+    let client = within(60, Client::from_config(config))
+        .await
+        .expect("client");
     let s = client.session("via-cloud-run").unwrap();
     starts_and_stays_at_the_workspace(&s).await;
     // Files written by a command are where the file API looks.
     run(&s, "echo hi > note.txt").await;
-    let text = within(30, s.read_file("/workspace/sub/note.txt", ReadOptions::default()))
-        .await
-        .unwrap();
+    let text = within(
+        30,
+        s.read_file("/workspace/sub/note.txt", ReadOptions::default()),
+    )
+    .await
+    .unwrap();
     assert_eq!(text.content, "hi\n");
     within(10, client.shutdown()).await;
-    within(10, emulator.shutdown()).await.expect("emulator shutdown");
+    within(10, emulator.shutdown())
+        .await
+        .expect("emulator shutdown");
 }
 
 /// A job template running the executor image with `env`, one task, no
