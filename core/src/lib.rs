@@ -12,6 +12,7 @@ pub mod layout;
 pub mod logging;
 pub mod manifest;
 pub mod result_metadata;
+pub mod session_cwd;
 pub mod store;
 pub mod workspace_path;
 

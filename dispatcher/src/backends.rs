@@ -48,6 +48,13 @@ const LOCAL_MAX_RUNNING: usize = 64;
 
 /// The parts the configuration names, connected.
 pub(crate) async fn assemble(config: Config) -> Result<Parts> {
+    // Checked before anything starts; the client reads it again.
+    runbox_core::session_cwd::workspace_path(
+        std::env::var(runbox_core::session_cwd::WORKSPACE_PATH_ENV)
+            .ok()
+            .as_deref(),
+    )
+    .map_err(Error::WorkspacePath)?;
     let instance = InstanceId::random();
     let store = runbox_core::backend::open_store(&config)
         .await

@@ -73,9 +73,18 @@ impl Client {
     pub fn from_parts(parts: Parts) -> Self {
         let placement = match parts.host_workspace {
             Some(dir) => WorkspacePlacement::Host(dir),
-            None => WorkspacePlacement::Executor(crate::files::GCP_WORKSPACE_BASE.to_owned()),
+            None => WorkspacePlacement::Executor,
         };
+        // `assemble` refused a bad value; parts assembled by hand get the
+        // default rather than a panic.
+        let workspace_path = runbox_core::session_cwd::workspace_path(
+            std::env::var(runbox_core::session_cwd::WORKSPACE_PATH_ENV)
+                .ok()
+                .as_deref(),
+        )
+        .unwrap_or_else(|_| runbox_core::session_cwd::DEFAULT_WORKSPACE_PATH.into());
         let engine = Engine::start(EngineParts {
+            workspace_path: workspace_path.to_string_lossy().into_owned(),
             config: parts.config,
             instance: parts.instance,
             store: parts.store,

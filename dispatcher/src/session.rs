@@ -167,6 +167,17 @@ async fn info_of(engine: &Engine, id: &SessionId) -> Result<SessionInfo> {
         .iter()
         .filter(|e| e.state == BackgroundState::Running)
         .count();
+    // Stored relative to the workspace; callers see the path commands see.
+    let state = state.map(|mut s| {
+        if !s.cwd.is_empty() {
+            s.cwd = runbox_core::session_cwd::display(
+                &s.cwd,
+                std::path::Path::new(&engine.workspace_path),
+                id.as_str(),
+            );
+        }
+        s
+    });
     Ok(SessionInfo {
         id: id.clone(),
         state,

@@ -13,6 +13,7 @@ use runbox_core::config::{BackendConfig, BackendKind, Config};
 use runbox_core::contract;
 use runbox_core::layout::{self, Stream};
 use runbox_core::result_metadata;
+use runbox_core::session_cwd;
 use runbox_core::store::{self, JsonObjectError, Precondition, PutOptions, Store, StoreError};
 use runbox_core::{ExecutionId, SessionId};
 use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
@@ -21,6 +22,7 @@ pub use runbox_core::error_chain;
 
 pub mod background;
 pub mod identity;
+pub mod namespace;
 pub mod output;
 pub mod process;
 pub mod scratch;
@@ -56,10 +58,10 @@ pub struct Settings {
     pub execution_id: ExecutionId,
     /// Shared configuration (limits, grace periods).
     pub config: Config,
-    /// Directory under which each session's workspace lives at
-    /// `{base}/sessions/{session}/workspace`; on the embedded backend this is
-    /// the store's own directory, so commands work on the stored files directly.
-    pub workspace_base: PathBuf,
+    /// Where each session's workspace lives on disk (below the store's own
+    /// directory on the embedded backend, so commands work on the stored
+    /// files directly) and where its commands see it.
+    pub placement: namespace::Placement,
     /// The user commands run as, when not the executor's own
     /// (see [`identity::decide`]).
     pub run_as: Option<identity::Identity>,
@@ -166,9 +168,7 @@ async fn load_request(store: &dyn Store, settings: &Settings) -> Result<Loaded, 
     let (state, state_precondition) = load_state(store, &session)
         .await
         .map_err(|message| reject(session.as_str(), message))?;
-    let workspace = settings
-        .workspace_base
-        .join(layout::workspace_prefix(&session));
+    let workspace = settings.placement.host_workspace(&session);
     Ok(Loaded {
         request,
         session,
@@ -251,9 +251,24 @@ async fn run(
         return rejected(result, message);
     }
 
+    let placement = &settings.placement;
+    let seen = placement.seen_workspace(&session);
+    let enter = match placement.mode {
+        namespace::Mode::Namespace => match placement.enter(&session, files.dir.path()) {
+            Ok(enter) => Some(enter),
+            Err(e) => {
+                return rejected(result, format!("prepare the workspace namespace: {e}"));
+            }
+        },
+        namespace::Mode::Direct | namespace::Mode::Host => None,
+    };
     let mut notes = Vec::new();
-    let cwd = starting_cwd(&state, &workspace, &mut notes);
-    let base = base_env(&session, id, &workspace, &files, settings.run_as.as_ref());
+    let cwd = starting_cwd(&state, &session, placement, &mut notes);
+    let mut base = base_env(&session, id, &seen, &files, settings.run_as.as_ref());
+    if enter.is_some() {
+        // The session's private /tmp.
+        base.insert("TMPDIR".to_owned(), "/tmp".to_owned());
+    }
     let start = shell::start_env(&base, &state, &request.env);
     let restored_env = shell::RestoredEnv::split(&base, &start);
     if let Err(message) = files.write_env(&restored_env) {
@@ -269,7 +284,10 @@ async fn run(
         settings,
         &request,
         &files,
-        &cwd,
+        Place {
+            cwd: &cwd,
+            enter: enter.as_ref(),
+        },
         &restored_env.exec,
         cancel,
     )
@@ -342,8 +360,8 @@ async fn run(
             result.not_saved.push(format!("env:{}", refused.name));
         }
     }
-    update_state(&mut state, capture.as_ref(), &cwd, &base, &start);
-    result.cwd = state.cwd.clone();
+    update_state(&mut state, capture.as_ref(), &cwd, &seen, &base, &start);
+    result.cwd = session_cwd::display(&state.cwd, &seen, session.as_str());
     save_state(
         store,
         &session,
@@ -398,20 +416,36 @@ async fn restore_workspace(
         .map_err(|e| format!("restore workspace: {}", error_chain(&e)))
 }
 
-/// Where the command starts: the session's cwd while it exists, else the
-/// workspace (with a note saying so).
-fn starting_cwd(state: &SessionState, workspace: &Path, notes: &mut Vec<String>) -> PathBuf {
-    if !state.cwd.is_empty() && Path::new(&state.cwd).is_dir() {
-        PathBuf::from(&state.cwd)
-    } else {
-        if !state.cwd.is_empty() {
-            notes.push(format!(
-                "cwd {} no longer exists; started in the workspace",
-                state.cwd
-            ));
+/// Where the command starts, as it sees it: the session's cwd while it
+/// exists, else the workspace (with a note saying so). The stored cwd is
+/// relative to the workspace, or an absolute path of an older state.
+fn starting_cwd(
+    state: &SessionState,
+    session: &SessionId,
+    placement: &namespace::Placement,
+    notes: &mut Vec<String>,
+) -> PathBuf {
+    let seen = placement.seen_workspace(session);
+    match session_cwd::resolve(&state.cwd, &seen, session.as_str()) {
+        Some(cwd) if placement.to_host(session, &cwd).is_dir() => cwd,
+        resolved => {
+            if !state.cwd.is_empty() {
+                let shown = resolved.map_or_else(|| state.cwd.clone(), |p| p.display().to_string());
+                notes.push(format!(
+                    "cwd {shown} no longer exists; started in the workspace"
+                ));
+            }
+            seen
         }
-        workspace.to_owned()
     }
+}
+
+/// Where the command runs: its starting directory as it sees it, and the
+/// namespace it sees it in (`None`: the executor's own view).
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    cwd: &'a Path,
+    enter: Option<&'a namespace::Enter>,
 }
 
 /// How [`run_command`] went.
@@ -433,10 +467,11 @@ async fn run_command(
     settings: &Settings,
     request: &ExecRequest,
     files: &Scratch,
-    cwd: &Path,
+    place: Place<'_>,
     start: &BTreeMap<String, String>,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<Ran, String> {
+    let Place { cwd, enter } = place;
     let id = &settings.execution_id;
     let log_cap = settings.config.limits.log_cap;
     let (stdout_capture, stdout) = output::Capture::start(Stream::Stdout, &files.stdout, log_cap)
@@ -455,7 +490,13 @@ async fn run_command(
                 .map_err(|e| format!("open standard input file: {e}"))?,
         ),
     };
-    let script = shell::wrapper_script(cwd, files.script_files(), &readonly);
+    // Inside its namespace the shell finds the scratch files where the
+    // scratch directory is mounted.
+    let seen_files = enter.map(|_| files.seen_from(Path::new(namespace::SCRATCH_SEEN)));
+    let script_files = seen_files
+        .as_ref()
+        .map_or_else(|| files.script_files(), SeenFiles::script_files);
+    let script = shell::wrapper_script(cwd, script_files, &readonly);
     tracing::debug!(execution = %id, "starting bash");
     let started_at = runbox_proto::now();
     let command = process::run(
@@ -468,6 +509,7 @@ async fn run_command(
             timeout: Duration::from_millis(request.timeout_ms),
             kill_grace: settings.config.limits.kill_grace,
             run_as: settings.run_as.as_ref(),
+            namespace: enter,
         },
         cancel,
     );
@@ -683,17 +725,22 @@ fn update_state(
     state: &mut SessionState,
     capture: Option<&shell::Capture>,
     cwd: &Path,
+    workspace: &Path,
     base: &BTreeMap<String, String>,
     start: &BTreeMap<String, String>,
 ) {
     // cd and export persist whatever the exit status; a command that never
     // reached its EXIT trap (killed, `exec`) leaves them as they were.
+    // The cwd is stored relative to the workspace, so the state means the
+    // same wherever another backend puts the workspace.
     match capture {
         Some(c) => {
-            state.cwd = c.cwd.clone();
+            state.cwd = session_cwd::to_stored(&c.cwd, workspace);
             shell::apply_env_changes(state, base, start, &c.env);
         }
-        None if state.cwd.is_empty() => state.cwd = cwd.to_string_lossy().into_owned(),
+        None if state.cwd.is_empty() => {
+            state.cwd = session_cwd::to_stored(&cwd.to_string_lossy(), workspace);
+        }
         None => {}
     }
 }
@@ -768,7 +815,7 @@ async fn write_result(
 
 /// The command's files, in a scratch directory removed on drop.
 struct Scratch {
-    _dir: scratch::ScratchDir,
+    dir: scratch::ScratchDir,
     command: PathBuf,
     capture: PathBuf,
     stdout: PathBuf,
@@ -814,7 +861,7 @@ impl Scratch {
             .map_err(|e| format!("create scratch directory in {}: {e}", base.display()))?;
         let path = dir.path().to_owned();
         let files = Self {
-            _dir: dir,
+            dir,
             command: path.join("command.sh"),
             capture: path.join("capture"),
             stdout: path.join("stdout"),
@@ -840,7 +887,38 @@ impl Scratch {
             .map_err(|e| format!("write environment file: {e}"))
     }
 
+    /// The wrapper script's files as a shell that sees the scratch
+    /// directory at `seen` names them.
+    fn seen_from(&self, seen: &Path) -> SeenFiles {
+        let name = |p: &Path| seen.join(p.file_name().unwrap_or_default());
+        SeenFiles {
+            command: name(&self.command),
+            capture: name(&self.capture),
+            env: name(&self.env),
+            names: name(&self.names),
+        }
+    }
+
     /// What the wrapper script reads and writes.
+    fn script_files(&self) -> shell::ScriptFiles<'_> {
+        shell::ScriptFiles {
+            command: &self.command,
+            capture: &self.capture,
+            env: &self.env,
+            names: &self.names,
+        }
+    }
+}
+
+/// The wrapper script's files under another name for the scratch directory.
+struct SeenFiles {
+    command: PathBuf,
+    capture: PathBuf,
+    env: PathBuf,
+    names: PathBuf,
+}
+
+impl SeenFiles {
     fn script_files(&self) -> shell::ScriptFiles<'_> {
         shell::ScriptFiles {
             command: &self.command,

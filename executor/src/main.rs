@@ -26,8 +26,9 @@ use runbox_core::config::{BackendConfig, Config, Env, Lookup};
 use runbox_core::contract::{
     DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
 };
+use runbox_core::session_cwd::{self, WORKSPACE_NAMESPACE_ENV, WORKSPACE_PATH_ENV};
 use runbox_core::store::{Durability, LocalStore, Store, StoreError};
-use runbox_executor::{Outcome, Settings, error_chain, execute, identity, process};
+use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -41,6 +42,16 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 fn main() -> ExitCode {
     let started = std::time::Instant::now();
+    // The namespace helper (a re-exec of this binary) runs nothing else. It
+    // makes itself non-dumpable once it has written its id maps: before,
+    // `/proc/self/uid_map` would belong to root and stay closed to an
+    // unprivileged helper.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some((first, rest)) = argv.split_first()
+        && first == namespace::ENTER_ARG
+    {
+        return namespace::enter(rest);
+    }
     // First, before the configuration is read: from here on /proc/PID/environ,
     // mem, maps and fd are closed to everyone without CAP_SYS_PTRACE.
     if let Err(e) =
@@ -90,6 +101,11 @@ fn main() -> ExitCode {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKSPACE_BASE)),
     };
+    let workspace_path =
+        match session_cwd::workspace_path(lookup.get(WORKSPACE_PATH_ENV).as_deref()) {
+            Ok(path) => path,
+            Err(e) => return config_error(&e.to_string()),
+        };
     // An executor configured by its environment is a Cloud Run task: a
     // container of its own, working on its own copy of the workspace, whose
     // commands run as another user by default. One started by the local
@@ -101,6 +117,17 @@ fn main() -> ExitCode {
         Ok(who) => who,
         Err(e) => return config_error(&e.to_string()),
     };
+    let namespace_wanted =
+        match session_cwd::namespace_wanted(lookup.get(WORKSPACE_NAMESPACE_ENV).as_deref()) {
+            Ok(wanted) => wanted,
+            Err(e) => return config_error(&e.to_string()),
+        };
+    let placement = placement(
+        workspace_path,
+        workspace_base,
+        !args.config_stdin,
+        namespace_wanted.then_some(run_as.as_ref()),
+    );
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.
     process::become_subreaper();
@@ -138,7 +165,7 @@ fn main() -> ExitCode {
             let settings = Settings {
                 execution_id: id.clone(),
                 config,
-                workspace_base,
+                placement,
                 run_as,
             };
             match execute(store, &settings, cancel).await {
@@ -198,6 +225,34 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             )?))
         }
         BackendConfig::Gcp(_) => runbox_core::backend::open_store(config).await,
+    }
+}
+
+/// Where workspaces go and how commands see them. `configured_by_env`:
+/// this executor is a Cloud Run task (alone in its container when Cloud
+/// Run runs it, though not under the emulator, where namespaces are used).
+/// `namespace`: `None` when `RUNBOX_WORKSPACE_NAMESPACE=off`, else the
+/// user commands run as (`Some(None)`: the executor's own).
+fn placement(
+    path: PathBuf,
+    base: PathBuf,
+    configured_by_env: bool,
+    namespace: Option<Option<&identity::Identity>>,
+) -> namespace::Placement {
+    let base = std::path::absolute(&base).unwrap_or(base);
+    let helper = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let probe = match namespace {
+        Some(run_as) => namespace::probe(&helper, &base, run_as),
+        None => Err(format!("{WORKSPACE_NAMESPACE_ENV}=off")),
+    };
+    let cloud_run_task = configured_by_env && std::env::var_os("CLOUD_RUN_EXECUTION").is_some();
+    let (mode, _why) = namespace::decide(probe, cloud_run_task);
+    namespace::Placement {
+        mode,
+        path,
+        hide: vec![base.clone()],
+        base,
+        helper,
     }
 }
 

@@ -39,6 +39,9 @@ pub struct Spawn<'a> {
     pub kill_grace: Duration,
     /// The user the shell runs as; `None` for the executor's own.
     pub run_as: Option<&'a crate::identity::Identity>,
+    /// The workspace namespace the shell runs in; `None`: the executor's
+    /// own view of the filesystem.
+    pub namespace: Option<&'a crate::namespace::Enter>,
 }
 
 /// Runs the shell to its end. Only the shell is waited for, never its
@@ -50,7 +53,11 @@ pub async fn run(
 ) -> std::io::Result<Ending> {
     // No `current_dir`: the script changes directory itself, which lets the
     // standard library spawn with posix_spawn (vfork) instead of fork.
-    let mut command = Command::new(bash_path());
+    let mut command = match spawn.namespace {
+        Some(enter) => enter.command(bash_path()),
+        None => Command::new(bash_path()),
+    };
+    // With a namespace, the helper enters it as this user.
     if let Some(who) = spawn.run_as {
         // The standard library also drops the supplementary groups (root's)
         // when it changes the uid.

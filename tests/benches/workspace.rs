@@ -17,6 +17,11 @@
 //!
 //! The 100 MiB case also rewrites the big file, to show the cost of
 //! whole-file granularity. `RUNBOX_BENCH_SKIP_GCS=1` runs the local part only.
+//!
+//! First, the cost of the workspace namespace: `runbox exec -- true` on the
+//! embedded backend with it and with `RUNBOX_WORKSPACE_NAMESPACE=off`,
+//! alternating, in the same run (p50, p99 and their ratio).
+//! `RUNBOX_BENCH_NAMESPACE_RUNS` sets the runs per series (default 100).
 
 use std::fs;
 use std::path::Path;
@@ -242,6 +247,62 @@ async fn transfer(case: Case, store: &dyn Store, session: &SessionId) {
     }
 }
 
+/// `runbox exec -s S -- true` as a user runs it, with and without the
+/// namespace, alternating so both series see the same machine load.
+fn namespace_cost() {
+    let runs: usize = std::env::var("RUNBOX_BENCH_NAMESPACE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let home = tempfile::tempdir().unwrap();
+    let runbox = runbox_tests::embedded::binary("runbox");
+    let exec = |off: bool| {
+        let mut command = std::process::Command::new(&runbox);
+        command
+            .args(["exec", "-s", "bench", "--", "true"])
+            .env("RUNBOX_HOME", home.path())
+            .env(
+                "RUNBOX_EXECUTOR",
+                runbox_tests::embedded::binary("runbox-executor"),
+            )
+            .env_remove("RUNBOX_WORKSPACE_NAMESPACE")
+            .stdin(std::process::Stdio::null());
+        if off {
+            command.env("RUNBOX_WORKSPACE_NAMESPACE", "off");
+        }
+        let started = Instant::now();
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        started.elapsed()
+    };
+    // Warm-up: the first executor probes for namespaces and remembers it.
+    exec(false);
+    exec(true);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        with.push(exec(false));
+        without.push(exec(true));
+    }
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+        v[i].as_secs_f64() * 1e3
+    };
+    let (w50, w99) = (pct(&mut with, 0.5), pct(&mut with, 0.99));
+    let (o50, o99) = (pct(&mut without, 0.5), pct(&mut without, 0.99));
+    println!("embedded `runbox exec -- true`, {runs} runs each, alternating:");
+    println!("  namespace off: p50 {o50:7.2} ms  p99 {o99:7.2} ms");
+    println!(
+        "  namespace on:  p50 {w50:7.2} ms  p99 {w99:7.2} ms  (x{:.2} p50, +{:.2} ms)",
+        w50 / o50,
+        w50 - o50
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -254,6 +315,7 @@ fn main() {
             Case::Small(10_000),
             Case::Big,
         ];
+        namespace_cost();
         let started = Instant::now();
         for (i, case) in cases.into_iter().enumerate() {
             let session = SessionId::new(format!("bench{i}")).unwrap();

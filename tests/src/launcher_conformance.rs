@@ -35,7 +35,11 @@ use crate::pipes::{Announcements, Gate};
 /// default action and kill the executor without a result (it is then LOST,
 /// not CANCELLED). This property is about cancelling a running execution,
 /// so it waits for the handler (bit 15 of `SigCgt`); Linux only.
-const WAIT_FOR_TERM_HANDLER: &str = r#"until (( 16#$(awk '/^SigCgt:/ {print $2}' /proc/$PPID/status) & (1 << 14) )); do sleep 0.01; done"#;
+/// In its workspace namespace the command's parent is the namespace's
+/// init (pid 1) and the executor is out of sight; there the executor
+/// installed its handler before it read the request, so nothing is left to
+/// wait for.
+const WAIT_FOR_TERM_HANDLER: &str = r#"until (( PPID == 1 )) || (( 16#$(awk '/^SigCgt:/ {print $2}' /proc/$PPID/status) & (1 << 14) )); do sleep 0.01; done"#;
 
 /// The longest one property may take, executor start-up included.
 pub const PROPERTY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -22,6 +22,71 @@ pub fn with_env(name: &str, value: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The host's pid of the process that execution `execution`'s command
+/// knows as `inner`: commands run in a PID namespace of their own, so `$$`
+/// there is not the host's number. The command's processes carry the
+/// execution id in their environment; the last field of `NSpid` is the pid
+/// in the innermost namespace.
+pub fn host_pid(inner: i32, execution: &str) -> Option<i32> {
+    with_env("RUNBOX_EXECUTION_ID", execution)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|ids| ids.split_whitespace().last()?.parse::<i32>().ok())
+                    == Some(inner)
+            })
+        })
+}
+
+/// The executor running `execution`: the `runbox-executor` process named
+/// by `--execution-id` (local launcher) or by `RUNBOX_EXECUTION_ID` in its
+/// environment (a Cloud Run task), not its namespace helper. Commands run
+/// in a PID namespace of their own and cannot see it: a test that kills an
+/// executor does it from here.
+pub fn executor_of(execution: &str) -> Option<i32> {
+    let args = |pid: i32| -> Vec<Vec<u8>> {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .map(<[u8]>::to_vec)
+            .collect()
+    };
+    let is_executor = |args: &[Vec<u8>]| {
+        args.first()
+            .is_some_and(|a| a.ends_with(b"runbox-executor"))
+            && args.get(1).is_none_or(|a| a != b"__enter-namespace")
+    };
+    let by_arg = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let args = args(*pid);
+            is_executor(&args)
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--execution-id" && w[1] == execution.as_bytes())
+        });
+    by_arg.or_else(|| {
+        with_env("RUNBOX_EXECUTION_ID", execution)
+            .into_iter()
+            .find(|pid| is_executor(&args(*pid)))
+    })
+}
+
+/// SIGKILLs the executor running `execution` (see [`executor_of`]).
+pub fn kill_executor(execution: &str) {
+    let pid = executor_of(execution).unwrap_or_else(|| panic!("no executor runs {execution}"));
+    rustix::process::kill_process(
+        Pid::from_raw(pid).expect("a pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("SIGKILL the executor");
+}
+
 /// The command name (`/proc/PID/comm`) of a process, if it still exists.
 pub fn comm(pid: i32) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))

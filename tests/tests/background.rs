@@ -58,6 +58,28 @@ async fn all_logs(client: &Client, handle: &BackgroundHandle, stream: Stream) ->
 }
 
 /// Whether any process is still in process group `pgid`.
+/// The host's pid and process group of the process an execution's command
+/// knows as `inner`: commands run in a PID namespace of their own, so `$$`
+/// and `$!` there are not the host's numbers.
+fn on_host(inner: i32, execution: &str) -> (i32, i32) {
+    for pid in runbox_tests::procs::with_env("RUNBOX_EXECUTION_ID", execution) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let nspid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last()?.parse::<i32>().ok());
+        if nspid == Some(inner) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let pgrp = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(2)?.parse().ok())
+                .unwrap_or(pid);
+            return (pid, pgrp);
+        }
+    }
+    panic!("no process of execution {execution} is {inner} in its namespace");
+}
+
 fn group_gone(pgid: i32) -> bool {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return true;
@@ -133,8 +155,9 @@ async fn server_streams_logs_serves_foreground_and_dies_with_its_group() {
     )
     .await;
     let port = number_after(&out, " port ");
-    let pid = number_after(&out, "pid ");
-    let pgid = number_after(&out, "group ");
+    let id = server.execution_id.to_string();
+    let (pid, _) = on_host(number_after(&out, "pid "), &id);
+    let (_, pgid) = on_host(number_after(&out, "group "), &id);
 
     // On the embedded backend a foreground command shares the machine, so
     // it reaches the background server's port.
@@ -262,8 +285,8 @@ async fn foreground_commands_run_beside_a_background_process_and_keep_their_stat
         )
         .await
         .unwrap();
-        let ws = dir.path().join("sessions/beside/workspace");
-        assert_eq!(r.stdout, format!("{i} 1 unset {}\n", ws.display()));
+        assert!(dir.path().join("sessions/beside/workspace").is_dir());
+        assert_eq!(r.stdout, format!("{i} 1 unset /workspace\n"));
     }
     let killed = within(60, s.kill_all_background()).await.unwrap();
     assert_eq!(killed.len(), 1);
@@ -413,14 +436,16 @@ async fn unknown_handles_and_bad_input_are_typed_errors_before_any_write() {
 async fn executor_dying_without_a_result_is_lost_not_a_hang() {
     let (client, _dir) = client().await;
     let s = client.session("crash").unwrap();
-    // bash -c is the executor's direct child, so $PPID is the executor.
+    // The command cannot reach its executor (its own PID namespace): the
+    // executor is killed from outside once the command runs.
     let bg = within(
         30,
-        s.spawn("echo bye; kill -9 $PPID; exec sleep 30")
-            .timeout(LEFTOVER_LIMIT),
+        s.spawn("echo bye; exec sleep 30").timeout(LEFTOVER_LIMIT),
     )
     .await
     .unwrap();
+    follow_until(&client, &bg, Stream::Stdout, "bye\n").await;
+    runbox_tests::procs::kill_executor(bg.execution_id.as_str());
     let r = within(60, client.wait_background(&bg, Duration::from_secs(30)))
         .await
         .unwrap();
@@ -466,11 +491,17 @@ async fn background_process_on_the_emulators() {
     let client = within(60, Client::from_config(Config::from_lookup(&env).unwrap()))
         .await
         .unwrap();
-    // The session's workspace is a shared local directory on this backend:
-    // the gate lives in the test's own directory instead.
+    // The session's workspace is restored around each command on this
+    // backend: the gate lives in the session's private /tmp instead, which
+    // the executor keeps at `{RUNBOX_WORKSPACE_DIR}/.runbox/tmp/{session}`
+    // and the command sees as /tmp.
     let session = format!("bgwire{}", std::process::id());
     let s = client.session(&session).unwrap();
-    let gate = home.path().join("gate");
+    let session_tmp = std::path::Path::new(runbox_core::contract::DEFAULT_WORKSPACE_BASE)
+        .join(".runbox/tmp")
+        .join(&session);
+    std::fs::create_dir_all(&session_tmp).unwrap();
+    let gate = session_tmp.join("gate");
     let made = std::process::Command::new("mkfifo")
         .arg(&gate)
         .status()
@@ -479,11 +510,8 @@ async fn background_process_on_the_emulators() {
 
     let bg = within(
         30,
-        s.spawn(format!(
-            "echo started; read x < '{}'; echo bye; exit 3",
-            gate.display()
-        ))
-        .timeout(LEFTOVER_LIMIT),
+        s.spawn("echo started; read x < /tmp/gate; echo bye; exit 3")
+            .timeout(LEFTOVER_LIMIT),
     )
     .await
     .unwrap();
@@ -607,11 +635,12 @@ async fn destroy_kills_background_processes_and_leaves_no_object() {
     follow_until(&client, &handle, Stream::Stdout, "started").await;
     let info = client.session_info("doomed").await.unwrap();
     assert_eq!(info.background_running, 1);
-    let pid: i32 = std::fs::read_to_string(dir.path().join("sessions/doomed/workspace/bg.pid"))
+    let inner: i32 = std::fs::read_to_string(dir.path().join("sessions/doomed/workspace/bg.pid"))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
+    let (pid, _) = on_host(inner, handle.execution_id.as_str());
 
     let deleted = within(60, client.delete_session("doomed")).await.unwrap();
     assert!(deleted >= 3, "{deleted}");

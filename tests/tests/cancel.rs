@@ -36,6 +36,14 @@ use runbox_tests::harness::Emulators;
 use runbox_tests::pipes::{Announcements, Gate, quote};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+/// The host pid of the shell that announced `"$$ $RUNBOX_EXECUTION_ID"`.
+fn shell_on_host(announced: &str) -> i32 {
+    let (inner, execution) = announced.split_once(' ').expect("pid and execution id");
+    let inner: i32 = inner.parse().expect("the command's pid");
+    runbox_tests::procs::host_pid(inner, execution)
+        .unwrap_or_else(|| panic!("no host process is {inner} of {execution}"))
+}
+
 /// Exit code of a command killed by SIGTERM, as a shell reports it.
 const CANCELLED_EXIT_CODE: i32 = 143;
 
@@ -45,15 +53,12 @@ async fn cancel_stops_the_command_and_the_next_waits(client: &Client, pipes: &Pa
     let session = client.session("cancel").expect("session");
     let mut started = Announcements::new(pipes, "started");
     let exec = session.exec(format!(
-        "echo $$ > {}; sleep 31; echo finished",
+        "echo $$ $RUNBOX_EXECUTION_ID > {}; sleep 31; echo finished",
         started.shell_path()
     ));
     let cancel = exec.cancel_handle();
     let first = tokio::spawn(exec.into_future());
-    let bash: i32 = within(60, started.next())
-        .await
-        .parse()
-        .expect("the command's pid");
+    let bash = shell_on_host(&within(60, started.next()).await);
     // Queued now, so only the session's order keeps it from overlapping.
     let next = tokio::spawn(session.exec("echo next").into_future());
 
@@ -313,7 +318,9 @@ async fn dropping_a_running_exec_does_not_cancel_it() {
 async fn cli_signal_cancels(signal: rustix::process::Signal) {
     let cli = Cli::new();
     let mut started = Announcements::new(cli.home.path(), "started");
-    let file = quote(&cli.home.path().join("f"));
+    // In the session's workspace: the store's directory is hidden from
+    // commands.
+    let file = "f";
     let first = cli
         .command(&[
             "exec",
@@ -322,7 +329,7 @@ async fn cli_signal_cancels(signal: rustix::process::Signal) {
             "c",
             "--",
             &format!(
-                "echo $$ > {}; sleep 31; echo first >> {file}",
+                "echo $$ $RUNBOX_EXECUTION_ID > {}; sleep 31; echo first >> {file}",
                 started.shell_path()
             ),
         ])
@@ -330,10 +337,7 @@ async fn cli_signal_cancels(signal: rustix::process::Signal) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn runbox");
-    let bash: i32 = within(60, started.next())
-        .await
-        .parse()
-        .expect("the command's pid");
+    let bash = shell_on_host(&within(60, started.next()).await);
     let mut second = waiting_for_the_lock(
         &cli,
         &[
@@ -383,7 +387,8 @@ async fn cli_signal_cancels(signal: rustix::process::Signal) {
         next.started_at,
         cancelled.completed_at
     );
-    let written = std::fs::read_to_string(cli.home.path().join("f")).expect("f");
+    let written =
+        std::fs::read_to_string(cli.home.path().join("sessions/c/workspace/f")).expect("f");
     assert_eq!(written, "second\n");
 }
 
@@ -429,7 +434,9 @@ async fn after_sigkill_the_next_command_waits_for_the_orphan() {
     let cli = Cli::new();
     let mut started = Announcements::new(cli.home.path(), "started");
     let mut gate = Gate::new(cli.home.path(), "gate");
-    let file = quote(&cli.home.path().join("f"));
+    // In the session's workspace: the store's directory is hidden from
+    // commands.
+    let file = "f";
     let mut first = cli
         .command(&[
             "exec",
@@ -467,6 +474,7 @@ async fn after_sigkill_the_next_command_waits_for_the_orphan() {
         .await
         .expect("wait for runbox");
     assert!(out.status.success(), "{out:?}");
-    let written = std::fs::read_to_string(cli.home.path().join("f")).expect("f");
+    let written =
+        std::fs::read_to_string(cli.home.path().join("sessions/k/workspace/f")).expect("f");
     assert_eq!(written, "a\nb\n");
 }

@@ -70,7 +70,7 @@ async fn timeout_exits_124_and_leaves_no_process() {
             "--timeout",
             "1",
             "--",
-            "(sleep 1000 & echo $! > sleeper.pid); sleep 1000",
+            "(sleep 1000 & echo $! $RUNBOX_EXECUTION_ID > sleeper.pid); sleep 1000",
         ])
         .await;
     assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
@@ -79,9 +79,13 @@ async fn timeout_exits_124_and_leaves_no_process() {
         "{}",
         text(&out.stderr)
     );
+    // The command's pids are its PID namespace's: no process of the
+    // execution has that one any more.
     let pid = cli.exec("t", "cat sleeper.pid").await;
-    let pid: i32 = text(&pid.stdout).trim().parse().unwrap();
-    assert!(process_gone(pid), "sleep {pid} survived");
+    let pid = text(&pid.stdout);
+    let (inner, execution) = pid.trim().split_once(' ').unwrap();
+    let left = runbox_tests::procs::host_pid(inner.parse().unwrap(), execution);
+    assert!(left.is_none_or(process_gone), "sleep {left:?} survived");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +121,7 @@ async fn sessions_stay_isolated_and_can_be_listed_shown_removed() {
     let cli = Cli::new();
     cli.exec("one", "cd /tmp; export ONE=1").await;
     let out = cli.exec("two", "echo ${ONE:-none}; pwd").await;
-    let ws = cli.home.path().join("sessions/two/workspace");
-    assert_eq!(text(&out.stdout), format!("none\n{}\n", ws.display()));
+    assert_eq!(text(&out.stdout), "none\n/workspace\n");
 
     let out = cli.run(&["sessions", "list"]).await;
     let listing = text(&out.stdout);
@@ -194,7 +197,27 @@ async fn concurrent_invocations_on_one_session_lose_no_update() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_executor_is_reported_lost() {
     let cli = Cli::new();
-    let out = cli.exec("c", "kill -9 $PPID; sleep 2").await;
+    // The command cannot see its executor (its own PID namespace): it is
+    // killed from here once the command runs.
+    let mut started = runbox_tests::pipes::Announcements::new(cli.home.path(), "started");
+    let run = cli
+        .command(&[
+            "exec",
+            "-s",
+            "c",
+            "--",
+            &format!(
+                "echo $RUNBOX_EXECUTION_ID > {}; sleep 30",
+                started.shell_path()
+            ),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn runbox");
+    let execution = within(60, started.next()).await;
+    runbox_tests::procs::kill_executor(&execution);
+    let out = within(60, run.wait_with_output()).await.expect("runbox");
     assert_eq!(out.status.code(), Some(125));
     let err = text(&out.stderr);
     assert!(err.contains("LOST") && err.contains("SIGKILL"), "{err}");

@@ -95,7 +95,10 @@ async fn spawn_prints_the_handle_and_logs_wait_list_report_the_end() {
 async fn kill_from_another_invocation_cancels_the_process_group() {
     let cli = Cli::new();
     let h = cli
-        .spawn("k", "echo $$ > bg.pid; echo started; exec sleep 600")
+        .spawn(
+            "k",
+            "echo $$ $RUNBOX_EXECUTION_ID > bg.pid; echo started; exec sleep 600",
+        )
         .await;
     // Follow until the first output shows it runs; then stop following by
     // killing it from yet another process.
@@ -123,8 +126,14 @@ async fn kill_from_another_invocation_cancels_the_process_group() {
         .await;
     assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
     let out = cli.run(&["exec", "-s", "k", "--", "cat bg.pid"]).await;
-    let pid: i32 = text(&out.stdout).trim().parse().unwrap();
-    assert!(process_gone(pid), "background process {pid} survived");
+    // Its pid is its PID namespace's: no process of the execution has it.
+    let pid = text(&out.stdout);
+    let (inner, execution) = pid.trim().split_once(' ').unwrap();
+    let left = runbox_tests::procs::host_pid(inner.parse().unwrap(), execution);
+    assert!(
+        left.is_none_or(process_gone),
+        "background process {left:?} survived"
+    );
     let out = cli.run(&["bg", "logs", "-s", "k", &h]).await;
     assert_eq!(text(&out.stdout), "started\n");
     let out = cli.run(&["bg", "list", "-s", "k"]).await;
@@ -222,12 +231,16 @@ async fn executor_crash_after_the_spawner_exited_is_lost_for_wait_and_follow() {
     let cli = Cli::new();
     let out = cli.run(&["exec", "-s", "c", "--", "mkfifo gate"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
-    // bash -c is the executor's direct child, so $PPID is the executor:
-    // once the gate opens, the executor dies without writing a result.
+    // Once the gate opens, the command says so and the test kills its
+    // executor (out of the command's sight): it dies without a result.
+    let mut killed = runbox_tests::pipes::Announcements::new(cli.home.path(), "gate-open");
     let h = cli
         .spawn(
             "c",
-            "echo waiting; read x < gate; kill -9 $PPID; exec sleep 5",
+            &format!(
+                "echo waiting; read x < gate; echo open > {}; exec sleep 5",
+                killed.shell_path()
+            ),
         )
         .await;
     // Its first line is in a chunk (read through the library on the same
@@ -250,10 +263,14 @@ async fn executor_crash_after_the_spawner_exited_is_lost_for_wait_and_follow() {
     // more. A waiting and a following invocation must still see the end.
     let wait_args = ["bg", "wait", "-s", "c", &h];
     let follow_args = ["bg", "logs", "-s", "c", &h, "-f"];
-    let (wait, follow, gate) = tokio::join!(
+    let (wait, follow, gate, ()) = tokio::join!(
         cli.run(&wait_args),
         cli.run(&follow_args),
         cli.run(&["exec", "-s", "c", "--", "echo go > gate"]),
+        async {
+            within(60, killed.next()).await;
+            runbox_tests::procs::kill_executor(&h);
+        },
     );
     assert!(gate.status.success(), "{}", text(&gate.stderr));
     assert_eq!(wait.status.code(), Some(125), "{}", text(&wait.stderr));

@@ -488,8 +488,11 @@ async fn bad_input_is_refused(s: &Session, other: &Session, store: &dyn Store) {
         PathError::Escapes { .. }
     ));
 
-    // Absolute paths outside the workspace, the other session's included.
-    let others = format!("{}/secret.txt", other.workspace_root());
+    // Absolute paths outside the workspace, the other session's directory
+    // on disk (as older layouts named it) included. Every session sees its
+    // own workspace at the same path, so that path names only its own files.
+    assert_eq!(s.workspace_root(), other.workspace_root());
+    let others = format!("/tmp/runbox/sessions/{}/workspace/secret.txt", other.id());
     for bad in ["/etc/passwd", "/", others.as_str()] {
         let e = path_err(op(s.read_file(bad, ReadOptions::default())).await);
         assert!(
@@ -830,10 +833,19 @@ async fn absolute_paths_work_under_either_spelling_of_a_symlinked_home() {
     .await
     .unwrap();
     let s = client.session("spell").unwrap();
-    let logical = run(&s, "pwd").await.stdout.trim_end().to_owned();
-    let physical = run(&s, "pwd -P").await.stdout.trim_end().to_owned();
+    assert_eq!(run(&s, "pwd").await.stdout.trim_end(), s.workspace_root());
+    // Where no namespace can be made, commands see the directory itself,
+    // under either spelling: the file API takes both.
+    let logical = dir
+        .path()
+        .join("link/sessions/spell/workspace")
+        .display()
+        .to_string();
+    let physical = std::fs::canonicalize(dir.path().join("real/sessions/spell/workspace"))
+        .unwrap()
+        .display()
+        .to_string();
     assert_ne!(logical, physical);
-    assert_eq!(logical, s.workspace_root());
     for (root, name) in [(&logical, "a.txt"), (&physical, "b.txt")] {
         op(s.write_file(&format!("{root}/{name}"), name, WriteOptions::default()))
             .await
@@ -941,7 +953,7 @@ async fn gcp_every_operation() {
     let home = tempfile::tempdir().unwrap();
     let client = gcp_client(&emu, home.path()).await;
     let s = client.session("ops").unwrap();
-    assert_eq!(s.workspace_root(), "/tmp/runbox/sessions/ops/workspace");
+    assert_eq!(s.workspace_root(), "/workspace");
     every_operation(&s, &emu.store()).await;
     // Everything is in the bucket; nothing landed in the local home.
     assert!(!home.path().join("sessions").exists());

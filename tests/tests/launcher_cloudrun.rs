@@ -688,9 +688,20 @@ async fn killed_executor_is_lost_with_the_cloud_run_condition() {
     let emulated = emulated(|_| {}).await;
     let client = cloud_run_client(&emulated).await;
     let session = client.session("crash").expect("session");
-    // bash -c is the executor's child, so $PPID is the task's process.
-    let r = within(60, session.exec("kill -9 $PPID; sleep 1"))
+    // The command cannot see the task's process (its own PID namespace):
+    // it says it runs, and the test kills the executor.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut started = runbox_tests::pipes::Announcements::new(dir.path(), "started");
+    let exec = session.exec(format!(
+        "echo $RUNBOX_EXECUTION_ID > {}; sleep 30",
+        started.shell_path()
+    ));
+    let running = tokio::spawn(exec.into_future());
+    let execution = within(60, started.next()).await;
+    runbox_tests::procs::kill_executor(&execution);
+    let r = within(60, running)
         .await
+        .expect("task")
         .expect("a LOST result, not an error");
     assert_eq!(
         r.exec_status(),

@@ -139,12 +139,8 @@ async fn sigterm_lets_requests_in_flight_finish() {
     const N: usize = 3;
     let mut serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("started");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    // Where the command reaches it: its /tmp is the session's own.
+    let fifo = runbox_tests::pipes::fifo(dir.path(), "started");
     // Opened read-write, so it never reads end-of-file between writers.
     let reader = std::fs::OpenOptions::new()
         .read(true)
@@ -216,14 +212,8 @@ async fn sigterm_lets_requests_in_flight_finish() {
 async fn a_dropped_connection_loses_no_result() {
     let serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("started");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    // Where the command reaches it: its /tmp is the session's own.
+    let fifo = runbox_tests::pipes::fifo(dir.path(), "started");
     let reader = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -278,14 +268,8 @@ async fn the_drain_is_bounded() {
         .expect("serve");
     let addr = serve.addr.clone();
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("started");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    // Where the command reaches it: its /tmp is the session's own.
+    let fifo = runbox_tests::pipes::fifo(dir.path(), "started");
     let reader = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

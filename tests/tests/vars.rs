@@ -213,18 +213,29 @@ async fn files_over_the_workspace_limit_fail_the_result_and_are_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_that_could_not_be_saved_fails_the_result_and_says_so() {
-    let (client, _dir) = client().await;
+    let (client, dir) = client().await;
     let s = client.session("conflict").unwrap();
     within(30, s.exec("export BEFORE=1")).await.unwrap();
-    // The command rewrites its own session's state object behind the
-    // executor's back (the workspace is sessions/{id}/workspace): the save
-    // on the generation read then fails.
-    let err = within(
-        30,
-        s.exec("export LOST=1; cp ../state.json x; cat x > ../state.json"),
-    )
-    .await
-    .unwrap_err();
+    // The session's state object is rewritten behind the executor's back
+    // while the command runs (the command itself cannot reach the store):
+    // the save on the generation read then fails.
+    let mut running = runbox_tests::pipes::Announcements::new(dir.path(), "running");
+    let mut gate = runbox_tests::pipes::Gate::new(dir.path(), "gate");
+    let exec = s.exec(format!(
+        "export LOST=1; echo running > {}; read -r _ < {}",
+        running.shell_path(),
+        gate.shell_path()
+    ));
+    let command = tokio::spawn(std::future::IntoFuture::into_future(exec));
+    within(60, running.next()).await;
+    let store = runbox_core::store::LocalStore::open(dir.path()).unwrap();
+    let name = "sessions/conflict/state.json";
+    let state = runbox_core::Store::get(&store, name).await.unwrap();
+    runbox_core::Store::put(&store, name, state.data, runbox_core::PutOptions::default())
+        .await
+        .unwrap();
+    gate.release(1).await;
+    let err = within(30, command).await.unwrap().unwrap_err();
     let Error::StateConflict { result, .. } = err else {
         panic!("expected a state conflict, got {err:?}");
     };

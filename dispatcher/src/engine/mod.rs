@@ -52,9 +52,8 @@ pub(crate) enum WorkspacePlacement {
     /// Objects are files under this directory, and commands work in them
     /// directly (the embedded store).
     Host(PathBuf),
-    /// Objects are remote; the executor restores them below this base
-    /// directory before a command, so commands see them there.
-    Executor(String),
+    /// Objects are remote; the executor restores them before a command.
+    Executor,
 }
 
 /// The shared state of one client: backends, waiters, queues and tasks.
@@ -65,6 +64,8 @@ pub(crate) struct Engine {
     pub(crate) launcher: Arc<dyn Launcher>,
     pub(crate) waiters: Arc<Waiters>,
     pub(crate) placement: WorkspacePlacement,
+    /// Where commands see every session's workspace (`RUNBOX_WORKSPACE_PATH`).
+    pub(crate) workspace_path: String,
     notifier: Mutex<Option<Notifier>>,
     /// How completion events became results.
     results: resolve::ResultCounters,
@@ -92,6 +93,7 @@ pub(crate) struct EngineParts {
     pub(crate) events: Box<dyn EventSource>,
     pub(crate) launcher: Arc<dyn Launcher>,
     pub(crate) placement: WorkspacePlacement,
+    pub(crate) workspace_path: String,
     pub(crate) session_locks: Option<SessionLocks>,
 }
 
@@ -117,6 +119,7 @@ impl Engine {
             launcher: parts.launcher,
             waiters,
             placement: parts.placement,
+            workspace_path: parts.workspace_path,
             notifier: Mutex::new(Some(notifier)),
             results: resolve::ResultCounters::default(),
             queues: DashMap::new(),

@@ -64,6 +64,9 @@ pub enum Error {
     /// The configuration cannot be used.
     #[error("configuration")]
     Config(#[source] runbox_core::ConfigError),
+    /// `RUNBOX_WORKSPACE_PATH` is not a usable workspace path.
+    #[error("configuration")]
+    WorkspacePath(#[source] runbox_core::session_cwd::WorkspacePathSettingError),
     /// The object store failed.
     #[error("{op}")]
     Store {

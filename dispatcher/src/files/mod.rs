@@ -79,9 +79,9 @@ pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;
 /// [`Session::download`]: crate::Session::download
 pub const MAX_EDIT_BYTES: u64 = 64 << 20;
 
-/// Where the executor puts session workspaces on the gcp backend (its
-/// `RUNBOX_WORKSPACE_DIR` default): the workspace root commands see there is
-/// `{base}/sessions/{session}/workspace`. Must match the executor's.
+/// Where the executor keeps session workspaces on disk on the gcp backend
+/// (its `RUNBOX_WORKSPACE_DIR` default), at `{base}/sessions/{session}/workspace`;
+/// commands see them at the workspace path, not there.
 pub const GCP_WORKSPACE_BASE: &str = runbox_core::contract::DEFAULT_WORKSPACE_BASE;
 
 /// Longest object name the stores accept.
@@ -412,19 +412,23 @@ impl Workspace {
     /// `follow_last`), refusing anything outside the workspace.
     async fn resolve(&self, input: &str, follow_last: bool) -> Result<WorkspacePath, FileError> {
         let mut path = match (WorkspacePath::parse(&self.root, input), &self.host) {
-            // `pwd -P` in a command shows the root with its symlinks
-            // resolved (a temporary directory under /tmp on macOS): accept
-            // absolute paths under that spelling too.
+            // Where no namespace can be made, commands see the directory
+            // itself, and `pwd -P` shows it with its symlinks resolved (a
+            // temporary directory under /tmp on macOS): accept absolute
+            // paths under either spelling too.
             (Err(e @ PathError::OutsideWorkspace { .. }), Some(host)) => {
                 let host = host.clone();
-                let canonical = blocking(move || Ok(std::fs::canonicalize(host).ok()))
-                    .await?
-                    .and_then(|p| p.to_str().map(str::to_owned))
-                    .filter(|c| *c != self.root);
-                match canonical {
-                    Some(c) => WorkspacePath::parse(&c, input).map_err(|_| e)?,
-                    None => return Err(e.into()),
-                }
+                let spellings = blocking(move || {
+                    let canonical = std::fs::canonicalize(&host).ok();
+                    Ok([Some(host), canonical])
+                })
+                .await?;
+                spellings
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.to_str().map(str::to_owned))
+                    .find_map(|dir| WorkspacePath::parse(&dir, input).ok())
+                    .ok_or(e)?
             }
             (parsed, _) => parsed?,
         };

@@ -1,8 +1,6 @@
 //! The file API as methods on [`Session`]: each builds the session's
 //! [`Workspace`] and runs one operation on it.
 
-use std::path::PathBuf;
-
 use bytes::Bytes;
 use runbox_core::layout;
 use tokio::io::AsyncRead;
@@ -19,9 +17,11 @@ use crate::session::Session;
 
 impl Session {
     /// The absolute path commands in this session see as their workspace:
-    /// `RUNBOX_HOME/sessions/{session}/workspace` on the embedded backend,
-    /// `{GCP_WORKSPACE_BASE}/sessions/{session}/workspace` on the gcp
-    /// backend. Absolute paths given to the file API must lie below it.
+    /// `/workspace` (or `RUNBOX_WORKSPACE_PATH`) on every backend. Absolute
+    /// paths given to the file API must lie below it (on the embedded
+    /// backend, paths below the workspace directory itself,
+    /// `RUNBOX_HOME/sessions/{session}/workspace`, are accepted too: that is
+    /// what commands see where no namespace can be made).
     pub fn workspace_root(&self) -> String {
         self.workspace().root
     }
@@ -139,15 +139,11 @@ impl Session {
     fn workspace(&self) -> Workspace {
         let engine = self.engine();
         let prefix = layout::workspace_prefix(&self.id);
-        let (root, host) = match &engine.placement {
-            WorkspacePlacement::Host(home) => {
-                // `components` drops the prefix's trailing '/'.
-                let dir: PathBuf = home.join(&prefix).components().collect();
-                (dir.to_string_lossy().into_owned(), Some(dir))
-            }
-            WorkspacePlacement::Executor(base) => {
-                (format!("{base}/{}", prefix.trim_end_matches('/')), None)
-            }
+        let root = engine.workspace_path.clone();
+        let host = match &engine.placement {
+            // `components` drops the prefix's trailing '/'.
+            WorkspacePlacement::Host(home) => Some(home.join(&prefix).components().collect()),
+            WorkspacePlacement::Executor => None,
         };
         Workspace::new(engine.store.clone(), prefix, root, host)
     }

@@ -51,7 +51,11 @@ const PASS_THROUGH: &[&str] = &[
 
 /// Executor settings that are not part of [`Config`], forwarded from the
 /// dispatcher's environment in the configuration the executor reads.
-const FORWARDED_SETTINGS: &[&str] = &[RUN_AS_USER_ENV];
+const FORWARDED_SETTINGS: &[&str] = &[
+    RUN_AS_USER_ENV,
+    runbox_core::session_cwd::WORKSPACE_PATH_ENV,
+    runbox_core::session_cwd::WORKSPACE_NAMESPACE_ENV,
+];
 
 /// The executor's argument naming its execution.
 const EXECUTION_ID_ARG: &str = "--execution-id";
