@@ -324,3 +324,65 @@ async fn sigterm_with_topic_requests_in_flight_loses_nothing() {
     assert_eq!(ran_once(&summary, per), sessions * per);
     stop(b).await;
 }
+
+/// The library half of "a redelivered request never runs twice", on the
+/// embedded backend: the same execution id submitted again (from another
+/// client, as another instance would) awaits the first run's result; a
+/// different request under that id is refused and changes nothing.
+#[tokio::test]
+async fn a_fixed_execution_id_runs_once() {
+    let (first, dir) = runbox_tests::embedded::client().await;
+    let id = runbox_core::RequestId::new("lib-1").unwrap().execution_id();
+    let cmd = "echo run >> runs.txt; echo done";
+    let a = within(
+        60,
+        first
+            .session("s")
+            .unwrap()
+            .exec(cmd)
+            .execution_id(id.clone())
+            .request_id("lib-1"),
+    )
+    .await
+    .expect("first run");
+    assert_eq!(a.execution_id, id.as_str());
+    first.shutdown().await;
+
+    let second = runbox_dispatcher::Client::from_config(runbox_tests::embedded::config(dir.path()))
+        .await
+        .unwrap();
+    let b = within(
+        60,
+        second
+            .session("s")
+            .unwrap()
+            .exec(cmd)
+            .execution_id(id.clone())
+            .request_id("lib-1"),
+    )
+    .await
+    .expect("second submission");
+    assert_eq!(b, a, "the second submission returns the first run's result");
+    let other = within(
+        60,
+        second
+            .session("t")
+            .unwrap()
+            .exec(cmd)
+            .execution_id(id.clone())
+            .request_id("lib-1"),
+    )
+    .await;
+    assert!(
+        matches!(
+            other,
+            Err(runbox_dispatcher::Error::ExecutionIdInUse { .. })
+        ),
+        "{other:?}"
+    );
+    let runs = within(60, second.session("s").unwrap().exec("cat runs.txt"))
+        .await
+        .unwrap();
+    assert_eq!(runs.stdout, "run\n", "the command ran once");
+    second.shutdown().await;
+}
