@@ -499,9 +499,16 @@ fn classify(
             );
             Outcome::Answer(completion::of_result(request_id, *result, error))
         }
-        // Shutting down, or an outage: another delivery (here or on
-        // another instance) finishes it, and never runs it twice.
-        Err(e @ Error::Closed) => Outcome::HandBack(e.to_string()),
+        // Shutting down (the drain time ran out while it ran), or an
+        // outage: another delivery (here or on another instance) finishes
+        // it, and never runs it twice. Publishing anything now would claim
+        // an end that has not happened.
+        Err(
+            e @ (Error::Closed
+            | Error::Wait { .. }
+            | Error::Events(_)
+            | Error::Launch(runbox_dispatcher::LaunchError::Closed)),
+        ) => Outcome::HandBack(runbox_dispatcher::error_chain(&e)),
         Err(e) if e.is_retryable() => Outcome::HandBack(runbox_dispatcher::error_chain(&e)),
         Err(e) => Outcome::Answer(completion::rejected(
             request_id,
