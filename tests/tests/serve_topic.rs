@@ -176,12 +176,12 @@ async fn load(
     mut on_progress: impl FnMut(usize),
 ) -> serde_json::Value {
     let (s, p) = (sessions.to_string(), per_session.to_string());
-    let mut child = python_command(emu, &["load", &emu.project, name, &s, &p, "90", pause])
+    let mut child = python_command(emu, &["load", &emu.project, name, &s, &p, "240", pause])
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let summary = within(300, async {
+    let summary = within(400, async {
         while let Some(line) = lines.next_line().await.expect("read") {
             if let Some(n) = line.strip_prefix("progress ") {
                 on_progress(n.parse().unwrap());
