@@ -14,6 +14,10 @@ use runbox_notifier::{EventSource, FsEventSource, ObjectEvent, SourceItem};
 use support::MemStore;
 use tokio::time::timeout;
 
+/// One test at a time: the shared-watch test counts the inotify instances
+/// this process holds, which the other tests' sources would change under it.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// Publishes a file the way the local store does: written under
@@ -50,6 +54,7 @@ async fn resubscribed(source: &mut FsEventSource) {
 
 #[tokio::test]
 async fn a_file_renamed_into_results_is_an_event_with_the_stored_generation() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let store = Arc::new(MemStore::default());
@@ -70,6 +75,7 @@ async fn a_file_renamed_into_results_is_an_event_with_the_stored_generation() {
 
 #[tokio::test]
 async fn dot_files_directories_and_vanished_objects_are_skipped() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let store = Arc::new(MemStore::default());
@@ -94,6 +100,7 @@ async fn dot_files_directories_and_vanished_objects_are_skipped() {
 
 #[tokio::test]
 async fn every_file_of_a_burst_is_reported() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let store = Arc::new(MemStore::default());
@@ -117,6 +124,7 @@ async fn every_file_of_a_burst_is_reported() {
 
 #[tokio::test]
 async fn next_is_cancel_safe_while_reading_the_store() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let store = Arc::new(MemStore::gated());
@@ -143,6 +151,7 @@ async fn next_is_cancel_safe_while_reading_the_store() {
 
 #[tokio::test]
 async fn removing_the_results_directory_is_an_error() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let store = Arc::new(MemStore::default());
@@ -194,6 +203,7 @@ async fn learns_of(source: &mut FsEventSource, name: &str) {
 /// result, and when the one holding the watch goes, another takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_on_one_store_share_one_watch_and_survive_its_holder() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let store = Arc::new(MemStore::default());
