@@ -1,5 +1,6 @@
 //! Shared helpers for runbox integration tests.
 pub mod cli;
+pub mod cloud_run;
 pub mod counting_store;
 pub mod embedded;
 pub mod event_source_conformance;

@@ -22,9 +22,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    Container, CreateJobRequest, EnvVar, ExecutionTemplate, Job, ListExecutionsRequest,
-    TaskTemplate, env_var, executions_client::ExecutionsClient, jobs_client::JobsClient,
-    task_template::Retries,
+    CreateJobRequest, ListExecutionsRequest, executions_client::ExecutionsClient,
+    jobs_client::JobsClient,
 };
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::config::{CloudRunConfig, LauncherConfig};
@@ -213,28 +212,7 @@ async fn create_job(endpoint: &str, env: &[(&str, &str)]) {
     )
     .await
     .expect("connect to the emulator");
-    let job = Job {
-        template: Some(ExecutionTemplate {
-            task_count: 1,
-            template: Some(TaskTemplate {
-                containers: vec![Container {
-                    image: EXECUTOR_IMAGE.to_owned(),
-                    env: env
-                        .iter()
-                        .map(|(name, value)| EnvVar {
-                            name: (*name).to_owned(),
-                            values: Some(env_var::Values::Value((*value).to_owned())),
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                retries: Some(Retries::MaxRetries(0)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let job = runbox_tests::cloud_run::executor_job(EXECUTOR_IMAGE, env);
     within(
         10,
         JobsClient::new(channel).create_job(CreateJobRequest {

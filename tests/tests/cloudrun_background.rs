@@ -10,8 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    Container, CreateJobRequest, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var,
-    jobs_client::JobsClient, task_template::Retries,
+    CreateJobRequest, jobs_client::JobsClient,
 };
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::background_marker::BackgroundMarker;
@@ -156,28 +155,7 @@ async fn create_job(endpoint: &str, home: &Path) {
         ("RUNBOX_HOME", home.display().to_string()),
         ("RUNBOX_KILL_GRACE_MS", "300".to_owned()),
     ];
-    let job = Job {
-        template: Some(ExecutionTemplate {
-            task_count: 1,
-            template: Some(TaskTemplate {
-                containers: vec![Container {
-                    image: EXECUTOR_IMAGE.to_owned(),
-                    env: env
-                        .iter()
-                        .map(|(name, value)| EnvVar {
-                            name: (*name).to_owned(),
-                            values: Some(env_var::Values::Value(value.clone())),
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                retries: Some(Retries::MaxRetries(0)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let job = runbox_tests::cloud_run::executor_job(EXECUTOR_IMAGE, &env);
     within(
         10,
         jobs.create_job(CreateJobRequest {

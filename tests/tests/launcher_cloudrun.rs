@@ -14,9 +14,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    Container, CreateJobRequest, EnvVar, Execution, ExecutionTemplate, Job, ListExecutionsRequest,
-    RunJobRequest, TaskTemplate, env_var, executions_client::ExecutionsClient,
-    jobs_client::JobsClient, task_template::Retries,
+    CreateJobRequest, Execution, ListExecutionsRequest, RunJobRequest, env_var,
+    executions_client::ExecutionsClient, jobs_client::JobsClient,
 };
 use googleapis_tonic_google_longrunning::google::longrunning::{Operation, WaitOperationRequest};
 use prost::Message;
@@ -501,28 +500,7 @@ async fn channel(endpoint: &str) -> tonic::transport::Channel {
 /// no retries (a retried task would run the command again).
 async fn create_job(endpoint: &str, id: &str, env: &[(&str, &str)]) {
     let mut jobs = JobsClient::new(channel(endpoint).await);
-    let job = Job {
-        template: Some(ExecutionTemplate {
-            task_count: 1,
-            template: Some(TaskTemplate {
-                containers: vec![Container {
-                    image: EXECUTOR_IMAGE.to_owned(),
-                    env: env
-                        .iter()
-                        .map(|(name, value)| EnvVar {
-                            name: (*name).to_owned(),
-                            values: Some(env_var::Values::Value((*value).to_owned())),
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                retries: Some(Retries::MaxRetries(0)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let job = runbox_tests::cloud_run::executor_job(EXECUTOR_IMAGE, env);
     within(
         10,
         jobs.create_job(CreateJobRequest {

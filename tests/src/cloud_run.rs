@@ -1,0 +1,32 @@
+//! Job templates that the Cloud Run emulator tests create.
+
+use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
+    Container, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var, task_template::Retries,
+};
+
+/// A job running `image` with `env`: one task, no retries (a retried task
+/// would run the command again).
+pub fn executor_job<K: AsRef<str>, V: AsRef<str>>(image: &str, env: &[(K, V)]) -> Job {
+    Job {
+        template: Some(ExecutionTemplate {
+            task_count: 1,
+            template: Some(TaskTemplate {
+                containers: vec![Container {
+                    image: image.to_owned(),
+                    env: env
+                        .iter()
+                        .map(|(name, value)| EnvVar {
+                            name: name.as_ref().to_owned(),
+                            values: Some(env_var::Values::Value(value.as_ref().to_owned())),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                retries: Some(Retries::MaxRetries(0)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
