@@ -47,6 +47,17 @@ pub struct Config {
     /// tested on their fallback. CLI: `--no-wait-operation` sets `false`.
     /// Default: `true`.
     pub wait_operation: bool,
+    /// How long each execution waits after RunJob before its tasks start,
+    /// standing in for Cloud Run's container start (image pull, sandbox
+    /// boot): the execution is reported as created but not started
+    /// meanwhile, and a cancellation during the wait cancels its tasks
+    /// before they run. CLI: `--start-delay`. Default: zero.
+    pub start_delay: Duration,
+    /// A file rewritten (atomically, through a temporary file and a rename)
+    /// after every RunJob call with the emulator's counters as JSON,
+    /// `{"runJobCalls": N}`, for benchmarks and tests that run the
+    /// emulator as a process. CLI: `--stats-file`. Default: `None`.
+    pub stats_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -58,6 +69,8 @@ impl Default for Config {
             inherit_env: true,
             supervisor: None,
             wait_operation: true,
+            start_delay: Duration::ZERO,
+            stats_file: None,
         }
     }
 }
@@ -106,6 +119,20 @@ impl Config {
     #[must_use]
     pub fn wait_operation(mut self, serve: bool) -> Self {
         self.wait_operation = serve;
+        self
+    }
+
+    /// Sets [`Config::start_delay`].
+    #[must_use]
+    pub fn start_delay(mut self, delay: Duration) -> Self {
+        self.start_delay = delay;
+        self
+    }
+
+    /// Sets [`Config::stats_file`].
+    #[must_use]
+    pub fn stats_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.stats_file = Some(path.into());
         self
     }
 

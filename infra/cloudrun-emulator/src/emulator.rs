@@ -77,6 +77,13 @@ impl Emulator {
         format!("http://{}", self.local_addr)
     }
 
+    /// RunJob calls received so far, valid or not (also in the log, and in
+    /// [`Config::stats_file`] when set).
+    #[must_use]
+    pub fn run_job_calls(&self) -> u64 {
+        self.store.run_job_calls()
+    }
+
     /// Creates a one-task, no-retry job running `image`, as a person would
     /// with CreateJob (`infra/local/up` uses this through `--job`). `name`
     /// is the full `projects/P/locations/L/jobs/J`.

@@ -211,6 +211,7 @@ impl Jobs for JobsApi {
         request: Request<RunJobRequest>,
     ) -> Result<Response<Operation>, Status> {
         let request = request.into_inner();
+        self.store.count_run_job(&request.name);
         let name = JobName::parse(&request.name)?;
         let mut state = self.store.lock();
         let record = state.job(&name)?;

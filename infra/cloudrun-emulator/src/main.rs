@@ -1,4 +1,4 @@
-//! `runbox-cloudrun-emulator --listen ADDR [--image IMAGE=COMMAND]... [--job NAME=IMAGE]...`
+//! `runbox-cloudrun-emulator --listen ADDR [--image IMAGE=COMMAND]... [--job NAME=IMAGE]... [--start-delay DUR] [--stats-file FILE]`
 //!
 //! Serves the Cloud Run Admin API v2 (plaintext gRPC) on ADDR. The first line
 //! on stdout is `listening on HOST:PORT` with the bound address (useful with
@@ -48,6 +48,14 @@ struct Cli {
     /// `projects/p/locations/local/jobs/runbox=runbox-executor`. Repeatable.
     #[arg(long = "job", value_name = "NAME=IMAGE", value_parser = parse_job)]
     jobs: Vec<(String, String)>,
+    /// Delay each execution's start by DURATION after RunJob, as Cloud
+    /// Run's container start does (e.g. `2s`).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    start_delay: Duration,
+    /// Rewrite FILE after every RunJob call with the counters as JSON,
+    /// `{"runJobCalls": N}` (each call is also logged with its count).
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -101,7 +109,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::default()
         .kill_grace(cli.kill_grace)
         .inherit_env(!cli.clean_env)
-        .wait_operation(!cli.no_wait_operation);
+        .wait_operation(!cli.no_wait_operation)
+        .start_delay(cli.start_delay);
+    if let Some(path) = cli.stats_file {
+        config = config.stats_file(path);
+    }
     match std::env::current_exe() {
         Ok(me) => config = config.supervisor(me),
         Err(e) => {

@@ -43,6 +43,17 @@ async fn run_execution(run: Arc<Run>) {
         argv = ?run.spec.argv,
         "execution started"
     );
+    let delay = run.config.start_delay;
+    if !delay.is_zero() {
+        // Cloud Run's container start: the execution exists but has not
+        // started. A cancellation meanwhile ends the wait; its tasks then
+        // never start (see `run_task`).
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = run.entry.cancel.cancelled() => {}
+        }
+        tracing::info!(execution = %run.entry.name, ?delay, "container started");
+    }
     run.entry.update(execution::mark_started);
     let slots = Arc::new(Semaphore::new(run.parallelism));
     // Dropping the set (runtime shutdown) aborts the tasks, whose processes

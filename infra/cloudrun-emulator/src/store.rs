@@ -3,6 +3,7 @@
 //! keep their changing state in their own watch channel).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{ExecutionReference, Job};
@@ -22,6 +23,11 @@ pub(crate) struct Store {
     /// Cancelled when the emulator stops; every execution's token is a child.
     pub(crate) shutdown: CancellationToken,
     state: Mutex<State>,
+    /// RunJob calls received, valid or not (the quota Cloud Run counts).
+    run_job_calls: AtomicU64,
+    /// Serialises rewrites of the stats file, so the last rename carries
+    /// the latest count.
+    stats_file: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -63,7 +69,32 @@ impl Store {
             config: Arc::new(config),
             shutdown: CancellationToken::new(),
             state: Mutex::new(State::default()),
+            run_job_calls: AtomicU64::new(0),
+            stats_file: Mutex::new(()),
         }
+    }
+
+    /// RunJob calls received so far.
+    pub(crate) fn run_job_calls(&self) -> u64 {
+        self.run_job_calls.load(Ordering::Acquire)
+    }
+
+    /// Counts one RunJob call, logs the count and rewrites the stats file;
+    /// returns the count. A stats file that cannot be written is logged,
+    /// never an error of the call: the emulator serves on without it.
+    pub(crate) fn count_run_job(&self, job: &str) -> u64 {
+        let _file = self
+            .stats_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let calls = self.run_job_calls.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(job, run_job_calls = calls, "RunJob called");
+        if let Some(path) = &self.config.stats_file
+            && let Err(error) = write_stats(path, calls)
+        {
+            tracing::warn!(path = %path.display(), %error, "cannot write the stats file");
+        }
+        calls
     }
 
     /// Locks the maps. A panic while they were locked leaves them consistent
@@ -202,4 +233,13 @@ mod tests {
         assert!(paginate::<i32>(vec![], 1, "x").is_err());
         assert!(paginate::<i32>(vec![], -1, "").is_err());
     }
+}
+
+/// Writes `{"runJobCalls": N}` to `path` through a temporary file beside it
+/// and a rename, so a reader never sees a half-written file.
+fn write_stats(path: &std::path::Path, run_job_calls: u64) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{{\"runJobCalls\": {run_job_calls}}}\n"))?;
+    std::fs::rename(&tmp, path)
 }

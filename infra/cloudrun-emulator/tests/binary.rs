@@ -119,6 +119,7 @@ async fn binary_rejects_bad_arguments_with_exit_64() {
         vec!["--listen", "127.0.0.1:0", "--image", "img="],
         vec!["--listen", "127.0.0.1:0", "--job", "no-equals-sign"],
         vec!["--listen", "127.0.0.1:0", "--job", "jobs/j=img"],
+        vec!["--listen", "127.0.0.1:0", "--start-delay", "soon"],
         vec![],
     ] {
         let output = within(
