@@ -96,6 +96,50 @@ pub fn log_chunk(id: &ExecutionId, stream: Stream, n: u64) -> String {
     format!("{LOGS_PREFIX}{id}/{}.{n:06}", stream.as_str())
 }
 
+/// `results/{execution}.chunk.stdout.000001`, `.000002`, … (and the same for
+/// stderr): the `n`th live output chunk (from 1) of a command run with
+/// `streamOutput`, written while the command runs and before its result.
+///
+/// They live beside the result, not under `logs/`, because the bucket
+/// notifies only `results/` (and each dispatcher's subscription filters on
+/// `results/{instance}-`): their finalize events reach the caller on the
+/// same path as the result's, with no second notification config that
+/// would also publish every workspace write. They are not results:
+/// [`parse_result`] ignores them.
+pub fn output_chunk(id: &ExecutionId, stream: Stream, n: u64) -> String {
+    format!(
+        "{RESULTS_PREFIX}{id}{CHUNK_INFIX}{}.{n:06}",
+        stream.as_str()
+    )
+}
+
+/// `results/{execution}.chunk.`: every live output chunk of one execution.
+pub fn output_chunks_prefix(id: &ExecutionId) -> String {
+    format!("{RESULTS_PREFIX}{id}{CHUNK_INFIX}")
+}
+
+/// The execution, stream and number of a live output chunk's name, if
+/// `name` is one.
+pub fn parse_output_chunk(name: &str) -> Option<(ExecutionId, Stream, u64)> {
+    let rest = name.strip_prefix(RESULTS_PREFIX)?;
+    let (id, rest) = rest.split_once(CHUNK_INFIX)?;
+    let (stream, n) = rest.split_once('.')?;
+    let stream = match stream {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        _ => return None,
+    };
+    if n.len() < 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = n.parse().ok().filter(|&n| n > 0)?;
+    Some((ExecutionId::new(id).ok()?, stream, n))
+}
+
+/// Between an execution id and the stream of its live output chunks; ids
+/// have no dots, so the split is unambiguous.
+const CHUNK_INFIX: &str = ".chunk.";
+
 /// One of the two captured output streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -134,5 +178,23 @@ mod tests {
         assert_eq!(parse_session_lease("sessions/s1/lease"), Some(s.clone()));
         assert_eq!(parse_session_lease("sessions/s1/state.json"), None);
         assert_eq!(parse_session_lease("sessions/a/b/lease"), None);
+    }
+
+    #[test]
+    fn output_chunk_names_round_trip_and_are_not_results() {
+        let id = ExecutionId::new("abc123-0001").unwrap();
+        let name = output_chunk(&id, Stream::Stderr, 7);
+        assert_eq!(name, "results/abc123-0001.chunk.stderr.000007");
+        assert!(name.starts_with(&output_chunks_prefix(&id)));
+        assert_eq!(
+            parse_output_chunk(&name),
+            Some((id.clone(), Stream::Stderr, 7))
+        );
+        assert_eq!(parse_result(&name), None);
+        assert_eq!(parse_output_chunk(&result(&id)), None);
+        assert_eq!(parse_output_chunk("results/abc.chunk.stdin.000001"), None);
+        assert_eq!(parse_output_chunk("results/abc.chunk.stdout.000000"), None);
+        assert_eq!(parse_output_chunk("results/abc.chunk.stdout.1"), None);
+        assert_eq!(parse_output_chunk("results/a/b.chunk.stdout.000001"), None);
     }
 }

@@ -474,10 +474,15 @@ async fn run_command(
     let Place { cwd, enter } = place;
     let id = &settings.execution_id;
     let log_cap = settings.config.limits.log_cap;
-    let (stdout_capture, stdout) = output::Capture::start(Stream::Stdout, &files.stdout, log_cap)
-        .map_err(|e| error_chain(&e))?;
-    let (stderr_capture, stderr) = output::Capture::start(Stream::Stderr, &files.stderr, log_cap)
-        .map_err(|e| error_chain(&e))?;
+    // A background request streams its own chunks (see `background`).
+    let mut live = (request.stream_output && !request.background).then(|| output::Live::new(id));
+    let live_tx = || live.as_ref().and_then(output::Live::sender);
+    let (stdout_capture, stdout) =
+        output::Capture::start_live(Stream::Stdout, &files.stdout, log_cap, live_tx())
+            .map_err(|e| error_chain(&e))?;
+    let (stderr_capture, stderr) =
+        output::Capture::start_live(Stream::Stderr, &files.stderr, log_cap, live_tx())
+            .map_err(|e| error_chain(&e))?;
     let readonly: Vec<&str> = start
         .keys()
         .map(String::as_str)
@@ -516,9 +521,10 @@ async fn run_command(
     let mut streamer = request
         .background
         .then(|| background::Streamer::new(id, &files.stdout, &files.stderr));
-    let ending = match &mut streamer {
-        Some(streamer) => streamer.run_while(store, command).await,
-        None => command.await,
+    let ending = match (&mut streamer, &mut live) {
+        (Some(streamer), _) => streamer.run_while(store, command).await,
+        (None, Some(live)) => live.run_while(store, command).await,
+        (None, None) => command.await,
     };
     tracing::debug!(execution = %id, ?ending, "command ended");
     let swept = process::sweep_descendants();
@@ -532,6 +538,10 @@ async fn run_command(
         stderr_capture.finish(CAPTURE_DRAIN)
     );
     let produced = [stdout_produced, stderr_produced];
+    // Before the result: once it exists, every chunk does.
+    if let Some(live) = live {
+        live.finish(store).await;
+    }
     Ok(Ran {
         started_at,
         ending,

@@ -24,6 +24,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
+pub mod live;
+
+pub use live::{Live, LiveSender};
+
 /// Size of one read from a capture pipe (the default capacity of a Linux
 /// pipe, so one read usually empties it).
 const READ_BYTES: usize = 64 * 1024;
@@ -69,6 +73,17 @@ impl Capture {
     /// most `cap` bytes. Returns it and the pipe's writing end, to hand to
     /// the command as its stdout or stderr. Call within a Tokio runtime.
     pub fn start(stream: Stream, file: &Path, cap: u64) -> Result<(Self, Stdio), CaptureError> {
+        Self::start_live(stream, file, cap, None)
+    }
+
+    /// [`Capture::start`], also handing every kept piece to `live` as it
+    /// is read (the live output of a command run with `streamOutput`).
+    pub fn start_live(
+        stream: Stream,
+        file: &Path,
+        cap: u64,
+        live: Option<LiveSender>,
+    ) -> Result<(Self, Stdio), CaptureError> {
         let fail = |source| CaptureError { stream, source };
         let file = std::fs::File::create(file).map_err(fail)?;
         // Close-on-exec: the command gets the writing end through its
@@ -78,7 +93,13 @@ impl Capture {
             .map_err(|e| fail(e.into()))?;
         let reader = pipe::Receiver::from_owned_fd(reader).map_err(fail)?;
         let counts = Arc::new(Counts::default());
-        let task = tokio::spawn(pump(reader, file, cap, Arc::clone(&counts)));
+        let task = tokio::spawn(pump(
+            reader,
+            file,
+            cap,
+            Arc::clone(&counts),
+            live.map(|tx| (stream, tx)),
+        ));
         Ok((
             Self {
                 stream,
@@ -127,6 +148,7 @@ async fn pump(
     mut file: std::fs::File,
     cap: u64,
     counts: Arc<Counts>,
+    live: Option<(Stream, LiveSender)>,
 ) -> Option<std::io::Error> {
     let mut buf = vec![0u8; READ_BYTES];
     let mut kept = 0u64;
@@ -153,6 +175,11 @@ async fn pump(
             Ok(()) => {
                 kept += keep as u64;
                 counts.kept.store(kept, Ordering::Release);
+                // Only what is kept goes live, so the chunks respect the
+                // log cap exactly as the record does.
+                if let Some((stream, tx)) = &live {
+                    tx.send(*stream, &buf[..keep]);
+                }
             }
             // Keep reading: the command must not block on a full pipe
             // because the executor's disk is.

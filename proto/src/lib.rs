@@ -118,6 +118,12 @@ pub struct ExecRequest {
     /// empty stdin).
     #[prost(uint64, tag = "15")]
     pub stdin_bytes: u64,
+    /// Someone follows the output live: while the command runs, the
+    /// executor writes what it captures as chunk objects
+    /// `results/{execution_id}.chunk.{stdout|stderr}.NNNNNN` (at most
+    /// `RUNBOX_LOG_CAP_BYTES` per stream in all). The result is unchanged.
+    #[prost(bool, tag = "20")]
+    pub stream_output: bool,
 }
 
 /// The outcome of one execution; stored once as `results/{execution_id}.json`.

@@ -120,6 +120,7 @@ fn the_proto_document_matches_the_rust_definitions() {
         request_id: "r".into(),
         background: true,
         stdin_bytes: 1,
+        stream_output: true,
     };
     check("ExecRequest", &request);
     let result = ExecResult {
