@@ -257,6 +257,15 @@ impl Router {
             self.counters.foreign.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        if let Some((id, stream, n)) = layout::parse_output_chunk(&event.name) {
+            let counter = if self.waiters.output_chunk(&id, stream, n) {
+                &self.counters.delivered
+            } else {
+                &self.counters.ignored
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some(id) = layout::parse_result(&event.name) else {
             if self.waiters.object_changed(&event.name) {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);

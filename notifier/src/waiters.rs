@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::ObjectEvent;
 use crate::object_watch::{ObjectWatch, ObjectWatches};
+use crate::output_watch::{OutputWatch, OutputWatches};
 
 /// How many delivered `(execution, generation)` keys are remembered to
 /// recognise duplicate notifications. GCS and Pub/Sub redeliver within
@@ -76,6 +77,8 @@ pub struct Waiters {
     delivered: Mutex<DeliveredKeys>,
     /// Watches on objects outside `results/` (session leases).
     pub(crate) objects: ObjectWatches,
+    /// Watches on executions' live output chunks.
+    pub(crate) outputs: OutputWatches,
 }
 
 impl Waiters {
@@ -93,6 +96,7 @@ impl Waiters {
             stopped: OnceLock::new(),
             delivered: Mutex::new(DeliveredKeys::with_capacity(DEDUPE_CAPACITY)),
             objects: ObjectWatches::default(),
+            outputs: OutputWatches::default(),
         })
     }
 
@@ -181,6 +185,7 @@ impl Waiters {
         // Dropping a sender wakes its waiter, which then reports `stopped`.
         self.pending.clear();
         self.objects.clear();
+        self.outputs.clear();
     }
 
     /// Watches object `name` (outside `results/`) for announced changes;
@@ -204,9 +209,38 @@ impl Waiters {
         self.objects.changed(name)
     }
 
-    /// Wakes every object watch (events may have been lost).
+    /// Wakes every object watch and tells every output watch (events may
+    /// have been lost).
     pub fn all_objects_changed(&self) {
         self.objects.all_changed();
+        self.outputs.resync();
+    }
+
+    /// Watches the live output chunks of execution `id` (one watch per
+    /// execution; a new one replaces the old); create it BEFORE launching.
+    /// After [`Waiters::close`] the watch fails at once.
+    pub fn watch_output(self: &Arc<Self>, id: &ExecutionId) -> OutputWatch {
+        if self.closed.load(Ordering::SeqCst) {
+            return OutputWatch::new(id, None, Arc::clone(self));
+        }
+        let rx = self.outputs.subscribe(id);
+        // As in `register`: a close that drained the table before our
+        // insert would leave this watch waiting forever.
+        if self.closed.load(Ordering::SeqCst) {
+            return OutputWatch::new(id, None, Arc::clone(self));
+        }
+        OutputWatch::new(id, Some(rx), Arc::clone(self))
+    }
+
+    /// Passes on the event of chunk `n` of `stream` of execution `id`;
+    /// whether anyone watched it.
+    pub fn output_chunk(
+        &self,
+        id: &ExecutionId,
+        stream: runbox_core::layout::Stream,
+        n: u64,
+    ) -> bool {
+        self.outputs.chunk(id, stream, n)
     }
 
     /// Whether [`Waiters::close`] has been called.
