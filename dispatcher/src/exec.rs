@@ -15,6 +15,7 @@ use runbox_proto::ExecResult;
 pub use crate::engine::CancelHandle;
 use crate::engine::{Handle, Submission};
 use crate::error::{Error, Result};
+use crate::live_output::{self, LiveTx, OutputStream};
 
 /// A command about to run: set options, then `.await`.
 ///
@@ -68,6 +69,7 @@ pub(crate) struct Options {
     pub(crate) output_cap: Option<u64>,
     pub(crate) request_id: String,
     pub(crate) stdin: Option<Bytes>,
+    pub(crate) live: Option<LiveTx>,
 }
 
 impl Exec {
@@ -120,6 +122,42 @@ impl Exec {
         self.options.request_id = id.into();
         self
     }
+
+    /// Runs the command with its output delivered while it runs: returns
+    /// the stream of output chunks and the future of the result (the same
+    /// as awaiting the `Exec`). The stream ends once the command has ended
+    /// and all its chunks were delivered, before the result future
+    /// resolves; the result stays the record of the output (see
+    /// [`crate::live_output`] for what the stream promises). Reading the
+    /// stream is optional: a dropped stream only stops the reads.
+    ///
+    /// ```no_run
+    /// # async fn example(session: runbox_dispatcher::Session) -> Result<(), runbox_dispatcher::Error> {
+    /// use std::io::Write;
+    /// use runbox_dispatcher::Stream;
+    ///
+    /// let (mut output, result) = session.exec("for i in 1 2 3; do echo $i; sleep 1; done").streaming();
+    /// let result = tokio::spawn(result);
+    /// while let Some(chunk) = output.next().await {
+    ///     match chunk.stream {
+    ///         Stream::Stdout => std::io::stdout().write_all(&chunk.data).ok(),
+    ///         Stream::Stderr => std::io::stderr().write_all(&chunk.data).ok(),
+    ///     };
+    /// }
+    /// let result = result.await.expect("task")?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn streaming(
+        mut self,
+    ) -> (
+        OutputStream,
+        Pin<Box<dyn Future<Output = Result<ExecResult>> + Send>>,
+    ) {
+        let (tx, stream) = live_output::channel();
+        self.options.live = Some(tx);
+        (stream, self.into_future())
+    }
 }
 
 impl Options {
@@ -144,6 +182,7 @@ impl Options {
             output_cap: self.output_cap.unwrap_or(0),
             request_id: self.request_id,
             stdin,
+            live: self.live,
         })
     }
 }

@@ -48,6 +48,7 @@ pub mod error;
 mod exec;
 pub mod files;
 pub mod launcher;
+pub mod live_output;
 pub mod retention;
 pub mod session;
 pub mod session_lease;
@@ -67,6 +68,7 @@ pub use launcher::cloud_run::{
 };
 pub use launcher::local::LocalLauncher;
 pub use launcher::{Ended, ExecutionState, LaunchSpec, Launcher};
+pub use live_output::{OutputChunk, OutputStream};
 pub use retention::{GcCandidate, GcPlan, GcReport};
 pub use runbox_core::error_chain;
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};

@@ -2,7 +2,8 @@
 //! any more ([`crate::Client::gc`]).
 //!
 //! A foreground command leaves `requests/{execution}.json`,
-//! `results/{execution}.json` and `logs/{execution}/…` behind, keyed by
+//! `results/{execution}.json`, `logs/{execution}/…` and, when its output
+//! was followed live, `results/{execution}.chunk.…` behind, keyed by
 //! execution, not session, so destroying a session does not remove them.
 //! A garbage collection deletes them for every execution whose result was
 //! written more than a given age ago. It works through the [`Store`] trait
@@ -180,7 +181,8 @@ async fn background_executions(store: &dyn Store) -> Result<HashSet<ExecutionId>
     }
 }
 
-/// Deletes an execution's request (and its stdin) and logs, then its result (the
+/// Deletes an execution's request (and its stdin), logs and live output
+/// chunks, then its result (the
 /// generation listed: a result is written once, so another generation
 /// would be news worth keeping); returns how many objects were deleted.
 async fn delete_execution(
@@ -197,9 +199,13 @@ async fn delete_execution(
             Err(e) => return Err(Error::store(op(), e)),
         }
     }
-    n += store::delete_prefix(store, &layout::logs_prefix(id))
-        .await
-        .map_err(|e| Error::store(op(), e))?;
+    // Live output chunks sit beside the result: deleted before it, so an
+    // interrupted collection finds the result and comes back for them.
+    for prefix in [layout::logs_prefix(id), layout::output_chunks_prefix(id)] {
+        n += store::delete_prefix(store, &prefix)
+            .await
+            .map_err(|e| Error::store(op(), e))?;
+    }
     match store
         .delete(
             &result.name,
@@ -214,7 +220,8 @@ async fn delete_execution(
     Ok(n)
 }
 
-/// How many objects an execution has now: request, result and logs.
+/// How many objects an execution has now: request, result, logs and live
+/// output chunks.
 async fn count_objects(store: &dyn Store, id: &ExecutionId) -> Result<usize> {
     let op = || format!("gc: list objects of execution {id}");
     let mut n = 0;
@@ -223,6 +230,7 @@ async fn count_objects(store: &dyn Store, id: &ExecutionId) -> Result<usize> {
         layout::request_stdin(id),
         layout::result(id),
         layout::logs_prefix(id),
+        layout::output_chunks_prefix(id),
     ] {
         n += store::list_all(store, &prefix)
             .await

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::launcher::{LaunchError, LaunchSpec};
+use crate::live_output::{Follower, LiveTx};
 use crate::session_lock::SessionGuard;
 
 /// A validated command, ready to become an execution.
@@ -30,6 +31,8 @@ pub(crate) struct Submission {
     pub(crate) request_id: String,
     /// Standard input, non-empty when set; written as its own object.
     pub(crate) stdin: Option<Bytes>,
+    /// Where live output chunks go, when the caller follows them.
+    pub(crate) live: Option<LiveTx>,
 }
 
 impl Submission {
@@ -53,6 +56,7 @@ impl Submission {
             request_id: self.request_id.clone(),
             background,
             stdin_bytes: self.stdin.as_ref().map_or(0, |data| data.len() as u64),
+            stream_output: self.live.is_some() && !background,
         }
     }
 }
@@ -182,6 +186,11 @@ impl Engine {
             return self.cancelled_before_launch(&id, session).await;
         }
         let waiter = self.register(&id)?;
+        // Watched before the launch, like the waiter: no chunk slips by.
+        let live = submission
+            .live
+            .as_ref()
+            .map(|tx| (self.waiters.watch_output(&id), tx.clone()));
         if let Err(e) = self.launch_foreground(&id, submission.timeout, lock).await {
             // At shutdown the launcher closes just after the notifier: the
             // notifier's error is the one that says why.
@@ -194,9 +203,23 @@ impl Engine {
         }
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "launched");
         let deadline = submission.timeout + self.config.limits.deadline_grace;
-        let outcome = self
-            .wait_foreground(&id, session, waiter, deadline, cancel)
-            .await;
+        let wait = self.wait_foreground(&id, session, waiter, deadline, cancel);
+        let outcome = match live {
+            None => wait.await,
+            Some((watch, tx)) => {
+                let follower = Follower::new(self.store.clone(), id.clone(), tx);
+                let (ended, end) = tokio::sync::oneshot::channel();
+                let wait = async {
+                    let outcome = wait.await;
+                    let _ = ended.send(());
+                    outcome
+                };
+                // The follower reads the last chunks after the wait, so the
+                // stream has everything before the result is handed over.
+                let ((), outcome) = tokio::join!(follower.run(watch, end), wait);
+                outcome
+            }
+        };
         self.launcher.release(&id);
         self.forget_cancel(&id);
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "settled");
