@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus};
+use runbox_dispatcher::{Client, Error, ExecResult, ExecStatus, OutputStream, Stream};
 use tokio::io::AsyncReadExt;
 
 use crate::failure::{EXIT_CANCELLED, EXIT_RUNBOX, EXIT_TIMED_OUT};
@@ -66,8 +66,29 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     }
     let spinner = spinner::Spinner::start(format!("running in session {}", session.id()));
     let started = Instant::now();
-    let outcome = interrupt::run(exec).await;
-    spinner.stop().await;
+    // With --json stdout carries the result only: nothing to show live.
+    let (outcome, printed) = if args.json {
+        let outcome = interrupt::run(exec).await;
+        spinner.stop().await;
+        (outcome, [0, 0])
+    } else {
+        let interrupts = interrupt::Interrupts::install();
+        let cancel = exec.cancel_handle();
+        let (output, running) = exec.streaming();
+        let printer = tokio::spawn(print_live(output, spinner));
+        let outcome = interrupt::run_future(interrupts, cancel, running).await;
+        if outcome.is_none() {
+            printer.abort();
+        }
+        // Every chunk is in the stream by the time the result is, and the
+        // stream ends right after, so this wait is short.
+        let printed = match printer.await {
+            Ok(Ok(printed)) => printed,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => [0, 0],
+        };
+        (outcome, printed)
+    };
     let Some(outcome) = outcome else {
         return Ok(ExitCode::from(EXIT_CANCELLED));
     };
@@ -93,8 +114,18 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
             writeln!(w)
         })?;
     } else {
-        print_stream(client, &result.stdout, &result.stdout_log, Some(&mut out)).await?;
-        print_stream(client, &result.stderr, &result.stderr_log, None).await?;
+        // What was shown live is the start of the record; the rest (all of
+        // it, when the preview stopped early or never came) follows.
+        let [out_skip, err_skip] = printed;
+        print_stream(
+            client,
+            &result.stdout,
+            &result.stdout_log,
+            out_skip,
+            Some(&mut out),
+        )
+        .await?;
+        print_stream(client, &result.stderr, &result.stderr_log, err_skip, None).await?;
     }
     report_end(&result, started.elapsed());
     Ok(exit_code(&result))
@@ -196,6 +227,7 @@ async fn print_stream(
     client: &Client,
     inline: &str,
     log: &str,
+    mut skip: u64,
     mut stdout: Option<&mut Stdout>,
 ) -> Result<(), Error> {
     let mut write = |bytes: &[u8]| match stdout.as_deref_mut() {
@@ -207,7 +239,11 @@ async fn print_stream(
         }
     };
     if log.is_empty() {
-        write(inline.as_bytes())?;
+        let rest = usize::try_from(skip)
+            .ok()
+            .and_then(|skip| inline.as_bytes().get(skip..))
+            .unwrap_or_default();
+        write(rest)?;
         return Ok(());
     }
     let (_, mut stream) = client.open_log(log).await?;
@@ -219,10 +255,56 @@ async fn print_stream(
             .map_err(|e| io_error(format!("read log {log}"), e))?;
         // Stop at the end, or once the reader has gone: the rest would
         // only be thrown away.
-        if n == 0 || !write(&chunk[..n])? {
+        if n == 0 {
+            return Ok(());
+        }
+        let skipped = usize::try_from(skip).unwrap_or(usize::MAX).min(n);
+        skip -= skipped as u64;
+        if skipped < n && !write(&chunk[skipped..n])? {
             return Ok(());
         }
     }
+}
+
+/// Prints a command's output as it runs: stdout chunks to runbox's stdout,
+/// stderr chunks to its stderr, each flushed at once. Stops the spinner at
+/// the first chunk (it shares the terminal). Returns the bytes written per
+/// stream (stdout, stderr), so the result's output is printed from there on.
+async fn print_live(
+    mut output: OutputStream,
+    spinner: spinner::Spinner,
+) -> Result<[u64; 2], Error> {
+    let mut spinner = Some(spinner);
+    let mut out = Stdout::new();
+    let mut printed = [0u64; 2];
+    while let Some(chunk) = output.next().await {
+        if let Some(spinner) = spinner.take() {
+            spinner.stop().await;
+        }
+        match chunk.stream {
+            Stream::Stdout => {
+                if out.gone() {
+                    continue;
+                }
+                out.bytes(&chunk.data)?;
+                printed[0] += chunk.data.len() as u64;
+            }
+            Stream::Stderr => {
+                let mut err = std::io::stderr().lock();
+                if err
+                    .write_all(&chunk.data)
+                    .and_then(|()| err.flush())
+                    .is_ok()
+                {
+                    printed[1] += chunk.data.len() as u64;
+                }
+            }
+        }
+    }
+    if let Some(spinner) = spinner {
+        spinner.stop().await;
+    }
+    Ok(printed)
 }
 
 /// How much of a log object is held at a time while printing it.

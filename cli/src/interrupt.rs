@@ -5,9 +5,9 @@
 //! session's lock until it exits, so even then the next command waits for
 //! it.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 
-use runbox_dispatcher::{Error, Exec, ExecResult};
+use runbox_dispatcher::{CancelHandle, Error, Exec, ExecResult};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::stdout::note;
@@ -18,9 +18,19 @@ pub async fn run(exec: Exec) -> Option<Result<ExecResult, Error>> {
     // Handlers first: once the future exists the command may launch, and a
     // signal with its default action would end this process without
     // stopping the command.
-    let mut interrupts = Interrupts::install();
+    let interrupts = Interrupts::install();
     let cancel = exec.cancel_handle();
-    let running = exec.into_future();
+    run_future(interrupts, cancel, exec.into_future()).await
+}
+
+/// [`run`] for a result future and its cancel handle (a command whose
+/// output streams while it runs). `interrupts` must be installed before
+/// `running` is created.
+pub async fn run_future(
+    mut interrupts: Interrupts,
+    cancel: CancelHandle,
+    running: impl Future<Output = Result<ExecResult, Error>>,
+) -> Option<Result<ExecResult, Error>> {
     tokio::pin!(running);
     tokio::select! {
         outcome = &mut running => return Some(outcome),
@@ -38,7 +48,7 @@ pub async fn run(exec: Exec) -> Option<Result<ExecResult, Error>> {
 }
 
 /// SIGINT and SIGTERM, as one stream.
-struct Interrupts {
+pub struct Interrupts {
     int: Option<Signal>,
     term: Option<Signal>,
 }
@@ -46,7 +56,7 @@ struct Interrupts {
 impl Interrupts {
     /// Installs both handlers; one that cannot be installed keeps its
     /// default action (the process ends, the command runs on).
-    fn install() -> Self {
+    pub fn install() -> Self {
         let install = |kind: SignalKind, name: &str| match signal(kind) {
             Ok(s) => Some(s),
             Err(e) => {
