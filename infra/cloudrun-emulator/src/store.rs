@@ -220,6 +220,15 @@ pub(crate) fn paginate<T>(
     Ok((page, next))
 }
 
+/// Writes `{"runJobCalls": N}` to `path` through a temporary file beside it
+/// and a rename, so a reader never sees a half-written file.
+fn write_stats(path: &std::path::Path, run_job_calls: u64) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{{\"runJobCalls\": {run_job_calls}}}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,13 +242,4 @@ mod tests {
         assert!(paginate::<i32>(vec![], 1, "x").is_err());
         assert!(paginate::<i32>(vec![], -1, "").is_err());
     }
-}
-
-/// Writes `{"runJobCalls": N}` to `path` through a temporary file beside it
-/// and a rename, so a reader never sees a half-written file.
-fn write_stats(path: &std::path::Path, run_job_calls: u64) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{{\"runJobCalls\": {run_job_calls}}}\n"))?;
-    std::fs::rename(&tmp, path)
 }
