@@ -413,11 +413,17 @@ async fn gc_deletes_finished_executions_and_dry_run_only_reports() {
         let out = cli.exec("gc", script).await;
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let results = || {
+    // Result objects; `exec` also leaves its live output chunks beside them.
+    let objects = |suffix: &str| {
         std::fs::read_dir(cli.home.path().join("results"))
-            .map(|d| d.count())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                    .count()
+            })
             .unwrap_or(0)
     };
+    let results = || objects(".json");
     assert_eq!(results(), 2);
 
     let out = cli.run(&["gc", "--older-than", "0s", "--dry-run"]).await;
@@ -434,6 +440,7 @@ async fn gc_deletes_finished_executions_and_dry_run_only_reports() {
     assert_eq!(report["keptBackground"], 0, "{report}");
     assert!(report["objects"].as_u64().unwrap() >= 4, "{report}");
     assert_eq!(results(), 0);
+    assert_eq!(objects(""), 0, "chunks are deleted with their execution");
 
     // The session survives: its state is not an execution object.
     let out = cli.exec("gc", "echo three").await;

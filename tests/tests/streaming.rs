@@ -120,6 +120,22 @@ async fn embedded_chunks_arrive_in_order_before_the_result() {
     .unwrap();
     chunks_arrive_in_order_before_the_result(&client, home.path()).await;
     chunks_are_capped_like_the_record(&client, CAP).await;
+
+    // Retention: the chunks go with their execution's other objects.
+    let chunks = || {
+        // The store removes a directory it emptied.
+        std::fs::read_dir(home.path().join("results")).map_or(0, |d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".chunk."))
+                .count()
+        })
+    };
+    assert!(chunks() > 0);
+    let report = within(60, client.gc(std::time::Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(report.executions > 0, "{report:?}");
+    assert_eq!(chunks(), 0, "gc left chunk objects behind");
     client.shutdown().await;
 }
 
