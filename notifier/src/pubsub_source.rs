@@ -164,8 +164,9 @@ impl PubSubConfig {
         format!("runbox-{}", self.instance)
     }
 
-    /// The subscription filter: this instance's results, and the session
-    /// objects dispatchers announce to each other (session leases).
+    /// The subscription filter: this instance's results (and the live
+    /// output chunks written beside them, which share the prefix), and the
+    /// session objects dispatchers announce to each other (session leases).
     pub fn filter(&self) -> String {
         format!(
             "hasPrefix(attributes.objectId, \"{}{}-\") OR hasPrefix(attributes.objectId, \"{}\")",
