@@ -129,7 +129,10 @@ mod tests {
         let admin = rules[0]["availabilityCondition"]["expression"]
             .as_str()
             .unwrap();
-        assert!(admin.contains("'projects/_/buckets/bk/objects/sessions/s1/'"), "{admin}");
+        assert!(
+            admin.contains("'projects/_/buckets/bk/objects/sessions/s1/'"),
+            "{admin}"
+        );
         assert!(admin.contains(".startsWith('sessions/s1/')"), "{admin}");
         let create = rules[2]["availabilityCondition"]["expression"]
             .as_str()

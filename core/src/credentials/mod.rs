@@ -24,10 +24,10 @@ mod boundary;
 mod sts;
 
 pub use boundary::{
-    AccessBoundary, AccessBoundaryRule, AvailabilityCondition, LIST_PREFIX_ATTRIBUTE,
-    OBJECT_ADMIN, OBJECT_CREATOR, OBJECT_VIEWER,
+    AccessBoundary, AccessBoundaryRule, AvailabilityCondition, LIST_PREFIX_ATTRIBUTE, OBJECT_ADMIN,
+    OBJECT_CREATOR, OBJECT_VIEWER,
 };
-pub use sts::{Minter, StsClient, StaticToken};
+pub use sts::{Minter, StaticToken, StsClient};
 
 use std::time::{Duration, SystemTime};
 
@@ -139,6 +139,18 @@ impl CredentialSettings {
                 ),
             });
         }
+        let emulator_token = env.get(STORAGE_EMULATOR_TOKEN_ENV).filter(|_| on_emulator);
+        if on_emulator
+            && execution == ExecutionCredentials::Downscoped
+            && endpoint.is_some()
+            && emulator_token.is_none()
+        {
+            problems.push(Problem::Missing {
+                var: STORAGE_EMULATOR_TOKEN_ENV,
+                needed_by: EXECUTION_CREDENTIALS_ENV,
+                needed_by_value: "downscoped",
+            });
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -149,9 +161,7 @@ impl CredentialSettings {
                 .unwrap_or(DEFAULT_STS_ENDPOINT)
                 .trim_end_matches('/')
                 .to_owned(),
-            emulator_token: env
-                .get(STORAGE_EMULATOR_TOKEN_ENV)
-                .filter(|_| on_emulator),
+            emulator_token,
         })
     }
 }
@@ -262,6 +272,10 @@ mod tests {
         assert_eq!(real, CredentialSettings::default());
         let emu = CredentialSettings::from_lookup(&none, true).unwrap();
         assert_eq!(emu.execution, ExecutionCredentials::Inherit);
+        // A stand-in endpoint needs the token the dispatcher exchanges.
+        let bad =
+            CredentialSettings::from_lookup(&[(STS_ENDPOINT_ENV, "http://x")], true).unwrap_err();
+        assert!(format!("{bad:?}").contains(STORAGE_EMULATOR_TOKEN_ENV));
         let stand_in = CredentialSettings::from_lookup(
             &[
                 (STS_ENDPOINT_ENV, "http://127.0.0.1:9/"),
@@ -285,8 +299,8 @@ mod tests {
         let bad = CredentialSettings::from_lookup(&[(EXECUTION_CREDENTIALS_ENV, "some")], false)
             .unwrap_err();
         assert!(format!("{bad:?}").contains(EXECUTION_CREDENTIALS_ENV));
-        let bad = CredentialSettings::from_lookup(&[(STS_ENDPOINT_ENV, "sts.local")], false)
-            .unwrap_err();
+        let bad =
+            CredentialSettings::from_lookup(&[(STS_ENDPOINT_ENV, "sts.local")], false).unwrap_err();
         assert!(format!("{bad:?}").contains(STS_ENDPOINT_ENV));
         let bad =
             CredentialSettings::from_lookup(&[(EXECUTION_CREDENTIALS_ENV, "downscoped")], true)

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use token_source::{TokenSource, TokenSourceProvider};
 
-use super::{AccessBoundary, CredentialError, StoreToken, STS_TIMEOUT};
+use super::{AccessBoundary, CredentialError, STS_TIMEOUT, StoreToken};
 use crate::ids::{ExecutionId, SessionId};
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -81,7 +81,10 @@ impl StsClient {
             .await
             .map_err(|source| self.unreachable(source))?;
         let status = answer.status();
-        let body = answer.bytes().await.map_err(|source| self.unreachable(source))?;
+        let body = answer
+            .bytes()
+            .await
+            .map_err(|source| self.unreachable(source))?;
         if !status.is_success() {
             let e: ErrorAnswer = serde_json::from_slice(&body).unwrap_or_default();
             return Err(CredentialError::Refused {
@@ -188,10 +191,7 @@ impl Minter {
                     .token()
                     .await
                     .map_err(|source| CredentialError::SubjectToken { source })?;
-                bearer
-                    .strip_prefix("Bearer ")
-                    .unwrap_or(&bearer)
-                    .to_owned()
+                bearer.strip_prefix("Bearer ").unwrap_or(&bearer).to_owned()
             }
         };
         let boundary = AccessBoundary::for_execution(&self.bucket, session, execution);

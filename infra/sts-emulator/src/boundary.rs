@@ -207,7 +207,10 @@ fn parse_rule(index: usize, rule: RuleJson) -> Result<Rule, BoundaryError> {
     let (condition, expression) = match rule.availability_condition {
         None => (None, None),
         Some(c) => (
-            Some(Expr::parse(&c.expression).map_err(|source| BoundaryError::Condition { index, source })?),
+            Some(
+                Expr::parse(&c.expression)
+                    .map_err(|source| BoundaryError::Condition { index, source })?,
+            ),
             Some(c.expression),
         ),
     };
@@ -261,7 +264,11 @@ mod tests {
             "{}".to_owned(),
             "not json".to_owned(),
             options(""),
-            rule("//storage.googleapis.com/projects/_/buckets/", "inRole:roles/storage.objectViewer", ""),
+            rule(
+                "//storage.googleapis.com/projects/_/buckets/",
+                "inRole:roles/storage.objectViewer",
+                "",
+            ),
             rule("gs://bk", "inRole:roles/storage.objectViewer", ""),
             rule(good, "roles/storage.objectViewer", ""),
             rule(good, "inRole:roles/owner", ""),

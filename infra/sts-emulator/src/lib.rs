@@ -153,7 +153,9 @@ pub async fn serve(listener: tokio::net::TcpListener, settings: Settings) -> any
     Ok(())
 }
 
-async fn records(axum::extract::State(state): axum::extract::State<Arc<State>>) -> axum::Json<Vec<RequestRecord>> {
+async fn records(
+    axum::extract::State(state): axum::extract::State<Arc<State>>,
+) -> axum::Json<Vec<RequestRecord>> {
     axum::Json(lock(&state.records).clone())
 }
 

@@ -25,7 +25,10 @@ enum Target {
     /// A list, with its prefix.
     List { bucket: String, prefix: String },
     /// A new upload (multipart, media, or a resumable session's start).
-    Upload { bucket: String, name: Option<String> },
+    Upload {
+        bucket: String,
+        name: Option<String>,
+    },
     /// A chunk of a resumable session.
     Resume { upload_id: String },
     /// A bucket, or nothing the stand-in knows.
@@ -65,14 +68,25 @@ pub(crate) async fn forward(Extract(state): Extract<Arc<State>>, request: Reques
 
     let refusal = match kind {
         TokenKind::Source => None,
-        TokenKind::None => Some((StatusCode::UNAUTHORIZED, "Anonymous caller does not have access".to_owned())),
+        TokenKind::None => Some((
+            StatusCode::UNAUTHORIZED,
+            "Anonymous caller does not have access".to_owned(),
+        )),
         TokenKind::Unknown => Some((StatusCode::UNAUTHORIZED, "Invalid Credentials".to_owned())),
-        TokenKind::Expired => Some((StatusCode::UNAUTHORIZED, "The access token has expired".to_owned())),
+        TokenKind::Expired => Some((
+            StatusCode::UNAUTHORIZED,
+            "The access token has expired".to_owned(),
+        )),
         TokenKind::Downscoped => {
             let boundary = &issued.as_ref().map(|i| &i.boundary);
             let mut needed = needed.clone();
             // Overwriting takes delete as well, as on Cloud Storage.
-            if let (Target::Upload { name: Some(name), .. }, Some(bucket)) = (&target, &bucket)
+            if let (
+                Target::Upload {
+                    name: Some(name), ..
+                },
+                Some(bucket),
+            ) = (&target, &bucket)
                 && query_value(&query, "ifGenerationMatch").as_deref() != Some("0")
                 && exists(&state, bucket, name).await
             {
@@ -113,7 +127,8 @@ pub(crate) async fn forward(Extract(state): Extract<Arc<State>>, request: Reques
         state.record(record);
         return gcs_error(status, &message);
     }
-    let response = match upstream(&state, &parts.method, &path, &query, &parts.headers, body).await {
+    let response = match upstream(&state, &parts.method, &path, &query, &parts.headers, body).await
+    {
         Ok(r) => r,
         Err(e) => {
             record.status = 502;
@@ -128,7 +143,10 @@ pub(crate) async fn forward(Extract(state): Extract<Arc<State>>, request: Reques
             if let Some(rewritten) = rewrite_location(&state, &target, value) {
                 headers.insert(header::LOCATION, rewritten);
             }
-        } else if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+        } else if name != header::CONTENT_LENGTH
+            && name != header::TRANSFER_ENCODING
+            && name != header::CONNECTION
+        {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -177,9 +195,13 @@ fn needs(method: &Method, target: &Target) -> (Vec<Permission>, Option<String>, 
 /// `resource.name` and the list-prefix attribute of a request.
 fn request_of(target: &Target, bucket: &str) -> (String, String) {
     match target {
-        Target::Object { name, .. } | Target::Upload { name: Some(name), .. } => {
-            (format!("projects/_/buckets/{bucket}/objects/{name}"), String::new())
-        }
+        Target::Object { name, .. }
+        | Target::Upload {
+            name: Some(name), ..
+        } => (
+            format!("projects/_/buckets/{bucket}/objects/{name}"),
+            String::new(),
+        ),
         Target::List { prefix, .. } => (format!("projects/_/buckets/{bucket}"), prefix.clone()),
         _ => (format!("projects/_/buckets/{bucket}"), String::new()),
     }
@@ -194,7 +216,12 @@ fn target(
     state: &State,
 ) -> Target {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let decode = |s: &str| percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned());
+    let decode = |s: &str| {
+        percent_decode_str(s)
+            .decode_utf8()
+            .ok()
+            .map(|c| c.into_owned())
+    };
     match segments.as_slice() {
         ["storage", "v1", "b", bucket, "o"] | ["download", "storage", "v1", "b", bucket, "o"]
             if *method == Method::GET =>
@@ -205,10 +232,12 @@ fn target(
             }
         }
         ["storage", "v1", "b", bucket, "o", object]
-        | ["download", "storage", "v1", "b", bucket, "o", object] => match (decode(bucket), decode(object)) {
-            (Some(bucket), Some(name)) => Target::Object { bucket, name },
-            _ => Target::Other,
-        },
+        | ["download", "storage", "v1", "b", bucket, "o", object] => {
+            match (decode(bucket), decode(object)) {
+                (Some(bucket), Some(name)) => Target::Object { bucket, name },
+                _ => Target::Other,
+            }
+        }
         ["upload", "storage", "v1", "b", bucket, "o"] => {
             if let Some(id) = query_value(query, "upload_id") {
                 return match lock(&state.uploads).get(&id) {
@@ -312,10 +341,20 @@ fn rewrite_location(state: &State, target: &Target, value: &HeaderValue) -> Opti
     let location = value.to_str().ok()?;
     let rest = location
         .strip_prefix(&state.settings.upstream)
-        .or_else(|| location.split_once("://").and_then(|(_, r)| r.find('/').map(|i| &r[i..])))?;
-    if let (Target::Upload { name: Some(name), .. }, Some(id)) = (
+        .or_else(|| {
+            location
+                .split_once("://")
+                .and_then(|(_, r)| r.find('/').map(|i| &r[i..]))
+        })?;
+    if let (
+        Target::Upload {
+            name: Some(name), ..
+        },
+        Some(id),
+    ) = (
         target,
-        rest.split_once('?').and_then(|(_, q)| query_value(q, "upload_id")),
+        rest.split_once('?')
+            .and_then(|(_, q)| query_value(q, "upload_id")),
     ) {
         lock(&state.uploads).insert(id, name.clone());
     }
@@ -356,7 +395,13 @@ mod tests {
         let body = Bytes::from_static(
             b"--xyz\r\nContent-Type: application/json\r\n\r\n{\"name\":\"sessions/A/state.json\"}\r\n--xyz\r\n\r\ndata\r\n--xyz--",
         );
-        assert_eq!(upload_name(&headers, &body).as_deref(), Some("sessions/A/state.json"));
-        assert_eq!(query_value("a=1&prefix=sessions%2FA%2F", "prefix").as_deref(), Some("sessions/A/"));
+        assert_eq!(
+            upload_name(&headers, &body).as_deref(),
+            Some("sessions/A/state.json")
+        );
+        assert_eq!(
+            query_value("a=1&prefix=sessions%2FA%2F", "prefix").as_deref(),
+            Some("sessions/A/")
+        );
     }
 }

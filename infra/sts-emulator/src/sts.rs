@@ -29,7 +29,10 @@ pub(crate) async fn exchange(
     if field("grant_type") != GRANT_TYPE {
         return refuse(
             "unsupported_grant_type",
-            &format!("grant_type must be {GRANT_TYPE}, not {:?}", field("grant_type")),
+            &format!(
+                "grant_type must be {GRANT_TYPE}, not {:?}",
+                field("grant_type")
+            ),
         );
     }
     for name in ["subject_token_type", "requested_token_type"] {
@@ -47,7 +50,10 @@ pub(crate) async fn exchange(
         return refuse("invalid_grant", "the subject token is invalid or expired");
     }
     if field("options").is_empty() {
-        return refuse("invalid_request", "options with an accessBoundary is missing");
+        return refuse(
+            "invalid_request",
+            "options with an accessBoundary is missing",
+        );
     }
     let boundary = match Boundary::parse_options(field("options")) {
         Ok(b) => b,
