@@ -1,4 +1,5 @@
-//! `runbox-sts-emulator --upstream URL --source-token TOKEN [--listen ADDR] [--token-ttl DURATION]`
+//! `runbox-sts-emulator --upstream URL --source-token TOKEN [--listen ADDR] [--token-ttl-secs N]`
+//! (or the token in `RUNBOX_STS_SOURCE_TOKEN`)
 //!
 //! Serves the token exchange and the boundary-enforcing Cloud Storage proxy
 //! (see the library docs). The first line on stdout is `listening on
@@ -24,8 +25,14 @@ struct Cli {
     #[arg(long, value_name = "URL")]
     upstream: String,
     /// The dispatcher's token: may do everything, and is the only subject
-    /// token the exchange accepts.
-    #[arg(long, value_name = "TOKEN")]
+    /// token the exchange accepts. Better passed in the environment, where
+    /// (the process being non-dumpable) other users cannot read it.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "RUNBOX_STS_SOURCE_TOKEN",
+        hide_env_values = true
+    )]
     source_token: String,
     /// Lifetime of issued tokens, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
@@ -33,6 +40,14 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Commands under test must not find the source token in this process's
+    // environment or memory through /proc.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("error: make the process non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
