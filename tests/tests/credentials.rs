@@ -576,3 +576,108 @@ async fn the_exchange_refuses_bad_input_with_clear_errors() {
         .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
 }
+
+/// The Cloud Run launcher (runbox's emulator): the token travels in the
+/// RunJob env overrides, the job template holds no credential, and a
+/// command finds the token nowhere, not in the executor's environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_cloud_run_the_token_travels_in_the_overrides_and_stays_hidden() {
+    use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
+        CreateJobRequest, jobs_client::JobsClient,
+    };
+    use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
+    const PARENT: &str = "projects/p/locations/us-central1";
+    const IMAGE: &str = "runbox-executor:sts";
+
+    let (emu, sts) = stack(3600).await;
+    let config = EmulatorConfig::default()
+        .image(IMAGE, [binary("runbox-executor").display().to_string()])
+        .inherit_env(false)
+        .kill_grace(Duration::from_millis(500))
+        .supervisor(binary("runbox-cloudrun-emulator"));
+    let emulator = within(10, Emulator::start("127.0.0.1:0".parse().unwrap(), config))
+        .await
+        .expect("start the Cloud Run emulator");
+    let endpoint = emulator.endpoint();
+    // The template: where the store is, and no credential at all.
+    let mut template: Vec<(String, String)> = emu.env().into_iter().collect();
+    template.retain(|(k, _)| k != "STORAGE_EMULATOR_HOST");
+    template.push(("STORAGE_EMULATOR_HOST".into(), sts.url.clone()));
+    template.push(("RUNBOX_KILL_GRACE_MS".into(), "300".into()));
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone()).unwrap();
+    let mut jobs = JobsClient::new(within(10, channel.connect()).await.unwrap());
+    within(
+        10,
+        jobs.create_job(CreateJobRequest {
+            parent: PARENT.to_owned(),
+            job: Some(runbox_tests::cloud_run::executor_job(IMAGE, &template)),
+            job_id: "runbox".to_owned(),
+            validate_only: false,
+        }),
+    )
+    .await
+    .expect("CreateJob");
+
+    let cli = Cli::new();
+    let vars = env(&emu, &sts, cli.home.path());
+    let run = |session: &str, script: String| {
+        let mut cmd = cli.command(&["exec", "-s", session, "--", &script]);
+        cmd.envs(&vars)
+            .env("RUNBOX_LAUNCHER", "cloudrun")
+            .env("RUNBOX_CLOUD_RUN_JOB", format!("{PARENT}/jobs/runbox"))
+            .env("RUNBOX_CLOUD_RUN_ENDPOINT", &endpoint);
+        async move { within(120, cmd.output()).await.expect("runbox exec") }
+    };
+    let (alpha, beta) = (unique("alpha"), unique("beta"));
+    let out = run(
+        &alpha,
+        "echo secret-a > secret.txt && export MARK=a1".into(),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(
+        &beta,
+        format!(
+            "python3 - {} {} {alpha} <<'PY'\n{ATTACKER}\nPY",
+            sts.url, emu.bucket
+        ),
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().next(),
+        Some("found 0"),
+        "a credential is readable by the command:\n{stdout}"
+    );
+    for line in stdout.lines().skip(1) {
+        let status = line.rsplit(' ').next().unwrap();
+        assert!(matches!(status, "401" | "403"), "allowed: {line}\n{stdout}");
+    }
+    let out = run(&alpha, "cat secret.txt; echo $MARK".into()).await;
+    assert_eq!(text(&out.stdout), "secret-a\na1\n", "{}", text(&out.stderr));
+
+    // Every request that got through carried the source token (the
+    // dispatcher) or a downscoped one (an executor); the three results were
+    // written with downscoped tokens.
+    let records = sts.records().await.unwrap();
+    let allowed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["status"].as_u64() < Some(400))
+        .collect();
+    for rec in &allowed {
+        assert!(
+            matches!(str_of(rec, "token"), "source" | "downscoped"),
+            "{rec}"
+        );
+    }
+    let writes: Vec<&&Value> = allowed
+        .iter()
+        .filter(|r| str_of(r, "object").starts_with("results/"))
+        .filter(|r| str_of(r, "method") == "POST")
+        .collect();
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    for rec in writes {
+        assert_eq!(str_of(rec, "token"), "downscoped", "{rec}");
+    }
+}
