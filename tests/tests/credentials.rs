@@ -110,8 +110,8 @@ async fn an_execution_works_with_its_own_downscoped_token_and_no_other() {
     }
     // What only an executor writes was written with a downscoped token,
     // and that token's boundary names the very result it wrote.
-    for id in [&r.execution_id] {
-        let result = layout::result(&ExecutionId::new(id).unwrap());
+    {
+        let result = layout::result(&ExecutionId::new(&r.execution_id).unwrap());
         let writes: Vec<&&Value> = own
             .iter()
             .filter(|rec| str_of(rec, "object") == result && str_of(rec, "method") == "POST")
