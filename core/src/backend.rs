@@ -17,6 +17,17 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             Ok(Arc::new(LocalStore::open_with(&embedded.home, durability)?))
         }
         BackendConfig::Gcp(gcp) => {
+            if let (Some(host), Some(token)) = (
+                gcp.storage_emulator_host.as_deref(),
+                gcp.credentials.emulator_token.as_deref(),
+            ) {
+                let token = crate::credentials::StoreToken::new(token, None);
+                return Ok(Arc::new(GcsStore::with_token(
+                    gcp.bucket.clone(),
+                    Some(host),
+                    &token,
+                )));
+            }
             let store =
                 GcsStore::connect(gcp.bucket.clone(), gcp.storage_emulator_host.as_deref()).await?;
             Ok(Arc::new(store))

@@ -324,6 +324,11 @@ pub struct GcpConfig {
     /// it every third of that; a holder that died blocks the session's next
     /// command for at most this long. Default: 30000.
     pub session_lease_ttl: Duration,
+    /// `RUNBOX_EXECUTION_CREDENTIALS`, `RUNBOX_STS_ENDPOINT`,
+    /// `RUNBOX_STORAGE_EMULATOR_TOKEN`: the credentials executors get (see
+    /// [`crate::credentials`]). The dispatcher's alone: [`Config::to_env`]
+    /// leaves them out, so an executor never sees them.
+    pub credentials: crate::credentials::CredentialSettings,
 }
 
 impl GcpConfig {
@@ -337,6 +342,7 @@ impl GcpConfig {
             storage_emulator_host: None,
             pubsub_emulator_host: None,
             session_lease_ttl: Duration::from_secs(30),
+            credentials: crate::credentials::CredentialSettings::default(),
         }
     }
 }
@@ -597,7 +603,8 @@ impl Config {
 
     /// The variables that reproduce this configuration in a child process
     /// (the local launcher passes them to the executor, which reads the same
-    /// names): `from_lookup` of them gives this configuration back.
+    /// names): `from_lookup` of them gives this configuration back, except
+    /// the dispatcher's own credential settings ([`GcpConfig::credentials`]).
     pub fn to_env(&self) -> Vec<(&'static str, String)> {
         let mut env = vec![(RUNBOX_BACKEND, self.backend.kind().as_str().to_owned())];
         match &self.backend {
@@ -737,6 +744,16 @@ impl Reader<'_> {
                 gcp.storage_emulator_host = storage_emulator_host;
                 gcp.pubsub_emulator_host = pubsub_emulator_host;
                 gcp.session_lease_ttl = lease_ttl?;
+                match crate::credentials::CredentialSettings::from_lookup(
+                    self.env,
+                    gcp.storage_emulator_host.is_some(),
+                ) {
+                    Ok(credentials) => gcp.credentials = credentials,
+                    Err(problems) => {
+                        self.problems.extend(problems);
+                        return None;
+                    }
+                }
                 Some(BackendConfig::Gcp(gcp))
             }
         }

@@ -7,6 +7,7 @@ pub mod background_marker;
 pub mod backoff;
 pub mod config;
 pub mod contract;
+pub mod credentials;
 pub mod ids;
 pub mod layout;
 pub mod logging;

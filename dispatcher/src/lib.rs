@@ -43,6 +43,7 @@
 mod backends;
 pub mod background;
 pub mod client;
+mod credentials;
 mod engine;
 pub mod error;
 mod exec;

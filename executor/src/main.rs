@@ -26,8 +26,9 @@ use runbox_core::config::{BackendConfig, Config, Env, Lookup};
 use runbox_core::contract::{
     DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
 };
+use runbox_core::credentials::{STORE_TOKEN_ENV, StoreToken};
 use runbox_core::session_cwd::{self, WORKSPACE_NAMESPACE_ENV, WORKSPACE_PATH_ENV};
-use runbox_core::store::{Durability, LocalStore, Store, StoreError};
+use runbox_core::store::{Durability, GcsStore, LocalStore, Store, StoreError};
 use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
 
 const EXIT_CONFIG: u8 = 64;
@@ -94,6 +95,13 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e.to_string()),
     };
+    // The execution's own store token, when the dispatcher minted one: then
+    // it is the only credential the store gets. Commands never inherit it
+    // (their environment is built from scratch), and this process's
+    // /proc files are closed to them.
+    let store_token = lookup
+        .get(STORE_TOKEN_ENV)
+        .map(|secret| StoreToken::new(secret, None));
     let workspace_base = match &config.backend {
         BackendConfig::Local(embedded) => embedded.home.clone(),
         BackendConfig::Gcp(_) => lookup
@@ -155,7 +163,7 @@ fn main() -> ExitCode {
             // must cancel the command, not kill the executor before it can
             // write a CANCELLED result.
             let cancel = shutdown_signal();
-            let store = match open_store(&config).await {
+            let store = match open_store(&config, store_token.as_ref()).await {
                 Ok(s) => s,
                 Err(e) => {
                     report(&format!("open store: {}", error_chain(&e)));
@@ -207,11 +215,15 @@ fn report(message: &str) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// The store, as the dispatcher opens it, except that an embedded store
+/// The store, as the dispatcher opens it, except that a gcp store with a
+/// store token uses that token alone, and an embedded store
 /// does its file work on this thread: the executor does one thing at a
 /// time, and a handoff to the blocking pool and back per operation cost
 /// more than the operations themselves (see `LocalStore::open_inline`).
-async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+async fn open_store(
+    config: &Config,
+    store_token: Option<&StoreToken>,
+) -> Result<Arc<dyn Store>, StoreError> {
     match &config.backend {
         BackendConfig::Local(embedded) => {
             let durability = if embedded.sync {
@@ -224,7 +236,14 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
                 durability,
             )?))
         }
-        BackendConfig::Gcp(_) => runbox_core::backend::open_store(config).await,
+        BackendConfig::Gcp(gcp) => match store_token {
+            Some(token) => Ok(Arc::new(GcsStore::with_token(
+                gcp.bucket.clone(),
+                gcp.storage_emulator_host.as_deref(),
+                token,
+            ))),
+            None => runbox_core::backend::open_store(config).await,
+        },
     }
 }
 

@@ -274,6 +274,9 @@ fn trial(
         .arg(OUTSIDE)
         .args(plan.to_args())
         .arg("--")
+        // It runs as the commands' user and is readable by them until it
+        // makes itself non-dumpable: the store token stays here.
+        .env_remove(runbox_core::credentials::STORE_TOKEN_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

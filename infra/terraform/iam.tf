@@ -141,11 +141,7 @@ resource "google_secret_manager_secret_iam_member" "serve_token" {
 
 # --- the executor ---
 
-# Reads its request and the session's workspace, writes the workspace, logs
-# and its result. A command can reach this token through the metadata
-# server (README, Isolation), so it gets nothing beyond the bucket.
-resource "google_storage_bucket_iam_member" "executor_objects" {
-  bucket = google_storage_bucket.runbox.name
-  role   = "roles/storage.objectUser"
-  member = local.executor_member
-}
+# Nothing. A command can reach the executor account's token through the
+# metadata server (README, Least privilege), so the account holds no role:
+# each execution works with a token the dispatcher mints for it, bounded to
+# its session's objects and its own request, result and logs.

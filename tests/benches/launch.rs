@@ -140,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             execution_id: id.clone(),
             timeout: Duration::from_secs(60),
             traceparent: None,
+            store_token: None,
         })
         .await?;
         rtt.push(t.elapsed());
@@ -176,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
                     execution_id: id.clone(),
                     timeout: Duration::from_secs(60),
                     traceparent: None,
+                    store_token: None,
                 })
                 .await
                 .map(|()| Instant::now())

@@ -56,14 +56,9 @@ SERVE_NEEDS = {
     "run.executions.cancel",
     "run.operations.get",
 }
-# The executor reads its request and the workspace, writes results, logs
-# and workspace files, and deletes removed workspace files.
-EXECUTOR_NEEDS = {
-    "storage.objects.create",
-    "storage.objects.get",
-    "storage.objects.list",
-    "storage.objects.delete",
-}
+# The executor's account needs nothing: each execution uses the downscoped
+# token its dispatcher minted (from the serve account's own storage role).
+EXECUTOR_NEEDS = set()
 
 # The permissions of the predefined roles the deployment uses (from Google's
 # role reference), as far as the checks above depend on them.
@@ -551,8 +546,8 @@ def check_grants(c, tf, infra, job_sa, svc_sa, notif_topic, dlt, req_sub, bucket
                                    ("pubsub-agent", "roles/pubsub.subscriber", f"google_pubsub_subscription.{req_sub}")} <= granted,
             "the Pub/Sub service agent lacks publisher on the dead-letter topic or subscriber on the requests subscription")
     executor_scopes = {w for (who, _, w) in granted if who == job_sa}
-    c.check("grants.executor", executor_scopes <= {f"google_storage_bucket.{bucket_label}"},
-            f"the executor's account (reachable by commands) is granted beyond the bucket: {sorted(executor_scopes)}")
+    c.check("grants.executor", not executor_scopes,
+            f"the executor's account (reachable by commands through the metadata server) holds roles: {sorted(executor_scopes)}")
     note = next(iter(tf.of_type("google_storage_notification").values()), {})
     after = {single_ref(d, "google_pubsub_topic_iam_member") for d in note.get("depends_on", [])}
     c.check("notification.after_grant", bool(storage_grants & after),

@@ -235,6 +235,7 @@ async fn launch(launcher: &Arc<dyn Launcher>, id: &ExecutionId) {
             execution_id: id.clone(),
             timeout: COMMAND_TIMEOUT,
             traceparent: None,
+            store_token: None,
         })
         .await
         .unwrap_or_else(|e| panic!("launch {id}: {}", runbox_dispatcher::error_chain(&e)));

@@ -10,3 +10,4 @@ pub mod pipes;
 pub mod procs;
 pub mod serve;
 pub mod store_conformance;
+pub mod sts;

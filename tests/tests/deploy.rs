@@ -340,13 +340,19 @@ const ATTACKER: &[Breakage] = &[
     ),
     breaks(
         IAM,
-        "role   = \"roles/storage.objectUser\"\n  member = local.executor_member",
-        "role   = \"roles/storage.admin\"\n  member = local.executor_member",
+        "resource \"google_storage_bucket_iam_member\" \"serve_objects\" {",
+        "resource \"google_storage_bucket_iam_member\" \"executor_objects\" {\n  bucket = google_storage_bucket.runbox.name\n  role   = \"roles/storage.objectUser\"\n  member = local.executor_member\n}\n\nresource \"google_storage_bucket_iam_member\" \"serve_objects\" {",
+        "grants.executor",
+    ),
+    breaks(
+        IAM,
+        "role   = \"roles/storage.objectUser\"\n  member = local.serve_member",
+        "role   = \"roles/storage.admin\"\n  member = local.serve_member",
         "grants.width",
     ),
     breaks(
         IAM,
-        "role   = \"roles/storage.objectUser\"\n  member = local.executor_member",
+        "role   = \"roles/storage.objectUser\"\n  member = local.serve_member",
         "role   = \"roles/storage.objectUser\"\n  member = \"allUsers\"",
         "grants.public",
     ),

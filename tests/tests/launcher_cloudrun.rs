@@ -192,6 +192,7 @@ fn spec(timeout: Duration) -> LaunchSpec {
         execution_id: InstanceId::random().next_execution_id(),
         timeout,
         traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+        store_token: None,
     }
 }
 
@@ -558,6 +559,7 @@ async fn failure_message_is_the_execution_condition() {
         execution_id: id.clone(),
         timeout: Duration::from_secs(10),
         traceparent: None,
+        store_token: None,
     };
     within(10, fixture.failing.launch(spec))
         .await
@@ -590,6 +592,7 @@ async fn runjob_rate_is_kept_against_the_emulator() {
             execution_id: id.clone(),
             timeout: Duration::from_secs(30),
             traceparent: None,
+            store_token: None,
         })
     });
     for result in within(30, futures::future::join_all(launches)).await {
@@ -794,6 +797,7 @@ async fn without_wait_operation_the_end_comes_from_get_execution() {
         execution_id: InstanceId::random().next_execution_id(),
         timeout: Duration::from_secs(3600),
         traceparent: None,
+        store_token: None,
     };
     let id = spec.execution_id.clone();
     within(10, launcher.launch(spec)).await.expect("launch");
@@ -810,6 +814,7 @@ async fn without_wait_operation_the_end_comes_from_get_execution() {
             execution_id: InstanceId::random().next_execution_id(),
             timeout: Duration::from_secs(5),
             traceparent: None,
+            store_token: None,
         }),
     )
     .await

@@ -72,6 +72,7 @@ async fn failure_message_carries_the_executor_error() {
         execution_id: id.clone(),
         timeout: std::time::Duration::from_secs(10),
         traceparent: None,
+        store_token: None,
     };
     embedded::within(30, fixture.failing.launch(spec))
         .await

@@ -106,6 +106,30 @@ impl GcsStore {
         }
     }
 
+    /// Connects with `token` and no other credential: on the emulator at
+    /// `emulator` when given, else on Cloud Storage. The token is never
+    /// refreshed: an executor's downscoped token lives as long as its
+    /// execution.
+    pub fn with_token(
+        bucket: impl Into<String>,
+        emulator: Option<&str>,
+        token: &crate::credentials::StoreToken,
+    ) -> Self {
+        let endpoint = emulator.map(emulator_url);
+        let mut config = ClientConfig {
+            token_source_provider: Some(Box::new(crate::credentials::StaticToken::new(token))),
+            ..ClientConfig::default()
+        };
+        if let Some(url) = &endpoint {
+            config.storage_endpoint = url.clone();
+        }
+        Self {
+            client: Client::new(config),
+            bucket: bucket.into(),
+            endpoint,
+        }
+    }
+
     /// Connects to Cloud Storage with Application Default Credentials
     /// (`GOOGLE_APPLICATION_CREDENTIALS`, the gcloud user credentials, or the
     /// metadata server on Google Cloud).

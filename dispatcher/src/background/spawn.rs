@@ -95,6 +95,7 @@ async fn start(
         );
     let mut submission = submission;
     submission.output_cap = 0;
+    let store_token = engine.mint(&session, &id, submission.timeout).await?;
     let request = submission.request(&id, &session, started_at, true);
     engine.write_request(&request, &id).await?;
     // The marker before the launch: whatever runs is listed, so it can be
@@ -108,7 +109,7 @@ async fn start(
         locator: None,
     };
     marker::write(&*engine.store, &record, PutOptions::create()).await?;
-    if let Err(e) = engine.launch(&id, submission.timeout).await {
+    if let Err(e) = engine.launch(&id, submission.timeout, store_token).await {
         // Nothing runs: a marker left behind would list it as running forever.
         let name = layout::background_marker(&session, &id);
         if let Err(d) = engine.store.delete(&name, Precondition::None).await {

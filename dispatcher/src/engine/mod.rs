@@ -83,6 +83,9 @@ pub(crate) struct Engine {
     tasks: TaskTracker,
     /// Cancelled at shutdown: every task's loop watches it.
     stop: CancellationToken,
+    /// Mints each execution's store token, when executors get downscoped
+    /// credentials.
+    credentials: Option<crate::credentials::Credentials>,
 }
 
 /// What an engine is assembled from.
@@ -112,6 +115,7 @@ impl Engine {
                 &waiters,
             ),
         };
+        let config_for_credentials = parts.config.clone();
         Arc::new(Self {
             config: parts.config,
             instance: parts.instance,
@@ -129,6 +133,7 @@ impl Engine {
             session_leases,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            credentials: crate::credentials::Credentials::from_config(&config_for_credentials),
         })
     }
 

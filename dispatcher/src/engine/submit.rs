@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use runbox_core::credentials::StoreToken;
 use runbox_core::layout;
 use runbox_core::store::{self, PutOptions};
 use runbox_core::{ExecutionId, SessionId};
@@ -105,10 +106,31 @@ impl Engine {
             .map_err(|e| Error::store(format!("write standard input of execution {id}"), e))
     }
 
+    /// The store token of execution `id` in `session`, when executors get
+    /// downscoped credentials; minted before anything of the execution is
+    /// written, so a failure leaves nothing behind.
+    pub(crate) async fn mint(
+        &self,
+        session: &SessionId,
+        id: &ExecutionId,
+        timeout: Duration,
+    ) -> Result<Option<StoreToken>> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        let needed_for = timeout + self.config.limits.deadline_grace;
+        Ok(Some(credentials.mint(session, id, needed_for).await?))
+    }
+
     /// Starts an execution whose request object is written.
-    pub(crate) async fn launch(&self, id: &ExecutionId, timeout: Duration) -> Result<()> {
+    pub(crate) async fn launch(
+        &self,
+        id: &ExecutionId,
+        timeout: Duration,
+        store_token: Option<StoreToken>,
+    ) -> Result<()> {
         self.launcher
-            .launch(launch_spec(id, timeout))
+            .launch(launch_spec(id, timeout, store_token))
             .await
             .map_err(Error::from)
     }
@@ -120,10 +142,11 @@ impl Engine {
         &self,
         id: &ExecutionId,
         timeout: Duration,
+        store_token: Option<StoreToken>,
         lock: Option<&SessionGuard>,
     ) -> Result<()> {
         let Some(lock) = lock else {
-            return self.launch(id, timeout).await;
+            return self.launch(id, timeout, store_token).await;
         };
         let hold = lock.share().map_err(|source| {
             Error::Launch(LaunchError::Spawn {
@@ -133,7 +156,7 @@ impl Engine {
             })
         })?;
         self.launcher
-            .launch_holding(launch_spec(id, timeout), hold)
+            .launch_holding(launch_spec(id, timeout, store_token), hold)
             .await
             .map_err(Error::from)
     }
@@ -177,6 +200,7 @@ impl Engine {
         }
         let t0 = std::time::Instant::now();
         let id = self.instance.next_execution_id();
+        let store_token = self.mint(session, &id, submission.timeout).await?;
         let request = submission.request(&id, session, SystemTime::now(), false);
         self.write_stdin(&id, submission.stdin.as_ref()).await?;
         self.write_request(&request, &id).await?;
@@ -191,7 +215,10 @@ impl Engine {
             .live
             .as_ref()
             .map(|tx| (self.waiters.watch_output(&id), tx.clone()));
-        if let Err(e) = self.launch_foreground(&id, submission.timeout, lock).await {
+        if let Err(e) = self
+            .launch_foreground(&id, submission.timeout, store_token, lock)
+            .await
+        {
             // At shutdown the launcher closes just after the notifier: the
             // notifier's error is the one that says why.
             if self.waiters.is_closed()
@@ -234,10 +261,11 @@ impl Engine {
     }
 }
 
-fn launch_spec(id: &ExecutionId, timeout: Duration) -> LaunchSpec {
+fn launch_spec(id: &ExecutionId, timeout: Duration, store_token: Option<StoreToken>) -> LaunchSpec {
     LaunchSpec {
         execution_id: id.clone(),
         timeout,
         traceparent: None,
+        store_token,
     }
 }

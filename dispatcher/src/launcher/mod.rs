@@ -30,6 +30,10 @@ pub struct LaunchSpec {
     pub timeout: Duration,
     /// W3C trace context to hand to the executor.
     pub traceparent: Option<String>,
+    /// The execution's own store token (gcp, downscoped credentials):
+    /// the executor uses it and no other credential. Launchers pass it
+    /// where the command cannot read it.
+    pub store_token: Option<runbox_core::credentials::StoreToken>,
 }
 
 /// How a launched execution ended, as the platform saw it.

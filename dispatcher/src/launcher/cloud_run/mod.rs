@@ -58,6 +58,7 @@ use googleapis_tonic_google_longrunning::google::longrunning::{
 };
 use runbox_core::ExecutionId;
 use runbox_core::contract::{EXECUTION_ID_ENV, TRACEPARENT_ENV};
+use runbox_core::credentials::STORE_TOKEN_ENV;
 use tokio::time::Instant;
 use tonic::codegen::StdError;
 use tonic::{Code, Status};
@@ -220,6 +221,11 @@ impl CloudRunLauncher {
         let mut vars = vec![env(EXECUTION_ID_ENV, spec.execution_id.as_str())];
         if let Some(tp) = &spec.traceparent {
             vars.push(env(TRACEPARENT_ENV, tp));
+        }
+        // The executor takes it out of every command's environment, and
+        // its own /proc files are closed to commands (it is non-dumpable).
+        if let Some(token) = &spec.store_token {
+            vars.push(env(STORE_TOKEN_ENV, token.secret()));
         }
         RunJobRequest {
             name: self.settings.job.clone(),

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use futures::future::BoxFuture;
 use runbox_core::contract::{EXECUTION_ID_ENV, RUN_AS_USER_ENV, TRACEPARENT_ENV};
+use runbox_core::credentials::STORE_TOKEN_ENV;
 use runbox_core::{Config, ExecutionId};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
@@ -224,6 +225,11 @@ impl LocalLauncher {
         let id = spec.execution_id.clone();
         let mut config = self.config.clone();
         config.insert(EXECUTION_ID_ENV.to_owned(), id.to_string());
+        // On standard input, like the rest: never in an environment a
+        // command could read.
+        if let Some(token) = &spec.store_token {
+            config.insert(STORE_TOKEN_ENV.to_owned(), token.secret().to_owned());
+        }
         let config = serde_json::to_vec(&config).map_err(|e| LaunchError::Spawn {
             id: id.clone(),
             retryable: false,
