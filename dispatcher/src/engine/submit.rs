@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::launcher::{LaunchError, LaunchSpec};
+use crate::launcher::{LaunchError, LaunchSpec, WarmLaunch};
+use runbox_core::warm::SessionMode;
 use crate::session_lock::SessionGuard;
 
 /// A validated command, ready to become an execution.
@@ -172,6 +173,7 @@ impl Engine {
             return Err(Error::Cancelled);
         }
         let t0 = std::time::Instant::now();
+        let settings = self.session_settings(session).await?;
         let id = self.instance.next_execution_id();
         let request = submission.request(&id, session, SystemTime::now(), false);
         self.write_stdin(&id, submission.stdin.as_ref()).await?;
@@ -182,7 +184,27 @@ impl Engine {
             return self.cancelled_before_launch(&id, session).await;
         }
         let waiter = self.register(&id)?;
-        if let Err(e) = self.launch_foreground(&id, submission.timeout, lock).await {
+        let launched = match settings.mode {
+            SessionMode::Warm => {
+                let warm = WarmLaunch {
+                    session: session.clone(),
+                    idle: settings.idle_timeout(),
+                };
+                // The session's lock stays with this process: the warm
+                // execution outlives the command, and holding a share of
+                // the lock would keep the session's next command waiting
+                // until it exits.
+                self.launcher
+                    .launch_warm(launch_spec(&id, submission.timeout), &warm)
+                    .await
+                    .map_err(Error::from)
+            }
+            SessionMode::Oneshot => {
+                self.launch_foreground(&id, submission.timeout, lock)
+                    .await
+            }
+        };
+        if let Err(e) = launched {
             // At shutdown the launcher closes just after the notifier: the
             // notifier's error is the one that says why.
             if self.waiters.is_closed()
