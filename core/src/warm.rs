@@ -184,7 +184,10 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(json, r#"{"mode":"warm","idle_timeout_ms":2000}"#);
         assert_eq!(serde_json::from_str::<SessionSettings>(&json).unwrap(), s);
-        assert!(serde_json::from_str::<SessionSettings>(r#"{"mode":"hot","idle_timeout_ms":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<SessionSettings>(r#"{"mode":"hot","idle_timeout_ms":1}"#)
+                .is_err()
+        );
         assert_eq!(
             SessionSettings::default().with_idle_timeout(Duration::ZERO),
             Err(SettingsError::IdleTimeout(Duration::ZERO))

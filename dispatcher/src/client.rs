@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use runbox_core::store::{ByteStream, Store};
-use runbox_core::{Config, InstanceId, SessionId};
 use runbox_core::warm::SessionSettings;
+use runbox_core::{Config, InstanceId, SessionId};
 use runbox_notifier::NotifierStats;
 use runbox_proto::ExecResult;
 

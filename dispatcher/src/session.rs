@@ -183,10 +183,9 @@ async fn info_of(engine: &Engine, id: &SessionId) -> Result<SessionInfo> {
         }
         s
     });
-    let settings = engine
-        .read_session_settings(id)
-        .await?
-        .unwrap_or_else(|| runbox_core::warm::SessionSettings::new(engine.config.limits.session_mode));
+    let settings = engine.read_session_settings(id).await?.unwrap_or_else(|| {
+        runbox_core::warm::SessionSettings::new(engine.config.limits.session_mode)
+    });
     let warm_execution = match settings.mode {
         runbox_core::warm::SessionMode::Warm => engine.launcher.warm_execution(id).await,
         runbox_core::warm::SessionMode::Oneshot => None,
@@ -207,8 +206,9 @@ pub(crate) async fn create(
     id: &SessionId,
     settings: Option<runbox_core::warm::SessionSettings>,
 ) -> Result<Option<SessionInfo>> {
-    let settings = settings
-        .unwrap_or_else(|| runbox_core::warm::SessionSettings::new(engine.config.limits.session_mode));
+    let settings = settings.unwrap_or_else(|| {
+        runbox_core::warm::SessionSettings::new(engine.config.limits.session_mode)
+    });
     // The cwd is left empty: the executor starts an empty cwd in the
     // session's workspace, wherever the backend puts it.
     let now = Some(runbox_proto::now());

@@ -618,8 +618,8 @@ async fn collect_output(
     notes: &mut Vec<String>,
 ) {
     for ((stream, path), produced) in [(Stream::Stdout, files[0]), (Stream::Stderr, files[1])]
-    .into_iter()
-    .zip(&output.produced)
+        .into_iter()
+        .zip(&output.produced)
     {
         if let Some(problem) = &produced.problem {
             notes.push(problem.clone());

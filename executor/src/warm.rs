@@ -59,8 +59,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ExecutorError, Loaded, Outcome, Settings, identity, namespace, output, process, scratch,
-    shell,
+    ExecutorError, Loaded, Outcome, Settings, identity, namespace, output, process, scratch, shell,
 };
 
 /// What makes an executor warm, from its configuration.
@@ -77,12 +76,12 @@ pub struct Warm {
 impl Warm {
     /// The warm settings in `lookup`; `None` for a oneshot executor.
     pub fn from_lookup(lookup: &dyn Lookup) -> Result<Option<Self>, String> {
-        let (Some(socket), Some(session)) = (lookup.get(WARM_SOCKET_ENV), lookup.get(WARM_SESSION_ENV))
+        let (Some(socket), Some(session)) =
+            (lookup.get(WARM_SOCKET_ENV), lookup.get(WARM_SESSION_ENV))
         else {
             return Ok(None);
         };
-        let session =
-            SessionId::new(&session).map_err(|e| format!("{WARM_SESSION_ENV}: {e}"))?;
+        let session = SessionId::new(&session).map_err(|e| format!("{WARM_SESSION_ENV}: {e}"))?;
         let idle_ms: u64 = match lookup.get(WARM_IDLE_MS_ENV) {
             None => u64::try_from(runbox_core::warm::DEFAULT_IDLE_TIMEOUT.as_millis())
                 .unwrap_or(u64::MAX),
@@ -150,10 +149,16 @@ pub async fn serve(
     let closed = CancellationToken::new();
     let (tx, mut rx) = mpsc::channel::<(ExecutionId, UnixStream)>(1);
     let first = settings.execution_id.clone();
+    // `close` connections stay open until everything has ended, so the
+    // dispatcher that asked knows when it has.
+    let closers = Arc::new(std::sync::Mutex::new(Vec::new()));
     let accept = tokio::spawn(accept_loop(
         listener.inner,
         tx,
-        closed.clone(),
+        Closing {
+            token: closed.clone(),
+            waiting: Arc::clone(&closers),
+        },
         first.to_string(),
     ));
     tokio::pin!(cancel);
@@ -230,6 +235,7 @@ pub async fn serve(
     accept.abort();
     drop(rx);
     finish(&listener.path, listener.ino, shell).await;
+    drop(closers);
     Ok(end)
 }
 
@@ -284,10 +290,18 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts connections: `run ID` goes to the serving loop (one waits at a
 /// time), `ping` and `close` are answered here.
+/// How the accept loop asks the execution to close.
+struct Closing {
+    /// Cancelled by `close`.
+    token: CancellationToken,
+    /// The connections that asked, held open until the end.
+    waiting: Arc<std::sync::Mutex<Vec<UnixStream>>>,
+}
+
 async fn accept_loop(
     listener: UnixListener,
     tx: mpsc::Sender<(ExecutionId, UnixStream)>,
-    closed: CancellationToken,
+    closing: Closing,
     first: String,
 ) {
     let me = rustix::process::geteuid().as_raw();
@@ -313,8 +327,14 @@ async fn accept_loop(
                     .await;
             }
             wire::CLOSE => {
-                closed.cancel();
+                closing.token.cancel();
                 let _ = conn.write_all(format!("{}\n", wire::OK).as_bytes()).await;
+                // A poisoned lock only means a panic elsewhere held it.
+                closing
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
             }
             wire::RUN => match ExecutionId::new(arg) {
                 Ok(id) => {
@@ -615,14 +635,7 @@ async fn run_in_shell(
             result.not_saved.push(format!("env:{}", refused.name));
         }
     }
-    crate::update_state(
-        &mut state,
-        capture.as_ref(),
-        &sh.cwd,
-        &seen,
-        &base,
-        &start,
-    );
+    crate::update_state(&mut state, capture.as_ref(), &sh.cwd, &seen, &base, &start);
     result.cwd = session_cwd::display(&state.cwd, &seen, session.as_str());
     crate::save_state(
         store,
@@ -930,11 +943,13 @@ impl Shell {
     /// then the capture the line did not get to write; KILL to what is
     /// left. A shell that does not come back within `grace` is killed.
     async fn interrupt(&mut self, before: &BTreeSet<i32>, seen: &Path, grace: Duration) {
-        let started: Vec<i32> = self.job_groups().difference(before).copied().collect();
-        signal_groups(&started, Signal::TERM);
+        // The interrupt first: a shell that sees its job end before it
+        // gets the interrupt would go on with the rest of the line.
         if let Some(bash) = self.bash_pid() {
             let _ = rustix::process::kill_process(bash, Signal::INT);
         }
+        let started: Vec<i32> = self.job_groups().difference(before).copied().collect();
+        signal_groups(&started, Signal::TERM);
         // Twice: an interrupt handled after the shell read the line
         // discards it.
         let mut back = false;

@@ -91,7 +91,11 @@ async fn one_execution_serves_many_commands() {
     assert_eq!(info.warm_execution.as_deref(), Some(ids[0].as_str()));
     let executor = executor_of(&ids[0]).expect("the warm executor runs");
     for later in &ids[1..] {
-        assert_eq!(executor_of(later), None, "{later} got an executor of its own");
+        assert_eq!(
+            executor_of(later),
+            None,
+            "{later} got an executor of its own"
+        );
     }
     // Every command still has its own result object.
     let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
@@ -148,7 +152,9 @@ async fn idle_timeout_ends_it_and_the_next_command_starts_from_the_saved_state()
     let s = warm(&client, "idle", Duration::from_secs(1)).await;
     let r = within(
         30,
-        s.exec("mkdir -p d && cd d && export KEEP=kept && fn() { :; } && echo hi > f.txt && echo $$"),
+        s.exec(
+            "mkdir -p d && cd d && export KEEP=kept && fn() { :; } && echo hi > f.txt && echo $$",
+        ),
     )
     .await
     .unwrap();
@@ -176,7 +182,10 @@ async fn idle_timeout_ends_it_and_the_next_command_starts_from_the_saved_state()
     .await
     .unwrap();
     assert_eq!(r.stdout, "/workspace/d\nkept\nhi\nfresh-shell\n", "{r:?}");
-    assert!(executor_of(&r.execution_id).is_some(), "a new warm execution");
+    assert!(
+        executor_of(&r.execution_id).is_some(),
+        "a new warm execution"
+    );
     within(30, client.close_session("idle")).await.unwrap();
 }
 
@@ -191,7 +200,10 @@ async fn a_timeout_kills_the_command_not_the_shell() {
             .unwrap();
         assert_eq!(r.exec_status(), ExecStatus::TimedOut, "{command}: {r:?}");
         assert_eq!(r.exit_code, 124);
-        assert!(!r.stdout.contains("after"), "{command}: the rest of the line ran");
+        assert!(
+            !r.stdout.contains("after"),
+            "{command}: the rest of the line ran"
+        );
         // The same shell, with what was defined before.
         assert_eq!(ok(&s, "still; echo $$").await, format!("defined\n{shell}"));
     }
@@ -201,7 +213,10 @@ async fn a_timeout_kills_the_command_not_the_shell() {
         .await
         .unwrap();
     assert_eq!(r.exec_status(), ExecStatus::TimedOut);
-    assert_eq!(ok(&s, "kill -0 $(cat bg.pid) && echo alive").await, "alive\n");
+    assert_eq!(
+        ok(&s, "kill -0 $(cat bg.pid) && echo alive").await,
+        "alive\n"
+    );
     within(30, client.close_session("timeout")).await.unwrap();
 }
 
@@ -259,9 +274,14 @@ const MADE_UP: &str = "abcdef-01m8pma3r90000000";
 /// Whether an attempt got no answer at all: the socket was not there for
 /// the command, or the executor dropped the connection unanswered.
 fn unanswered(line: &str) -> bool {
-    ["FileNotFoundError", "b''", "ConnectionResetError", "BrokenPipeError"]
-        .iter()
-        .any(|end| line.ends_with(end))
+    [
+        "FileNotFoundError",
+        "b''",
+        "ConnectionResetError",
+        "BrokenPipeError",
+    ]
+    .iter()
+    .any(|end| line.ends_with(end))
 }
 
 /// A command of warm session B tries to reach warm session A's channel:
@@ -304,10 +324,25 @@ async fn without_a_namespace_the_executor_refuses_commands_on_its_socket() {
     };
     let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     for id in ["victim", "attacker"] {
-        let out = run(args(&["sessions", "create", id, "--warm", "--idle-timeout", "60s"])).await;
+        let out = run(args(&[
+            "sessions",
+            "create",
+            id,
+            "--warm",
+            "--idle-timeout",
+            "60s",
+        ]))
+        .await;
         assert!(out.status.success(), "{out:?}");
     }
-    let out = run(args(&["exec", "-s", "victim", "--", "secret() { echo mine; }; echo $$"])).await;
+    let out = run(args(&[
+        "exec",
+        "-s",
+        "victim",
+        "--",
+        "secret() { echo mine; }; echo $$",
+    ]))
+    .await;
     assert!(out.status.success(), "{out:?}");
     let a_shell = String::from_utf8_lossy(&out.stdout).into_owned();
     let socket = cli.home.path().join(".runbox/warm/victim");
@@ -329,7 +364,12 @@ async fn without_a_namespace_the_executor_refuses_commands_on_its_socket() {
         format!("mine\n{a_shell}"),
         "{out:?}"
     );
-    assert!(!cli.home.path().join(format!("results/{MADE_UP}.json")).exists());
+    assert!(
+        !cli.home
+            .path()
+            .join(format!("results/{MADE_UP}.json"))
+            .exists()
+    );
     for id in ["victim", "attacker"] {
         run(args(&["sessions", "close", id])).await;
     }
@@ -363,4 +403,60 @@ async fn oneshot_stays_the_default_and_warm_is_stored_with_the_session() {
             .with_idle_timeout(Duration::ZERO)
             .is_err()
     );
+}
+
+/// The HTTP API of `runbox serve` creates warm sessions and shows whether
+/// their execution runs; a bad mode or idle timeout is refused before
+/// anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_creates_warm_sessions() {
+    use runbox_tests::serve::{Serve, request};
+    let serve = Serve::start("127.0.0.1:0", &[]).await.unwrap();
+    let a = &serve.addr;
+    for bad in [
+        r#"{"sessionId":"w","mode":"hot"}"#,
+        r#"{"sessionId":"w","mode":"warm","idleTimeoutMs":0}"#,
+        r#"{"sessionId":"w","mode":"warm","idleTimeoutMs":86400001}"#,
+    ] {
+        let r = request(a, "POST", "/v1/sessions", &[], bad.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.json());
+    }
+    assert!(!serve.home.path().join("sessions/w").exists());
+    let r = request(
+        a,
+        "POST",
+        "/v1/sessions",
+        &[],
+        br#"{"sessionId":"w","mode":"warm","idleTimeoutMs":60000}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.json()["mode"], "warm");
+    assert_eq!(r.json()["idleTimeoutMs"], 60000);
+    let exec = |command: &'static str| {
+        let body = serde_json::json!({ "command": command }).to_string();
+        async move {
+            request(a, "POST", "/v1/sessions/w/exec", &[], body.as_bytes())
+                .await
+                .unwrap()
+                .json()
+        }
+    };
+    let first = exec("f() { echo kept; }; echo $$").await;
+    let second = exec("f; echo $$").await;
+    assert_eq!(
+        second["stdout"].as_str().unwrap(),
+        format!("kept\n{}", first["stdout"].as_str().unwrap())
+    );
+    let r = request(a, "GET", "/v1/sessions/w", &[], b"").await.unwrap();
+    assert_eq!(r.json()["warmExecution"], first["executionId"]);
+    let r = request(a, "POST", "/v1/sessions/w/close", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = request(a, "GET", "/v1/sessions/w", &[], b"").await.unwrap();
+    assert_eq!(r.json()["warmExecution"], serde_json::Value::Null);
 }

@@ -51,10 +51,9 @@ impl Engine {
                 Ok(Some(v.value))
             }
             Err(JsonObjectError::Store(e)) if e.is_not_found() => Ok(None),
-            Err(JsonObjectError::Store(e)) => Err(Error::store(
-                format!("read session {session} settings"),
-                e,
-            )),
+            Err(JsonObjectError::Store(e)) => {
+                Err(Error::store(format!("read session {session} settings"), e))
+            }
             Err(e @ JsonObjectError::Invalid { .. }) => Err(corrupt(session, &name, &e)),
         }
     }

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::Engine;
 use crate::error::{Error, Result};
 use crate::launcher::{LaunchError, LaunchSpec, WarmLaunch};
-use runbox_core::warm::SessionMode;
 use crate::session_lock::SessionGuard;
+use runbox_core::warm::SessionMode;
 
 /// A validated command, ready to become an execution.
 #[derive(Clone, Debug)]
@@ -199,10 +199,7 @@ impl Engine {
                     .await
                     .map_err(Error::from)
             }
-            SessionMode::Oneshot => {
-                self.launch_foreground(&id, submission.timeout, lock)
-                    .await
-            }
+            SessionMode::Oneshot => self.launch_foreground(&id, submission.timeout, lock).await,
         };
         if let Err(e) = launched {
             // At shutdown the launcher closes just after the notifier: the

@@ -147,9 +147,28 @@ pub(super) async fn ping(socket: &Path) -> Option<String> {
         .map(|rest| rest.trim().to_owned())
 }
 
-/// Asks the warm execution on `socket` to end; whether it took the request.
+/// How long closing may take: the command it runs is killed first.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the warm execution on `socket` to end and waits until it has
+/// (its connection closes then); whether it took the request.
 pub(super) async fn close(socket: &Path) -> bool {
-    ask(socket, wire::CLOSE).await.as_deref() == Some(wire::OK)
+    let exchange = async {
+        let mut conn = UnixStream::connect(socket).await.ok()?;
+        conn.write_all(format!("{}\n", wire::CLOSE).as_bytes())
+            .await
+            .ok()?;
+        let mut lines = BufReader::new(conn.take(wire::MAX_LINE as u64)).lines();
+        let answer = lines.next_line().await.ok().flatten()?;
+        // Then end of stream, once everything has ended.
+        while let Ok(Some(_)) = lines.next_line().await {}
+        Some(answer == wire::OK)
+    };
+    tokio::time::timeout(CLOSE_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// Sends one line and reads the one-line answer.
