@@ -124,7 +124,11 @@ async fn warm_vs_spawn(iterations: usize) {
     println!(
         "target: warm exec p50 below a bare bash spawn (ratio < 1): {:.2} ({})",
         warm_p50.as_secs_f64() / bash_p50.as_secs_f64(),
-        if warm_p50 < bash_p50 { "met" } else { "not met" }
+        if warm_p50 < bash_p50 {
+            "met"
+        } else {
+            "not met"
+        }
     );
     for client in [&durable, &fast] {
         for id in ["warm", "oneshot"] {

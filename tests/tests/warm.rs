@@ -5,6 +5,7 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use runbox_core::Store;
 use runbox_dispatcher::{Client, ExecStatus, Session, SessionMode, SessionSettings};
 use runbox_tests::embedded::{client, within};
 use runbox_tests::pipes::Announcements;
@@ -459,4 +460,61 @@ async fn serve_creates_warm_sessions() {
     assert_eq!(r.status, 200);
     let r = request(a, "GET", "/v1/sessions/w", &[], b"").await.unwrap();
     assert_eq!(r.json()["warmExecution"], serde_json::Value::Null);
+}
+
+/// The gcp backend with the local launcher, on the emulators: the mode
+/// comes from `RUNBOX_SESSION_MODE`, the workspace travels through the
+/// bucket after every command, and one executor serves the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_on_the_gcp_backend_with_the_local_launcher() {
+    let emu = within(120, runbox_tests::harness::Emulators::start())
+        .await
+        .expect("emulators");
+    let home = tempfile::tempdir().unwrap();
+    let mut env = emu.env();
+    env.insert("RUNBOX_HOME".into(), home.path().display().to_string());
+    env.insert(
+        "RUNBOX_EXECUTOR".into(),
+        runbox_tests::embedded::binary("runbox-executor")
+            .display()
+            .to_string(),
+    );
+    env.insert("RUNBOX_KILL_GRACE_MS".into(), "300".into());
+    env.insert("RUNBOX_SESSION_MODE".into(), "warm".into());
+    let config = runbox_core::Config::from_lookup(&env).expect("config");
+    let client = within(60, Client::from_config(config)).await.unwrap();
+    let s = client.session("gcpwarm").unwrap();
+    let first = within(
+        60,
+        s.exec("f() { echo from-f; }; echo data > kept.txt; echo $$"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first.exec_status(),
+        ExecStatus::Succeeded,
+        "{first:?}\n{}",
+        emu.logs()
+    );
+    let r = within(60, s.exec("f; cat kept.txt; echo $$"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("from-f\ndata\n{}", first.stdout), "{r:?}");
+    // Saved to the bucket before the result was written.
+    let name = "sessions/gcpwarm/workspace/kept.txt";
+    let object = emu
+        .store()
+        .get(name)
+        .await
+        .expect("the file is in the bucket");
+    assert_eq!(&object.data[..], b"data\n");
+    let info = within(30, client.session_info("gcpwarm")).await.unwrap();
+    assert_eq!(info.settings.mode, SessionMode::Warm);
+    assert_eq!(
+        info.warm_execution.as_deref(),
+        Some(first.execution_id.as_str())
+    );
+    assert_eq!(executor_of(&r.execution_id), None);
+    within(30, client.close_session("gcpwarm")).await.unwrap();
+    client.shutdown().await;
 }
