@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn socket_paths_fit_the_kernel_limit() {
-        let session = SessionId::new(&"s".repeat(64)).unwrap();
+        let session = SessionId::new("s".repeat(64)).unwrap();
         let short = socket_path(Path::new("/h/.runbox/warm"), &session).unwrap();
         assert_eq!(short, Path::new("/h/.runbox/warm").join("s".repeat(64)));
         let long_dir = PathBuf::from(format!("/{}", "d".repeat(60)));
@@ -206,7 +206,7 @@ mod tests {
         assert!(hashed.as_os_str().len() <= MAX_SOCKET_PATH, "{hashed:?}");
         assert_ne!(
             hashed,
-            socket_path(&long_dir, &SessionId::new(&"t".repeat(64)).unwrap()).unwrap()
+            socket_path(&long_dir, &SessionId::new("t".repeat(64)).unwrap()).unwrap()
         );
         assert_eq!(
             socket_path(Path::new(&format!("/{}", "d".repeat(100))), &session),
