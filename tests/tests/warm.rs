@@ -359,6 +359,28 @@ async fn without_a_namespace_the_executor_refuses_commands_on_its_socket() {
             "{line}"
         );
     }
+    let out = run(args(&["sessions", "show", "victim"])).await;
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("mode:      warm (idle timeout 1m)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("warm:      running (started by execution"),
+        "{shown}"
+    );
+    // A bad idle timeout is refused (usage, exit 2) before anything is written.
+    let out = run(args(&[
+        "sessions",
+        "create",
+        "bad",
+        "--warm",
+        "--idle-timeout",
+        "0s",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!cli.home.path().join("sessions/bad").exists());
     let out = run(args(&["exec", "-s", "victim", "--", "secret; echo $$"])).await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
