@@ -69,6 +69,7 @@ async fn functions_aliases_variables_and_options_persist() {
         .await
         .unwrap();
     assert_eq!(r.stdout, "from stdin\nend\n");
+    within(30, client.close_session("defs")).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
