@@ -89,6 +89,7 @@ impl Kind {
     pub fn of(error: &Error) -> Self {
         match error {
             Error::InvalidSession(_)
+            | Error::InvalidSessionSettings(_)
             | Error::CommandTooLarge { .. }
             | Error::CommandHasNul
             | Error::InvalidTimeout { .. }

@@ -1,15 +1,17 @@
-//! `runbox sessions ...`: list, show, close and remove sessions.
+//! `runbox sessions ...`: create, list, show, close and remove sessions.
 //!
 //! With `--json`, `list` prints an array of session objects and `show` one
 //! such object, the same fields either way: `sessionId`, `cwd`, `env`,
 //! `unsetEnv`, `execCount`, `lastExecutionId`, `createdAt`, `updatedAt`
 //! (those of its `SessionState`; `null`, empty or 0 before its first
-//! command has completed) and `backgroundRunning`.
+//! command has completed), `backgroundRunning`, `mode` (`oneshot` or
+//! `warm`), `idleTimeoutMs` and `warmExecution` (the first execution of its
+//! running warm execution, or `null`).
 
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use runbox_dispatcher::{Client, Error, SessionInfo};
+use runbox_dispatcher::{Client, Error, SessionInfo, SessionMode, SessionSettings};
 
 use crate::stdout::{Stdout, note};
 use crate::timestamp;
@@ -17,6 +19,23 @@ use crate::timestamp;
 /// Session operations.
 #[derive(Subcommand)]
 pub enum SessionsCommand {
+    /// Create a session (fails if it exists). Its mode is `RUNBOX_SESSION_MODE`'s
+    /// (default oneshot) unless `--warm` is given.
+    Create {
+        /// The session id.
+        id: String,
+        /// Warm mode: one execution keeps a live bash for the session's
+        /// commands (functions, aliases and background processes persist).
+        #[arg(long)]
+        warm: bool,
+        /// Oneshot mode: one execution per command.
+        #[arg(long, conflicts_with = "warm")]
+        oneshot: bool,
+        /// How long a warm execution waits for the next command before it
+        /// saves and exits (e.g. `90s`, `5m`; default 5m).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        idle_timeout: Option<std::time::Duration>,
+    },
     /// List sessions.
     List {
         /// Print JSON.
@@ -31,7 +50,8 @@ pub enum SessionsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Kill a session's background processes; its state and files stay.
+    /// End a session's warm execution and kill its background processes;
+    /// its state and files stay.
     Close {
         /// The session id.
         id: String,
@@ -57,6 +77,30 @@ impl SessionsCommand {
 pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, Error> {
     let mut out = Stdout::new();
     match command {
+        SessionsCommand::Create {
+            id,
+            warm,
+            oneshot,
+            idle_timeout,
+        } => {
+            let mode = match (warm, oneshot) {
+                (true, _) => SessionMode::Warm,
+                (_, true) => SessionMode::Oneshot,
+                _ => client.config().limits.session_mode,
+            };
+            let mut settings = SessionSettings::new(mode);
+            if let Some(idle) = idle_timeout {
+                settings = settings
+                    .with_idle_timeout(idle)
+                    .map_err(Error::InvalidSessionSettings)?;
+            }
+            let info = client.create_session_with(&id, settings).await?;
+            note!(
+                "created session {} ({})",
+                info.id,
+                describe_mode(&info.settings)
+            );
+        }
         SessionsCommand::List { json } => {
             let sessions = client.list_sessions().await?;
             if json {
@@ -92,9 +136,13 @@ pub async fn run(client: &Client, command: SessionsCommand) -> Result<ExitCode, 
                 (_, true) => out.line(format_args!("{}", session_json(&info)))?,
                 (None, false) => {
                     out.line(format_args!("session {id}: no command has completed yet"))?;
+                    out.line(format_args!("mode:      {}", describe_mode(&info.settings)))?;
+                    out.line(format_args!("warm:      {}", describe_warm(&info)))?;
                 }
                 (Some(st), false) => {
                     out.line(format_args!("session:   {id}"))?;
+                    out.line(format_args!("mode:      {}", describe_mode(&info.settings)))?;
+                    out.line(format_args!("warm:      {}", describe_warm(&info)))?;
                     out.line(format_args!("cwd:       {}", st.cwd))?;
                     out.line(format_args!("commands:  {}", st.exec_count))?;
                     out.line(format_args!("last:      {}", st.last_execution_id))?;
@@ -146,7 +194,30 @@ fn session_json(info: &SessionInfo) -> serde_json::Value {
         "createdAt": state.and_then(|s| timestamp::format_proto(s.created_at)),
         "updatedAt": state.and_then(|s| timestamp::format_proto(s.updated_at)),
         "backgroundRunning": info.background_running,
+        "mode": info.settings.mode.as_str(),
+        "idleTimeoutMs": info.settings.idle_timeout_ms,
+        "warmExecution": info.warm_execution,
     })
+}
+
+/// `warm (idle timeout 5m)` or `oneshot`.
+fn describe_mode(settings: &SessionSettings) -> String {
+    match settings.mode {
+        SessionMode::Warm => format!(
+            "warm (idle timeout {})",
+            humantime::format_duration(settings.idle_timeout())
+        ),
+        SessionMode::Oneshot => "oneshot".to_owned(),
+    }
+}
+
+/// Whether a warm execution runs now.
+fn describe_warm(info: &SessionInfo) -> String {
+    match (&info.warm_execution, info.settings.mode) {
+        (Some(first), _) => format!("running (started by execution {first})"),
+        (None, SessionMode::Warm) => "not running".to_owned(),
+        (None, SessionMode::Oneshot) => "-".to_owned(),
+    }
 }
 
 fn format_time(ts: Option<runbox_proto::Timestamp>) -> String {

@@ -98,6 +98,8 @@ pub mod vars {
     pub const RUNBOX_RESULT_IN_METADATA: &str = "RUNBOX_RESULT_IN_METADATA";
     /// Largest standard input a command accepts.
     pub const RUNBOX_STDIN_CAP_BYTES: &str = "RUNBOX_STDIN_CAP_BYTES";
+    /// The mode of sessions created without one.
+    pub use crate::warm::SESSION_MODE_ENV as RUNBOX_SESSION_MODE;
     /// Largest workspace the executor saves.
     pub const RUNBOX_WORKSPACE_MAX_BYTES: &str = "RUNBOX_WORKSPACE_MAX_BYTES";
     /// Base of the default `RUNBOX_HOME` (XDG base directory).
@@ -474,6 +476,9 @@ pub struct Limits {
     /// in bytes (1 to 1073741824); more is refused before anything is
     /// written. Default: 16777216 (16 MiB).
     pub stdin_cap: u64,
+    /// `RUNBOX_SESSION_MODE`: the mode of sessions created without one,
+    /// `oneshot` or `warm` (see [`crate::warm`]). Default: `oneshot`.
+    pub session_mode: crate::warm::SessionMode,
 }
 
 impl Default for Limits {
@@ -489,6 +494,7 @@ impl Default for Limits {
             workspace_max_bytes: 10 * 1024 * 1024 * 1024,
             log_cap: 64 * 1024 * 1024,
             stdin_cap: 16 << 20,
+            session_mode: crate::warm::SessionMode::Oneshot,
         }
     }
 }
@@ -683,6 +689,7 @@ impl Config {
             ),
             (RUNBOX_LOG_CAP_BYTES, limits.log_cap.to_string()),
             (RUNBOX_STDIN_CAP_BYTES, limits.stdin_cap.to_string()),
+            (RUNBOX_SESSION_MODE, limits.session_mode.as_str().to_owned()),
         ]);
         env
     }
@@ -839,6 +846,11 @@ impl Reader<'_> {
         );
         let log_cap = self.number(RUNBOX_LOG_CAP_BYTES, d.log_cap, 1024, u64::MAX);
         let stdin_cap = self.number(RUNBOX_STDIN_CAP_BYTES, d.stdin_cap, 1, 1 << 30);
+        let session_mode = self.choice(
+            RUNBOX_SESSION_MODE,
+            &crate::warm::SessionMode::ALL,
+            crate::warm::SessionMode::as_str,
+        );
         let limits = Limits {
             default_timeout: default_timeout?,
             max_timeout: max_timeout?,
@@ -850,6 +862,7 @@ impl Reader<'_> {
             workspace_max_bytes: workspace_max_bytes?,
             log_cap: log_cap?,
             stdin_cap: stdin_cap?,
+            session_mode: session_mode?,
         };
         if limits.default_timeout > limits.max_timeout {
             self.problems.push(Problem::Conflict {

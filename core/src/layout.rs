@@ -54,6 +54,13 @@ pub fn session_state(id: &SessionId) -> String {
     format!("{SESSIONS_PREFIX}{id}/state.json")
 }
 
+/// `sessions/{session}/mode.json`: the session's settings (mode, idle
+/// timeout; see [`crate::warm::SessionSettings`]), written when it is
+/// created.
+pub fn session_settings(id: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{id}/mode.json")
+}
+
 /// `sessions/{session}/workspace/`: the session's files, one object per file.
 pub fn workspace_prefix(id: &SessionId) -> String {
     format!("{SESSIONS_PREFIX}{id}/workspace/")

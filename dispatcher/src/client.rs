@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use runbox_core::store::{ByteStream, Store};
+use runbox_core::warm::SessionSettings;
 use runbox_core::{Config, InstanceId, SessionId};
 use runbox_notifier::NotifierStats;
 use runbox_proto::ExecResult;
@@ -173,7 +174,24 @@ impl Client {
     /// Fails with [`Error::SessionExists`] when it already has a state.
     pub async fn create_session(&self, id: &str) -> Result<SessionInfo> {
         let id = Self::session_id(id)?;
-        match session::create(self.engine(), &id).await? {
+        match session::create(self.engine(), &id, None).await? {
+            Some(info) => Ok(info),
+            None => Err(Error::SessionExists(id.to_string())),
+        }
+    }
+
+    /// Creates a session with these settings (mode, idle timeout) instead
+    /// of the configured default (`RUNBOX_SESSION_MODE`); see
+    /// [`Client::create_session`]. The settings are stored with the
+    /// session, so every process runs its commands the same way.
+    pub async fn create_session_with(
+        &self,
+        id: &str,
+        settings: SessionSettings,
+    ) -> Result<SessionInfo> {
+        let id = Self::session_id(id)?;
+        settings.validate().map_err(Error::InvalidSessionSettings)?;
+        match session::create(self.engine(), &id, Some(settings)).await? {
             Some(info) => Ok(info),
             None => Err(Error::SessionExists(id.to_string())),
         }
@@ -185,10 +203,14 @@ impl Client {
         session::ensure(self.engine(), &Self::session_id(id)?).await
     }
 
-    /// Closes a session: kills its running background processes (each ends
-    /// CANCELLED) and returns their results. Its state and files stay.
+    /// Closes a session: ends its warm execution, if one runs, and kills
+    /// its running background processes (each ends CANCELLED) and returns
+    /// their results. Its state and files stay.
     pub async fn close_session(&self, id: &str) -> Result<Vec<ExecResult>> {
-        self.session(id)?.kill_all_background().await
+        let session = self.session(id)?;
+        // A warm execution ends at once; a command it runs ends CANCELLED.
+        self.engine().launcher.close_warm(session.id()).await;
+        session.kill_all_background().await
     }
 
     /// Destroys a session: kills its background processes, then deletes

@@ -68,10 +68,11 @@ pub use launcher::cloud_run::{
     template_problems,
 };
 pub use launcher::local::LocalLauncher;
-pub use launcher::{Ended, ExecutionState, LaunchSpec, Launcher};
+pub use launcher::{Ended, ExecutionState, LaunchSpec, Launcher, WarmLaunch};
 pub use live_output::{OutputChunk, OutputStream};
 pub use retention::{GcCandidate, GcPlan, GcReport};
 pub use runbox_core::error_chain;
+pub use runbox_core::warm::{SessionMode, SessionSettings};
 pub use runbox_proto::{ExecResult, ExecStatus, SessionState};
 pub use session::{Session, SessionInfo};
 pub use session_lease::{LeaseError, SessionLease, SessionLeases};

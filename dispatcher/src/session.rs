@@ -30,6 +30,11 @@ pub struct SessionInfo {
     pub state: Option<SessionState>,
     /// Background processes still running.
     pub background_running: usize,
+    /// How its commands run, and a warm execution's idle timeout.
+    pub settings: runbox_core::warm::SessionSettings,
+    /// The first execution of its running warm execution, if one runs
+    /// (warm sessions only).
+    pub warm_execution: Option<String>,
 }
 
 impl Session {
@@ -178,16 +183,32 @@ async fn info_of(engine: &Engine, id: &SessionId) -> Result<SessionInfo> {
         }
         s
     });
+    let settings = engine.read_session_settings(id).await?.unwrap_or_else(|| {
+        runbox_core::warm::SessionSettings::new(engine.config.limits.session_mode)
+    });
+    let warm_execution = match settings.mode {
+        runbox_core::warm::SessionMode::Warm => engine.launcher.warm_execution(id).await,
+        runbox_core::warm::SessionMode::Oneshot => None,
+    };
     Ok(SessionInfo {
         id: id.clone(),
         state,
         background_running,
+        settings,
+        warm_execution,
     })
 }
 
 /// Creates a session unless it has a state: `Some(info)` when created,
-/// `None` when it existed.
-pub(crate) async fn create(engine: &Engine, id: &SessionId) -> Result<Option<SessionInfo>> {
+/// `None` when it existed. `settings`: `None` for the configured default.
+pub(crate) async fn create(
+    engine: &Engine,
+    id: &SessionId,
+    settings: Option<runbox_core::warm::SessionSettings>,
+) -> Result<Option<SessionInfo>> {
+    let settings = settings.unwrap_or_else(|| {
+        runbox_core::warm::SessionSettings::new(engine.config.limits.session_mode)
+    });
     // The cwd is left empty: the executor starts an empty cwd in the
     // session's workspace, wherever the backend puts it.
     let now = Some(runbox_proto::now());
@@ -205,11 +226,16 @@ pub(crate) async fn create(engine: &Engine, id: &SessionId) -> Result<Option<Ses
     )
     .await
     {
-        Ok(_) => Ok(Some(SessionInfo {
-            id: id.clone(),
-            state: Some(state),
-            background_running: 0,
-        })),
+        Ok(_) => {
+            engine.write_session_settings(id, &settings, false).await?;
+            Ok(Some(SessionInfo {
+                id: id.clone(),
+                state: Some(state),
+                background_running: 0,
+                settings,
+                warm_execution: None,
+            }))
+        }
         Err(e) if e.is_conflict() => Ok(None),
         Err(e) => Err(Error::store(format!("create session {id}"), e)),
     }
@@ -217,7 +243,7 @@ pub(crate) async fn create(engine: &Engine, id: &SessionId) -> Result<Option<Ses
 
 /// Creates the session if it does not exist yet; its info either way.
 pub(crate) async fn ensure(engine: &Engine, id: &SessionId) -> Result<SessionInfo> {
-    match create(engine, id).await? {
+    match create(engine, id, None).await? {
         Some(info) => Ok(info),
         None => info_of(engine, id).await,
     }
@@ -229,6 +255,8 @@ pub(crate) async fn delete(engine: &Engine, id: &SessionId) -> Result<usize> {
     // its background processes are killed first, and their execution
     // objects (request, result, logs) go with the session.
     background::control::kill_where(engine, id, |_| true).await?;
+    engine.launcher.close_warm(id).await;
+    engine.forget_session_settings(id);
     let store = &*engine.store;
     let executions: Vec<_> = background::control::list(engine, id)
         .await?

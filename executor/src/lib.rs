@@ -28,6 +28,7 @@ pub mod process;
 pub mod scratch;
 pub mod shell;
 pub mod stdin;
+pub mod warm;
 pub mod workspace;
 
 /// Exit code reported for a command that ran past its timeout.
@@ -264,7 +265,13 @@ async fn run(
     };
     let mut notes = Vec::new();
     let cwd = starting_cwd(&state, &session, placement, &mut notes);
-    let mut base = base_env(&session, id, &seen, &files, settings.run_as.as_ref());
+    let mut base = base_env(
+        &session,
+        id,
+        &seen,
+        files.tmp.as_deref(),
+        settings.run_as.as_ref(),
+    );
     if enter.is_some() {
         // The session's private /tmp.
         base.insert("TMPDIR".to_owned(), "/tmp".to_owned());
@@ -330,7 +337,15 @@ async fn run(
         produced,
         upload_log,
     };
-    collect_output(store, id, &files, &output, &mut result, &mut notes).await;
+    collect_output(
+        store,
+        id,
+        [&files.stdout, &files.stderr],
+        &output,
+        &mut result,
+        &mut notes,
+    )
+    .await;
     tracing::debug!(execution = %id, "output collected");
 
     if request.background {
@@ -607,17 +622,14 @@ struct Output {
 async fn collect_output(
     store: &dyn Store,
     id: &ExecutionId,
-    files: &Scratch,
+    files: [&Path; 2],
     output: &Output,
     result: &mut ExecResult,
     notes: &mut Vec<String>,
 ) {
-    for ((stream, path), produced) in [
-        (Stream::Stdout, &files.stdout),
-        (Stream::Stderr, &files.stderr),
-    ]
-    .into_iter()
-    .zip(&output.produced)
+    for ((stream, path), produced) in [(Stream::Stdout, files[0]), (Stream::Stderr, files[1])]
+        .into_iter()
+        .zip(&output.produced)
     {
         if let Some(problem) = &produced.problem {
             notes.push(problem.clone());
@@ -972,7 +984,7 @@ fn base_env(
     session: &SessionId,
     id: &ExecutionId,
     workspace: &Path,
-    files: &Scratch,
+    tmp: Option<&Path>,
     run_as: Option<&identity::Identity>,
 ) -> BTreeMap<String, String> {
     let inherit = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -996,7 +1008,7 @@ fn base_env(
         env.insert("USER".to_owned(), who.name.clone());
         env.insert("LOGNAME".to_owned(), who.name.clone());
     }
-    if let Some(tmp) = &files.tmp {
+    if let Some(tmp) = tmp {
         env.insert("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned());
     }
     env.insert(contract::SESSION_ID_ENV.to_owned(), session.to_string());

@@ -130,6 +130,10 @@ fn main() -> ExitCode {
             Ok(wanted) => wanted,
             Err(e) => return config_error(&e.to_string()),
         };
+    let warm = match runbox_executor::warm::Warm::from_lookup(lookup) {
+        Ok(warm) => warm,
+        Err(message) => return config_error(&message),
+    };
     let placement = placement(
         workspace_path,
         workspace_base,
@@ -176,6 +180,18 @@ fn main() -> ExitCode {
                 placement,
                 run_as,
             };
+            if let Some(warm) = warm {
+                return match runbox_executor::warm::serve(store, &settings, &warm, cancel).await {
+                    Ok(end) => {
+                        tracing::debug!(execution = %id, ?end, "warm execution ended");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        report(&error_chain(&e));
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             match execute(store, &settings, cancel).await {
                 Ok(Outcome::Written(r)) => {
                     tracing::debug!(

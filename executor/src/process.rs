@@ -114,7 +114,7 @@ pub async fn run(
 
 /// The bash binary: looked up once, at a fixed place where it usually is,
 /// rather than searched along PATH on every command.
-fn bash_path() -> &'static Path {
+pub(crate) fn bash_path() -> &'static Path {
     static BASH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BASH.get_or_init(|| {
         ["/bin/bash", "/usr/bin/bash", "/usr/local/bin/bash"]
@@ -135,7 +135,7 @@ pub fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or(-1)
 }
 
-fn signal_group(pgid: Pid, signal: Signal) {
+pub(crate) fn signal_group(pgid: Pid, signal: Signal) {
     // ESRCH (group gone) is the expected outcome once everything has exited.
     let _ = rustix::process::kill_process_group(pgid, signal);
 }

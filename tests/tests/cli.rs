@@ -605,13 +605,17 @@ async fn session_json_agrees_and_times_have_one_format() {
             "cwd",
             "env",
             "execCount",
+            "idleTimeoutMs",
             "lastExecutionId",
+            "mode",
             "sessionId",
             "unsetEnv",
-            "updatedAt"
+            "updatedAt",
+            "warmExecution"
         ]
     );
     assert_eq!(shown["env"]["A"], "1");
+    assert_eq!(shown["mode"], "oneshot");
     assert_eq!(shown["execCount"], 1);
 
     let mut times: Vec<String> = vec![

@@ -35,6 +35,7 @@ use crate::session_lock::SessionLocks;
 
 pub(crate) mod cancel;
 pub(crate) mod marker;
+pub(crate) mod mode;
 pub(crate) mod queue;
 pub(crate) mod resolve;
 pub(crate) mod settle;
@@ -70,6 +71,8 @@ pub(crate) struct Engine {
     /// How completion events became results.
     results: resolve::ResultCounters,
     queues: DashMap<SessionId, queue::Sender>,
+    /// Each session's settings once read (they never change; see [`mode`]).
+    session_settings: DashMap<SessionId, runbox_core::warm::SessionSettings>,
     /// One settle at a time per execution (see [`Engine::settle`]).
     settling: DashMap<ExecutionId, Arc<tokio::sync::Mutex<()>>>,
     /// Foreground executions a caller cancelled, until they are settled:
@@ -127,6 +130,7 @@ impl Engine {
             notifier: Mutex::new(Some(notifier)),
             results: resolve::ResultCounters::default(),
             queues: DashMap::new(),
+            session_settings: DashMap::new(),
             settling: DashMap::new(),
             cancelled: DashSet::new(),
             session_locks: parts.session_locks,

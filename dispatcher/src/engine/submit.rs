@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Engine;
 use crate::error::{Error, Result};
-use crate::launcher::{LaunchError, LaunchSpec};
+use crate::launcher::{LaunchError, LaunchSpec, WarmLaunch};
 use crate::live_output::{Follower, LiveTx};
 use crate::session_lock::SessionGuard;
+use runbox_core::warm::SessionMode;
 
 /// A validated command, ready to become an execution.
 #[derive(Clone, Debug)]
@@ -199,6 +200,7 @@ impl Engine {
             return Err(Error::Cancelled);
         }
         let t0 = std::time::Instant::now();
+        let settings = self.session_settings(session).await?;
         let id = self.instance.next_execution_id();
         let store_token = self.mint(session, &id, submission.timeout).await?;
         let request = submission.request(&id, session, SystemTime::now(), false);
@@ -215,10 +217,29 @@ impl Engine {
             .live
             .as_ref()
             .map(|tx| (self.waiters.watch_output(&id), tx.clone()));
-        if let Err(e) = self
-            .launch_foreground(&id, submission.timeout, store_token, lock)
-            .await
-        {
+        // A downscoped token names one execution's request and result, so
+        // an execution holding one cannot serve a session's later
+        // commands: with per-execution credentials every command is
+        // launched on its own.
+        let warm = settings.mode == SessionMode::Warm && store_token.is_none();
+        let launched = if warm {
+            let warm = WarmLaunch {
+                session: session.clone(),
+                idle: settings.idle_timeout(),
+            };
+            // The session's lock stays with this process: the warm
+            // execution outlives the command, and holding a share of
+            // the lock would keep the session's next command waiting
+            // until it exits.
+            self.launcher
+                .launch_warm(launch_spec(&id, submission.timeout, None), &warm)
+                .await
+                .map_err(Error::from)
+        } else {
+            self.launch_foreground(&id, submission.timeout, store_token, lock)
+                .await
+        };
+        if let Err(e) = launched {
             // At shutdown the launcher closes just after the notifier: the
             // notifier's error is the one that says why.
             if self.waiters.is_closed()

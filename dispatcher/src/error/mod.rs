@@ -28,6 +28,9 @@ pub enum Error {
     /// The session id breaks the id rule.
     #[error("invalid session id")]
     InvalidSession(#[source] IdError),
+    /// The session settings (mode, idle timeout) are not usable.
+    #[error("invalid session settings")]
+    InvalidSessionSettings(#[source] runbox_core::warm::SettingsError),
     /// The command is larger than allowed.
     #[error("command is {bytes} bytes; at most {max} bytes are allowed")]
     CommandTooLarge {

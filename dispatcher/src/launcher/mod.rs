@@ -36,6 +36,16 @@ pub struct LaunchSpec {
     pub store_token: Option<runbox_core::credentials::StoreToken>,
 }
 
+/// What makes a launch warm: the session whose live shell runs the
+/// command, and how long that execution waits for the next one.
+#[derive(Clone, Debug)]
+pub struct WarmLaunch {
+    /// The session.
+    pub session: runbox_core::SessionId,
+    /// Its idle timeout.
+    pub idle: Duration,
+}
+
 /// How a launched execution ended, as the platform saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ended {
@@ -159,6 +169,28 @@ pub trait Launcher: Send + Sync + 'static {
         let launched = self.launch(spec).await;
         drop(hold);
         launched
+    }
+
+    /// Runs the command of a warm session: delivered to the session's
+    /// running warm execution when there is one, else as the first
+    /// command of a new one. [`Launcher::ended`] then resolves when this
+    /// command's executor is done with it (its result written) or gone.
+    /// Launchers without warm executions launch a oneshot one.
+    async fn launch_warm(&self, spec: LaunchSpec, warm: &WarmLaunch) -> Result<(), LaunchError> {
+        let _ = warm;
+        self.launch(spec).await
+    }
+
+    /// The first execution of the session's running warm execution, if
+    /// one runs.
+    async fn warm_execution(&self, _session: &runbox_core::SessionId) -> Option<String> {
+        None
+    }
+
+    /// Ends the session's warm execution, if one runs (a command it is
+    /// running ends CANCELLED); whether one was asked to end.
+    async fn close_warm(&self, _session: &runbox_core::SessionId) -> bool {
+        false
     }
 
     /// Resolves when the execution has ended. Backends that cannot observe

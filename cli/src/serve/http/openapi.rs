@@ -10,7 +10,7 @@ use super::file_tools::{FoundFiles, ReplaceBody, Replaced, SearchMatchView, Sear
 use super::problem::Problem;
 use super::schema::{
     BackgroundList, BackgroundView, CreateSessionBody, Deleted, DirEntryView, DirList, ExecBody,
-    ExecResultSchema, FileView, ResultList, SessionList, SessionView, SpawnBody,
+    ExecResultSchema, FileView, ModeName, ResultList, SessionList, SessionView, SpawnBody,
 };
 use super::{background, exec, file_tools, files, sessions};
 
@@ -37,7 +37,7 @@ use super::{background, exec, file_tools, files, sessions};
         background::wait,
     ),
     components(schemas(
-        Problem, ExecBody, SpawnBody, CreateSessionBody, SessionView, SessionList, Deleted,
+        Problem, ExecBody, SpawnBody, CreateSessionBody, ModeName, SessionView, SessionList, Deleted,
         ResultList, FileView, DirEntryView, DirList, BackgroundView, BackgroundList,
         ExecResultSchema, ReplaceBody, Replaced, SearchMatchView, SearchMatches, FoundFiles,
     )),

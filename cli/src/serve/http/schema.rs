@@ -55,6 +55,42 @@ pub struct SpawnBody {
 pub struct CreateSessionBody {
     /// The new session's id, `[A-Za-z0-9_-]{1,64}`.
     pub session_id: String,
+    /// How its commands run; default: the server's `RUNBOX_SESSION_MODE`
+    /// (itself `oneshot` by default).
+    pub mode: Option<ModeName>,
+    /// How long a warm session's execution waits for the next command
+    /// before it saves and exits, in milliseconds (1 to 86400000; default
+    /// 300000).
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// A session mode: `oneshot` (one execution per command) or `warm` (one
+/// execution keeps a live bash for the session's commands).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModeName {
+    /// One execution per command.
+    Oneshot,
+    /// One live bash per session.
+    Warm,
+}
+
+impl From<ModeName> for runbox_dispatcher::SessionMode {
+    fn from(mode: ModeName) -> Self {
+        match mode {
+            ModeName::Oneshot => Self::Oneshot,
+            ModeName::Warm => Self::Warm,
+        }
+    }
+}
+
+impl From<runbox_dispatcher::SessionMode> for ModeName {
+    fn from(mode: runbox_dispatcher::SessionMode) -> Self {
+        match mode {
+            runbox_dispatcher::SessionMode::Oneshot => Self::Oneshot,
+            runbox_dispatcher::SessionMode::Warm => Self::Warm,
+        }
+    }
 }
 
 /// A session and its state (the shape `runbox sessions show --json` prints).
@@ -79,6 +115,13 @@ pub struct SessionView {
     pub updated_at: Option<String>,
     /// Background processes still running.
     pub background_running: usize,
+    /// How its commands run.
+    pub mode: ModeName,
+    /// A warm execution's idle timeout, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// The first execution of its running warm execution; null when none
+    /// runs.
+    pub warm_execution: Option<String>,
 }
 
 impl From<&SessionInfo> for SessionView {
@@ -95,6 +138,9 @@ impl From<&SessionInfo> for SessionView {
             created_at: state.and_then(|s| timestamp::format_proto(s.created_at)),
             updated_at: state.and_then(|s| timestamp::format_proto(s.updated_at)),
             background_running: info.background_running,
+            mode: info.settings.mode.into(),
+            idle_timeout_ms: info.settings.idle_timeout_ms,
+            warm_execution: info.warm_execution.clone(),
         }
     }
 }

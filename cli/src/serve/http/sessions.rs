@@ -6,6 +6,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 
+use runbox_dispatcher::{Error, SessionSettings};
+
 use super::Api;
 use super::extract::{JsonBody, Params};
 use super::problem::Problem;
@@ -29,7 +31,19 @@ pub async fn create(
     State(api): State<Arc<Api>>,
     JsonBody(body): JsonBody<CreateSessionBody>,
 ) -> Result<(StatusCode, Json<SessionView>), Problem> {
-    let info = api.client.create_session(&body.session_id).await?;
+    let mode = body
+        .mode
+        .map_or(api.client.config().limits.session_mode, Into::into);
+    let mut settings = SessionSettings::new(mode);
+    if let Some(ms) = body.idle_timeout_ms {
+        settings = settings
+            .with_idle_timeout(std::time::Duration::from_millis(ms))
+            .map_err(Error::InvalidSessionSettings)?;
+    }
+    let info = api
+        .client
+        .create_session_with(&body.session_id, settings)
+        .await?;
     Ok((StatusCode::CREATED, Json(SessionView::from(&info))))
 }
 
@@ -56,8 +70,9 @@ pub async fn show(
     Ok(Json(SessionView::from(&info)))
 }
 
-/// Closes a session: kills its background processes (their results are
-/// returned); its state and files stay.
+/// Closes a session: ends its warm execution, if one runs, and kills its
+/// background processes (their results are returned); its state and files
+/// stay.
 #[utoipa::path(post, path = "/v1/sessions/{session}/close", operation_id = "closeSession", tag = "sessions", params(SessionParam),
     responses((status = 200, body = ResultList), (status = "default", body = Problem, content_type = "application/problem+json")))]
 pub async fn close(

@@ -29,9 +29,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::launcher::{
     Ended, ExecutionState, ForeignExecution, LaunchError, LaunchSpec, Launcher, Observed,
+    WarmLaunch,
 };
 
 mod procfs;
+mod warm;
 
 /// Variables of the dispatcher's own environment put in the executor's
 /// environment: what a shell needs, the log filter and format, and the credentials
@@ -74,6 +76,8 @@ pub struct LocalLauncher {
     config: std::collections::BTreeMap<String, String>,
     running: DashMap<ExecutionId, Running>,
     slots: Arc<Semaphore>,
+    /// Where warm executions put their sockets (see [`warm`]).
+    warm_dir: PathBuf,
     /// One task per child, reaping it and recording how it ended.
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -108,6 +112,7 @@ impl LocalLauncher {
             env,
             config: settings,
             running: DashMap::new(),
+            warm_dir: warm::socket_dir(config),
             slots: Arc::new(Semaphore::new(max_running.max(1))),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -214,14 +219,21 @@ fn describe_path_dirs(dirs: &[PathBuf]) -> String {
 }
 
 impl LocalLauncher {
-    /// Starts the executor; `hold`, when given, becomes its standard input.
-    async fn spawn(&self, spec: LaunchSpec, hold: Option<File>) -> Result<(), LaunchError> {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| LaunchError::Closed)?;
+    /// Starts the executor; `hold`, when given, becomes its standard
+    /// output; `warm` makes it a warm execution listening on `socket`.
+    async fn spawn(
+        &self,
+        spec: LaunchSpec,
+        hold: Option<File>,
+        warm: Option<(&WarmLaunch, &Path)>,
+    ) -> Result<(), LaunchError> {
+        let mut permit = Some(
+            self.slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| LaunchError::Closed)?,
+        );
         let id = spec.execution_id.clone();
         let mut config = self.config.clone();
         config.insert(EXECUTION_ID_ENV.to_owned(), id.to_string());
@@ -229,6 +241,12 @@ impl LocalLauncher {
         // command could read.
         if let Some(token) = &spec.store_token {
             config.insert(STORE_TOKEN_ENV.to_owned(), token.secret().to_owned());
+        }
+        if let Some((warm, socket)) = warm {
+            config.extend(warm::executor_settings(warm, socket));
+            // A warm execution lives on after its first command, bounded
+            // by its idle timeout rather than by the slots.
+            permit = None;
         }
         let config = serde_json::to_vec(&config).map_err(|e| LaunchError::Spawn {
             id: id.clone(),
@@ -285,6 +303,11 @@ impl LocalLauncher {
                 ended: rx,
             },
         );
+        if warm.is_some() {
+            // Its commands' ends are what callers wait for; its own end
+            // (idle, closed) matters only to the first command.
+            tracing::debug!(execution = %id, "warm execution started");
+        }
         let stderr = child.stderr.take();
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
@@ -332,11 +355,47 @@ impl Launcher for LocalLauncher {
     }
 
     async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError> {
-        self.spawn(spec, None).await
+        self.spawn(spec, None, None).await
     }
 
     async fn launch_holding(&self, spec: LaunchSpec, hold: File) -> Result<(), LaunchError> {
-        self.spawn(spec, Some(hold)).await
+        self.spawn(spec, Some(hold), None).await
+    }
+
+    async fn launch_warm(&self, spec: LaunchSpec, warm: &WarmLaunch) -> Result<(), LaunchError> {
+        let Some(socket) = warm::socket_path(&self.warm_dir, &warm.session) else {
+            tracing::warn!(
+                session = %warm.session,
+                dir = %self.warm_dir.display(),
+                "the warm socket path would be too long; running the command oneshot"
+            );
+            return self.spawn(spec, None, None).await;
+        };
+        match warm::deliver(&socket, &spec.execution_id, &self.stop).await? {
+            Some(delivered) => {
+                self.running.insert(
+                    spec.execution_id.clone(),
+                    Running {
+                        pid: delivered.pid,
+                        ended: delivered.ended,
+                    },
+                );
+                Ok(())
+            }
+            None => self.spawn(spec, None, Some((warm, &socket))).await,
+        }
+    }
+
+    async fn warm_execution(&self, session: &runbox_core::SessionId) -> Option<String> {
+        let socket = warm::socket_path(&self.warm_dir, session)?;
+        warm::ping(&socket).await
+    }
+
+    async fn close_warm(&self, session: &runbox_core::SessionId) -> bool {
+        match warm::socket_path(&self.warm_dir, session) {
+            Some(socket) => warm::close(&socket).await,
+            None => false,
+        }
     }
 
     async fn ended(&self, id: &ExecutionId) -> Ended {

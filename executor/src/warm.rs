@@ -1,0 +1,1165 @@
+//! Warm mode: one execution keeps a live bash for its session and runs the
+//! session's commands in it one after another, each still with its own
+//! execution id, request object and result object (see
+//! [`runbox_core::warm`] for the channel the later commands arrive on).
+//!
+//! # The shell
+//!
+//! bash runs interactive (`-i`) with job control (`set -m`), reading
+//! command lines from a pipe the executor writes. Each command is one line
+//! that reads the command from its file, runs it with `eval` in the shell
+//! itself (so functions, aliases, unexported variables and `set` options
+//! persist) with its standard streams redirected to files of its own, then
+//! writes the capture (status, `pwd`, `declare -px`) and a line `d N` on
+//! the shell's standard output, a pipe only the executor reads.
+//!
+//! Why interactive with job control: every pipeline a command starts
+//! (foreground or `&`) gets a process group of its own, and an interactive
+//! bash that receives SIGINT abandons the rest of the line it runs and
+//! goes back to reading the next one, even in the middle of a builtin
+//! loop. So a command's timeout kills the process groups the command
+//! started, then interrupts the shell: the command ends, the shell and its
+//! definitions stay. A subshell per command would have lost every
+//! definition the command made. Background processes a command starts with
+//! `&` keep running into the next command; only a timed-out or cancelled
+//! command's new process groups are killed.
+//!
+//! After each command the workspace and the state are saved before its
+//! result is written, exactly as in oneshot mode, so a warm execution that
+//! dies loses no more than a oneshot one. Commands run as the session's
+//! `RUNBOX_EXECUTION_ID` changes per command: it is exported anew before
+//! each one (and not read-only, unlike in oneshot mode).
+//!
+//! # Lifetime
+//!
+//! The execution serves its first command (named on its command line),
+//! then waits for the next on its socket. It exits when nothing arrives
+//! within the idle timeout, when asked to close, or on SIGTERM; every
+//! process the shell started is killed then. The next command of the
+//! session starts a new execution, which restores cwd, env and workspace
+//! from the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use runbox_core::config::Lookup;
+use runbox_core::contract;
+use runbox_core::session_cwd;
+use runbox_core::store::Store;
+use runbox_core::warm::{WARM_IDLE_MS_ENV, WARM_SESSION_ENV, WARM_SOCKET_ENV, wire};
+use runbox_core::{ExecutionId, SessionId};
+use runbox_proto::{ExecResult, ExecStatus};
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ExecutorError, Loaded, Outcome, Settings, identity, namespace, output, process, scratch, shell,
+};
+
+/// What makes an executor warm, from its configuration.
+#[derive(Clone, Debug)]
+pub struct Warm {
+    /// The session it serves; requests of any other are refused.
+    pub session: SessionId,
+    /// The socket it listens on.
+    pub socket: PathBuf,
+    /// How long it waits for the next command before it exits.
+    pub idle: Duration,
+}
+
+impl Warm {
+    /// The warm settings in `lookup`; `None` for a oneshot executor.
+    pub fn from_lookup(lookup: &dyn Lookup) -> Result<Option<Self>, String> {
+        let (Some(socket), Some(session)) =
+            (lookup.get(WARM_SOCKET_ENV), lookup.get(WARM_SESSION_ENV))
+        else {
+            return Ok(None);
+        };
+        let session = SessionId::new(&session).map_err(|e| format!("{WARM_SESSION_ENV}: {e}"))?;
+        let idle_ms: u64 = match lookup.get(WARM_IDLE_MS_ENV) {
+            None => u64::try_from(runbox_core::warm::DEFAULT_IDLE_TIMEOUT.as_millis())
+                .unwrap_or(u64::MAX),
+            Some(v) => v
+                .parse()
+                .map_err(|e| format!("{WARM_IDLE_MS_ENV}={v:?}: {e}"))?,
+        };
+        let idle = Duration::from_millis(idle_ms);
+        runbox_core::warm::SessionSettings::new(runbox_core::warm::SessionMode::Warm)
+            .with_idle_timeout(idle)
+            .map_err(|e| format!("{WARM_IDLE_MS_ENV}: {e}"))?;
+        Ok(Some(Self {
+            session,
+            socket: PathBuf::from(socket),
+            idle,
+        }))
+    }
+}
+
+/// A warm execution could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    /// Its socket could not be set up.
+    #[error("listen on {}", path.display())]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A command's result could not be written.
+    #[error("warm execution")]
+    Result {
+        /// The cause.
+        #[source]
+        source: ExecutorError,
+    },
+}
+
+/// Why a warm execution ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarmEnd {
+    /// No command came within the idle timeout.
+    Idle,
+    /// A dispatcher asked it to close.
+    Closed,
+    /// SIGTERM or SIGINT.
+    Stopped,
+}
+
+/// Serves the first command (`settings.execution_id`), then every command
+/// delivered on the socket, until idle, closed or `cancel`.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    settings: &Settings,
+    warm: &Warm,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<WarmEnd, WarmError> {
+    let listener = Listener::bind(&warm.socket).map_err(|source| WarmError::Listen {
+        path: warm.socket.clone(),
+        source,
+    })?;
+    let stop = CancellationToken::new();
+    let closed = CancellationToken::new();
+    let (tx, mut rx) = mpsc::channel::<(ExecutionId, UnixStream)>(1);
+    let first = settings.execution_id.clone();
+    // `close` connections stay open until everything has ended, so the
+    // dispatcher that asked knows when it has.
+    let closers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let accept = tokio::spawn(accept_loop(
+        listener.inner,
+        tx,
+        Closing {
+            token: closed.clone(),
+            waiting: Arc::clone(&closers),
+        },
+        first.to_string(),
+    ));
+    tokio::pin!(cancel);
+    let mut shell: Option<Shell> = None;
+    let mut next: Option<(ExecutionId, Option<UnixStream>)> = Some((first, None));
+    let end = loop {
+        let (id, mut conn) = match next.take() {
+            Some(item) => item,
+            None => tokio::select! {
+                delivered = rx.recv() => match delivered {
+                    Some((id, conn)) => (id, Some(conn)),
+                    None => break WarmEnd::Closed,
+                },
+                () = tokio::time::sleep(warm.idle) => break WarmEnd::Idle,
+                () = closed.cancelled() => break WarmEnd::Closed,
+                () = &mut cancel => break WarmEnd::Stopped,
+            },
+        };
+        let settings = Settings {
+            execution_id: id.clone(),
+            ..settings.clone()
+        };
+        let loaded = crate::load_request(&*store, &settings).await;
+        if let Some(c) = &mut conn {
+            // Only the session's own requests that have no result yet: an
+            // id from anywhere else gets no result written in its name.
+            if let Err(reason) = check_delivered(&*store, warm, &id, &loaded).await {
+                let _ = c
+                    .write_all(format!("{} {reason}\n", wire::NO).as_bytes())
+                    .await;
+                continue;
+            }
+            // A dispatcher that has gone still gets its result object.
+            let _ = c.write_all(format!("{}\n", wire::OK).as_bytes()).await;
+        }
+        // Stopping (SIGTERM, close) during a command cancels it.
+        let outcome = {
+            let run = run_one(&*store, &settings, warm, &mut shell, loaded, &stop);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    outcome = &mut run => break outcome,
+                    () = &mut cancel, if !stop.is_cancelled() => stop.cancel(),
+                    () = closed.cancelled(), if !stop.is_cancelled() => stop.cancel(),
+                }
+            }
+        };
+        match outcome {
+            Ok(Outcome::Written(r)) => {
+                tracing::debug!(execution = %id, status = %r.exec_status(), "warm command done");
+            }
+            Ok(Outcome::AlreadyWritten(_)) => {
+                tracing::warn!(execution = %id, "a result already existed; ours was dropped");
+            }
+            Err(source) => {
+                finish(&listener.path, listener.ino, shell).await;
+                accept.abort();
+                return Err(WarmError::Result { source });
+            }
+        }
+        if let Some(c) = &mut conn {
+            let _ = c.write_all(format!("{}\n", wire::DONE).as_bytes()).await;
+        }
+        if stop.is_cancelled() {
+            break if closed.is_cancelled() {
+                WarmEnd::Closed
+            } else {
+                WarmEnd::Stopped
+            };
+        }
+    };
+    // Deliveries still queued get end-of-stream before `ok`: their
+    // dispatchers start a new execution for them.
+    accept.abort();
+    drop(rx);
+    finish(&listener.path, listener.ino, shell).await;
+    drop(closers);
+    Ok(end)
+}
+
+/// Removes the socket (when it is still ours) and ends the shell and
+/// everything it started.
+async fn finish(path: &Path, ino: u64, shell: Option<Shell>) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino) {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(shell) = shell {
+        shell.kill().await;
+    }
+    process::sweep_descendants();
+}
+
+/// The listening socket and the inode it was bound to, so the executor
+/// removes only its own socket at exit, never a successor's.
+struct Listener {
+    inner: UnixListener,
+    path: PathBuf,
+    ino: u64,
+}
+
+impl Listener {
+    fn bind(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        // A socket left by an execution that died; anything else there is
+        // not ours to remove.
+        if let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.file_type().is_socket()
+        {
+            std::fs::remove_file(path)?;
+        }
+        let inner = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let ino = std::fs::symlink_metadata(path)?.ino();
+        Ok(Self {
+            inner,
+            path: path.to_owned(),
+            ino,
+        })
+    }
+}
+
+/// How long a connection may take to send its one line.
+const LINE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections: `run ID` goes to the serving loop (one waits at a
+/// time), `ping` and `close` are answered here.
+/// How the accept loop asks the execution to close.
+struct Closing {
+    /// Cancelled by `close`.
+    token: CancellationToken,
+    /// The connections that asked, held open until the end.
+    waiting: Arc<std::sync::Mutex<Vec<UnixStream>>>,
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    tx: mpsc::Sender<(ExecutionId, UnixStream)>,
+    closing: Closing,
+    first: String,
+) {
+    let me = rustix::process::geteuid().as_raw();
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        // Only this executor's own user (the dispatcher's): commands run
+        // as another user cannot even ask.
+        match conn.peer_cred() {
+            Ok(cred) if cred.uid() == me && !cred.pid().is_some_and(runs_under_an_executor) => {}
+            _ => continue,
+        }
+        let line = match tokio::time::timeout(LINE_TIMEOUT, read_line(&mut conn)).await {
+            Ok(Some(line)) => line,
+            _ => continue,
+        };
+        let (verb, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        match verb {
+            wire::PING => {
+                let _ = conn
+                    .write_all(format!("{} {first}\n", wire::WARM).as_bytes())
+                    .await;
+            }
+            wire::CLOSE => {
+                closing.token.cancel();
+                let _ = conn.write_all(format!("{}\n", wire::OK).as_bytes()).await;
+                // A poisoned lock only means a panic elsewhere held it.
+                closing
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
+            }
+            wire::RUN => match ExecutionId::new(arg) {
+                Ok(id) => {
+                    if tx.send((id, conn)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = conn
+                        .write_all(format!("{} {e}\n", wire::NO).as_bytes())
+                        .await;
+                }
+            },
+            _ => {
+                let _ = conn
+                    .write_all(format!("{} unknown request\n", wire::NO).as_bytes())
+                    .await;
+            }
+        }
+    }
+}
+
+/// Whether `pid` descends from a `runbox-executor`: a command (of this
+/// session or any other), which must not reach a warm execution's
+/// channel even where it runs as the dispatcher's user and sees the
+/// socket. The parent chain cannot be forged: a process that leaves its
+/// parent is adopted by its executor, the subreaper.
+fn runs_under_an_executor(pid: i32) -> bool {
+    // `comm` holds at most 15 bytes of the name.
+    const EXECUTOR_COMM: &str = "runbox-executo";
+    let mut pid = pid;
+    for _ in 0..256 {
+        if pid <= 1 {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            // Gone, or not visible: refuse what cannot be checked.
+            return true;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            return true;
+        };
+        if stat[open + 1..close].starts_with(EXECUTOR_COMM) {
+            return true;
+        }
+        match stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+        {
+            Some(parent) => pid = parent,
+            None => return true,
+        }
+    }
+    true
+}
+
+/// One line of at most [`wire::MAX_LINE`] bytes, without its newline.
+async fn read_line(conn: &mut UnixStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut limited = (&mut *conn).take(wire::MAX_LINE as u64 + 1);
+    let mut reader = BufReader::new(&mut limited);
+    reader.read_until(b'\n', &mut buf).await.ok()?;
+    let line = buf.strip_suffix(b"\n")?;
+    String::from_utf8(line.to_vec()).ok()
+}
+
+/// Why a delivered id is not run, if it is not: its request must be
+/// readable, name this session and have no result yet.
+async fn check_delivered(
+    store: &dyn Store,
+    warm: &Warm,
+    id: &ExecutionId,
+    loaded: &Result<Loaded, crate::Rejection>,
+) -> Result<(), String> {
+    match loaded {
+        Err(rejection) => Err(rejection.message.clone()),
+        Ok(loaded) if loaded.session != warm.session => {
+            Err(format!("execution {id} is not of this session"))
+        }
+        Ok(_) => match store.head(&runbox_core::layout::result(id)).await {
+            Ok(_) => Err(format!("execution {id} has a result already")),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(crate::error_chain(&e)),
+        },
+    }
+}
+
+/// Runs one command of the session to its result object.
+async fn run_one(
+    store: &dyn Store,
+    settings: &Settings,
+    warm: &Warm,
+    shell: &mut Option<Shell>,
+    loaded: Result<Loaded, crate::Rejection>,
+    stop: &CancellationToken,
+) -> Result<Outcome, ExecutorError> {
+    let id = &settings.execution_id;
+    let started = runbox_proto::now();
+    let (mut result, traceparent) = match loaded {
+        Err(rejection) => (rejection.into_result(id), String::new()),
+        Ok(loaded) if loaded.session != warm.session => {
+            let rejection = crate::Rejection {
+                session_id: loaded.session.to_string(),
+                message: format!(
+                    "execution {id} belongs to session {}, not to this warm execution's session {}",
+                    loaded.session, warm.session
+                ),
+            };
+            (rejection.into_result(id), String::new())
+        }
+        Ok(loaded) => {
+            let traceparent = loaded.request.traceparent.clone();
+            (
+                run_in_shell(store, settings, loaded, shell, stop).await,
+                traceparent,
+            )
+        }
+    };
+    result.execution_id = id.to_string();
+    if result.started_at.is_none() {
+        result.started_at = Some(started);
+    }
+    result.completed_at = Some(runbox_proto::now());
+    crate::write_result(store, id, result, traceparent).await
+}
+
+/// Restore, run in the shell (starting one when there is none), collect,
+/// save: [`crate::run`] for a command of a warm execution.
+async fn run_in_shell(
+    store: &dyn Store,
+    settings: &Settings,
+    loaded: Loaded,
+    slot: &mut Option<Shell>,
+    stop: &CancellationToken,
+) -> ExecResult {
+    let id = &settings.execution_id;
+    let Loaded {
+        request,
+        session,
+        mut state,
+        state_precondition,
+        workspace,
+    } = loaded;
+    let mut result = ExecResult {
+        session_id: session.to_string(),
+        ..Default::default()
+    };
+    let sync = crate::sync_options(&settings.config);
+    let restored = match crate::restore_workspace(store, &session, &workspace, &sync).await {
+        Ok(snapshot) => snapshot,
+        Err(message) => return crate::rejected(result, message),
+    };
+    if let Some(who) = &settings.run_as
+        && let Err(e) = identity::hand_over(&workspace, who)
+    {
+        return crate::rejected(
+            result,
+            format!(
+                "give workspace {} to user {}: {e}",
+                workspace.display(),
+                who.name
+            ),
+        );
+    }
+    let placement = &settings.placement;
+    let seen = placement.seen_workspace(&session);
+    let mut notes = Vec::new();
+    if slot.as_mut().is_some_and(|s| !s.alive()) {
+        // The last command ended the shell (`exit`): a fresh one picks up
+        // from the saved state.
+        if let Some(dead) = slot.take() {
+            dead.kill().await;
+        }
+    }
+    if slot.is_none() {
+        match Shell::start(settings, &session, &state, &mut notes).await {
+            Ok(started) => *slot = Some(started),
+            Err(message) => return crate::rejected(result, message),
+        }
+    }
+    let Some(sh) = slot.as_mut() else {
+        return crate::rejected(result, "the shell did not start".to_owned());
+    };
+    let files = match sh.command_files(&request.command, settings.run_as.as_ref()) {
+        Ok(files) => files,
+        Err(message) => return crate::rejected(result, message),
+    };
+    if let Err(message) =
+        crate::stdin::fetch(store, id, request.stdin_bytes, &files.host.join(STDIN)).await
+    {
+        return crate::rejected(result, message);
+    }
+    let base = crate::base_env(
+        &session,
+        id,
+        &seen,
+        sh.tmp.as_deref(),
+        settings.run_as.as_ref(),
+    );
+    let mut start = sh.env.clone();
+    start.insert(contract::EXECUTION_ID_ENV.to_owned(), id.to_string());
+    start.extend(
+        request
+            .env
+            .iter()
+            .filter(|(k, _)| !contract::is_reserved_env(k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    let mut extra = BTreeMap::new();
+    extra.insert(contract::EXECUTION_ID_ENV.to_owned(), id.to_string());
+    extra.extend(request.env.clone());
+    if let Err(message) = write_env_file(&files.host.join(ENV), &extra).and_then(|()| {
+        std::fs::write(files.host.join(UNDO), undo_script(&request.env, &sh.env))
+            .map_err(|e| format!("write environment file: {e}"))
+    }) {
+        return crate::rejected(result, message);
+    }
+    let timeout = Duration::from_millis(request.timeout_ms);
+    result.started_at = Some(runbox_proto::now());
+    let ending = sh
+        .run(&files, timeout, settings.config.limits.kill_grace, stop)
+        .await;
+    let capture = crate::read_capture(&files.host.join(CAPTURE))
+        .ok()
+        .and_then(|b| shell::parse_capture(&b));
+    let ending = match ending {
+        Ran::Finished => Ok(process::Ending::Exited(exit_status(
+            capture.as_ref().map_or(0, |c| c.exit_code),
+        ))),
+        Ran::ShellEnded(status) => {
+            notes.push("the shell ended; the next command starts a new one".to_owned());
+            Ok(process::Ending::Exited(status))
+        }
+        Ran::TimedOut => Ok(process::Ending::TimedOut),
+        Ran::Cancelled => Ok(process::Ending::Cancelled),
+    };
+    if let Err(message) = crate::record_ending(
+        &mut result,
+        ending,
+        capture.as_ref(),
+        request.timeout_ms,
+        &mut notes,
+    ) {
+        return crate::rejected(result, message);
+    }
+    let log_cap = settings.config.limits.log_cap;
+    let produced = [STDOUT, STDERR].map(|name| produced(&files.host.join(name), log_cap));
+    let cap = if request.output_cap_bytes > 0 {
+        request.output_cap_bytes
+    } else {
+        settings.config.limits.output_cap
+    };
+    let output = crate::Output {
+        cap,
+        log_cap,
+        produced,
+        upload_log: true,
+    };
+    let (stdout, stderr) = (files.host.join(STDOUT), files.host.join(STDERR));
+    crate::collect_output(
+        store,
+        id,
+        [&stdout, &stderr],
+        &output,
+        &mut result,
+        &mut notes,
+    )
+    .await;
+    crate::save_workspace(
+        store,
+        &session,
+        &workspace,
+        &restored,
+        &sync,
+        &mut result,
+        &mut notes,
+    )
+    .await;
+    let mut capture = capture;
+    if let Some(c) = &capture {
+        // What the live shell exports now (after the undo script),
+        // whatever the state may keep.
+        let mut now = c.env.clone();
+        for (name, value) in &request.env {
+            if now.get(name) == Some(value) {
+                match sh.env.get(name) {
+                    Some(old) => now.insert(name.clone(), old.clone()),
+                    None => now.remove(name),
+                };
+            }
+        }
+        sh.env = now;
+    }
+    if let Some(capture) = &mut capture {
+        for refused in shell::refuse_unpersistable(&start, capture) {
+            notes.push(refused.to_string());
+            result.not_saved.push(format!("env:{}", refused.name));
+        }
+    }
+    crate::update_state(&mut state, capture.as_ref(), &sh.cwd, &seen, &base, &start);
+    result.cwd = session_cwd::display(&state.cwd, &seen, session.as_str());
+    crate::save_state(
+        store,
+        &session,
+        id,
+        &mut state,
+        state_precondition,
+        &mut result,
+        &mut notes,
+    )
+    .await;
+    if !result.not_saved.is_empty() && result.exec_status() == ExecStatus::Succeeded {
+        result.set_exec_status(ExecStatus::Failed);
+    }
+    result.message = notes.join("; ");
+    drop(files);
+    result
+}
+
+/// A wait status for exit code `code`.
+fn exit_status(code: i32) -> std::process::ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    std::process::ExitStatus::from_raw((code & 0xff) << 8)
+}
+
+/// What a stream's file holds: everything the command (and anything it
+/// left running) wrote, kept up to the log cap.
+fn produced(path: &Path, log_cap: u64) -> output::Produced {
+    let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if total > log_cap
+        && let Ok(file) = std::fs::OpenOptions::new().write(true).open(path)
+    {
+        let _ = file.set_len(log_cap);
+    }
+    output::Produced {
+        total,
+        kept: total.min(log_cap),
+        problem: None,
+    }
+}
+
+/// `NAME=value\0` per variable, as the shell's `mapfile` reads them.
+fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    for (name, value) in env {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(b'=');
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0);
+    }
+    std::fs::write(path, bytes).map_err(|e| format!("write environment file: {e}"))
+}
+
+// The files of one command, in its directory.
+const COMMAND: &str = "command.sh";
+const CAPTURE: &str = "capture";
+const STDOUT: &str = "stdout";
+const STDERR: &str = "stderr";
+const STDIN: &str = "stdin";
+const ENV: &str = "env";
+const UNDO: &str = "undo.sh";
+
+/// A script that takes back the request's extra variables the command left
+/// alone, so they apply to this command only, as in oneshot mode: each
+/// goes back to its value before the command, or away.
+fn undo_script(extra: &BTreeMap<String, String>, before: &BTreeMap<String, String>) -> String {
+    let mut script = String::new();
+    // Names were checked (`contract::validate_env`): plain shell names.
+    for (name, value) in extra {
+        let restore = match before.get(name) {
+            Some(old) => format!("builtin export {name}={}", ansi_quote(old)),
+            None => format!("builtin unset -v {name}"),
+        };
+        script.push_str(&format!(
+            "if [[ ${{{name}+set}} && ${name} == {} ]]; then {restore}; fi\n",
+            ansi_quote(value)
+        ));
+    }
+    script
+}
+
+/// Quotes any text as `$'...'`, byte for byte.
+fn ansi_quote(text: &str) -> String {
+    let mut out = String::from("$'");
+    for b in text.bytes() {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\'' => out.push_str("\\'"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// One command's directory, as the executor and as the shell see it;
+/// removed when dropped.
+struct CommandFiles {
+    host: PathBuf,
+    seen: PathBuf,
+    seq: u64,
+}
+
+impl Drop for CommandFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.host);
+    }
+}
+
+/// How a command in the shell ended.
+enum Ran {
+    /// It ran to its end; the shell waits for the next one.
+    Finished,
+    /// The shell itself ended (`exit`, killed).
+    ShellEnded(std::process::ExitStatus),
+    /// Its timeout passed; what it started was killed, the shell lives.
+    TimedOut,
+    /// The execution is stopping; what it started was killed.
+    Cancelled,
+}
+
+/// The live bash of a warm execution.
+struct Shell {
+    child: tokio::process::Child,
+    control: tokio::process::ChildStdin,
+    done: tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>,
+    /// The scratch directory: the shell's files and one directory per
+    /// command.
+    dir: scratch::ScratchDir,
+    /// The scratch directory as the shell sees it.
+    seen_dir: PathBuf,
+    /// The command's `TMPDIR`, when it runs as another user.
+    tmp: Option<PathBuf>,
+    /// What the shell exports, as last captured.
+    env: BTreeMap<String, String>,
+    /// Where it started.
+    cwd: PathBuf,
+    /// Lines sent so far; each waits for `d {seq}`.
+    seq: u64,
+}
+
+impl Shell {
+    /// Starts bash in the session's cwd with the session's env.
+    async fn start(
+        settings: &Settings,
+        session: &SessionId,
+        state: &runbox_proto::SessionState,
+        notes: &mut Vec<String>,
+    ) -> Result<Self, String> {
+        let run_as = settings.run_as.as_ref();
+        let base_dir = match run_as {
+            None => crate::scratch_base(&settings.config),
+            Some(_) => PathBuf::from(crate::SHARED_TEMP_BASE),
+        };
+        scratch::sweep(&base_dir);
+        let dir = scratch::ScratchDir::create(&base_dir)
+            .map_err(|e| format!("create scratch directory in {}: {e}", base_dir.display()))?;
+        let tmp = run_as.map(|_| dir.path().join("tmp"));
+        if let (Some(who), Some(tmp)) = (run_as, &tmp) {
+            std::fs::create_dir(tmp).map_err(|e| format!("create command TMPDIR: {e}"))?;
+            identity::hand_over(dir.path(), who)
+                .map_err(|e| format!("give scratch directory to user {}: {e}", who.name))?;
+        }
+        let placement = &settings.placement;
+        let enter = match placement.mode {
+            namespace::Mode::Namespace => Some(
+                placement
+                    .enter(session, dir.path())
+                    .map_err(|e| format!("prepare the workspace namespace: {e}"))?,
+            ),
+            namespace::Mode::Direct | namespace::Mode::Host => None,
+        };
+        let seen_dir = match enter {
+            Some(_) => PathBuf::from(namespace::SCRATCH_SEEN),
+            None => dir.path().to_owned(),
+        };
+        let cwd = crate::starting_cwd(state, session, placement, notes);
+        let seen = placement.seen_workspace(session);
+        let mut base = crate::base_env(
+            session,
+            &settings.execution_id,
+            &seen,
+            tmp.as_deref(),
+            run_as,
+        );
+        if enter.is_some() {
+            base.insert("TMPDIR".to_owned(), "/tmp".to_owned());
+        }
+        let start = shell::start_env(&base, state, &BTreeMap::new());
+        let restored = shell::RestoredEnv::split(&base, &start);
+        std::fs::write(dir.path().join("env"), &restored.env_file)
+            .and_then(|()| std::fs::write(dir.path().join("names"), &restored.names_file))
+            .map_err(|e| format!("write environment file: {e}"))?;
+        let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("create the shell's pipe: {e}"))?;
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
+            .map_err(|e| format!("create the shell's pipe: {e}"))?;
+        let mut command = match &enter {
+            Some(enter) => enter.command(process::bash_path()),
+            None => tokio::process::Command::new(process::bash_path()),
+        };
+        if let Some(who) = run_as {
+            command.uid(who.uid).gid(who.gid);
+        }
+        let mut child = command
+            .arg("--noprofile")
+            .arg("--norc")
+            .arg("-i")
+            .env_clear()
+            .envs(&restored.exec)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("start bash: {e}"))?;
+        let control = child
+            .stdin
+            .take()
+            .ok_or_else(|| "start bash: no standard input".to_owned())?;
+        let mut shell = Self {
+            child,
+            control,
+            done: BufReader::new(reader).lines(),
+            dir,
+            seen_dir,
+            tmp,
+            env: start,
+            cwd,
+            seq: 0,
+        };
+        let init = init_line(&shell.cwd, &shell.seen_dir);
+        let seq = shell
+            .send(&init)
+            .await
+            .map_err(|e| format!("start bash: {e}"))?;
+        match shell.wait_for(seq).await {
+            Some(()) => Ok(shell),
+            None => {
+                let status = shell.child.wait().await.ok();
+                Err(format!(
+                    "the shell ended while starting{}",
+                    status.map(|s| format!(" ({s})")).unwrap_or_default()
+                ))
+            }
+        }
+    }
+
+    /// A directory for the next command, holding the command.
+    fn command_files(
+        &mut self,
+        command: &str,
+        run_as: Option<&identity::Identity>,
+    ) -> Result<CommandFiles, String> {
+        let seq = self.seq + 1;
+        let name = format!("c{seq}");
+        let host = self.dir.path().join(&name);
+        std::fs::create_dir(&host).map_err(|e| format!("create command directory: {e}"))?;
+        let files = CommandFiles {
+            seen: self.seen_dir.join(&name),
+            host,
+            seq,
+        };
+        std::fs::write(files.host.join(COMMAND), command)
+            .and_then(|()| std::fs::write(files.host.join(STDIN), b""))
+            .map_err(|e| format!("write command file: {e}"))?;
+        if let Some(who) = run_as {
+            identity::hand_over(&files.host, who)
+                .map_err(|e| format!("give command directory to user {}: {e}", who.name))?;
+        }
+        Ok(files)
+    }
+
+    /// Runs the command in `files` to its end, its timeout, or `stop`.
+    async fn run(
+        &mut self,
+        files: &CommandFiles,
+        timeout: Duration,
+        kill_grace: Duration,
+        stop: &CancellationToken,
+    ) -> Ran {
+        let before = self.job_groups();
+        let line = command_line(&files.seen);
+        let seq = match self.send(&line).await {
+            Ok(seq) => seq,
+            Err(_) => return Ran::ShellEnded(self.reap().await),
+        };
+        debug_assert_eq!(seq, files.seq);
+        let cut = tokio::select! {
+            done = self.wait_for(seq) => match done {
+                Some(()) if self.alive() => return Ran::Finished,
+                _ => return Ran::ShellEnded(self.reap().await),
+            },
+            () = tokio::time::sleep(timeout) => Ran::TimedOut,
+            () = stop.cancelled() => Ran::Cancelled,
+        };
+        self.interrupt(&before, &files.seen, kill_grace).await;
+        cut
+    }
+
+    /// Ends the command running now: TERM to the process groups it
+    /// started, SIGINT to the shell (which abandons the rest of the line),
+    /// then the capture the line did not get to write; KILL to what is
+    /// left. A shell that does not come back within `grace` is killed.
+    async fn interrupt(&mut self, before: &BTreeSet<i32>, seen: &Path, grace: Duration) {
+        // The interrupt first: a shell that sees its job end before it
+        // gets the interrupt would go on with the rest of the line.
+        if let Some(bash) = self.bash_pid() {
+            let _ = rustix::process::kill_process(bash, Signal::INT);
+        }
+        let started: Vec<i32> = self.job_groups().difference(before).copied().collect();
+        signal_groups(&started, Signal::TERM);
+        // Twice: an interrupt handled after the shell read the line
+        // discards it.
+        let mut back = false;
+        for _ in 0..2 {
+            let Ok(seq) = self.send(&capture_line(seen)).await else {
+                break;
+            };
+            if tokio::time::timeout(grace, self.wait_for(seq))
+                .await
+                .is_ok_and(|r| r.is_some())
+            {
+                back = true;
+                break;
+            }
+        }
+        let started: Vec<i32> = self.job_groups().difference(before).copied().collect();
+        signal_groups(&started, Signal::KILL);
+        if !back {
+            self.kill_tree();
+        }
+    }
+
+    /// Writes one line for the shell, numbered; returns its number.
+    async fn send(&mut self, line: &str) -> std::io::Result<u64> {
+        self.seq += 1;
+        let text = format!("__runbox_seq={}; {line}\n", self.seq);
+        self.control.write_all(text.as_bytes()).await?;
+        self.control.flush().await?;
+        Ok(self.seq)
+    }
+
+    /// Waits for `d {seq}`; `None` when the shell's output ended first.
+    async fn wait_for(&mut self, seq: u64) -> Option<()> {
+        let want = format!("d {seq}");
+        loop {
+            match self.done.next_line().await {
+                Ok(Some(line)) if line == want => return Some(()),
+                // Older lines (a line an interrupt cut short came back
+                // later) are passed over.
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the shell process is still running.
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the ended shell and returns its status.
+    async fn reap(&mut self) -> std::process::ExitStatus {
+        self.kill_tree();
+        self.child.wait().await.unwrap_or_else(|_| exit_status(255))
+    }
+
+    /// bash itself: the spawned process, or in a namespace the first bash
+    /// below the helpers.
+    fn bash_pid(&self) -> Option<Pid> {
+        let root = self.child.id().and_then(|p| i32::try_from(p).ok())?;
+        let mut queue = vec![root];
+        let mut i = 0;
+        while let Some(&pid) = queue.get(i) {
+            if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "bash")
+            {
+                return Pid::from_raw(pid);
+            }
+            queue.extend(children(pid));
+            i += 1;
+        }
+        None
+    }
+
+    /// The process groups of the shell's descendants, other than the
+    /// shell's own: one per job (`set -m`).
+    fn job_groups(&self) -> BTreeSet<i32> {
+        let Some(root) = self.child.id().and_then(|p| i32::try_from(p).ok()) else {
+            return BTreeSet::new();
+        };
+        let own: BTreeSet<i32> = [Some(root), self.bash_pid().map(|p| Pid::as_raw(Some(p)))]
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut groups = BTreeSet::new();
+        let mut queue = vec![root];
+        while let Some(pid) = queue.pop() {
+            if let Some(pgid) = process_group(pid)
+                && !own.contains(&pgid)
+            {
+                groups.insert(pgid);
+            }
+            queue.extend(children(pid));
+        }
+        groups
+    }
+
+    /// Kills the shell and every job it started.
+    fn kill_tree(&mut self) {
+        let groups: Vec<i32> = self.job_groups().into_iter().collect();
+        signal_groups(&groups, Signal::KILL);
+        if let Some(root) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            signal_groups(&[root], Signal::KILL);
+        }
+        if let Some(bash) = self.bash_pid() {
+            let _ = rustix::process::kill_process(bash, Signal::KILL);
+        }
+    }
+
+    /// Ends the shell and everything it started.
+    async fn kill(mut self) {
+        self.kill_tree();
+        let _ = self.child.wait().await;
+    }
+}
+
+fn signal_groups(groups: &[i32], signal: Signal) {
+    for pgid in groups.iter().filter_map(|g| Pid::from_raw(*g)) {
+        process::signal_group(pgid, signal);
+    }
+}
+
+/// The children of `pid`, from every one of its threads.
+fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// The process group of `pid` (field 5 of `/proc/PID/stat`, after the
+/// command name, which may hold spaces and parentheses).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The shell's first line: no prompt or history, job control on, the
+/// session's cwd and variables, the capture function and the EXIT trap
+/// that captures a command ending the shell.
+fn init_line(cwd: &Path, dir: &Path) -> String {
+    format!(
+        concat!(
+            "PS1=; PS2=; PS4=; builtin set +H -m; builtin set +o history; builtin unset HISTFILE; ",
+            "builtin cd -- {cwd} || builtin exit 126; ",
+            "builtin mapfile -d '' -t __runbox_env < {env}; ",
+            "if [[ ${{#__runbox_env[@]}} -gt 0 ]]; then ",
+            "builtin export -- \"${{__runbox_env[@]}}\" 2>/dev/null; fi; ",
+            "builtin unset -v __runbox_env; ",
+            "__runbox_capture() {{ builtin local __runbox_rc=$1; {{ ",
+            "builtin printf '%s\\0' \"$__runbox_rc\"; builtin pwd; builtin printf '\\0'; ",
+            "builtin declare -px; builtin printf '\\0'; ",
+            "}} >| \"$2\" 2>/dev/null; }}; ",
+            "builtin trap '__runbox_capture $? \"$__runbox_dir/capture\"; builtin printf \"d %s\\n\" \"$__runbox_seq\"' EXIT; ",
+            "builtin printf 'd %s\\n' \"$__runbox_seq\"",
+        ),
+        cwd = shell_quote(cwd),
+        env = shell_quote(&dir.join("env")),
+    )
+}
+
+/// A command's line: its variables, its command with its own streams, the
+/// capture, then `d N`.
+fn command_line(dir: &Path) -> String {
+    format!(
+        concat!(
+            "__runbox_dir={dir}; ",
+            "IFS=; builtin read -r -d '' __runbox_command < \"$__runbox_dir/command.sh\"; IFS=$' \\t\\n'; ",
+            "builtin mapfile -d '' -t __runbox_env < \"$__runbox_dir/env\"; ",
+            "if [[ ${{#__runbox_env[@]}} -gt 0 ]]; then ",
+            "builtin export -- \"${{__runbox_env[@]}}\" 2>/dev/null; fi; ",
+            "builtin unset -v __runbox_env; ",
+            "{{ builtin eval -- \"$__runbox_command\"; }} < \"$__runbox_dir/stdin\" > \"$__runbox_dir/stdout\" 2> \"$__runbox_dir/stderr\"; ",
+            "__runbox_capture $? \"$__runbox_dir/capture\"; ",
+            "builtin source \"$__runbox_dir/undo.sh\"; ",
+            "builtin printf 'd %s\\n' \"$__runbox_seq\"",
+        ),
+        dir = shell_quote(dir),
+    )
+}
+
+/// The capture of a command an interrupt cut short.
+fn capture_line(dir: &Path) -> String {
+    format!(
+        "__runbox_capture {} {}; builtin printf 'd %s\\n' \"$__runbox_seq\"",
+        crate::TIMEOUT_EXIT_CODE,
+        shell_quote(&dir.join(CAPTURE)),
+    )
+}
+
+/// Quotes a path as `$'...'`, keeping the line one line.
+fn shell_quote(path: &Path) -> String {
+    let mut out = String::from("$'");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}

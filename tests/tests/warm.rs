@@ -1,0 +1,551 @@
+//! Warm sessions on the embedded backend: one execution keeps a live bash
+//! for the session, later commands reach it without a launch, and every
+//! command still reports through its own result object.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use runbox_core::Store;
+use runbox_dispatcher::{Client, ExecStatus, Session, SessionMode, SessionSettings};
+use runbox_tests::embedded::{client, within};
+use runbox_tests::pipes::Announcements;
+use runbox_tests::procs::{executor_of, wait_exited};
+
+/// A warm session named `id` with the given idle timeout.
+async fn warm(client: &Client, id: &str, idle: Duration) -> Session {
+    let settings = SessionSettings::new(SessionMode::Warm)
+        .with_idle_timeout(idle)
+        .unwrap();
+    let info = within(30, client.create_session_with(id, settings))
+        .await
+        .unwrap();
+    assert_eq!(info.settings.mode, SessionMode::Warm);
+    client.session(id).unwrap()
+}
+
+/// Runs `command`, expecting success; its stdout.
+async fn ok(s: &Session, command: &str) -> String {
+    let r = within(60, s.exec(command)).await.unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{command}: {r:?}");
+    r.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_aliases_variables_and_options_persist() {
+    let (client, _dir) = client().await;
+    let s = warm(&client, "defs", Duration::from_secs(60)).await;
+    let first = ok(
+        &s,
+        "greet() { echo \"hi $1\"; }; alias ll='echo aliased'; plain=unexported; \
+         set -o pipefail; shopt -s extglob; mkdir -p sub; cd sub; export KEPT=1; echo $$",
+    )
+    .await;
+    let out = ok(
+        &s,
+        "greet you; ll; echo \"$plain\"; [[ -o pipefail ]] && echo pipefail; \
+         shopt -q extglob && echo extglob; pwd; echo \"$KEPT\"; echo $$",
+    )
+    .await;
+    assert_eq!(
+        out,
+        format!("hi you\naliased\nunexported\npipefail\nextglob\n/workspace/sub\n1\n{first}")
+    );
+    // A request's extra variable is for its command only, as in oneshot
+    // mode; one the command changed is kept.
+    assert_eq!(
+        within(30, s.exec("echo ${ONCE:-none}").env("ONCE", "yes"))
+            .await
+            .unwrap()
+            .stdout,
+        "yes\n"
+    );
+    assert_eq!(ok(&s, "echo ${ONCE:-none}").await, "none\n");
+    within(30, s.exec("export ONCE=changed").env("ONCE", "yes"))
+        .await
+        .unwrap();
+    assert_eq!(ok(&s, "echo ${ONCE:-none}").await, "changed\n");
+    // A command's standard input is its own.
+    let r = within(30, s.exec("cat; echo end").stdin("from stdin\n"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "from stdin\nend\n");
+    within(30, client.close_session("defs")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_execution_serves_many_commands() {
+    let (client, _dir) = client().await;
+    let s = warm(&client, "many", Duration::from_secs(60)).await;
+    let n = 20;
+    let mut shells = std::collections::BTreeSet::new();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = within(30, s.exec(format!("echo $$ {i}"))).await.unwrap();
+        assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+        let (shell, echoed) = r.stdout.trim().split_once(' ').unwrap();
+        assert_eq!(echoed, i.to_string());
+        shells.insert(shell.to_owned());
+        ids.push(r.execution_id.clone());
+    }
+    // One shell, one executor process: launched by the first command only.
+    assert_eq!(shells.len(), 1, "{shells:?}");
+    let info = within(30, client.session_info("many")).await.unwrap();
+    assert_eq!(info.warm_execution.as_deref(), Some(ids[0].as_str()));
+    let executor = executor_of(&ids[0]).expect("the warm executor runs");
+    for later in &ids[1..] {
+        assert_eq!(
+            executor_of(later),
+            None,
+            "{later} got an executor of its own"
+        );
+    }
+    // Every command still has its own result object.
+    let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), n);
+    assert_eq!(info.state.unwrap().exec_count, n as u64);
+    // Closing ends it at once.
+    within(30, client.close_session("many")).await.unwrap();
+    assert!(
+        wait_exited(&[executor], Duration::from_secs(10))
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        within(30, client.session_info("many"))
+            .await
+            .unwrap()
+            .warm_execution,
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_server_is_reached_from_the_next_command() {
+    let (client, dir) = client().await;
+    let s = warm(&client, "server", Duration::from_secs(60)).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut ready = Announcements::new(dir.path(), "ready");
+    ok(&s, "echo served > page.txt").await;
+    // The server says when it listens, through the pipe; nothing waits on
+    // time.
+    let start = format!(
+        "python3 -c 'import http.server as h, sys
+s = h.HTTPServer((\"127.0.0.1\", {port}), h.SimpleHTTPRequestHandler)
+open(sys.argv[1], \"w\").write(\"listening\\n\")
+s.serve_forever()' {} > server.log 2>&1 &
+echo started",
+        ready.shell_path()
+    );
+    assert_eq!(ok(&s, &start).await, "started\n");
+    assert_eq!(within(30, ready.next()).await, "listening");
+    // curl where CI has it not: Python's own client, a separate process
+    // of the next command, reaching the job of the previous one.
+    let page = ok(
+        &s,
+        &format!(
+            "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:{port}/page.txt\").read().decode(), end=\"\")'"
+        ),
+    )
+    .await;
+    assert_eq!(page, "served\n");
+    // It is the shell's job, still running.
+    assert!(ok(&s, "jobs -r").await.contains("python3"));
+    within(30, client.close_session("server")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_ends_it_and_the_next_command_starts_from_the_saved_state() {
+    let (client, _dir) = client().await;
+    let s = warm(&client, "idle", Duration::from_secs(1)).await;
+    let r = within(
+        30,
+        s.exec(
+            "mkdir -p d && cd d && export KEEP=kept && fn() { :; } && echo hi > f.txt && echo $$",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    let executor = executor_of(&r.execution_id).expect("the warm executor runs");
+    // It exits by itself once idle.
+    assert!(
+        wait_exited(&[executor], Duration::from_secs(20))
+            .await
+            .is_empty(),
+        "the warm execution did not end when idle"
+    );
+    assert_eq!(
+        within(30, client.session_info("idle"))
+            .await
+            .unwrap()
+            .warm_execution,
+        None
+    );
+    // The next command starts a fresh shell with cwd, env and files intact.
+    let r = within(
+        30,
+        s.exec("pwd; echo $KEEP; cat f.txt; type fn >/dev/null 2>&1 || echo fresh-shell"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.stdout, "/workspace/d\nkept\nhi\nfresh-shell\n", "{r:?}");
+    assert!(
+        executor_of(&r.execution_id).is_some(),
+        "a new warm execution"
+    );
+    within(30, client.close_session("idle")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_kills_the_command_not_the_shell() {
+    let (client, _dir) = client().await;
+    let s = warm(&client, "timeout", Duration::from_secs(60)).await;
+    let shell = ok(&s, "still() { echo defined; }; echo $$").await;
+    for command in ["sleep 30; echo after", "while :; do :; done; echo after"] {
+        let r = within(30, s.exec(command).timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+        assert_eq!(r.exec_status(), ExecStatus::TimedOut, "{command}: {r:?}");
+        assert_eq!(r.exit_code, 124);
+        assert!(
+            !r.stdout.contains("after"),
+            "{command}: the rest of the line ran"
+        );
+        // The same shell, with what was defined before.
+        assert_eq!(ok(&s, "still; echo $$").await, format!("defined\n{shell}"));
+    }
+    // A background job started before a timed-out command survives it.
+    ok(&s, "sleep 300 & echo $! > bg.pid").await;
+    let r = within(30, s.exec("sleep 30").timeout(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::TimedOut);
+    assert_eq!(
+        ok(&s, "kill -0 $(cat bg.pid) && echo alive").await,
+        "alive\n"
+    );
+    within(30, client.close_session("timeout")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_warm_execution_loses_its_command_and_the_next_one_starts_afresh() {
+    let (client, dir) = client().await;
+    let s = warm(&client, "crash", Duration::from_secs(60)).await;
+    let first = within(30, s.exec("export SAVED=yes; doomed() { :; }; echo $$"))
+        .await
+        .unwrap();
+    let mut running = Announcements::new(dir.path(), "running");
+    let hung = s
+        .exec(format!("echo running > {}; sleep 60", running.shell_path()))
+        .timeout(Duration::from_secs(120));
+    let hung = tokio::spawn(hung.into_future());
+    assert_eq!(within(30, running.next()).await, "running");
+    // Queued behind the running command when the execution dies.
+    let queued = tokio::spawn(s.exec("echo queued $SAVED").into_future());
+    runbox_tests::procs::kill_executor(&first.execution_id);
+    let lost = within(30, hung).await.unwrap().unwrap();
+    assert_eq!(lost.exec_status(), ExecStatus::Lost, "{lost:?}");
+    // Delivered to a new execution, not lost.
+    let r = within(30, queued).await.unwrap().unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "queued yes\n");
+    let after = ok(&s, "type doomed >/dev/null 2>&1 || echo fresh; echo $SAVED").await;
+    assert_eq!(after, "fresh\nyes\n");
+    within(30, client.close_session("crash")).await.unwrap();
+}
+
+/// The script a command of session B runs against session A's socket:
+/// every request the channel knows, with B's own running execution and a
+/// made-up one as ids. Prints one line per attempt.
+fn attack(socket: &std::path::Path) -> String {
+    format!(
+        r#"python3 - "$RUNBOX_EXECUTION_ID" <<'EOF'
+import socket, sys
+for line in ["ping", "close", "run " + sys.argv[1], "run {MADE_UP}"]:
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect({path:?})
+        s.sendall((line + "\n").encode())
+        print(line, "->", repr(s.recv(200)))
+    except Exception as e:
+        print(line, "->", type(e).__name__)
+EOF"#,
+        path = socket.display().to_string(),
+    )
+}
+
+/// An execution id nothing ran.
+const MADE_UP: &str = "abcdef-01m8pma3r90000000";
+
+/// Whether an attempt got no answer at all: the socket was not there for
+/// the command, or the executor dropped the connection unanswered.
+fn unanswered(line: &str) -> bool {
+    [
+        "FileNotFoundError",
+        "b''",
+        "ConnectionResetError",
+        "BrokenPipeError",
+    ]
+    .iter()
+    .any(|end| line.ends_with(end))
+}
+
+/// A command of warm session B tries to reach warm session A's channel:
+/// to run a command there, to stop it, or to learn what it runs. In its
+/// namespace the socket is out of its sight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_cannot_reach_another_sessions_warm_execution() {
+    let (client, dir) = client().await;
+    let a = warm(&client, "victim", Duration::from_secs(60)).await;
+    let b = warm(&client, "attacker", Duration::from_secs(60)).await;
+    let a_shell = ok(&a, "secret() { echo mine; }; echo $$").await;
+    let socket = dir.path().join(".runbox/warm/victim");
+    assert!(socket.exists(), "A's socket is where the launcher put it");
+    let r = within(60, b.exec(attack(&socket).replace("{MADE_UP}", MADE_UP)))
+        .await
+        .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout.lines().count(), 4, "{r:?}");
+    for line in r.stdout.lines() {
+        assert!(unanswered(line), "{line}");
+    }
+    // A is untouched: same shell, same definitions; nothing was written
+    // in the made-up execution's name.
+    assert_eq!(ok(&a, "secret; echo $$").await, format!("mine\n{a_shell}"));
+    assert!(!dir.path().join(format!("results/{MADE_UP}.json")).exists());
+    within(30, client.close_session("victim")).await.unwrap();
+    within(30, client.close_session("attacker")).await.unwrap();
+}
+
+/// The same attack where commands see the host's files (no namespace):
+/// the socket is in plain sight, and the warm executor refuses every
+/// connection that comes from a command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_namespace_the_executor_refuses_commands_on_its_socket() {
+    let cli = runbox_tests::cli::Cli::new();
+    let run = |args: Vec<String>| {
+        let mut cmd = cli.command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        cmd.env("RUNBOX_WORKSPACE_NAMESPACE", "off");
+        async move { within(60, cmd.output()).await.unwrap() }
+    };
+    let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    for id in ["victim", "attacker"] {
+        let out = run(args(&[
+            "sessions",
+            "create",
+            id,
+            "--warm",
+            "--idle-timeout",
+            "60s",
+        ]))
+        .await;
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = run(args(&[
+        "exec",
+        "-s",
+        "victim",
+        "--",
+        "secret() { echo mine; }; echo $$",
+    ]))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let a_shell = String::from_utf8_lossy(&out.stdout).into_owned();
+    let socket = cli.home.path().join(".runbox/warm/victim");
+    let script = attack(&socket).replace("{MADE_UP}", MADE_UP);
+    let out = run(args(&["exec", "-s", "attacker", "--", &script])).await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    for line in stdout.lines() {
+        // Seen and connected to, but never answered.
+        assert!(
+            unanswered(line) && !line.ends_with("FileNotFoundError"),
+            "{line}"
+        );
+    }
+    let out = run(args(&["sessions", "show", "victim"])).await;
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        shown.contains("mode:      warm (idle timeout 1m)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("warm:      running (started by execution"),
+        "{shown}"
+    );
+    // A bad idle timeout is refused (usage, exit 2) before anything is written.
+    let out = run(args(&[
+        "sessions",
+        "create",
+        "bad",
+        "--warm",
+        "--idle-timeout",
+        "0s",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(!cli.home.path().join("sessions/bad").exists());
+    let out = run(args(&["exec", "-s", "victim", "--", "secret; echo $$"])).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("mine\n{a_shell}"),
+        "{out:?}"
+    );
+    assert!(
+        !cli.home
+            .path()
+            .join(format!("results/{MADE_UP}.json"))
+            .exists()
+    );
+    for id in ["victim", "attacker"] {
+        run(args(&["sessions", "close", id])).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneshot_stays_the_default_and_warm_is_stored_with_the_session() {
+    let (client, dir) = client().await;
+    let s = client.session("plain").unwrap();
+    let r = within(30, s.exec("f() { :; }")).await.unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded);
+    // Functions do not persist in oneshot mode.
+    let r = within(30, s.exec("f")).await.unwrap();
+    assert_eq!(r.exit_code, 127, "{r:?}");
+    let info = within(30, client.session_info("plain")).await.unwrap();
+    assert_eq!(info.settings.mode, SessionMode::Oneshot);
+    assert_eq!(info.warm_execution, None);
+    // A warm session's mode is in its settings object, for every process.
+    warm(&client, "stored", Duration::from_secs(90)).await;
+    let stored = std::fs::read_to_string(dir.path().join("sessions/stored/mode.json")).unwrap();
+    assert_eq!(stored, r#"{"mode":"warm","idle_timeout_ms":90000}"#);
+    let other = Client::from_config(runbox_tests::embedded::config(dir.path()))
+        .await
+        .unwrap();
+    let info = within(30, other.session_info("stored")).await.unwrap();
+    assert_eq!(info.settings.mode, SessionMode::Warm);
+    assert_eq!(info.settings.idle_timeout(), Duration::from_secs(90));
+    // Bad settings are refused before anything is written.
+    assert!(
+        SessionSettings::new(SessionMode::Warm)
+            .with_idle_timeout(Duration::ZERO)
+            .is_err()
+    );
+}
+
+/// The HTTP API of `runbox serve` creates warm sessions and shows whether
+/// their execution runs; a bad mode or idle timeout is refused before
+/// anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_creates_warm_sessions() {
+    use runbox_tests::serve::{Serve, request};
+    let serve = Serve::start("127.0.0.1:0", &[]).await.unwrap();
+    let a = &serve.addr;
+    for bad in [
+        r#"{"sessionId":"w","mode":"hot"}"#,
+        r#"{"sessionId":"w","mode":"warm","idleTimeoutMs":0}"#,
+        r#"{"sessionId":"w","mode":"warm","idleTimeoutMs":86400001}"#,
+    ] {
+        let r = request(a, "POST", "/v1/sessions", &[], bad.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.json());
+    }
+    assert!(!serve.home.path().join("sessions/w").exists());
+    let r = request(
+        a,
+        "POST",
+        "/v1/sessions",
+        &[],
+        br#"{"sessionId":"w","mode":"warm","idleTimeoutMs":60000}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.json());
+    assert_eq!(r.json()["mode"], "warm");
+    assert_eq!(r.json()["idleTimeoutMs"], 60000);
+    let exec = |command: &'static str| {
+        let body = serde_json::json!({ "command": command }).to_string();
+        async move {
+            request(a, "POST", "/v1/sessions/w/exec", &[], body.as_bytes())
+                .await
+                .unwrap()
+                .json()
+        }
+    };
+    let first = exec("f() { echo kept; }; echo $$").await;
+    let second = exec("f; echo $$").await;
+    assert_eq!(
+        second["stdout"].as_str().unwrap(),
+        format!("kept\n{}", first["stdout"].as_str().unwrap())
+    );
+    let r = request(a, "GET", "/v1/sessions/w", &[], b"").await.unwrap();
+    assert_eq!(r.json()["warmExecution"], first["executionId"]);
+    let r = request(a, "POST", "/v1/sessions/w/close", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let r = request(a, "GET", "/v1/sessions/w", &[], b"").await.unwrap();
+    assert_eq!(r.json()["warmExecution"], serde_json::Value::Null);
+}
+
+/// The gcp backend with the local launcher, on the emulators: the mode
+/// comes from `RUNBOX_SESSION_MODE`, the workspace travels through the
+/// bucket after every command, and one executor serves the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_on_the_gcp_backend_with_the_local_launcher() {
+    let emu = within(120, runbox_tests::harness::Emulators::start())
+        .await
+        .expect("emulators");
+    let home = tempfile::tempdir().unwrap();
+    let mut env = emu.env();
+    env.insert("RUNBOX_HOME".into(), home.path().display().to_string());
+    env.insert(
+        "RUNBOX_EXECUTOR".into(),
+        runbox_tests::embedded::binary("runbox-executor")
+            .display()
+            .to_string(),
+    );
+    env.insert("RUNBOX_KILL_GRACE_MS".into(), "300".into());
+    env.insert("RUNBOX_SESSION_MODE".into(), "warm".into());
+    let config = runbox_core::Config::from_lookup(&env).expect("config");
+    let client = within(60, Client::from_config(config)).await.unwrap();
+    let s = client.session("gcpwarm").unwrap();
+    let first = within(
+        60,
+        s.exec("f() { echo from-f; }; echo data > kept.txt; echo $$"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first.exec_status(),
+        ExecStatus::Succeeded,
+        "{first:?}\n{}",
+        emu.logs()
+    );
+    let r = within(60, s.exec("f; cat kept.txt; echo $$"))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, format!("from-f\ndata\n{}", first.stdout), "{r:?}");
+    // Saved to the bucket before the result was written.
+    let name = "sessions/gcpwarm/workspace/kept.txt";
+    let object = emu
+        .store()
+        .get(name)
+        .await
+        .expect("the file is in the bucket");
+    assert_eq!(&object.data[..], b"data\n");
+    let info = within(30, client.session_info("gcpwarm")).await.unwrap();
+    assert_eq!(info.settings.mode, SessionMode::Warm);
+    assert_eq!(
+        info.warm_execution.as_deref(),
+        Some(first.execution_id.as_str())
+    );
+    assert_eq!(executor_of(&r.execution_id), None);
+    within(30, client.close_session("gcpwarm")).await.unwrap();
+    client.shutdown().await;
+}
