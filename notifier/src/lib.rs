@@ -19,6 +19,6 @@ pub use notifier::{Notifier, NotifierStats};
 pub use object_watch::ObjectWatch;
 pub use pubsub_announce::{EventAnnouncer, PubSubAnnouncer};
 pub use pubsub_source::{
-    PUBSUB_EMULATOR_HOST, PubSubConfig, PubSubEventSource, PubSubSubscription,
+    PUBSUB_EMULATOR_HOST, PubSubConfig, PubSubEventSource, PubSubSubscription, client_config,
 };
 pub use waiters::{Routed, WaitError, Waiter, Waiters};
