@@ -122,6 +122,16 @@ class Completions:
                 first.setdefault(a["requestId"], (t, b))
             return first
 
+    def wait_count(self, request_id, n, timeout=WAIT):
+        """Waits until `request_id` has at least `n` completions."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while sum(1 for _, a, _ in self.all if a["requestId"] == request_id) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"fewer than {n} completion(s) for {request_id}")
+                self.changed.wait(left)
+
     def count(self, request_id):
         with self.lock:
             return sum(1 for _, a, _ in self.all if a["requestId"] == request_id)
@@ -219,10 +229,7 @@ def scenario(project, name):
         assert "result" not in b or not b["result"], b
     # The duplicate was answered too (consumers dedupe by requestId), with
     # the same execution and result.
-    deadline = time.monotonic() + WAIT
-    while comps.count("s1-3") < 2:
-        assert time.monotonic() < deadline, "the duplicate got no completion"
-        time.sleep(0.05)
+    comps.wait_count("s1-3", 2)
     with comps.lock:
         dups = [b for _, a, b in comps.all if a["requestId"] == "s1-3"]
     assert dups[0]["executionId"] == dups[1]["executionId"], dups
@@ -271,10 +278,7 @@ def attack(project, name, marker_dir):
         assert "secret" not in json.dumps(b), b
     assert got["atk-canary"][1]["status"] == "SUCCEEDED"
     # The reused id: one answer for the attacker, REJECTED, without the victim's output.
-    deadline = time.monotonic() + WAIT
-    while comps.count("victim-1") < 2:
-        assert time.monotonic() < deadline, "the reused request id got no answer"
-        time.sleep(0.05)
+    comps.wait_count("victim-1", 2)
     with comps.lock:
         reuse = [b for _, a, b in comps.all if a["requestId"] == "victim-1"][1]
     assert reuse["status"] == "REJECTED", reuse
@@ -312,18 +316,16 @@ def load(project, name, sessions, per_session, timeout, pause):
     # Progress lines let the caller act mid-flight (kill an instance).
     seen = 0
     deadline = time.monotonic() + timeout
-    while True:
-        with comps.lock:
-            have = {a["requestId"] for _, a, _ in comps.all}
-        done = len(have & set(sent))
-        if done > seen:
-            seen = done
-            print(f"progress {seen}", flush=True)
-        if seen == len(sent):
-            break
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+    with comps.lock:
+        while True:
+            done = len({a["requestId"] for _, a, _ in comps.all} & set(sent))
+            if done > seen:
+                seen = done
+                print(f"progress {seen}", flush=True)
+            left = deadline - time.monotonic()
+            if seen == len(sent) or left <= 0:
+                break
+            comps.changed.wait(left)
     try:
         first = comps.wait_for(list(sent), timeout=max(1, deadline - time.monotonic()))
     except AssertionError as e:

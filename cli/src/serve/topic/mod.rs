@@ -20,9 +20,9 @@
 //! - A completion may be published twice (an instance dies between publish
 //!   and ack); consumers dedupe by `requestId`.
 //!
-//! Order: messages are taken from one stream in delivery order (ordering
-//! key = session id) and queued on their session in that order; the
-//! session queue runs them one at a time, sessions in parallel.
+//! Order: messages are pulled by one loop in delivery order (ordering key
+//! = session id) and queued on their session in that order; the session
+//! queue runs them one at a time, sessions in parallel.
 //!
 //! Bad messages are acked at once and answered REJECTED when a request id
 //! can be read, else logged and counted. Failures that retrying may fix
@@ -33,12 +33,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
 use gcloud_googleapis::pubsub::v1::PubsubMessage;
 use gcloud_pubsub::client::Client as PubSubClient;
 use gcloud_pubsub::publisher::Publisher;
-use gcloud_pubsub::subscriber::{ReceivedMessage, SubscriberConfig};
-use gcloud_pubsub::subscription::{SubscribeConfig, Subscription};
+use gcloud_pubsub::subscriber::ReceivedMessage;
+use gcloud_pubsub::subscription::Subscription;
 use runbox_dispatcher::{Client, Error, ExecResult};
 use runbox_notifier::PubSubConfig;
 use tokio::sync::Semaphore;
@@ -61,6 +60,8 @@ pub const ACK_DEADLINE_VAR: &str = "RUNBOX_REQUESTS_ACK_DEADLINE_SECS";
 
 /// Requests in flight per instance (received and not yet answered).
 const MAX_IN_FLIGHT: usize = 1000;
+/// Most requests one pull asks for.
+const MAX_PULL: usize = 100;
 
 /// Where the topic consumer pulls from and publishes to.
 #[derive(Clone, Debug)]
@@ -277,22 +278,38 @@ enum Outcome {
 }
 
 impl Consumer {
-    /// Pulls until draining starts, reopening the stream when it ends.
+    /// Pulls until draining starts.
+    ///
+    /// Unary long-polling pulls, not a streaming pull: with a stream,
+    /// Pub/Sub keeps delivering to an instance that died until it notices
+    /// the stream is broken (the emulator never does), so the survivors may
+    /// not see a dead instance's requests again before the dead-letter
+    /// policy takes them. A pull delivers only what a live instance asked
+    /// for, sized by the room it has.
     async fn pull(self: Arc<Self>, subscription: Subscription) {
         let draining = self.shutdown.draining.clone();
         let mut pause = Duration::from_millis(100);
-        while !draining.is_cancelled() {
-            let config = SubscribeConfig::default()
-                .with_channel_capacity(MAX_IN_FLIGHT)
-                .with_subscriber_config(SubscriberConfig {
-                    stream_ack_deadline_seconds: self.lease.as_secs() as i32,
-                    max_outstanding_messages: MAX_IN_FLIGHT as i64,
-                    ..SubscriberConfig::default()
-                });
-            let mut stream = match subscription.subscribe(Some(config)).await {
-                Ok(s) => s,
+        loop {
+            // Room for at least one more request before asking for any.
+            let first = tokio::select! {
+                p = self.in_flight.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = draining.cancelled() => break,
+            };
+            let room = 1 + self.in_flight.available_permits().min(MAX_PULL - 1);
+            let pulled = tokio::select! {
+                biased;
+                () = draining.cancelled() => break,
+                r = subscription.pull(room as i32, None) => r,
+            };
+            let messages = match pulled {
+                Ok(m) => m,
+                // A long poll that found nothing.
+                Err(e) if e.code() == gcloud_gax::grpc::Code::DeadlineExceeded => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot open the requests stream; retrying");
+                    tracing::warn!(error = %e, "cannot pull requests; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(pause) => {}
                         () = draining.cancelled() => break,
@@ -301,23 +318,18 @@ impl Consumer {
                     continue;
                 }
             };
-            loop {
-                // A permit per message in flight: the stream's own flow
-                // control stops delivery when they run out.
-                let permit = tokio::select! {
-                    p = self.in_flight.clone().acquire_owned() => match p {
+            pause = Duration::from_millis(100);
+            let mut first = Some(first);
+            for received in messages {
+                // Only this loop takes permits, so the room counted above
+                // is still there.
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match self.in_flight.clone().acquire_owned().await {
                         Ok(p) => p,
                         Err(_) => break,
                     },
-                    () = draining.cancelled() => break,
                 };
-                let received = tokio::select! {
-                    biased;
-                    () = draining.cancelled() => None,
-                    m = stream.next() => m,
-                };
-                let Some(received) = received else { break };
-                pause = Duration::from_millis(100);
                 let this = self.clone();
                 // Queued on its session here, in delivery order; awaited
                 // in its own task.
@@ -327,16 +339,6 @@ impl Consumer {
                     drop(permit);
                 });
             }
-            // Messages buffered but not taken go back at once.
-            stream.dispose().await;
-            if !draining.is_cancelled() {
-                tracing::warn!("the requests stream ended; reopening");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    () = draining.cancelled() => break,
-                }
-                pause = (pause * 2).min(Duration::from_secs(10));
-            }
         }
     }
 
@@ -344,6 +346,12 @@ impl Consumer {
     /// session (synchronously, so session order is delivery order).
     fn accept(&self, received: &ReceivedMessage) -> Work {
         TopicStats::bump(&self.stats.received);
+        tracing::debug!(
+            id = %received.message.message_id,
+            attempt = received.delivery_attempt().unwrap_or(0),
+            key = %received.message.ordering_key,
+            "request received"
+        );
         let req = match message::parse(&received.message.data) {
             Ok(r) => r,
             Err(rejection) => return Work::Rejected(rejection),
@@ -453,8 +461,9 @@ impl Consumer {
         future: ExecFuture,
     ) -> runbox_dispatcher::Result<ExecResult> {
         let secs = self.lease.as_secs() as i32;
+        // The first tick is at once: a pulled message starts with the
+        // subscription's ack deadline, and the lease is this instance's.
         let mut renew = tokio::time::interval(self.lease / 3);
-        renew.tick().await;
         tokio::pin!(future);
         loop {
             tokio::select! {
