@@ -302,12 +302,14 @@ def load(project, name, sessions, per_session, timeout, pause):
     n = names(project, name)
     comps = Completions(n["comp_sub"])
     pub = publisher()
+    # Sessions are named after the test: executors of tests running at the
+    # same time on one host must not share a session name.
     run = f"{time.time_ns():x}"
     sent = {}
     futures = []
     for i in range(1, per_session + 1):
         for s in range(sessions):
-            session = f"load-{s}"
+            session = f"{name}-load-{s}"
             rid = f"{run}-{session}-{i}"
             sent[rid] = time.monotonic()
             futures.append(request(pub, n["req_topic"], session, rid, f"echo {i} >> log.txt; sleep {pause}; echo {i}"))
@@ -337,7 +339,7 @@ def load(project, name, sessions, per_session, timeout, pause):
         return
     finals = {}
     for s in range(sessions):
-        session = f"load-{s}"
+        session = f"{name}-load-{s}"
         rid = f"{run}-{session}-final"
         finals[session] = rid
         request(pub, n["req_topic"], session, rid, "cat log.txt").result(timeout=60)
@@ -349,7 +351,7 @@ def load(project, name, sessions, per_session, timeout, pause):
         statuses[st] = statuses.get(st, 0) + 1
     order_kept = True
     for s in range(sessions):
-        times = [first[f"{run}-load-{s}-{i}"][0] for i in range(1, per_session + 1)]
+        times = [first[f"{run}-{name}-load-{s}-{i}"][0] for i in range(1, per_session + 1)]
         order_kept &= times == sorted(times)
     logs = {s: got[rid][1]["result"]["stdout"] for s, rid in finals.items()}
     duplicates = sum(comps.count(r) - 1 for r in sent)
