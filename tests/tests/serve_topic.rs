@@ -269,8 +269,27 @@ async fn a_killed_instance_loses_no_completion_and_runs_nothing_twice() {
     };
     let (summary, b) = tokio::join!(load, survivor);
     eprintln!("summary: {summary}");
-    let b_summary = stop(b).await;
+    let mut b = b;
+    b.terminate();
+    let (b_status, b_lines) = b.wait().await;
+    assert!(b_status.success(), "{b_lines:?}");
+    let b_summary = b_lines
+        .iter()
+        .find(|l| l.starts_with("runbox serve: topic:"))
+        .expect("a topic summary line")
+        .clone();
     eprintln!("B: {b_summary}");
+    // A request reached B on its first, second or third delivery: A took
+    // it, at most once more the pull A had open when it died took it, then
+    // B. Never more, so a dead-letter policy of 5 attempts never takes one.
+    let attempts: Vec<u32> = b_lines
+        .iter()
+        .filter(|l| l.contains("request received"))
+        .filter_map(|l| l.split("attempt=").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(!attempts.is_empty(), "{b_lines:?}");
+    assert!(attempts.iter().all(|&a| a <= 3), "{attempts:?}");
     let total = sessions * per;
     assert_eq!(summary["requests"], total);
     assert_eq!(summary["completed"], total, "{summary}");

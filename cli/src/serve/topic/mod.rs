@@ -285,7 +285,8 @@ impl Consumer {
     /// the stream is broken (the emulator never does), so the survivors may
     /// not see a dead instance's requests again before the dead-letter
     /// policy takes them. A pull delivers only what a live instance asked
-    /// for, sized by the room it has.
+    /// for, sized by the room it has; a dead instance takes at most the
+    /// answer to the one pull it had open.
     async fn pull(self: Arc<Self>, subscription: Subscription) {
         let draining = self.shutdown.draining.clone();
         let mut pause = Duration::from_millis(100);
