@@ -12,6 +12,7 @@ pub mod ids;
 pub mod layout;
 pub mod logging;
 pub mod manifest;
+pub mod request_id;
 pub mod result_metadata;
 pub mod session_cwd;
 pub mod store;
@@ -20,6 +21,7 @@ pub mod workspace_path;
 
 pub use config::{Config, ConfigError, Lookup};
 pub use ids::{ExecutionId, IdError, InstanceId, SessionId};
+pub use request_id::{RequestId, RequestIdError};
 pub use store::{
     ListOptions, ListPage, Object, ObjectMeta, Precondition, PutOptions, Store, StoreError,
 };

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use runbox_core::contract;
-use runbox_core::{Config, SessionId};
+use runbox_core::{Config, ExecutionId, SessionId};
 use runbox_proto::ExecResult;
 
 pub use crate::engine::CancelHandle;
@@ -70,6 +70,7 @@ pub(crate) struct Options {
     pub(crate) request_id: String,
     pub(crate) stdin: Option<Bytes>,
     pub(crate) live: Option<LiveTx>,
+    pub(crate) execution_id: Option<ExecutionId>,
 }
 
 impl Exec {
@@ -158,6 +159,21 @@ impl Exec {
         self.options.live = Some(tx);
         (stream, self.into_future())
     }
+
+    /// Runs under this execution id, at most once, however often the exec
+    /// is submitted (in this process or any other): the request object is
+    /// written create-only, and when it is already there the command does
+    /// not run again. The future then resolves with that execution's
+    /// result, waiting for it while it runs, or settling it (LOST) when it
+    /// ended without one or its deadline (stored in the request) passed.
+    /// The stored request must hold the same session, command and request
+    /// id, else the exec fails with [`Error::ExecutionIdInUse`] and touches
+    /// nothing. For at-least-once callers such as the request topic, which
+    /// derive the id with [`runbox_core::RequestId::execution_id`].
+    pub fn execution_id(mut self, id: ExecutionId) -> Self {
+        self.options.execution_id = Some(id);
+        self
+    }
 }
 
 impl Options {
@@ -183,6 +199,7 @@ impl Options {
             request_id: self.request_id,
             stdin,
             live: self.live,
+            execution_id: self.execution_id,
         })
     }
 }

@@ -22,6 +22,6 @@ pub use object_watch::ObjectWatch;
 pub use output_watch::{OutputSignal, OutputWatch};
 pub use pubsub_announce::{EventAnnouncer, PubSubAnnouncer};
 pub use pubsub_source::{
-    PUBSUB_EMULATOR_HOST, PubSubConfig, PubSubEventSource, PubSubSubscription,
+    PUBSUB_EMULATOR_HOST, PubSubConfig, PubSubEventSource, PubSubSubscription, client_config,
 };
 pub use waiters::{Routed, WaitError, Waiter, Waiters};

@@ -165,14 +165,18 @@ impl PubSubConfig {
     }
 
     /// The subscription filter: this instance's results (and the live
-    /// output chunks written beside them, which share the prefix), and the
+    /// output chunks written beside them, which share the prefix), the
+    /// results of request-topic executions (any instance may have to finish
+    /// awaiting one whose launcher died, see [`runbox_core::request_id`]),
+    /// and the
     /// session objects dispatchers announce to each other (session leases).
     pub fn filter(&self) -> String {
         format!(
-            "hasPrefix(attributes.objectId, \"{}{}-\") OR hasPrefix(attributes.objectId, \"{}\")",
-            runbox_core::layout::RESULTS_PREFIX,
+            "hasPrefix(attributes.objectId, \"{results}{}-\") OR hasPrefix(attributes.objectId, \"{results}{}\") OR hasPrefix(attributes.objectId, \"{}\")",
             self.instance,
+            runbox_core::request_id::TOPIC_EXECUTION_PREFIX,
             runbox_core::layout::SESSIONS_PREFIX,
+            results = runbox_core::layout::RESULTS_PREFIX,
         )
     }
 
@@ -705,7 +709,9 @@ fn subscription_config(config: &PubSubConfig) -> SubscriptionConfig {
     }
 }
 
-pub(crate) async fn client_config(config: &PubSubConfig) -> Result<ClientConfig, String> {
+/// The Pub/Sub client settings for `config`'s project and endpoint (the
+/// emulator, or Google Cloud with Application Default Credentials).
+pub async fn client_config(config: &PubSubConfig) -> Result<ClientConfig, String> {
     let environment = match &config.emulator_host {
         Some(host) => {
             let host = host
@@ -838,7 +844,7 @@ mod tests {
         assert_eq!(cfg.subscription_id(), "runbox-ab12cd");
         assert_eq!(
             cfg.filter(),
-            r#"hasPrefix(attributes.objectId, "results/ab12cd-") OR hasPrefix(attributes.objectId, "sessions/")"#
+            r#"hasPrefix(attributes.objectId, "results/ab12cd-") OR hasPrefix(attributes.objectId, "results/rq-") OR hasPrefix(attributes.objectId, "sessions/")"#
         );
         assert_eq!(
             cfg.with_ack_deadline(Duration::from_secs(1))

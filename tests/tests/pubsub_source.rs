@@ -107,8 +107,9 @@ async fn a_result_upload_becomes_an_event_with_its_metadata() {
     assert!(source.describe().contains(&sub_id), "{}", source.describe());
     expect_resubscribed(&mut source).await;
 
-    // The subscription carries the instance filter (and lets the session
-    // leases that dispatchers announce through) and an expiration policy.
+    // The subscription carries the instance filter (and lets the results
+    // of request-topic executions and the session leases that dispatchers
+    // announce through) and an expiration policy.
     let client = emu.pubsub_client().await.unwrap();
     let (topic, config) = timeout(T, client.subscription(&sub_id).config(None))
         .await
@@ -118,7 +119,7 @@ async fn a_result_upload_becomes_an_event_with_its_metadata() {
     assert_eq!(
         config.filter,
         format!(
-            "hasPrefix(attributes.objectId, \"results/{instance}-\") OR hasPrefix(attributes.objectId, \"sessions/\")"
+            "hasPrefix(attributes.objectId, \"results/{instance}-\") OR hasPrefix(attributes.objectId, \"results/rq-\") OR hasPrefix(attributes.objectId, \"sessions/\")"
         )
     );
     let ttl = config.expiration_policy.and_then(|p| p.ttl).expect("ttl");

@@ -7,11 +7,14 @@
 //! - [`http`]: the HTTP/JSON API of the Sandbox protocol, with its OpenAPI
 //!   document (`/openapi.json`) and `/healthz`, `/readyz`.
 //!
-//! The request-topic consumer and the completion relay (Pub/Sub in, Pub/Sub
-//! out) are to be further workers beside `http`: each takes the same
-//! `Client`, stops taking work when [`Shutdown::draining`] is cancelled, and
-//! spawns what must outlive its caller on [`Shutdown::tasks`], so the one
-//! drain below covers them too.
+//! - [`topic`]: when `RUNBOX_REQUESTS_SUBSCRIPTION` is set, exec requests
+//!   pulled from Pub/Sub and answered on `RUNBOX_COMPLETIONS_TOPIC`; a
+//!   request whose instance dies is answered by whichever instance Pub/Sub
+//!   delivers it to next (the relay).
+//!
+//! Each worker takes the same `Client`, stops taking work when
+//! [`Shutdown::draining`] is cancelled, and spawns what must outlive its
+//! caller on [`Shutdown::tasks`], so the one drain below covers them all.
 //!
 //! Shutdown (SIGTERM or SIGINT): `/readyz` turns 503 and the listener
 //! closes at once; requests in flight (and the commands they started) get
@@ -38,6 +41,7 @@ use crate::stdout::note;
 
 pub mod http;
 mod settings;
+pub mod topic;
 
 use settings::Settings;
 
@@ -112,8 +116,22 @@ pub async fn run(args: ServeArgs, config: Config) -> Result<ExitCode, Error> {
         }
     };
     let addr = listener.local_addr().unwrap_or(settings.addr);
+    let topic_settings = match topic::TopicSettings::resolve(|name| std::env::var(name).ok()) {
+        Ok(t) => t,
+        Err(e) => return Ok(Failure::new(Kind::Config, e.to_string()).report(false)),
+    };
     let client = Client::from_config(config).await?;
     let shutdown = Shutdown::default();
+    let topic = match topic_settings {
+        None => None,
+        Some(t) => match topic::start(client.clone(), t, shutdown.clone()).await {
+            Ok(topic) => Some(topic),
+            Err(e) => {
+                client.shutdown().await;
+                return Ok(Failure::new(Kind::Config, format!("request topic: {e}")).report(false));
+            }
+        },
+    };
     let api = Arc::new(http::Api {
         client: client.clone(),
         token: settings.token.clone(),
@@ -162,6 +180,9 @@ pub async fn run(args: ServeArgs, config: Config) -> Result<ExitCode, Error> {
         }
     };
     client.shutdown().await;
+    if let Some(topic) = topic {
+        note!("runbox serve: topic: {}", topic.stats.summary());
+    }
     note!("runbox serve: stopped");
     Ok(code)
 }

@@ -15,7 +15,7 @@ use runbox_proto::{ExecRequest, ExecResult};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Engine;
+use super::{Engine, Limit};
 use crate::error::{Error, Result};
 use crate::launcher::{LaunchError, LaunchSpec, WarmLaunch};
 use crate::live_output::{Follower, LiveTx};
@@ -35,6 +35,9 @@ pub(crate) struct Submission {
     pub(crate) stdin: Option<Bytes>,
     /// Where live output chunks go, when the caller follows them.
     pub(crate) live: Option<LiveTx>,
+    /// A fixed execution id: run at most once under it (see
+    /// [`crate::Exec::execution_id`]); `None` draws a fresh one.
+    pub(crate) execution_id: Option<ExecutionId>,
 }
 
 impl Submission {
@@ -201,11 +204,23 @@ impl Engine {
         }
         let t0 = std::time::Instant::now();
         let settings = self.session_settings(session).await?;
-        let id = self.instance.next_execution_id();
+        let id = match &submission.execution_id {
+            Some(id) => id.clone(),
+            None => self.instance.next_execution_id(),
+        };
         let store_token = self.mint(session, &id, submission.timeout).await?;
         let request = submission.request(&id, session, SystemTime::now(), false);
         self.write_stdin(&id, submission.stdin.as_ref()).await?;
-        self.write_request(&request, &id).await?;
+        match self.write_request(&request, &id).await {
+            Ok(()) => {}
+            // Submitted before (a redelivered topic request): never run twice.
+            Err(Error::Store { source, .. })
+                if source.is_conflict() && submission.execution_id.is_some() =>
+            {
+                return self.resume(&id, session, &request).await;
+            }
+            Err(e) => return Err(e),
+        }
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "request written");
         if cancel.is_cancelled() {
             // The request exists, so the execution gets its stored result.
@@ -280,6 +295,71 @@ impl Engine {
         }
         Ok(result)
     }
+}
+
+impl Engine {
+    /// Awaits an execution whose request object another submission wrote
+    /// (here or in another process, which may have died since): its result
+    /// if there is one, else its end as far as it can be seen, else its
+    /// deadline (the stored creation time, timeout and grace), after which
+    /// it is settled LOST like any other.
+    async fn resume(
+        &self,
+        id: &ExecutionId,
+        session: &SessionId,
+        ours: &ExecRequest,
+    ) -> Result<ExecResult> {
+        let stored: ExecRequest =
+            match store::get_json(&*self.store, &layout::request(id), "ExecRequest").await {
+                Ok(v) => v.value,
+                Err(store::JsonObjectError::Store(e)) => {
+                    return Err(Error::store(format!("read request of execution {id}"), e));
+                }
+                // Not a request we could have written: not ours to touch.
+                Err(_) => return Err(Error::ExecutionIdInUse { id: id.clone() }),
+            };
+        if stored.session_id != ours.session_id
+            || stored.command != ours.command
+            || stored.request_id != ours.request_id
+            || stored.background
+        {
+            return Err(Error::ExecutionIdInUse { id: id.clone() });
+        }
+        tracing::debug!(execution = %id, "request already written; awaiting that execution");
+        // Register first, then read once: a result finalized in between
+        // still reaches the waiter.
+        let waiter = self.register_shared(id)?;
+        if let Some(result) = self.existing_result(id).await? {
+            return conflict_checked(session, result);
+        }
+        let mut watch = self.end_watch(id).await?;
+        if let Some(account) = watch.ended_already() {
+            let result = self.settle(id, session, account).await?;
+            return conflict_checked(session, result);
+        }
+        let deadline = Duration::from_millis(stored.timeout_ms) + self.config.limits.deadline_grace;
+        let elapsed = stored
+            .created_at
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        let remaining = deadline.saturating_sub(elapsed);
+        let result = self
+            .wait_end(id, session, waiter, &mut watch, Limit::Deadline(remaining))
+            .await?
+            .ok_or(Error::Closed)?;
+        conflict_checked(session, result)
+    }
+}
+
+fn conflict_checked(session: &SessionId, result: ExecResult) -> Result<ExecResult> {
+    if result.state_conflict {
+        return Err(Error::StateConflict {
+            session: session.to_string(),
+            result: Box::new(result),
+        });
+    }
+    Ok(result)
 }
 
 fn launch_spec(id: &ExecutionId, timeout: Duration, store_token: Option<StoreToken>) -> LaunchSpec {

@@ -134,6 +134,14 @@ pub enum Error {
     /// The session lease (gcp backend) could not be taken or was lost.
     #[error(transparent)]
     Lease(#[from] crate::session_lease::LeaseError),
+    /// An exec with a fixed execution id (see [`crate::Exec::execution_id`])
+    /// found that id's request object holding a different command, session
+    /// or request id: nothing ran, and the other execution was not touched.
+    #[error("execution {id} already holds a different request")]
+    ExecutionIdInUse {
+        /// The execution id.
+        id: ExecutionId,
+    },
 }
 
 impl Error {
