@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod result_metadata;
 pub mod session_cwd;
 pub mod store;
+pub mod trace_context;
 pub mod workspace_path;
 
 pub use config::{Config, ConfigError, Lookup};
