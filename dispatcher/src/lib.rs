@@ -46,6 +46,7 @@ pub mod client;
 mod engine;
 pub mod error;
 mod exec;
+pub mod metrics;
 pub mod files;
 pub mod launcher;
 pub mod retention;

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use runbox_core::ExecutionId;
 use runbox_core::config::{BackendConfig, Config, Env, Lookup};
 use runbox_core::contract::{
-    DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
+    DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, TRACEPARENT_ENV, WORKSPACE_DIR_ENV,
 };
+use runbox_core::logging::TelemetryConfig;
 use runbox_core::session_cwd::{self, WORKSPACE_NAMESPACE_ENV, WORKSPACE_PATH_ENV};
 use runbox_core::store::{Durability, LocalStore, Store, StoreError};
 use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
@@ -59,9 +60,6 @@ fn main() -> ExitCode {
     {
         eprintln!("runbox-executor: make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
-    }
-    if let Err(e) = runbox_core::logging::init("info") {
-        report(&error_chain(&e));
     }
     let args = match Args::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
@@ -141,14 +139,38 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Telemetry reads the same place as the rest of the configuration: the
+    // local launcher forwards the OTEL_* variables in it.
+    let telemetry_config =
+        match TelemetryConfig::from_lookup("runbox-executor", |name| lookup.get(name)) {
+            Ok(c) => c,
+            Err(e) => {
+                report(&format!("telemetry is off: {}", error_chain(&e)));
+                TelemetryConfig::default()
+            }
+        };
+    let telemetry = {
+        // The exporters' gRPC channel is spawned on this runtime.
+        let _entered = runtime.enter();
+        let (telemetry, outcome) =
+            runbox_core::logging::Logging::new("info").init_with_telemetry(&telemetry_config);
+        if let Err(e) = outcome {
+            report(&error_chain(&e));
+        }
+        telemetry
+    };
     // Every line of this run names its execution (and, once the request is
     // read, its session).
     let span = tracing::info_span!(
         "execution",
         execution = %id,
-        session = tracing::field::Empty
+        session = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty
     );
-    runtime.block_on(tracing::Instrument::instrument(
+    // The launcher's span: TRACEPARENT in the environment (Cloud Run) or in
+    // the configuration (the local launcher).
+    runbox_core::trace_context::continue_from(&span, lookup.get(TRACEPARENT_ENV).as_deref());
+    let work = tracing::Instrument::instrument(
         async move {
             // Handlers go in before anything else: a SIGTERM (Cloud Run's cancel,
             // `runbox bg kill`) that arrives while the request is still loading
@@ -189,7 +211,13 @@ fn main() -> ExitCode {
             }
         },
         span,
-    ))
+    );
+    runtime.block_on(async move {
+        // The span ends with `work`, before the flush that exports it.
+        let code = work.await;
+        telemetry.shutdown().await;
+        code
+    })
 }
 
 /// An error line on stderr: JSON when the log lines are, so a log reader

@@ -40,14 +40,7 @@ pub const SERVICE_NAME_VAR: &str = "OTEL_SERVICE_NAME";
 pub const DISABLED_VAR: &str = "OTEL_SDK_DISABLED";
 /// The variables a process forwards to an executor it starts without its
 /// environment (the local launcher), so the executor exports where it does.
-pub const FORWARDED_VARS: [&str; 6] = [
-    ENDPOINT_VAR,
-    TRACES_ENDPOINT_VAR,
-    METRICS_ENDPOINT_VAR,
-    HEADERS_VAR,
-    SERVICE_NAME_VAR,
-    DISABLED_VAR,
-];
+pub const FORWARDED_VARS: [&str; 5] = crate::contract::TELEMETRY_ENV;
 /// Where the project for Cloud Logging's trace field is read, in order.
 pub const PROJECT_VARS: [&str; 2] = ["RUNBOX_PROJECT", "GOOGLE_CLOUD_PROJECT"];
 
@@ -252,7 +245,7 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
     let tls = |endpoint: &str| {
         endpoint
             .starts_with("https://")
-            .then(|| tonic::transport::ClientTlsConfig::new().with_native_roots())
+            .then(|| tonic::transport::ClientTlsConfig::new().with_webpki_roots())
     };
     let mut built = Built {
         telemetry: Telemetry::default(),

@@ -112,7 +112,7 @@ impl Engine {
                 &waiters,
             ),
         };
-        Arc::new(Self {
+        let engine = Arc::new(Self {
             config: parts.config,
             instance: parts.instance,
             store: parts.store,
@@ -129,7 +129,9 @@ impl Engine {
             session_leases,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-        })
+        });
+        crate::metrics::observe(Arc::downgrade(&engine));
+        engine
     }
 
     /// What the notifier has routed so far (zeros once it stopped).

@@ -7,12 +7,14 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use runbox_core::layout;
+use runbox_core::trace_context;
 use runbox_core::store::{self, PutOptions};
 use runbox_core::{ExecutionId, SessionId};
 use runbox_notifier::{WaitError, Waiter};
 use runbox_proto::{ExecRequest, ExecResult};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::Engine;
 use crate::error::{Error, Result};
@@ -30,6 +32,8 @@ pub(crate) struct Submission {
     pub(crate) request_id: String,
     /// Standard input, non-empty when set; written as its own object.
     pub(crate) stdin: Option<Bytes>,
+    /// The command's `exec` span (none for a background spawn).
+    pub(crate) span: tracing::Span,
 }
 
 impl Submission {
@@ -49,7 +53,9 @@ impl Submission {
             timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
             output_cap_bytes: self.output_cap,
             created_at: Some(runbox_proto::timestamp(created_at)),
-            traceparent: String::new(),
+            // The executor falls back to it for the result's metadata when it
+            // exports nothing itself.
+            traceparent: trace_context::current().map(|tp| tp.to_string()).unwrap_or_default(),
             request_id: self.request_id.clone(),
             background,
             stdin_bytes: self.stdin.as_ref().map_or(0, |data| data.len() as u64),
@@ -181,8 +187,13 @@ impl Engine {
             // The request exists, so the execution gets its stored result.
             return self.cancelled_before_launch(&id, session).await;
         }
+        tracing::Span::current().record("execution", id.as_str());
         let waiter = self.register(&id)?;
-        if let Err(e) = self.launch_foreground(&id, submission.timeout, lock).await {
+        let launched = self
+            .launch_foreground(&id, submission.timeout, lock)
+            .instrument(tracing::info_span!("launch", execution = %id))
+            .await;
+        if let Err(e) = launched {
             // At shutdown the launcher closes just after the notifier: the
             // notifier's error is the one that says why.
             if self.waiters.is_closed()
@@ -196,6 +207,7 @@ impl Engine {
         let deadline = submission.timeout + self.config.limits.deadline_grace;
         let outcome = self
             .wait_foreground(&id, session, waiter, deadline, cancel)
+            .instrument(tracing::info_span!("wait for completion"))
             .await;
         self.launcher.release(&id);
         self.forget_cancel(&id);
@@ -211,10 +223,12 @@ impl Engine {
     }
 }
 
+/// What to launch; called inside the `launch` span, whose context the
+/// executor continues.
 fn launch_spec(id: &ExecutionId, timeout: Duration) -> LaunchSpec {
     LaunchSpec {
         execution_id: id.clone(),
         timeout,
-        traceparent: None,
+        traceparent: trace_context::current().map(|tp| tp.to_string()),
     }
 }
