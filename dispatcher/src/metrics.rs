@@ -19,7 +19,7 @@
 //! The event counters are the notifier's own ([`runbox_notifier::NotifierStats`]),
 //! read when metrics are collected rather than counted twice.
 
-use std::sync::{OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -100,18 +100,37 @@ impl Metrics {
     }
 }
 
-/// Observes `engine`'s waiters and notifier counters at each collection
-/// until the engine is gone.
-pub(crate) fn observe(engine: Weak<Engine>) {
+/// The notifier's counters as last seen, so the collection at exit (after
+/// the engine has stopped its notifier) still reports them.
+#[derive(Default)]
+pub(crate) struct LastStats(Mutex<runbox_notifier::NotifierStats>);
+
+impl LastStats {
+    /// Keeps `stats` as the latest.
+    pub(crate) fn record(&self, stats: runbox_notifier::NotifierStats) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    fn get(&self) -> runbox_notifier::NotifierStats {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Observes `engine`'s waiters and notifier counters at each collection:
+/// live while its notifier runs, then as `last` kept them.
+pub(crate) fn observe(engine: Weak<Engine>, last: Arc<LastStats>) {
     let meter: Meter = opentelemetry::global::meter(METER);
     let e = engine.clone();
     let _pending = meter
         .u64_observable_gauge("runbox.waiters.pending")
         .with_description("Executions whose completion this process awaits")
         .with_callback(move |o| {
-            if let Some(engine) = e.upgrade() {
-                o.observe(engine.waiters.len() as u64, &[]);
-            }
+            // A stopped engine awaits nothing (its waiters have failed).
+            let pending = e
+                .upgrade()
+                .filter(|engine| !engine.is_stopping())
+                .map_or(0, |engine| engine.waiters.len());
+            o.observe(pending as u64, &[]);
         })
         .build();
     type Pick = fn(&runbox_notifier::NotifierStats) -> u64;
@@ -124,13 +143,20 @@ pub(crate) fn observe(engine: Weak<Engine>) {
     ];
     for (name, description, pick) in counters {
         let e = engine.clone();
+        let last = Arc::clone(&last);
         let _counter = meter
             .u64_observable_counter(name)
             .with_description(description)
             .with_callback(move |o| {
-                if let Some(engine) = e.upgrade() {
-                    o.observe(pick(&engine.notifier_stats()), &[]);
-                }
+                let stats = match e.upgrade() {
+                    Some(engine) if !engine.is_stopping() => {
+                        let stats = engine.notifier_stats();
+                        last.record(stats.clone());
+                        stats
+                    }
+                    _ => last.get(),
+                };
+                o.observe(pick(&stats), &[]);
             })
             .build();
     }

@@ -83,6 +83,8 @@ pub(crate) struct Engine {
     tasks: TaskTracker,
     /// Cancelled at shutdown: every task's loop watches it.
     stop: CancellationToken,
+    /// The notifier's counters for the metrics collected after shutdown.
+    last_stats: Arc<crate::metrics::LastStats>,
 }
 
 /// What an engine is assembled from.
@@ -112,7 +114,9 @@ impl Engine {
                 &waiters,
             ),
         };
+        let last_stats = Arc::new(crate::metrics::LastStats::default());
         let engine = Arc::new(Self {
+            last_stats: Arc::clone(&last_stats),
             config: parts.config,
             instance: parts.instance,
             store: parts.store,
@@ -130,7 +134,7 @@ impl Engine {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
         });
-        crate::metrics::observe(Arc::downgrade(&engine));
+        crate::metrics::observe(Arc::downgrade(&engine), last_stats);
         engine
     }
 
@@ -168,6 +172,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(n) = notifier {
+            self.last_stats.record(n.stats());
             n.shutdown().await;
         }
         self.stop.cancel();
