@@ -75,6 +75,31 @@ pub fn continue_from(span: &tracing::Span, value: Option<&str>) {
     }
 }
 
+/// The Pub/Sub message attribute (and result-object metadata key) carrying
+/// a W3C `traceparent`.
+pub const ATTRIBUTE: &str = crate::contract::RESULT_TRACEPARENT_KEY;
+
+/// The trace a received message continues: its [`ATTRIBUTE`] attribute
+/// when that is a valid `traceparent`, else `None` (an invalid one is
+/// ignored, as W3C asks). This is the hook for a message-driven surface
+/// (`runbox serve`'s request topic): pass the result to
+/// `runbox_dispatcher::Exec::parent`.
+pub fn from_attributes<S: std::hash::BuildHasher>(
+    attributes: &std::collections::HashMap<String, String, S>,
+) -> Option<Traceparent> {
+    Traceparent::parse(attributes.get(ATTRIBUTE)?).ok()
+}
+
+/// Adds the current span's `traceparent` to a message's attributes, when
+/// there is a trace; for every message runbox publishes.
+pub fn inject<S: std::hash::BuildHasher>(
+    attributes: &mut std::collections::HashMap<String, String, S>,
+) {
+    if let Some(tp) = current() {
+        attributes.insert(ATTRIBUTE.to_owned(), tp.to_string());
+    }
+}
+
 /// Marks `span` as failed: its OpenTelemetry status becomes ERROR. The span
 /// must declare an `otel.status_code` field (`tracing::field::Empty`).
 pub fn mark_error(span: &tracing::Span) {

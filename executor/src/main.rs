@@ -141,7 +141,7 @@ fn main() -> ExitCode {
     };
     // Telemetry reads the same place as the rest of the configuration: the
     // local launcher forwards the OTEL_* variables in it.
-    let telemetry_config =
+    let mut telemetry_config =
         match TelemetryConfig::from_lookup("runbox-executor", |name| lookup.get(name)) {
             Ok(c) => c,
             Err(e) => {
@@ -149,6 +149,9 @@ fn main() -> ExitCode {
                 TelemetryConfig::default()
             }
         };
+    // The executor records no metrics: a meter would only add a flush (and
+    // a connection) to every command's end.
+    telemetry_config.metrics_endpoint = None;
     let telemetry = {
         // The exporters' gRPC channel is spawned on this runtime.
         let _entered = runtime.enter();

@@ -60,6 +60,7 @@ use runbox_core::backoff::{Backoff, BackoffPolicy, Jitter};
 use runbox_core::config::{Env, Lookup};
 use tokio::sync::{mpsc, watch};
 
+use runbox_core::trace_context;
 use crate::{Acker, EventSource, ObjectEvent, SourceError, SourceItem};
 
 /// The variable that points Google's Pub/Sub clients at an emulator (`host:port`).
@@ -387,7 +388,13 @@ fn parse_event(message: &PubsubMessage) -> Result<ObjectEvent, String> {
         .parse::<i64>()
         .map_err(|_| format!("objectGeneration {generation:?} is not a number"))?;
     let metadata = match message.attributes.get("payloadFormat").map(String::as_str) {
-        Some("NONE") => BTreeMap::new(),
+        // An announcement carries its publisher's trace as an attribute
+        // (there is no object resource to carry it).
+        Some("NONE") => message
+            .attributes
+            .get(trace_context::ATTRIBUTE)
+            .map(|tp| BTreeMap::from([(trace_context::ATTRIBUTE.to_owned(), tp.clone())]))
+            .unwrap_or_default(),
         _ => payload_metadata(&message.data)?,
     };
     Ok(ObjectEvent {

@@ -24,6 +24,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::google_auth;
 use crate::trace_context::{self, Propagation, Traceparent};
 
 /// The general endpoint variable.
@@ -168,6 +169,8 @@ fn parse_headers(list: &str) -> Result<Vec<(String, String)>, TelemetryError> {
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
+    /// Google's credentials, whose first token a flush waits for.
+    tokens: Option<google_auth::Tokens>,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -193,8 +196,41 @@ impl Telemetry {
         if !self.is_enabled() {
             return;
         }
-        if let Err(e) = tokio::task::spawn_blocking(move || self.shutdown_blocking()).await {
-            eprintln!("runbox: telemetry shutdown failed: {e}");
+        let Self {
+            tracer,
+            meter,
+            tokens,
+        } = self;
+        if let Some(mut tokens) = tokens {
+            // A process shorter than the first token fetch would export
+            // without one, and be refused.
+            let _ = tokio::time::timeout(
+                google_auth::FIRST_TOKEN_WAIT,
+                tokens.ready.wait_for(|ready| *ready),
+            )
+            .await;
+        }
+        // Both signals at once: each flush is a round trip to the endpoint.
+        let traces = tokio::task::spawn_blocking(move || {
+            Self {
+                tracer,
+                meter: None,
+                tokens: None,
+            }
+            .shutdown_blocking()
+        });
+        let metrics = tokio::task::spawn_blocking(move || {
+            Self {
+                tracer: None,
+                meter,
+                tokens: None,
+            }
+            .shutdown_blocking()
+        });
+        for outcome in [traces.await, metrics.await] {
+            if let Err(e) = outcome {
+                eprintln!("runbox: telemetry shutdown failed: {e}");
+            }
         }
     }
 
@@ -225,12 +261,28 @@ pub(super) struct Built {
 /// and the propagation globally. Must run inside a tokio runtime (the gRPC
 /// channel's worker is spawned on it).
 pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
-    let resource = Resource::builder()
+    let google = [&config.traces_endpoint, &config.metrics_endpoint]
+        .into_iter()
+        .flatten()
+        .any(|e| google_auth::is_google(e));
+    let mut resource = Resource::builder()
         .with_service_name(config.service_name.clone())
-        .with_attribute(KeyValue::new("process.pid", i64::from(std::process::id())))
-        .build();
+        .with_attribute(KeyValue::new("process.pid", i64::from(std::process::id())));
+    if let Some(project) = &config.project {
+        // Google's Telemetry API files data under this project.
+        resource = resource.with_attribute(KeyValue::new("gcp.project_id", project.clone()));
+    }
+    let resource = resource.build();
+    let tokens = google.then(google_auth::Tokens::start);
     let metadata = || {
         let mut map = tonic::metadata::MetadataMap::new();
+        if google
+            && let Some(project) = &config.project
+            && let Ok(v) = tonic::metadata::MetadataValue::try_from(project.as_str())
+        {
+            // The project quota and billing are charged to.
+            map.insert("x-goog-user-project", v);
+        }
         for (k, v) in &config.headers {
             // Validated when the config was read.
             if let (Ok(k), Ok(v)) = (
@@ -260,6 +312,9 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         if let Some(tls) = tls(endpoint) {
             exporter = exporter.with_tls_config(tls);
         }
+        if let Some(tokens) = tokens.clone().filter(|_| google_auth::is_google(endpoint)) {
+            exporter = exporter.with_interceptor(tokens);
+        }
         let exporter = exporter.build().map_err(TelemetryError::Exporter)?;
         let provider = SdkTracerProvider::builder()
             .with_resource(resource.clone())
@@ -278,6 +333,9 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         if let Some(tls) = tls(endpoint) {
             exporter = exporter.with_tls_config(tls);
         }
+        if let Some(tokens) = tokens.clone().filter(|_| google_auth::is_google(endpoint)) {
+            exporter = exporter.with_interceptor(tokens);
+        }
         let exporter = exporter.build().map_err(TelemetryError::Exporter)?;
         let provider = SdkMeterProvider::builder()
             .with_resource(resource)
@@ -286,6 +344,7 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         global::set_meter_provider(provider.clone());
         built.telemetry.meter = Some(provider);
     }
+    built.telemetry.tokens = tokens;
     Ok(built)
 }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::HeaderMap;
+use runbox_core::trace_context::{self, Traceparent};
 use runbox_dispatcher::ExecResult;
 
 use super::Api;
@@ -28,12 +30,23 @@ use super::sessions::SessionParam;
         (status = 429, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
+///
+/// A W3C `traceparent` request header makes the command's trace continue
+/// the caller's; an invalid one is ignored.
 pub async fn exec(
     State(api): State<Arc<Api>>,
     Params(session): Params<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<Json<ExecResult>, Problem> {
     let mut exec = api.client.session(&session)?.exec(body.command);
+    if let Some(parent) = headers
+        .get(trace_context::ATTRIBUTE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Traceparent::parse(v).ok())
+    {
+        exec = exec.parent(parent);
+    }
     if body.timeout_ms > 0 {
         exec = exec.timeout(Duration::from_millis(body.timeout_ms));
     }
