@@ -25,8 +25,8 @@ use runbox_core::Config;
 use runbox_core::contract::TRACEPARENT_ENV;
 use runbox_core::logging::{Logging, Telemetry, TelemetryConfig};
 use runbox_core::trace_context;
-use tracing::Instrument as _;
 use runbox_dispatcher::{Client, Error, error_chain};
+use tracing::Instrument as _;
 
 use crate::failure::{EXIT_RUNBOX, EXIT_USAGE, Failure, Kind};
 use crate::stdout::note;

@@ -131,7 +131,9 @@ impl Traceparent {
             return Err(bad());
         };
         let hex = |s: &str, len: usize| {
-            s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         };
         let zero = |s: &str| s.bytes().all(|b| b == b'0');
         if *version != "00"
@@ -148,7 +150,11 @@ impl Traceparent {
 
     /// Builds one from its parts (the caller's ids are valid by
     /// construction: from a live span context).
-    pub fn from_parts(trace_id: &str, span_id: &str, sampled: bool) -> Result<Self, TraceparentError> {
+    pub fn from_parts(
+        trace_id: &str,
+        span_id: &str,
+        sampled: bool,
+    ) -> Result<Self, TraceparentError> {
         Self::parse(&format!(
             "00-{trace_id}-{span_id}-{}",
             if sampled { "01" } else { "00" }

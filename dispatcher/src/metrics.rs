@@ -112,7 +112,7 @@ impl LastStats {
     }
 
     fn get(&self) -> runbox_notifier::NotifierStats {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -135,11 +135,29 @@ pub(crate) fn observe(engine: Weak<Engine>, last: Arc<LastStats>) {
         .build();
     type Pick = fn(&runbox_notifier::NotifierStats) -> u64;
     let counters: [(&'static str, &'static str, Pick); 5] = [
-        ("runbox.events.delivered", "Completion events routed to a waiter", |s| s.delivered),
-        ("runbox.events.duplicate", "Completion events seen before", |s| s.duplicates),
-        ("runbox.events.unknown", "Result events nobody here awaits", |s| s.unknown),
-        ("runbox.events.malformed", "Event messages that were not usable", |s| s.malformed),
-        ("runbox.events.foreign", "Events of another bucket", |s| s.foreign),
+        (
+            "runbox.events.delivered",
+            "Completion events routed to a waiter",
+            |s| s.delivered,
+        ),
+        (
+            "runbox.events.duplicate",
+            "Completion events seen before",
+            |s| s.duplicates,
+        ),
+        (
+            "runbox.events.unknown",
+            "Result events nobody here awaits",
+            |s| s.unknown,
+        ),
+        (
+            "runbox.events.malformed",
+            "Event messages that were not usable",
+            |s| s.malformed,
+        ),
+        ("runbox.events.foreign", "Events of another bucket", |s| {
+            s.foreign
+        }),
     ];
     for (name, description, pick) in counters {
         let e = engine.clone();
@@ -151,7 +169,7 @@ pub(crate) fn observe(engine: Weak<Engine>, last: Arc<LastStats>) {
                 let stats = match e.upgrade() {
                     Some(engine) if !engine.is_stopping() => {
                         let stats = engine.notifier_stats();
-                        last.record(stats.clone());
+                        last.record(stats);
                         stats
                     }
                     _ => last.get(),

@@ -60,8 +60,8 @@ use runbox_core::backoff::{Backoff, BackoffPolicy, Jitter};
 use runbox_core::config::{Env, Lookup};
 use tokio::sync::{mpsc, watch};
 
-use runbox_core::trace_context;
 use crate::{Acker, EventSource, ObjectEvent, SourceError, SourceItem};
+use runbox_core::trace_context;
 
 /// The variable that points Google's Pub/Sub clients at an emulator (`host:port`).
 pub const PUBSUB_EMULATOR_HOST: &str = "PUBSUB_EMULATOR_HOST";

@@ -123,5 +123,8 @@ async fn main() {
         ms(on.mean) - ms(off.mean),
         on.p50.as_secs_f64() / off.p50.as_secs_f64()
     );
-    println!("  spans received: {spans} ({:.1} per traced run)", spans as f64 / (runs + 3) as f64);
+    println!(
+        "  spans received: {spans} ({:.1} per traced run)",
+        spans as f64 / (runs + 3) as f64
+    );
 }

@@ -61,7 +61,12 @@ fn random_hex(len: usize) -> String {
 /// `runbox ARGS` on the embedded backend, exporting to `receiver` (when
 /// given) under the caller's `traceparent`; no OTEL variable of this
 /// process leaks in.
-fn command(cli: &Cli, args: &[&str], receiver: Option<&Receiver>, traceparent: Option<&str>) -> tokio::process::Command {
+fn command(
+    cli: &Cli,
+    args: &[&str],
+    receiver: Option<&Receiver>,
+    traceparent: Option<&str>,
+) -> tokio::process::Command {
     let mut cmd = cli.command(args);
     for var in OTEL_VARS {
         cmd.env_remove(var);
@@ -93,9 +98,15 @@ async fn command_trace(receiver: &Receiver, trace: &str) -> Vec<Received> {
                 .filter(|s| s.trace_id == trace)
                 .map(|s| s.name.as_str())
                 .collect();
-            ["runbox", "exec", "execution", "result write", "event routed"]
-                .iter()
-                .all(|n| names.contains(n))
+            [
+                "runbox",
+                "exec",
+                "execution",
+                "result write",
+                "event routed",
+            ]
+            .iter()
+            .all(|n| names.contains(n))
         })
         .await;
     spans.into_iter().filter(|s| s.trace_id == trace).collect()
@@ -120,7 +131,11 @@ fn assert_links(spans: &[Received], root_span: &str) {
     assert_eq!(caller.service, "runbox");
     assert_eq!(executor.service, "runbox-executor");
     assert_ne!(caller.pid, executor.pid, "two processes");
-    assert_eq!(by_name(spans, "event routed").pid, caller.pid, "the notifier is the caller's");
+    assert_eq!(
+        by_name(spans, "event routed").pid,
+        caller.pid,
+        "the notifier is the caller's"
+    );
     let lag: f64 = by_name(spans, "event routed").attributes["notification.lag_ms"]
         .parse()
         .expect("a lag in ms");
@@ -134,7 +149,13 @@ async fn embedded_exec_is_one_trace_across_processes_with_metrics() {
     let (trace, root, header) = test_parent();
     let out = within(
         120,
-        command(&cli, &["exec", "-s", "t1", "--", "true"], Some(&receiver), Some(&header)).output(),
+        command(
+            &cli,
+            &["exec", "-s", "t1", "--", "true"],
+            Some(&receiver),
+            Some(&header),
+        )
+        .output(),
     )
     .await
     .expect("run runbox");
@@ -178,7 +199,11 @@ async fn embedded_exec_is_one_trace_across_processes_with_metrics() {
                 && a.get("launcher").map(String::as_str) == Some("local")),
         "{points:?}"
     );
-    let names: Vec<String> = receiver.metrics().iter().map(|m| m.metric.name.clone()).collect();
+    let names: Vec<String> = receiver
+        .metrics()
+        .iter()
+        .map(|m| m.metric.name.clone())
+        .collect();
     for name in ["runbox.events.delivered", "runbox.waiters.pending"] {
         assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
     }
@@ -191,7 +216,13 @@ async fn a_failed_command_and_a_lost_one_are_errors() {
     let (trace, _, header) = test_parent();
     let out = within(
         120,
-        command(&cli, &["exec", "-s", "f", "--", "exit 3"], Some(&receiver), Some(&header)).output(),
+        command(
+            &cli,
+            &["exec", "-s", "f", "--", "exit 3"],
+            Some(&receiver),
+            Some(&header),
+        )
+        .output(),
     )
     .await
     .expect("run runbox");
@@ -211,11 +242,16 @@ async fn a_failed_command_and_a_lost_one_are_errors() {
         "echo $RUNBOX_EXECUTION_ID > {}; sleep 30",
         started.shell_path()
     );
-    let run = command(&cli, &["exec", "-s", "l", "--", &script], Some(&receiver), Some(&header))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn runbox");
+    let run = command(
+        &cli,
+        &["exec", "-s", "l", "--", &script],
+        Some(&receiver),
+        Some(&header),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("spawn runbox");
     let execution = within(60, started.next()).await;
     runbox_tests::procs::kill_executor(&execution);
     let out = within(60, run.wait_with_output()).await.expect("runbox");
@@ -225,7 +261,9 @@ async fn a_failed_command_and_a_lost_one_are_errors() {
             spans
                 .iter()
                 .any(|s| s.trace_id == trace && s.name == "event routed")
-                && spans.iter().any(|s| s.trace_id == trace && s.name == "runbox")
+                && spans
+                    .iter()
+                    .any(|s| s.trace_id == trace && s.name == "runbox")
         })
         .await;
     let spans: Vec<Received> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
@@ -250,11 +288,16 @@ async fn json_log_lines_carry_the_trace_of_their_command() {
     let (trace, _, header) = test_parent();
     let out = within(
         120,
-        command(&cli, &["exec", "-s", "j", "--", "true"], Some(&receiver), Some(&header))
-            .env("RUNBOX_LOG", "debug")
-            .env("RUNBOX_LOG_FORMAT", "json")
-            .env("GOOGLE_CLOUD_PROJECT", "proj-1")
-            .output(),
+        command(
+            &cli,
+            &["exec", "-s", "j", "--", "true"],
+            Some(&receiver),
+            Some(&header),
+        )
+        .env("RUNBOX_LOG", "debug")
+        .env("RUNBOX_LOG_FORMAT", "json")
+        .env("GOOGLE_CLOUD_PROJECT", "proj-1")
+        .output(),
     )
     .await
     .expect("run runbox");
@@ -277,7 +320,11 @@ async fn json_log_lines_carry_the_trace_of_their_command() {
         .as_str()
         .expect("a span id");
     let spans = command_trace(&receiver, &trace).await;
-    assert_eq!(span_id, by_name(&spans, "exec").span_id, "the line's span is the exec span");
+    assert_eq!(
+        span_id,
+        by_name(&spans, "exec").span_id,
+        "the line's span is the exec span"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +338,10 @@ async fn without_otel_variables_nothing_is_sent() {
         let out = within(
             120,
             command(&cli, &["exec", "-s", "quiet", "--", "true"], None, None)
-                .env("TRACEPARENT", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+                .env(
+                    "TRACEPARENT",
+                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                )
                 .output(),
         )
         .await
@@ -315,19 +365,34 @@ async fn commands_see_no_telemetry_credentials_and_bad_context_is_refused() {
         120,
         command(
             &cli,
-            &["exec", "-s", "a", "--", "env; cat /proc/$PPID/environ 2>/dev/null | tr '\\0' '\\n'"],
+            &[
+                "exec",
+                "-s",
+                "a",
+                "--",
+                "env; cat /proc/$PPID/environ 2>/dev/null | tr '\\0' '\\n'",
+            ],
             Some(&receiver),
             Some(evil),
         )
-        .env("OTEL_EXPORTER_OTLP_HEADERS", format!("authorization={}", secret.replace(' ', "%20")))
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("authorization={}", secret.replace(' ', "%20")),
+        )
         .output(),
     )
     .await
     .expect("run runbox");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let seen = text(&out.stdout);
-    assert!(!seen.contains("ya29"), "a command saw the credentials: {seen}");
-    assert!(!seen.contains("OTEL_"), "a command saw telemetry settings: {seen}");
+    assert!(
+        !seen.contains("ya29"),
+        "a command saw the credentials: {seen}"
+    );
+    assert!(
+        !seen.contains("OTEL_"),
+        "a command saw telemetry settings: {seen}"
+    );
     assert!(!seen.contains("TRACEPARENT"), "{seen}");
     // The command still ran and was traced, in a trace of its own.
     let spans = receiver
@@ -337,7 +402,10 @@ async fn commands_see_no_telemetry_credentials_and_bad_context_is_refused() {
         .await;
     let runbox = by_name(&spans, "runbox");
     assert_ne!(runbox.trace_id, "0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(runbox.parent_span_id, "", "no remote parent from a bad header");
+    assert_eq!(
+        runbox.parent_span_id, "",
+        "no remote parent from a bad header"
+    );
 }
 
 async fn create_job(endpoint: &str, env: &BTreeMap<String, String>) {
@@ -365,12 +433,19 @@ async fn create_job(endpoint: &str, env: &BTreeMap<String, String>) {
 async fn cloud_run_exec_on_the_emulator_stack_is_one_trace() {
     let receiver = Receiver::start().await;
     let emu = within(120, Emulators::start()).await.expect("emulators");
-    let config = EmulatorConfig::default().image(IMAGE, [binary("runbox-executor").display().to_string()]);
-    let run = within(10, Emulator::start("127.0.0.1:0".parse().expect("address"), config))
-        .await
-        .expect("start the Cloud Run emulator");
+    let config =
+        EmulatorConfig::default().image(IMAGE, [binary("runbox-executor").display().to_string()]);
+    let run = within(
+        10,
+        Emulator::start("127.0.0.1:0".parse().expect("address"), config),
+    )
+    .await
+    .expect("start the Cloud Run emulator");
     let mut template = emu.env();
-    template.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint().to_owned());
+    template.insert(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        receiver.endpoint().to_owned(),
+    );
     create_job(&run.endpoint(), &template).await;
 
     let (trace, root, header) = test_parent();

@@ -224,8 +224,8 @@ impl Logging {
         // Per-layer filters: the log filter (default `warn`) must not hide
         // the `info` spans a trace is made of.
         let otel_layer = tracer.map(|tracer| {
-            let mut targets = tracing_subscriber::filter::Targets::new()
-                .with_default(tracing::Level::INFO);
+            let mut targets =
+                tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
             for silenced in telemetry::SILENCED_TARGETS {
                 targets = targets.with_target(silenced, tracing::level_filters::LevelFilter::OFF);
             }
@@ -236,7 +236,9 @@ impl Logging {
                 .with_filter(targets)
         });
         let ids_layer = traced.then(|| trace_ids::TraceIdsLayer::new(project));
-        let registry = tracing_subscriber::registry().with(otel_layer).with(ids_layer);
+        let registry = tracing_subscriber::registry()
+            .with(otel_layer)
+            .with(ids_layer);
         let installed = match format {
             LogFormat::Text => {
                 let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);

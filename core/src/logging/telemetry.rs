@@ -96,7 +96,11 @@ impl TelemetryConfig {
         default_service: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, TelemetryError> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let service_name = get(SERVICE_NAME_VAR).unwrap_or_else(|| default_service.to_owned());
         let project = PROJECT_VARS.iter().find_map(|v| get(v));
         if get(DISABLED_VAR).is_some_and(|v| v.eq_ignore_ascii_case("true")) {
@@ -139,19 +143,19 @@ fn parse_headers(list: &str) -> Result<Vec<(String, String)>, TelemetryError> {
     list.split(',')
         .filter(|e| !e.trim().is_empty())
         .map(|entry| {
-            let (k, v) = entry.split_once('=').ok_or_else(|| TelemetryError::Header {
-                entry: entry.to_owned(),
-            })?;
+            let (k, v) = entry
+                .split_once('=')
+                .ok_or_else(|| TelemetryError::Header {
+                    entry: entry.to_owned(),
+                })?;
             let key = k.trim().to_ascii_lowercase();
             let value = v.trim().to_owned();
-            let ok_key = tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(
-                key.as_bytes(),
-            )
-            .is_ok();
-            let ok_value = tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(
-                value.as_str(),
-            )
-            .is_ok();
+            let ok_key =
+                tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes())
+                    .is_ok();
+            let ok_value =
+                tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(value.as_str())
+                    .is_ok();
             if key.is_empty() || !ok_key || !ok_value {
                 return Err(TelemetryError::Header {
                     entry: entry.to_owned(),

@@ -90,7 +90,12 @@ impl Engine {
                 // error of its own (or its result, if that is already in).
                 let span = job.submission.span.clone();
                 let result = engine
-                    .run_queued(&session, &job.submission, job.cancel.token(), job.queue_wait)
+                    .run_queued(
+                        &session,
+                        &job.submission,
+                        job.cancel.token(),
+                        job.queue_wait,
+                    )
                     .instrument(span)
                     .await;
                 let _ = job.reply.send(result);

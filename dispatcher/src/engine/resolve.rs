@@ -88,7 +88,7 @@ fn record_lag(result: &ExecResult) {
     let Some(completed) = result.completed_at.as_ref() else {
         return;
     };
-    let Ok(completed) = std::time::SystemTime::try_from(completed.clone()) else {
+    let Ok(completed) = std::time::SystemTime::try_from(*completed) else {
         return;
     };
     if let Ok(lag) = std::time::SystemTime::now().duration_since(completed) {

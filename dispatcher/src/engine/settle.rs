@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use runbox_core::{contract, layout};
 use runbox_core::store::{self, JsonObjectError, PutOptions};
 use runbox_core::{ExecutionId, SessionId};
+use runbox_core::{contract, layout};
 use runbox_proto::{ExecResult, ExecStatus};
 
 use super::{Engine, marker};
@@ -211,8 +211,7 @@ impl Engine {
         if let Some(tp) = runbox_core::trace_context::current() {
             options = options.with_metadata(contract::RESULT_TRACEPARENT_KEY, tp.to_string());
         }
-        match store::put_json(&*self.store, &layout::result(id), &result, options).await
-        {
+        match store::put_json(&*self.store, &layout::result(id), &result, options).await {
             Ok(_) => {
                 if status == ExecStatus::Lost {
                     crate::metrics::get().lost();

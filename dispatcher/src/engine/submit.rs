@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use runbox_core::layout;
-use runbox_core::trace_context;
 use runbox_core::store::{self, PutOptions};
+use runbox_core::trace_context;
 use runbox_core::{ExecutionId, SessionId};
 use runbox_notifier::{WaitError, Waiter};
 use runbox_proto::{ExecRequest, ExecResult};
@@ -55,7 +55,9 @@ impl Submission {
             created_at: Some(runbox_proto::timestamp(created_at)),
             // The executor falls back to it for the result's metadata when it
             // exports nothing itself.
-            traceparent: trace_context::current().map(|tp| tp.to_string()).unwrap_or_default(),
+            traceparent: trace_context::current()
+                .map(|tp| tp.to_string())
+                .unwrap_or_default(),
             request_id: self.request_id.clone(),
             background,
             stdin_bytes: self.stdin.as_ref().map_or(0, |data| data.len() as u64),
