@@ -227,7 +227,12 @@ fn main() -> ExitCode {
 /// that parses every line never meets a stray one.
 fn report(message: &str) {
     use std::io::Write as _;
-    let line = match runbox_core::logging::active_format() {
+    // Before the logger is installed (a configuration error), the format
+    // the environment asks for.
+    let format = runbox_core::logging::active_format().or_else(|| {
+        runbox_core::logging::LogFormat::from_lookup(|name| std::env::var(name).ok()).ok()
+    });
+    let line = match format {
         Some(runbox_core::logging::LogFormat::Json) => runbox_core::logging::json::plain_line(
             &tracing::Level::ERROR,
             &format!("runbox-executor: {message}"),

@@ -30,9 +30,6 @@ use super::sessions::SessionParam;
         (status = 429, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
-///
-/// A W3C `traceparent` request header makes the command's trace continue
-/// the caller's; an invalid one is ignored.
 pub async fn exec(
     State(api): State<Arc<Api>>,
     Params(session): Params<String>,
@@ -40,6 +37,8 @@ pub async fn exec(
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<Json<ExecResult>, Problem> {
     let mut exec = api.client.session(&session)?.exec(body.command);
+    // A W3C `traceparent` request header makes the command's trace continue
+    // the caller's (README, Traces and metrics); an invalid one is ignored.
     if let Some(parent) = headers
         .get(trace_context::ATTRIBUTE)
         .and_then(|v| v.to_str().ok())
