@@ -220,26 +220,62 @@ impl Logging {
             Some((built, project)) => (built.telemetry, built.tracer, project),
             None => (Telemetry::default(), None, None),
         };
-        let traced = tracer.is_some();
-        // Per-layer filters: the log filter (default `warn`) must not hide
-        // the `info` spans a trace is made of.
-        let otel_layer = tracer.map(|tracer| {
-            let mut targets =
-                tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
-            for silenced in telemetry::SILENCED_TARGETS {
-                targets = targets.with_target(silenced, tracing::level_filters::LevelFilter::OFF);
+        let installed = match tracer {
+            None => self.install_logs_only(format, filter),
+            Some(tracer) => self.install_traced(format, filter, tracer, project),
+        };
+        if let Err(e) = installed {
+            return (telemetry, Err(LoggingError::Install(e)));
+        }
+        let _ = ACTIVE.set(format);
+        (telemetry, bad_format.map_or(Ok(()), Err))
+    }
+
+    /// Logs alone: the filter is global, so a span or event it rejects is
+    /// disabled at its call site and costs nothing.
+    fn install_logs_only(&self, format: LogFormat, filter: EnvFilter) -> Result<(), TryInitError> {
+        match format {
+            LogFormat::Text => {
+                let builder = tracing_subscriber::fmt()
+                    .with_writer(std::io::stderr)
+                    .with_env_filter(filter);
+                let builder = match self.color {
+                    Color::WhenTerminal => builder.with_ansi(std::io::stderr().is_terminal()),
+                    Color::UnlessNoColor => builder,
+                };
+                builder.finish().try_init()
             }
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_threads(false)
-                .with_location(false)
-                .with_filter(targets)
-        });
-        let ids_layer = traced.then(|| trace_ids::TraceIdsLayer::new(project));
+            LogFormat::Json => tracing_subscriber::registry()
+                .with(filter)
+                .with(json::JsonLayer::new(std::io::stderr))
+                .try_init(),
+        }
+    }
+
+    /// Logs and the OpenTelemetry layer, each with its own filter: the log
+    /// filter (default `warn`) must not hide the `info` spans a trace is
+    /// made of, nor the span filter flood the log.
+    fn install_traced(
+        &self,
+        format: LogFormat,
+        filter: EnvFilter,
+        tracer: opentelemetry_sdk::trace::Tracer,
+        project: Option<String>,
+    ) -> Result<(), TryInitError> {
+        let mut targets =
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+        for silenced in telemetry::SILENCED_TARGETS {
+            targets = targets.with_target(silenced, tracing::level_filters::LevelFilter::OFF);
+        }
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_location(false)
+            .with_filter(targets);
         let registry = tracing_subscriber::registry()
-            .with(otel_layer)
-            .with(ids_layer);
-        let installed = match format {
+            .with(otel)
+            .with(trace_ids::TraceIdsLayer::new(project));
+        match format {
             LogFormat::Text => {
                 let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
                 let layer = match self.color {
@@ -248,19 +284,14 @@ impl Logging {
                 };
                 registry.with(layer.with_filter(filter)).try_init()
             }
-            LogFormat::Json => {
-                let mut layer = json::JsonLayer::new(std::io::stderr);
-                if traced {
-                    layer = layer.with_trace_source(trace_ids::source());
-                }
-                registry.with(layer.with_filter(filter)).try_init()
-            }
-        };
-        if let Err(e) = installed {
-            return (telemetry, Err(LoggingError::Install(e)));
+            LogFormat::Json => registry
+                .with(
+                    json::JsonLayer::new(std::io::stderr)
+                        .with_trace_source(trace_ids::source())
+                        .with_filter(filter),
+                )
+                .try_init(),
         }
-        let _ = ACTIVE.set(format);
-        (telemetry, bad_format.map_or(Ok(()), Err))
     }
 }
 
