@@ -17,6 +17,8 @@ use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
 use opentelemetry_proto::tonic::metrics::v1::metric;
 use otlp_receiver::{Received, Receiver, attributes};
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
+use runbox_core::store::{LocalStore, Store};
+use runbox_core::{ExecutionId, layout};
 use runbox_tests::cli::{Cli, text};
 use runbox_tests::embedded::{binary, within};
 use runbox_tests::harness::Emulators;
@@ -256,29 +258,29 @@ async fn a_failed_command_and_a_lost_one_are_errors() {
     runbox_tests::procs::kill_executor(&execution);
     let out = within(60, run.wait_with_output()).await.expect("runbox");
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
-    let spans = receiver
-        .wait_spans(30, |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == trace && s.name == "event routed")
-                && spans
-                    .iter()
-                    .any(|s| s.trace_id == trace && s.name == "runbox")
-        })
-        .await;
-    let spans: Vec<Received> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
+    // The CLI flushed before it exited: its spans are all in.
+    let spans: Vec<Received> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| s.trace_id == trace)
+        .collect();
     let exec = by_name(&spans, "exec");
     assert_eq!(exec.status, 2);
     assert_eq!(exec.attributes["status"], "LOST");
-    // The killed executor exported nothing; the event of the LOST result
-    // still lands in the command's trace, under the completion wait.
-    let routed = by_name(&spans, "event routed");
+    // The killed executor exported nothing; the caller wrote the LOST
+    // result during the completion wait, with that span's context in the
+    // result's metadata, so its completion event (which the CLI may exit
+    // before it routes) would join the command's trace.
     let wait = by_name(&spans, "wait for completion");
-    assert!(
-        spans.iter().any(|s| s.span_id == routed.parent_span_id),
-        "the routed event's parent is a span of this trace: {spans:#?}"
+    assert_eq!(wait.parent_span_id, exec.span_id);
+    let store = LocalStore::open(cli.home.path()).expect("open the store");
+    let id = ExecutionId::new(execution.trim()).expect("execution id");
+    let meta = store.head(&layout::result(&id)).await.expect("the LOST result");
+    assert_eq!(
+        meta.metadata.get("traceparent").map(String::as_str),
+        Some(format!("00-{trace}-{}-01", wait.span_id).as_str()),
+        "{spans:#?}"
     );
-    assert!(!wait.span_id.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
