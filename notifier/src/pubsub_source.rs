@@ -813,6 +813,18 @@ mod tests {
     }
 
     #[test]
+    fn an_announcement_carries_its_trace_attribute_as_metadata() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut attrs = FINAL.to_vec();
+        attrs[4].1 = "NONE";
+        attrs.push(("traceparent", tp));
+        // The payload of an announcement is never read.
+        let event = parse_event(&message(&attrs, "not json")).unwrap();
+        assert_eq!(event.metadata.len(), 1);
+        assert_eq!(event.metadata["traceparent"], tp);
+    }
+
+    #[test]
     fn unusable_messages_say_why() {
         let mut attrs = FINAL.to_vec();
         attrs[0].1 = "OBJECT_DELETE";

@@ -275,7 +275,10 @@ async fn a_failed_command_and_a_lost_one_are_errors() {
     assert_eq!(wait.parent_span_id, exec.span_id);
     let store = LocalStore::open(cli.home.path()).expect("open the store");
     let id = ExecutionId::new(execution.trim()).expect("execution id");
-    let meta = store.head(&layout::result(&id)).await.expect("the LOST result");
+    let meta = store
+        .head(&layout::result(&id))
+        .await
+        .expect("the LOST result");
     assert_eq!(
         meta.metadata.get("traceparent").map(String::as_str),
         Some(format!("00-{trace}-{}-01", wait.span_id).as_str()),
