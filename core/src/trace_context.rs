@@ -221,10 +221,23 @@ mod tests {
     }
 
     #[test]
+    fn a_message_continues_only_a_valid_traceparent() {
+        let mut attributes = std::collections::HashMap::new();
+        assert_eq!(from_attributes(&attributes), None);
+        attributes.insert(ATTRIBUTE.to_owned(), "00-zz-01".to_owned());
+        assert_eq!(from_attributes(&attributes), None);
+        attributes.insert(ATTRIBUTE.to_owned(), GOOD.to_owned());
+        assert_eq!(from_attributes(&attributes).unwrap().as_str(), GOOD);
+    }
+
+    #[test]
     fn without_telemetry_nothing_crosses() {
         let span = tracing::info_span!("x");
         assert_eq!(traceparent(&span), None);
         continue_from(&span, Some(GOOD));
         assert_eq!(current(), None);
+        let mut attributes = std::collections::HashMap::new();
+        inject(&mut attributes);
+        assert!(attributes.is_empty());
     }
 }

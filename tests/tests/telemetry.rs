@@ -497,3 +497,52 @@ async fn cloud_run_exec_on_the_emulator_stack_is_one_trace() {
         "{durations:?}"
     );
 }
+
+/// `runbox serve`: a `traceparent` request header on `POST .../exec` makes
+/// the command part of the caller's trace, executor included; the spans are
+/// flushed when it stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_continues_the_callers_trace_header() {
+    let receiver = Receiver::start().await;
+    let mut serve = runbox_tests::serve::Serve::start(
+        "127.0.0.1:0",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())],
+    )
+    .await
+    .expect("serve");
+    let (trace, root, header) = test_parent();
+    let response = runbox_tests::serve::request(
+        &serve.addr,
+        "POST",
+        "/v1/sessions/s1/exec",
+        &[
+            ("content-type", "application/json"),
+            ("traceparent", &header),
+        ],
+        br#"{"command":"true"}"#,
+    )
+    .await
+    .expect("POST exec");
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    serve.terminate();
+    let (status, _) = serve.wait().await;
+    assert!(status.success(), "{status:?}");
+    let spans = receiver
+        .wait_spans(60, |spans| {
+            ["exec", "execution", "event routed"]
+                .iter()
+                .all(|n| spans.iter().any(|s| s.trace_id == trace && s.name == *n))
+        })
+        .await;
+    let spans: Vec<Received> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
+    assert_eq!(by_name(&spans, "exec").parent_span_id, root);
+    assert_eq!(
+        by_name(&spans, "execution").parent_span_id,
+        by_name(&spans, "launch").span_id
+    );
+}
