@@ -22,7 +22,11 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 use runbox_core::Config;
+use runbox_core::contract::TRACEPARENT_ENV;
+use runbox_core::logging::{Logging, Telemetry, TelemetryConfig};
+use runbox_core::trace_context;
 use runbox_dispatcher::{Client, Error, error_chain};
+use tracing::Instrument as _;
 
 use crate::failure::{EXIT_RUNBOX, EXIT_USAGE, Failure, Kind};
 use crate::stdout::note;
@@ -95,6 +99,19 @@ enum Command {
 }
 
 impl Command {
+    /// The subcommand's name, for its span.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Exec(_) => "exec",
+            Command::Sessions { .. } => "sessions",
+            Command::Files { .. } => "files",
+            Command::Bg { .. } => "bg",
+            Command::Gc(_) => "gc",
+            Command::Doctor(_) => "doctor",
+            Command::Serve(_) => "serve",
+        }
+    }
+
     /// Whether the subcommand was asked for JSON, errors included.
     fn json(&self) -> bool {
         match self {
@@ -124,9 +141,44 @@ fn main() -> ExitCode {
         Err(e) => return usage_error(&e, &argv),
     };
     let json = cli.command.json();
-    if let Err(e) = runbox_core::logging::init("warn") {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return Failure::new(Kind::Runbox, format!("start runtime: {e}")).report(json);
+        }
+    };
+    let telemetry = start_logging(&runtime);
+    let code = run_with_config(cli, json, &runtime);
+    // Before the runtime goes: the exporters' channel runs on it.
+    runtime.block_on(telemetry.shutdown());
+    code
+}
+
+/// Installs the logger and, when the `OTEL_*` variables ask for it, the
+/// export of traces and metrics.
+fn start_logging(runtime: &tokio::runtime::Runtime) -> Telemetry {
+    let config = match TelemetryConfig::from_lookup("runbox", |name| std::env::var(name).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            note!("runbox: telemetry is off: {}", error_chain(&e));
+            TelemetryConfig::default()
+        }
+    };
+    let _entered = runtime.enter();
+    let (telemetry, outcome) = Logging::new("warn").init_with_telemetry(&config);
+    if let Err(e) = outcome {
         note!("runbox: {}", error_chain(&e));
     }
+    telemetry
+}
+
+/// Reads the configuration and runs the subcommand in one `runbox` span,
+/// which continues the caller's trace when `TRACEPARENT` names one.
+fn run_with_config(cli: Cli, json: bool, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -139,22 +191,21 @@ fn main() -> ExitCode {
             return Failure::new(Kind::Config, problems.join("\n")).report(json);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            return Failure::new(Kind::Runbox, format!("start runtime: {e}")).report(json);
-        }
+    // `serve` runs for days: each request it takes is a trace of its own.
+    let span = match cli.command {
+        Command::Serve(_) => tracing::Span::none(),
+        ref command => tracing::info_span!("runbox", command = command.name()),
     };
-    runtime.block_on(async move {
-        match run(cli, config).await {
-            Ok(code) => code,
-            Err(e) => Failure::from_error(&e).report(json),
+    trace_context::continue_from(&span, std::env::var(TRACEPARENT_ENV).ok().as_deref());
+    runtime.block_on(
+        async move {
+            match run(cli, config).await {
+                Ok(code) => code,
+                Err(e) => Failure::from_error(&e).report(json),
+            }
         }
-    })
+        .instrument(span),
+    )
 }
 
 /// A command line clap refused. Help and version are printed as clap

@@ -37,6 +37,17 @@ pub const RUN_AS_USER_ENV: &str = "RUNBOX_RUN_AS_USER";
 /// Names the session a command runs in; set by the executor for commands.
 pub const SESSION_ID_ENV: &str = "RUNBOX_SESSION_ID";
 
+/// The OpenTelemetry variables (see `logging::telemetry`) a launcher passes
+/// (all but `OTEL_SERVICE_NAME`: an executor names itself `runbox-executor`)
+/// on to the executors it starts, so they export where the dispatcher does.
+pub const TELEMETRY_ENV: [&str; 5] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_SDK_DISABLED",
+];
+
 /// Custom metadata key of result objects carrying the W3C trace context of
 /// the request, so the completion event continues the dispatcher's trace.
 pub const RESULT_TRACEPARENT_KEY: &str = "traceparent";

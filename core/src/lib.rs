@@ -17,6 +17,7 @@ pub mod result_metadata;
 pub mod session_cwd;
 pub mod store;
 pub mod warm;
+pub mod trace_context;
 pub mod workspace_path;
 
 pub use config::{Config, ConfigError, Lookup};

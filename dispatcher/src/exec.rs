@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use runbox_core::contract;
+use runbox_core::trace_context::{self, Traceparent};
 use runbox_core::{Config, ExecutionId, SessionId};
 use runbox_proto::ExecResult;
 
@@ -18,6 +19,15 @@ use crate::error::{Error, Result};
 use crate::live_output::{self, LiveTx, OutputStream};
 
 /// A command about to run: set options, then `.await`.
+///
+/// # Tracing
+///
+/// The command is one `exec` span (with `queue wait`, `launch` and `wait
+/// for completion` inside it) whose parent is the caller's current
+/// `tracing` span when the future is created, or the remote span given to
+/// [`Exec::parent`]. Where the OpenTelemetry layer is installed
+/// ([`runbox_core::trace_context`]), the trace continues in the executor and
+/// in the completion event.
 ///
 /// # Cancelling, and dropping the future
 ///
@@ -71,6 +81,7 @@ pub(crate) struct Options {
     pub(crate) stdin: Option<Bytes>,
     pub(crate) live: Option<LiveTx>,
     pub(crate) execution_id: Option<ExecutionId>,
+    pub(crate) parent: Option<Traceparent>,
 }
 
 impl Exec {
@@ -174,6 +185,13 @@ impl Exec {
         self.options.execution_id = Some(id);
         self
     }
+
+    /// Continues the trace of a remote caller (a `traceparent` that came
+    /// with a request) instead of the current span's.
+    pub fn parent(mut self, parent: Traceparent) -> Self {
+        self.options.parent = Some(parent);
+        self
+    }
 }
 
 impl Options {
@@ -200,6 +218,7 @@ impl Options {
             stdin,
             live: self.live,
             execution_id: self.execution_id,
+            span: tracing::Span::none(),
         })
     }
 }
@@ -213,10 +232,23 @@ impl IntoFuture for Exec {
         // fails before any side effect and the queue order is the order in
         // which the futures were created.
         let engine = self.handle.engine();
+        let span = tracing::info_span!(
+            "exec",
+            session = %self.session,
+            execution = tracing::field::Empty,
+            status = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(parent) = &self.options.parent {
+            trace_context::set_parent(&span, parent);
+        }
         let queued = self
             .options
             .validate(&engine.config, self.command)
-            .and_then(|submission| engine.enqueue(&self.session, submission, self.cancel));
+            .and_then(|mut submission| {
+                submission.span = span;
+                engine.enqueue(&self.session, submission, self.cancel)
+            });
         // The handle rides along: the engine runs until the result is in.
         let handle = self.handle;
         Box::pin(async move {

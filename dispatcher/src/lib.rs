@@ -50,6 +50,7 @@ mod exec;
 pub mod files;
 pub mod launcher;
 pub mod live_output;
+pub mod metrics;
 pub mod retention;
 pub mod session;
 pub mod session_lease;

@@ -15,8 +15,10 @@ use runbox_core::layout::{self, Stream};
 use runbox_core::result_metadata;
 use runbox_core::session_cwd;
 use runbox_core::store::{self, JsonObjectError, Precondition, PutOptions, Store, StoreError};
+use runbox_core::trace_context;
 use runbox_core::{ExecutionId, SessionId};
 use runbox_proto::{ExecRequest, ExecResult, ExecStatus, SessionState};
+use tracing::Instrument as _;
 
 pub use runbox_core::error_chain;
 
@@ -104,7 +106,25 @@ pub async fn execute(
         result.started_at = Some(started);
     }
     result.completed_at = Some(runbox_proto::now());
-    write_result(&*store, id, result, traceparent).await
+    let status = result.exec_status();
+    let span = tracing::info_span!(
+        "result write",
+        status = %status,
+        otel.status_code = tracing::field::Empty
+    );
+    if !matches!(status, ExecStatus::Succeeded) {
+        trace_context::mark_error(&tracing::Span::current());
+        trace_context::mark_error(&span);
+    }
+    // The notifier's span continues from this one, so the event joins the
+    // trace where the result was written; without telemetry here, the
+    // request's context still carries the caller's trace on.
+    let traceparent = trace_context::traceparent(&span)
+        .map(|tp| tp.to_string())
+        .unwrap_or(traceparent);
+    write_result(&*store, id, result, traceparent)
+        .instrument(span)
+        .await
 }
 
 /// A request that cannot run; becomes a REJECTED result.
@@ -222,7 +242,10 @@ async fn run(
         ..Default::default()
     };
     let sync = sync_options(&settings.config);
-    let restored = match restore_workspace(store, &session, &workspace, &sync).await {
+    let restored = match restore_workspace(store, &session, &workspace, &sync)
+        .instrument(tracing::info_span!("restore"))
+        .await
+    {
         Ok(snapshot) => snapshot,
         Err(message) => return rejected(result, message),
     };
@@ -298,6 +321,7 @@ async fn run(
         &restored_env.exec,
         cancel,
     )
+    .instrument(tracing::info_span!("run"))
     .await
     {
         Ok(ran) => ran,
@@ -358,6 +382,7 @@ async fn run(
     // Files persist whatever the exit status, like cd and export. Only
     // foreground commands save: a background process's snapshot is stale by
     // the time it ends, and its save would only conflict.
+    let save = tracing::info_span!("save");
     save_workspace(
         store,
         &session,
@@ -367,6 +392,7 @@ async fn run(
         &mut result,
         &mut notes,
     )
+    .instrument(save.clone())
     .await;
     tracing::debug!(execution = %id, "workspace saved");
     if let Some(capture) = &mut capture {
@@ -386,6 +412,7 @@ async fn run(
         &mut result,
         &mut notes,
     )
+    .instrument(save)
     .await;
     tracing::debug!(execution = %id, "state saved");
     if !result.not_saved.is_empty() && result.exec_status() == ExecStatus::Succeeded {

@@ -24,9 +24,10 @@ use std::sync::Arc;
 use runbox_core::ExecutionId;
 use runbox_core::config::{BackendConfig, Config, Env, Lookup};
 use runbox_core::contract::{
-    DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
+    DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, TRACEPARENT_ENV, WORKSPACE_DIR_ENV,
 };
 use runbox_core::credentials::{STORE_TOKEN_ENV, StoreToken};
+use runbox_core::logging::TelemetryConfig;
 use runbox_core::session_cwd::{self, WORKSPACE_NAMESPACE_ENV, WORKSPACE_PATH_ENV};
 use runbox_core::store::{Durability, GcsStore, LocalStore, Store, StoreError};
 use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
@@ -60,9 +61,6 @@ fn main() -> ExitCode {
     {
         eprintln!("runbox-executor: make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
-    }
-    if let Err(e) = runbox_core::logging::init("info") {
-        report(&error_chain(&e));
     }
     let args = match Args::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
@@ -153,14 +151,41 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Telemetry reads the same place as the rest of the configuration: the
+    // local launcher forwards the OTEL_* variables in it.
+    let mut telemetry_config =
+        match TelemetryConfig::from_lookup("runbox-executor", |name| lookup.get(name)) {
+            Ok(c) => c,
+            Err(e) => {
+                report(&format!("telemetry is off: {}", error_chain(&e)));
+                TelemetryConfig::default()
+            }
+        };
+    // The executor records no metrics: a meter would only add a flush (and
+    // a connection) to every command's end.
+    telemetry_config.metrics_endpoint = None;
+    let telemetry = {
+        // The exporters' gRPC channel is spawned on this runtime.
+        let _entered = runtime.enter();
+        let (telemetry, outcome) =
+            runbox_core::logging::Logging::new("info").init_with_telemetry(&telemetry_config);
+        if let Err(e) = outcome {
+            report(&error_chain(&e));
+        }
+        telemetry
+    };
     // Every line of this run names its execution (and, once the request is
     // read, its session).
     let span = tracing::info_span!(
         "execution",
         execution = %id,
-        session = tracing::field::Empty
+        session = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty
     );
-    runtime.block_on(tracing::Instrument::instrument(
+    // The launcher's span: TRACEPARENT in the environment (Cloud Run) or in
+    // the configuration (the local launcher).
+    runbox_core::trace_context::continue_from(&span, lookup.get(TRACEPARENT_ENV).as_deref());
+    let work = tracing::Instrument::instrument(
         async move {
             // Handlers go in before anything else: a SIGTERM (Cloud Run's cancel,
             // `runbox bg kill`) that arrives while the request is still loading
@@ -213,14 +238,25 @@ fn main() -> ExitCode {
             }
         },
         span,
-    ))
+    );
+    runtime.block_on(async move {
+        // The span ends with `work`, before the flush that exports it.
+        let code = work.await;
+        telemetry.shutdown().await;
+        code
+    })
 }
 
 /// An error line on stderr: JSON when the log lines are, so a log reader
 /// that parses every line never meets a stray one.
 fn report(message: &str) {
     use std::io::Write as _;
-    let line = match runbox_core::logging::active_format() {
+    // Before the logger is installed (a configuration error), the format
+    // the environment asks for.
+    let format = runbox_core::logging::active_format().or_else(|| {
+        runbox_core::logging::LogFormat::from_lookup(|name| std::env::var(name).ok()).ok()
+    });
+    let line = match format {
         Some(runbox_core::logging::LogFormat::Json) => runbox_core::logging::json::plain_line(
             &tracing::Level::ERROR,
             &format!("runbox-executor: {message}"),

@@ -12,9 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::StreamExt;
-use runbox_core::{ExecutionId, Store, layout};
+use runbox_core::trace_context;
+use runbox_core::{ExecutionId, Store, contract, layout, result_metadata};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::{EventSource, ObjectEvent, Routed, SourceItem, Waiters};
 
@@ -227,10 +229,17 @@ impl Router {
     async fn handle(&self, item: SourceItem) {
         match item {
             SourceItem::Event(event, ack) => {
-                self.route(event);
-                // Only now: a message acked before routing would be lost if
-                // we crashed in between.
-                ack.ack().await;
+                let Some(span) = event_span(&event) else {
+                    self.route(event);
+                    // Only now: a message acked before routing would be
+                    // lost if we crashed in between.
+                    ack.ack().await;
+                    self.counters.changed.send_replace(());
+                    return;
+                };
+                let routed = span.in_scope(|| self.route(event));
+                span.record("routed", routed);
+                ack.ack().instrument(span).await;
             }
             SourceItem::Malformed { reason, ack } => {
                 tracing::warn!(%reason, "unusable event message; acked and dropped");
@@ -247,7 +256,8 @@ impl Router {
         self.counters.changed.send_replace(());
     }
 
-    fn route(&self, event: ObjectEvent) {
+    /// Routes one event; returns what became of it (a counter's name).
+    fn route(&self, event: ObjectEvent) -> &'static str {
         if let Some(expected) = &self.expected_bucket
             && event.bucket != *expected
         {
@@ -255,32 +265,33 @@ impl Router {
             // resolving a waiter with it would hand over a stranger's output.
             tracing::debug!(bucket = %event.bucket, name = %event.name, "event of another bucket; ignored");
             self.counters.foreign.fetch_add(1, Ordering::Relaxed);
-            return;
+            return "foreign";
         }
         if let Some((id, stream, n)) = layout::parse_output_chunk(&event.name) {
-            let counter = if self.waiters.output_chunk(&id, stream, n) {
-                &self.counters.delivered
+            let (counter, name) = if self.waiters.output_chunk(&id, stream, n) {
+                (&self.counters.delivered, "delivered")
             } else {
-                &self.counters.ignored
+                (&self.counters.ignored, "ignored")
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            return;
+            return name;
         }
         let Some(id) = layout::parse_result(&event.name) else {
             if self.waiters.object_changed(&event.name) {
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                return;
+                return "delivered";
             }
             tracing::trace!(name = %event.name, "event outside results/ that nobody watches; ignored");
             self.counters.ignored.fetch_add(1, Ordering::Relaxed);
-            return;
+            return "ignored";
         };
-        let counter = match self.waiters.complete(&id, event) {
-            Routed::Delivered => &self.counters.delivered,
-            Routed::Duplicate => &self.counters.duplicates,
-            Routed::Unknown => &self.counters.unknown,
+        let (counter, name) = match self.waiters.complete(&id, event) {
+            Routed::Delivered => (&self.counters.delivered, "delivered"),
+            Routed::Duplicate => (&self.counters.duplicates, "duplicate"),
+            Routed::Unknown => (&self.counters.unknown, "unknown"),
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        name
     }
 
     /// Events may have been lost while (re)subscribing: read the result of
@@ -325,6 +336,39 @@ impl Router {
             self.counters.resynced.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The span of one event, from receipt to routed, in the trace of the
+/// writer that put its `traceparent` in the object's metadata, with the
+/// notification lag (the writer's completion time to now, when the event
+/// carries the result). `None` without telemetry, so an untraced process
+/// decodes nothing.
+fn event_span(event: &ObjectEvent) -> Option<tracing::Span> {
+    if !trace_context::is_active() {
+        return None;
+    }
+    let span = tracing::info_span!(
+        "event routed",
+        object = %event.name,
+        generation = event.generation,
+        routed = tracing::field::Empty,
+        notification.lag_ms = tracing::field::Empty,
+    );
+    trace_context::continue_from(
+        &span,
+        event
+            .metadata
+            .get(contract::RESULT_TRACEPARENT_KEY)
+            .map(String::as_str),
+    );
+    let completed = result_metadata::decode(&event.metadata)
+        .and_then(Result::ok)
+        .and_then(|r| r.completed_at)
+        .and_then(|t| std::time::SystemTime::try_from(t).ok());
+    if let Some(lag) = completed.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()) {
+        span.record("notification.lag_ms", lag.as_secs_f64() * 1000.0);
+    }
+    Some(span)
 }
 
 /// The counters shared between the task (writer) and [`Notifier::stats`].

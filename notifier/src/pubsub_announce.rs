@@ -13,6 +13,8 @@ use gcloud_googleapis::pubsub::v1::PubsubMessage;
 use gcloud_pubsub::client::Client;
 use gcloud_pubsub::publisher::Publisher;
 
+use runbox_core::trace_context;
+
 use crate::pubsub_source::client_config;
 use crate::{ObjectEvent, PubSubConfig, SourceError};
 
@@ -92,11 +94,13 @@ fn finalize_message(event: &ObjectEvent) -> PubsubMessage {
         ("bucketId", event.bucket.clone()),
         ("payloadFormat", "NONE".to_owned()),
     ];
+    let mut attributes: std::collections::HashMap<String, String> = attributes
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    trace_context::inject(&mut attributes);
     PubsubMessage {
-        attributes: attributes
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
+        attributes,
         ..PubsubMessage::default()
     }
 }

@@ -61,6 +61,7 @@ use runbox_core::config::{Env, Lookup};
 use tokio::sync::{mpsc, watch};
 
 use crate::{Acker, EventSource, ObjectEvent, SourceError, SourceItem};
+use runbox_core::trace_context;
 
 /// The variable that points Google's Pub/Sub clients at an emulator (`host:port`).
 pub const PUBSUB_EMULATOR_HOST: &str = "PUBSUB_EMULATOR_HOST";
@@ -392,7 +393,13 @@ fn parse_event(message: &PubsubMessage) -> Result<ObjectEvent, String> {
         .parse::<i64>()
         .map_err(|_| format!("objectGeneration {generation:?} is not a number"))?;
     let metadata = match message.attributes.get("payloadFormat").map(String::as_str) {
-        Some("NONE") => BTreeMap::new(),
+        // An announcement carries its publisher's trace as an attribute
+        // (there is no object resource to carry it).
+        Some("NONE") => message
+            .attributes
+            .get(trace_context::ATTRIBUTE)
+            .map(|tp| BTreeMap::from([(trace_context::ATTRIBUTE.to_owned(), tp.clone())]))
+            .unwrap_or_default(),
         _ => payload_metadata(&message.data)?,
     };
     Ok(ObjectEvent {
@@ -810,6 +817,18 @@ mod tests {
                 .metadata
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_announcement_carries_its_trace_attribute_as_metadata() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut attrs = FINAL.to_vec();
+        attrs[4].1 = "NONE";
+        attrs.push(("traceparent", tp));
+        // The payload of an announcement is never read.
+        let event = parse_event(&message(&attrs, "not json")).unwrap();
+        assert_eq!(event.metadata.len(), 1);
+        assert_eq!(event.metadata["traceparent"], tp);
     }
 
     #[test]

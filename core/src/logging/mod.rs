@@ -1,6 +1,6 @@
 //! How runbox's programs log: one set-up every binary calls once at start,
-//! so the output format, the filter variable and (later) telemetry export
-//! change here and nowhere else.
+//! so the output format, the filter variable and telemetry export
+//! ([`telemetry`]) change here and nowhere else.
 //!
 //! Logs go to stderr, because stdout belongs to the program's own output
 //! (a command's output, a JSON document, an address line), as human-readable
@@ -14,10 +14,16 @@ use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 
+mod google_auth;
 pub mod json;
+pub mod telemetry;
+mod trace_ids;
+
+pub use telemetry::{Telemetry, TelemetryConfig, TelemetryError};
 
 /// The variable the runbox binaries read their log filter from, in
 /// `EnvFilter` syntax (`warn`, `runbox_dispatcher=debug,info`).
@@ -117,6 +123,9 @@ pub enum LoggingError {
         /// The value found.
         value: String,
     },
+    /// The `OTEL_*` settings are unusable; logging goes on without export.
+    #[error("telemetry is off")]
+    Telemetry(#[source] TelemetryError),
 }
 
 impl Logging {
@@ -154,6 +163,42 @@ impl Logging {
 
     /// Installs this set-up as the process-wide logger.
     pub fn init(self) -> Result<(), LoggingError> {
+        let (_, outcome) = self.install(None);
+        outcome
+    }
+
+    /// Installs this set-up and, when `config` enables it, the export of
+    /// traces and metrics: an OpenTelemetry layer (fed every `info` span
+    /// and above of every target but the transport's, whatever the log
+    /// filter), the global meter provider and the propagation of
+    /// [`crate::trace_context`]; JSON log lines then carry their span's
+    /// trace. Must run inside a tokio runtime, which must outlive
+    /// [`Telemetry::shutdown`].
+    ///
+    /// The outcome is [`Logging::init`]'s; exporters that cannot be built
+    /// leave the logger installed without them, with
+    /// [`LoggingError::Telemetry`]. The returned [`Telemetry`] (inactive
+    /// then) is what to shut down before exiting.
+    pub fn init_with_telemetry(
+        self,
+        config: &TelemetryConfig,
+    ) -> (Telemetry, Result<(), LoggingError>) {
+        if !config.is_enabled() {
+            return self.install(None);
+        }
+        match telemetry::build(config) {
+            Ok(built) => self.install(Some((built, config.project.clone()))),
+            Err(e) => {
+                let (telemetry, outcome) = self.install(None);
+                (telemetry, outcome.and(Err(LoggingError::Telemetry(e))))
+            }
+        }
+    }
+
+    fn install(
+        self,
+        otel: Option<(telemetry::Built, Option<String>)>,
+    ) -> (Telemetry, Result<(), LoggingError>) {
         // A filter that does not parse falls back to the default rather than
         // stopping the program: logging is never the reason a command fails.
         let filter = EnvFilter::try_from_env(&self.filter_var)
@@ -171,6 +216,24 @@ impl Logging {
                 ),
             },
         };
+        let (telemetry, tracer, project) = match otel {
+            Some((built, project)) => (built.telemetry, built.tracer, project),
+            None => (Telemetry::default(), None, None),
+        };
+        let installed = match tracer {
+            None => self.install_logs_only(format, filter),
+            Some(tracer) => self.install_traced(format, filter, tracer, project),
+        };
+        if let Err(e) = installed {
+            return (telemetry, Err(LoggingError::Install(e)));
+        }
+        let _ = ACTIVE.set(format);
+        (telemetry, bad_format.map_or(Ok(()), Err))
+    }
+
+    /// Logs alone: the filter is global, so a span or event it rejects is
+    /// disabled at its call site and costs nothing.
+    fn install_logs_only(&self, format: LogFormat, filter: EnvFilter) -> Result<(), TryInitError> {
         match format {
             LogFormat::Text => {
                 let builder = tracing_subscriber::fmt()
@@ -187,9 +250,48 @@ impl Logging {
                 .with(json::JsonLayer::new(std::io::stderr))
                 .try_init(),
         }
-        .map_err(LoggingError::Install)?;
-        let _ = ACTIVE.set(format);
-        bad_format.map_or(Ok(()), Err)
+    }
+
+    /// Logs and the OpenTelemetry layer, each with its own filter: the log
+    /// filter (default `warn`) must not hide the `info` spans a trace is
+    /// made of, nor the span filter flood the log.
+    fn install_traced(
+        &self,
+        format: LogFormat,
+        filter: EnvFilter,
+        tracer: opentelemetry_sdk::trace::Tracer,
+        project: Option<String>,
+    ) -> Result<(), TryInitError> {
+        let mut targets =
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+        for silenced in telemetry::SILENCED_TARGETS {
+            targets = targets.with_target(silenced, tracing::level_filters::LevelFilter::OFF);
+        }
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_threads(false)
+            .with_location(false)
+            .with_filter(targets);
+        let registry = tracing_subscriber::registry()
+            .with(otel)
+            .with(trace_ids::TraceIdsLayer::new(project));
+        match format {
+            LogFormat::Text => {
+                let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+                let layer = match self.color {
+                    Color::WhenTerminal => layer.with_ansi(std::io::stderr().is_terminal()),
+                    Color::UnlessNoColor => layer,
+                };
+                registry.with(layer.with_filter(filter)).try_init()
+            }
+            LogFormat::Json => registry
+                .with(
+                    json::JsonLayer::new(std::io::stderr)
+                        .with_trace_source(trace_ids::source())
+                        .with_filter(filter),
+                )
+                .try_init(),
+        }
     }
 }
 

@@ -89,6 +89,8 @@ pub(crate) struct Engine {
     /// Mints each execution's store token, when executors get downscoped
     /// credentials.
     credentials: Option<crate::credentials::Credentials>,
+    /// The notifier's counters for the metrics collected after shutdown.
+    last_stats: Arc<crate::metrics::LastStats>,
 }
 
 /// What an engine is assembled from.
@@ -119,7 +121,9 @@ impl Engine {
             ),
         };
         let config_for_credentials = parts.config.clone();
-        Arc::new(Self {
+        let last_stats = Arc::new(crate::metrics::LastStats::default());
+        let engine = Arc::new(Self {
+            last_stats: Arc::clone(&last_stats),
             config: parts.config,
             instance: parts.instance,
             store: parts.store,
@@ -138,7 +142,9 @@ impl Engine {
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             credentials: crate::credentials::Credentials::from_config(&config_for_credentials),
-        })
+        });
+        crate::metrics::observe(Arc::downgrade(&engine), last_stats);
+        engine
     }
 
     /// What the notifier has routed so far (zeros once it stopped).
@@ -175,6 +181,7 @@ impl Engine {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(n) = notifier {
+            self.last_stats.record(n.stats());
             n.shutdown().await;
         }
         self.stop.cancel();

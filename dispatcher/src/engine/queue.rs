@@ -7,9 +7,10 @@
 use std::sync::Arc;
 
 use runbox_core::{SessionId, layout};
-use runbox_proto::ExecResult;
+use runbox_proto::{ExecResult, ExecStatus};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{CancelHandle, Engine, Submission};
 use crate::error::{Error, Result};
@@ -23,6 +24,8 @@ pub(crate) struct Job {
     submission: Submission,
     reply: oneshot::Sender<Result<ExecResult>>,
     cancel: CancelHandle,
+    /// Ends when the job has its turn and the session's lock or lease.
+    queue_wait: tracing::Span,
 }
 
 impl Engine {
@@ -43,10 +46,12 @@ impl Engine {
             .entry(session.clone())
             .or_insert_with(|| self.spawn_worker(session.clone()))
             .clone();
+        let queue_wait = tracing::info_span!(parent: &submission.span, "queue wait");
         tx.send(Job {
             submission,
             reply,
             cancel,
+            queue_wait,
         })
         .map_err(|_| Error::Closed)?;
         Ok(rx)
@@ -83,8 +88,15 @@ impl Engine {
                 // A running job is not cut short at shutdown: the notifier
                 // has stopped by then, so it ends at once with a typed
                 // error of its own (or its result, if that is already in).
+                let span = job.submission.span.clone();
                 let result = engine
-                    .run_queued(&session, &job.submission, job.cancel.token())
+                    .run_queued(
+                        &session,
+                        &job.submission,
+                        job.cancel.token(),
+                        job.queue_wait,
+                    )
+                    .instrument(span)
                     .await;
                 let _ = job.reply.send(result);
             }
@@ -97,6 +109,7 @@ impl Engine {
         session: &SessionId,
         submission: &Submission,
         cancel: &CancellationToken,
+        queue_wait: tracing::Span,
     ) -> Result<ExecResult> {
         let guard = match &self.session_locks {
             // Another process may hold the lock for a long command: waiting
@@ -129,13 +142,37 @@ impl Engine {
             },
             None => None,
         };
+        drop(queue_wait);
+        let started = std::time::Instant::now();
         let result = self
             .run_foreground(session, submission, guard.as_ref(), cancel)
             .await;
+        self.exec_finished(&submission.span, started.elapsed(), &result);
         match lease {
             Some(lease) => leased_result(lease, result).await,
             None => result,
         }
+    }
+}
+
+impl Engine {
+    /// Records how a foreground command ended on its span (an error status
+    /// unless it SUCCEEDED) and in the duration histogram.
+    fn exec_finished(
+        &self,
+        span: &tracing::Span,
+        elapsed: std::time::Duration,
+        result: &Result<ExecResult>,
+    ) {
+        let status = match result {
+            Ok(r) => r.exec_status().name(),
+            Err(_) => "ERROR",
+        };
+        span.record("status", status);
+        if status != ExecStatus::Succeeded.name() {
+            runbox_core::trace_context::mark_error(span);
+        }
+        crate::metrics::get().exec_finished(elapsed, status, self.config.launcher.kind().as_str());
     }
 }
 

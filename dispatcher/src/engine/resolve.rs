@@ -58,6 +58,7 @@ impl Engine {
             match result_metadata::decode(&event.metadata) {
                 Some(Ok(result)) if result.execution_id == id.as_str() => {
                     self.results.from_payload.fetch_add(1, Ordering::Relaxed);
+                    record_lag(&result);
                     return Ok(result);
                 }
                 // Not ours to trust: the object's body is the record.
@@ -75,6 +76,22 @@ impl Engine {
             }
         }
         self.results.by_read.fetch_add(1, Ordering::Relaxed);
-        self.read_result(id).await
+        let result = self.read_result(id).await?;
+        record_lag(&result);
+        Ok(result)
+    }
+}
+
+/// The notification lag: from the result's completion time (the writer's
+/// clock) to now. A clock behind the writer's records nothing.
+fn record_lag(result: &ExecResult) {
+    let Some(completed) = result.completed_at.as_ref() else {
+        return;
+    };
+    let Ok(completed) = std::time::SystemTime::try_from(*completed) else {
+        return;
+    };
+    if let Ok(lag) = std::time::SystemTime::now().duration_since(completed) {
+        crate::metrics::get().notification_lag(lag);
     }
 }

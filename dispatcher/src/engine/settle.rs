@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use runbox_core::layout;
 use runbox_core::store::{self, JsonObjectError, PutOptions};
 use runbox_core::{ExecutionId, SessionId};
+use runbox_core::{contract, layout};
 use runbox_proto::{ExecResult, ExecStatus};
 
 use super::{Engine, marker};
@@ -206,15 +206,18 @@ impl Engine {
             ..Default::default()
         };
         result.set_exec_status(status);
-        match store::put_json(
-            &*self.store,
-            &layout::result(id),
-            &result,
-            PutOptions::create(),
-        )
-        .await
-        {
-            Ok(_) => Ok(result),
+        let mut options = PutOptions::create();
+        // The completion event of this result joins the caller's trace.
+        if let Some(tp) = runbox_core::trace_context::current() {
+            options = options.with_metadata(contract::RESULT_TRACEPARENT_KEY, tp.to_string());
+        }
+        match store::put_json(&*self.store, &layout::result(id), &result, options).await {
+            Ok(_) => {
+                if status == ExecStatus::Lost {
+                    crate::metrics::get().lost();
+                }
+                Ok(result)
+            }
             Err(e) if e.is_conflict() => self.read_result(id).await,
             Err(e) => Err(Error::store(
                 format!("write {status} result of execution {id}"),

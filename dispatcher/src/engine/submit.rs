@@ -9,11 +9,13 @@ use bytes::Bytes;
 use runbox_core::credentials::StoreToken;
 use runbox_core::layout;
 use runbox_core::store::{self, PutOptions};
+use runbox_core::trace_context;
 use runbox_core::{ExecutionId, SessionId};
 use runbox_notifier::{WaitError, Waiter};
 use runbox_proto::{ExecRequest, ExecResult};
 
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{Engine, Limit};
 use crate::error::{Error, Result};
@@ -38,6 +40,8 @@ pub(crate) struct Submission {
     /// A fixed execution id: run at most once under it (see
     /// [`crate::Exec::execution_id`]); `None` draws a fresh one.
     pub(crate) execution_id: Option<ExecutionId>,
+    /// The command's `exec` span (none for a background spawn).
+    pub(crate) span: tracing::Span,
 }
 
 impl Submission {
@@ -57,7 +61,11 @@ impl Submission {
             timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
             output_cap_bytes: self.output_cap,
             created_at: Some(runbox_proto::timestamp(created_at)),
-            traceparent: String::new(),
+            // The executor falls back to it for the result's metadata when it
+            // exports nothing itself.
+            traceparent: trace_context::current()
+                .map(|tp| tp.to_string())
+                .unwrap_or_default(),
             request_id: self.request_id.clone(),
             background,
             stdin_bytes: self.stdin.as_ref().map_or(0, |data| data.len() as u64),
@@ -226,6 +234,7 @@ impl Engine {
             // The request exists, so the execution gets its stored result.
             return self.cancelled_before_launch(&id, session).await;
         }
+        tracing::Span::current().record("execution", id.as_str());
         let waiter = self.register(&id)?;
         // Watched before the launch, like the waiter: no chunk slips by.
         let live = submission
@@ -237,23 +246,27 @@ impl Engine {
         // commands: with per-execution credentials every command is
         // launched on its own.
         let warm = settings.mode == SessionMode::Warm && store_token.is_none();
-        let launched = if warm {
-            let warm = WarmLaunch {
-                session: session.clone(),
-                idle: settings.idle_timeout(),
-            };
-            // The session's lock stays with this process: the warm
-            // execution outlives the command, and holding a share of
-            // the lock would keep the session's next command waiting
-            // until it exits.
-            self.launcher
-                .launch_warm(launch_spec(&id, submission.timeout, None), &warm)
-                .await
-                .map_err(Error::from)
-        } else {
-            self.launch_foreground(&id, submission.timeout, store_token, lock)
-                .await
-        };
+        let launched = async {
+            if warm {
+                let warm = WarmLaunch {
+                    session: session.clone(),
+                    idle: settings.idle_timeout(),
+                };
+                // The session's lock stays with this process: the warm
+                // execution outlives the command, and holding a share of
+                // the lock would keep the session's next command waiting
+                // until it exits.
+                self.launcher
+                    .launch_warm(launch_spec(&id, submission.timeout, None), &warm)
+                    .await
+                    .map_err(Error::from)
+            } else {
+                self.launch_foreground(&id, submission.timeout, store_token, lock)
+                    .await
+            }
+        }
+        .instrument(tracing::info_span!("launch", execution = %id))
+        .await;
         if let Err(e) = launched {
             // At shutdown the launcher closes just after the notifier: the
             // notifier's error is the one that says why.
@@ -266,7 +279,9 @@ impl Engine {
         }
         tracing::debug!(execution = %id, us = t0.elapsed().as_micros() as u64, "launched");
         let deadline = submission.timeout + self.config.limits.deadline_grace;
-        let wait = self.wait_foreground(&id, session, waiter, deadline, cancel);
+        let wait = self
+            .wait_foreground(&id, session, waiter, deadline, cancel)
+            .instrument(tracing::info_span!("wait for completion"));
         let outcome = match live {
             None => wait.await,
             Some((watch, tx)) => {
@@ -362,11 +377,13 @@ fn conflict_checked(session: &SessionId, result: ExecResult) -> Result<ExecResul
     Ok(result)
 }
 
+/// What to launch; called inside the `launch` span, whose context the
+/// executor continues.
 fn launch_spec(id: &ExecutionId, timeout: Duration, store_token: Option<StoreToken>) -> LaunchSpec {
     LaunchSpec {
         execution_id: id.clone(),
         timeout,
-        traceparent: None,
+        traceparent: trace_context::current().map(|tp| tp.to_string()),
         store_token,
     }
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, StreamExt};
+use runbox_core::trace_context::{self, Traceparent};
 use runbox_dispatcher::{OutputChunk, Stream};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,15 @@ pub async fn exec(
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<Response, Problem> {
     let mut exec = api.client.session(&session)?.exec(body.command);
+    // A W3C `traceparent` request header makes the command's trace continue
+    // the caller's (README, Traces and metrics); an invalid one is ignored.
+    if let Some(parent) = headers
+        .get(trace_context::ATTRIBUTE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Traceparent::parse(v).ok())
+    {
+        exec = exec.parent(parent);
+    }
     if body.timeout_ms > 0 {
         exec = exec.timeout(Duration::from_millis(body.timeout_ms));
     }

@@ -62,6 +62,7 @@ use runbox_core::credentials::STORE_TOKEN_ENV;
 use tokio::time::Instant;
 use tonic::codegen::StdError;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 pub mod admission;
 mod settings;
@@ -256,7 +257,12 @@ impl CloudRunLauncher {
         let started = Instant::now();
         let mut attempt: u32 = 1;
         loop {
-            self.limiter.acquire().await;
+            let waited = Instant::now();
+            self.limiter
+                .acquire()
+                .instrument(tracing::info_span!("admission wait", token = true))
+                .await;
+            crate::metrics::get().admission_wait(waited.elapsed());
             let mut call = tonic::Request::new(request.clone());
             // RunJob's `google.api.routing` annotation extracts only
             // `location` from `name` (`projects/*/locations/{location=*}/**`);
@@ -302,6 +308,7 @@ impl CloudRunLauncher {
                     source: Box::new(error),
                 });
             };
+            crate::metrics::get().runjob_throttled();
             tracing::warn!(
                 execution = %id,
                 attempt,
@@ -524,12 +531,24 @@ impl Launcher for CloudRunLauncher {
         let id = spec.execution_id.clone();
         // The slot first: a launch that waits for one must not hold a
         // RunJob token meanwhile.
+        let admission = tracing::info_span!("admission wait");
+        let waited = Instant::now();
         let slot = self
             .slots
             .acquire()
+            .instrument(admission)
             .await
             .map_err(|_| LaunchError::Closed)?;
-        let op = self.run_job(&id, self.run_job_request(&spec)).await?;
+        crate::metrics::get().admission_wait(waited.elapsed());
+        let call = tracing::info_span!("RunJob", otel.status_code = tracing::field::Empty);
+        let op = self
+            .run_job(&id, self.run_job_request(&spec))
+            .instrument(call.clone())
+            .await;
+        if op.is_err() {
+            runbox_core::trace_context::mark_error(&call);
+        }
+        let op = op?;
         let execution = [op.metadata.as_ref(), response_of(&op)]
             .into_iter()
             .flatten()

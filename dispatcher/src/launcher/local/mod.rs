@@ -105,6 +105,7 @@ impl LocalLauncher {
         settings.extend(
             FORWARDED_SETTINGS
                 .iter()
+                .chain(&runbox_core::contract::TELEMETRY_ENV)
                 .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))),
         );
         Ok(Self {
@@ -248,6 +249,11 @@ impl LocalLauncher {
             // by its idle timeout rather than by the slots.
             permit = None;
         }
+        // With the configuration, not in the environment, like every other
+        // setting: the executor's environment is what its commands inherit.
+        if let Some(tp) = &spec.traceparent {
+            config.insert(TRACEPARENT_ENV.to_owned(), tp.clone());
+        }
         let config = serde_json::to_vec(&config).map_err(|e| LaunchError::Spawn {
             id: id.clone(),
             retryable: false,
@@ -276,9 +282,6 @@ impl LocalLauncher {
             // Its own group: a Ctrl-C meant for the CLI must not kill the
             // executor before it writes a result.
             .process_group(0);
-        if let Some(tp) = &spec.traceparent {
-            cmd.env(TRACEPARENT_ENV, tp);
-        }
         let mut child = cmd.spawn().map_err(|e| LaunchError::Spawn {
             id: id.clone(),
             retryable: matches!(
