@@ -23,12 +23,15 @@ use std::sync::Arc;
 
 use runbox_core::ExecutionId;
 use runbox_core::config::{BackendConfig, Config, Env, Lookup};
+use runbox_core::confinement::Confinement as ConfinementSettings;
 use runbox_core::contract::{
     DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, WORKSPACE_DIR_ENV,
 };
 use runbox_core::session_cwd::{self, WORKSPACE_NAMESPACE_ENV, WORKSPACE_PATH_ENV};
 use runbox_core::store::{Durability, LocalStore, Store, StoreError};
-use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
+use runbox_executor::{
+    Confinement, Outcome, Settings, confine, error_chain, execute, identity, namespace, process,
+};
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -51,6 +54,11 @@ fn main() -> ExitCode {
         && first == namespace::ENTER_ARG
     {
         return namespace::enter(rest);
+    }
+    if let Some((first, rest)) = argv.split_first()
+        && first == confine::CONFINE_ARG
+    {
+        return confine::run(rest);
     }
     // First, before the configuration is read: from here on /proc/PID/environ,
     // mem, maps and fd are closed to everyone without CAP_SYS_PTRACE.
@@ -117,6 +125,10 @@ fn main() -> ExitCode {
         Ok(who) => who,
         Err(e) => return config_error(&e.to_string()),
     };
+    let confinement = match ConfinementSettings::from_lookup(lookup) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e.to_string()),
+    };
     let namespace_wanted =
         match session_cwd::namespace_wanted(lookup.get(WORKSPACE_NAMESPACE_ENV).as_deref()) {
             Ok(wanted) => wanted,
@@ -128,6 +140,10 @@ fn main() -> ExitCode {
         !args.config_stdin,
         namespace_wanted.then_some(run_as.as_ref()),
     );
+    let confinement = Confinement {
+        limits: confinement.limits,
+        landlock: confinement.landlock && landlock_here(&placement.base),
+    };
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.
     process::become_subreaper();
@@ -167,6 +183,7 @@ fn main() -> ExitCode {
                 config,
                 placement,
                 run_as,
+                confinement,
             };
             match execute(store, &settings, cancel).await {
                 Ok(Outcome::Written(r)) => {
@@ -226,6 +243,16 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
         }
         BackendConfig::Gcp(_) => runbox_core::backend::open_store(config).await,
     }
+}
+
+/// Whether this kernel can confine commands with Landlock; says once (per
+/// boot, see [`confine::say_once`]) when it cannot, or only in part.
+fn landlock_here(base: &std::path::Path) -> bool {
+    let abi = confine::supported_abi();
+    if let Some(why) = confine::shortfall(abi) {
+        confine::say_once(base, &why);
+    }
+    abi.is_some()
 }
 
 /// Where workspaces go and how commands see them. `configured_by_env`:

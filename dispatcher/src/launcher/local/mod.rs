@@ -55,6 +55,10 @@ const FORWARDED_SETTINGS: &[&str] = &[
     RUN_AS_USER_ENV,
     runbox_core::session_cwd::WORKSPACE_PATH_ENV,
     runbox_core::session_cwd::WORKSPACE_NAMESPACE_ENV,
+    runbox_core::confinement::LANDLOCK_ENV,
+    runbox_core::confinement::LIMIT_NOFILE_ENV,
+    runbox_core::confinement::LIMIT_NPROC_ENV,
+    runbox_core::confinement::LIMIT_AS_ENV,
 ];
 
 /// The executor's argument naming its execution.
