@@ -27,9 +27,10 @@
 //!   (`/dev/null`, `/dev/tty`, ...). Pipes and descriptors opened before
 //!   (standard input and output) are not path accesses and stay usable.
 //!
-//! Landlock also keeps the command from tracing, or reading the memory and
-//! environment of, any process outside its ruleset (the executor's
-//! `/proc/PID/environ` and `mem`), even as root.
+//! Landlock also keeps the command from tracing, or opening the memory of,
+//! any process outside its ruleset, even as root; the helper drops the
+//! capabilities that would let root read the `/proc/PID/environ` of
+//! non-dumpable processes anyway (see [`drop_tracing`]).
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -143,8 +144,10 @@ impl Spec {
     }
 
     /// Applies the limits, then the ruleset, to this process and so to
-    /// everything it starts.
+    /// everything it starts; a privileged process also loses
+    /// `CAP_SYS_PTRACE` for good.
     pub fn apply(&self) -> Result<(), String> {
+        drop_tracing()?;
         if let Some(limits) = &self.limits {
             apply_limits(limits)?;
         }
@@ -262,6 +265,44 @@ fn exec(args: &[OsString]) -> Result<std::convert::Infallible, String> {
         .args(program_args)
         .exec();
     Err(format!("start {}: {error}", Path::new(program).display()))
+}
+
+/// Takes the capabilities that open other processes' `/proc` files out
+/// of every set, the bounding set included so no later exec gets them
+/// back: `CAP_SYS_PTRACE`, and `CAP_SYS_ADMIN` and `CAP_PERFMON`, which
+/// the kernel accepts in its place. With any of them, root reads the
+/// `/proc/PID/environ`, `maps` and `fd` of every process, non-dumpable ones
+/// included (Landlock closes `mem` and tracing, not these); without them,
+/// the executor and the CLI, non-dumpable, are closed to a command even
+/// when all run as root. A process that holds none has nothing to drop
+/// (`no_new_privs`, set with the ruleset, keeps setuid programs from
+/// granting them).
+fn drop_tracing() -> Result<(), String> {
+    use rustix::thread::CapabilitySet;
+    let tracing = [
+        CapabilitySet::SYS_PTRACE,
+        CapabilitySet::SYS_ADMIN,
+        CapabilitySet::PERFMON,
+    ];
+    let mut sets =
+        rustix::thread::capabilities(None).map_err(|e| format!("read capabilities: {e}"))?;
+    let held = tracing
+        .iter()
+        .any(|c| sets.permitted.contains(*c) || sets.inheritable.contains(*c));
+    if !held {
+        return Ok(());
+    }
+    for capability in tracing {
+        if rustix::thread::capability_is_in_bounding_set(capability).unwrap_or(false) {
+            rustix::thread::remove_capability_from_bounding_set(capability)
+                .map_err(|e| format!("drop {capability:?} from the bounding set: {e}"))?;
+        }
+        sets.effective.remove(capability);
+        sets.permitted.remove(capability);
+        sets.inheritable.remove(capability);
+    }
+    rustix::thread::set_capabilities(None, sets)
+        .map_err(|e| format!("drop the tracing capabilities: {e}"))
 }
 
 /// Lowers each configured limit (soft and hard) to its value, never above
