@@ -23,6 +23,22 @@ pub const LIMIT_NPROC_ENV: &str = "RUNBOX_LIMIT_NPROC";
 /// (the executor's own limit stays).
 pub const LIMIT_AS_ENV: &str = "RUNBOX_LIMIT_AS";
 
+/// More directories commands may write (and read) beneath, absolute paths
+/// separated by `:`, as they see them (outside `/tmp` when commands have
+/// their namespace, whose `/tmp` is their own): a shared build cache, or
+/// the named pipes a test talks to its commands through. Default: none.
+pub const LANDLOCK_WRITABLE_ENV: &str = "RUNBOX_LANDLOCK_WRITABLE";
+
+/// Every variable of these settings, which launchers pass on to the
+/// executor.
+pub const SETTINGS: [&str; 5] = [
+    LANDLOCK_ENV,
+    LIMIT_NOFILE_ENV,
+    LIMIT_NPROC_ENV,
+    LIMIT_AS_ENV,
+    LANDLOCK_WRITABLE_ENV,
+];
+
 /// Default open-file limit: four times the usual soft limit of 1024, for
 /// builds and language servers that open many files, still far below what
 /// exhausts the host's file table.
@@ -45,6 +61,8 @@ pub struct Confinement {
     pub landlock: bool,
     /// The resource limits.
     pub limits: Limits,
+    /// More writable directories ([`LANDLOCK_WRITABLE_ENV`]).
+    pub writable: Vec<std::path::PathBuf>,
 }
 
 /// Resource limits applied to every command; `None`: left as the executor
@@ -78,6 +96,7 @@ impl Default for Confinement {
         Self {
             landlock: true,
             limits: Limits::default(),
+            writable: Vec::new(),
         }
     }
 }
@@ -110,8 +129,26 @@ impl Confinement {
             }
         };
         let defaults = Limits::default();
+        let mut writable = Vec::new();
+        if let Some(value) = lookup.get(LANDLOCK_WRITABLE_ENV) {
+            for part in value.split(':').filter(|p| !p.is_empty()) {
+                let path = std::path::PathBuf::from(part);
+                let normal = path
+                    .components()
+                    .all(|c| !matches!(c, std::path::Component::ParentDir));
+                if !path.is_absolute() || !normal || path == std::path::Path::new("/") {
+                    return Err(ConfinementSettingError {
+                        name: LANDLOCK_WRITABLE_ENV,
+                        value: value.clone(),
+                        reason: "expected absolute directories other than `/`, without `..`, separated by `:`",
+                    });
+                }
+                writable.push(path);
+            }
+        }
         Ok(Self {
             landlock,
+            writable,
             limits: Limits {
                 open_files: limit(lookup, LIMIT_NOFILE_ENV, defaults.open_files, MIN_NOFILE)?,
                 processes: limit(lookup, LIMIT_NPROC_ENV, defaults.processes, 1)?,
@@ -189,6 +226,13 @@ mod tests {
         assert_eq!(c.limits.open_files, Some(4096));
         assert_eq!(c.limits.processes, Some(4096));
         assert_eq!(c.limits.address_space, None);
+        assert!(c.writable.is_empty());
+        assert_eq!(
+            parse(&[(LANDLOCK_WRITABLE_ENV, "/cache:/srv/pipes")])
+                .unwrap()
+                .writable,
+            [std::path::PathBuf::from("/cache"), "/srv/pipes".into()]
+        );
         assert!(parse(&[(LANDLOCK_ENV, "auto")]).unwrap().landlock);
         assert!(!parse(&[(LANDLOCK_ENV, "off")]).unwrap().landlock);
     }
@@ -226,6 +270,9 @@ mod tests {
             (LIMIT_AS_ENV, "G"),
             (LIMIT_AS_ENV, "99999999999999999999"),
             (LIMIT_AS_ENV, "17179869184T"),
+            (LANDLOCK_WRITABLE_ENV, "relative/dir"),
+            (LANDLOCK_WRITABLE_ENV, "/"),
+            (LANDLOCK_WRITABLE_ENV, "/a:/b/../etc"),
         ] {
             let err = parse(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name, "{value}");

@@ -71,13 +71,16 @@ pub struct Settings {
 }
 
 /// How commands are confined, as decided at start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Confinement {
     /// The resource limits each command gets.
     pub limits: runbox_core::confinement::Limits,
     /// Whether commands get a Landlock ruleset (wanted, and the kernel has
     /// Landlock).
     pub landlock: bool,
+    /// More directories commands may write beneath
+    /// (`RUNBOX_LANDLOCK_WRITABLE`), as they see them.
+    pub writable: Vec<PathBuf>,
 }
 
 /// How the write of the result went.
@@ -877,7 +880,7 @@ fn confinement(
 ) -> std::io::Result<confine::Spec> {
     let placement = &settings.placement;
     let policy = &settings.confinement;
-    let landlock = match (policy.landlock, placement.mode) {
+    let mut landlock = match (policy.landlock, placement.mode) {
         (false, _) => None,
         (true, namespace::Mode::Namespace) => Some(confine::Rules {
             hidden: None,
@@ -897,6 +900,9 @@ fn confinement(
             ],
         }),
     };
+    if let Some(rules) = &mut landlock {
+        rules.writable.extend(policy.writable.iter().cloned());
+    }
     Ok(confine::Spec {
         limits: Some(policy.limits),
         landlock,

@@ -143,6 +143,7 @@ fn main() -> ExitCode {
     let confinement = Confinement {
         limits: confinement.limits,
         landlock: confinement.landlock && landlock_here(&placement.base),
+        writable: confinement.writable,
     };
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.

@@ -59,6 +59,7 @@ const FORWARDED_SETTINGS: &[&str] = &[
     runbox_core::confinement::LIMIT_NOFILE_ENV,
     runbox_core::confinement::LIMIT_NPROC_ENV,
     runbox_core::confinement::LIMIT_AS_ENV,
+    runbox_core::confinement::LANDLOCK_WRITABLE_ENV,
 ];
 
 /// The executor's argument naming its execution.
@@ -106,6 +107,9 @@ impl LocalLauncher {
                 .iter()
                 .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))),
         );
+        if let runbox_core::config::LauncherConfig::Local(local) = &config.launcher {
+            settings.extend(local.executor_settings.clone());
+        }
         Ok(Self {
             executor,
             env,
