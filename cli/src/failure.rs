@@ -96,7 +96,7 @@ impl Kind {
             | Error::InvalidEnv { .. }
             | Error::StdinTooLarge { .. }
             | Error::SessionExists(_) => Kind::InvalidInput,
-            Error::Config(_) | Error::WorkspacePath(_) => Kind::Config,
+            Error::Config(_) | Error::WorkspacePath(_) | Error::Confinement(_) => Kind::Config,
             Error::NoSuchSession(_) => Kind::NotFound,
             Error::File(e) => file_kind(e),
             Error::Background(BackgroundError::UnknownHandle { .. }) => Kind::NotFound,

@@ -389,6 +389,13 @@ pub struct LocalLauncherConfig {
     /// `RUNBOX_EXECUTOR`: path of the `runbox-executor` binary. Default:
     /// next to the running binary.
     pub executor_bin: Option<PathBuf>,
+    /// Executor settings passed in every executor's configuration, over
+    /// those the launcher forwards from its own environment: the
+    /// confinement settings (`RUNBOX_LANDLOCK`, `RUNBOX_LIMIT_*`,
+    /// `RUNBOX_LANDLOCK_WRITABLE`, see [`crate::confinement`]) the
+    /// configuration was read with, and whatever a program or test adds
+    /// without touching its environment.
+    pub executor_settings: std::collections::BTreeMap<String, String>,
 }
 
 /// The Cloud Run launcher's settings.
@@ -537,9 +544,27 @@ impl Config {
     /// Uses the local launcher with the executor binary at `path`.
     #[must_use]
     pub fn with_executor_bin(self, path: impl Into<PathBuf>) -> Self {
+        let executor_settings = match &self.launcher {
+            LauncherConfig::Local(local) => local.executor_settings.clone(),
+            LauncherConfig::CloudRun(_) => Default::default(),
+        };
         self.with_launcher(LauncherConfig::Local(LocalLauncherConfig {
             executor_bin: Some(path.into()),
+            executor_settings,
         }))
+    }
+
+    /// With the local launcher, passes `name=value` in every executor's
+    /// configuration ([`LocalLauncherConfig::executor_settings`]); with
+    /// another launcher, changes nothing.
+    #[must_use]
+    pub fn with_executor_setting(mut self, name: &str, value: impl Into<String>) -> Self {
+        if let LauncherConfig::Local(local) = &mut self.launcher {
+            local
+                .executor_settings
+                .insert(name.to_owned(), value.into());
+        }
+        self
     }
 
     /// Uses `limits`.
@@ -806,9 +831,13 @@ impl Reader<'_> {
         );
         let max_running = self.count(RUNBOX_MAX_RUNNING, defaults.max_running, 1, 1_000_000);
         match kind? {
-            LauncherKind::Local => {
-                Some(LauncherConfig::Local(LocalLauncherConfig { executor_bin }))
-            }
+            LauncherKind::Local => Some(LauncherConfig::Local(LocalLauncherConfig {
+                executor_bin,
+                executor_settings: crate::confinement::SETTINGS
+                    .iter()
+                    .filter_map(|k| self.env.get(k).map(|v| ((*k).to_owned(), v)))
+                    .collect(),
+            })),
             LauncherKind::CloudRun => {
                 let needed_by = (RUNBOX_LAUNCHER, LauncherKind::CloudRun.as_str());
                 let job = if job_ok {

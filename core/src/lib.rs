@@ -6,6 +6,7 @@ pub mod backend;
 pub mod background_marker;
 pub mod backoff;
 pub mod config;
+pub mod confinement;
 pub mod contract;
 pub mod credentials;
 pub mod ids;

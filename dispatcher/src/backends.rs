@@ -55,6 +55,8 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
             .as_deref(),
     )
     .map_err(Error::WorkspacePath)?;
+    runbox_core::confinement::Confinement::from_lookup(&runbox_core::config::Env)
+        .map_err(Error::Confinement)?;
     let instance = InstanceId::random();
     let store = runbox_core::backend::open_store(&config)
         .await

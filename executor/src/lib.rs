@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 pub use runbox_core::error_chain;
 
 pub mod background;
+pub mod confine;
 pub mod identity;
 pub mod namespace;
 pub mod output;
@@ -68,6 +69,21 @@ pub struct Settings {
     /// The user commands run as, when not the executor's own
     /// (see [`identity::decide`]).
     pub run_as: Option<identity::Identity>,
+    /// How commands are confined.
+    pub confinement: Confinement,
+}
+
+/// How commands are confined, as decided at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confinement {
+    /// The resource limits each command gets.
+    pub limits: runbox_core::confinement::Limits,
+    /// Whether commands get a Landlock ruleset (wanted, and the kernel has
+    /// Landlock).
+    pub landlock: bool,
+    /// More directories commands may write beneath
+    /// (`RUNBOX_LANDLOCK_WRITABLE`), as they see them.
+    pub writable: Vec<PathBuf>,
 }
 
 /// How the write of the result went.
@@ -277,9 +293,13 @@ async fn run(
 
     let placement = &settings.placement;
     let seen = placement.seen_workspace(&session);
+    let confine = match confinement(settings, &session, &files) {
+        Ok(spec) => spec,
+        Err(e) => return rejected(result, format!("prepare the command's confinement: {e}")),
+    };
     let enter = match placement.mode {
         namespace::Mode::Namespace => match placement.enter(&session, files.dir.path()) {
-            Ok(enter) => Some(enter),
+            Ok(enter) => Some(enter.confined(confine.clone())),
             Err(e) => {
                 return rejected(result, format!("prepare the workspace namespace: {e}"));
             }
@@ -298,6 +318,16 @@ async fn run(
     if enter.is_some() {
         // The session's private /tmp.
         base.insert("TMPDIR".to_owned(), "/tmp".to_owned());
+    } else if files.tmp.is_none() && confine.landlock.is_some() {
+        // Landlock leaves the host's /tmp read-only: the session's own
+        // temporary directory (made by `confinement`) instead.
+        base.insert(
+            "TMPDIR".to_owned(),
+            placement
+                .session_tmp(&session)
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     let start = shell::start_env(&base, &state, &request.env);
     let restored_env = shell::RestoredEnv::split(&base, &start);
@@ -317,6 +347,7 @@ async fn run(
         Place {
             cwd: &cwd,
             enter: enter.as_ref(),
+            confine: &confine,
         },
         &restored_env.exec,
         cancel,
@@ -488,6 +519,9 @@ fn starting_cwd(
 struct Place<'a> {
     cwd: &'a Path,
     enter: Option<&'a namespace::Enter>,
+    /// Applied by the namespace's init, or without a namespace by the
+    /// confinement helper.
+    confine: &'a confine::Spec,
 }
 
 /// How [`run_command`] went.
@@ -513,7 +547,11 @@ async fn run_command(
     start: &BTreeMap<String, String>,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<Ran, String> {
-    let Place { cwd, enter } = place;
+    let Place {
+        cwd,
+        enter,
+        confine,
+    } = place;
     let id = &settings.execution_id;
     let log_cap = settings.config.limits.log_cap;
     // A background request streams its own chunks (see `background`).
@@ -557,6 +595,7 @@ async fn run_command(
             kill_grace: settings.config.limits.kill_grace,
             run_as: settings.run_as.as_ref(),
             namespace: enter,
+            confine: (!confine.is_empty()).then_some((&settings.placement.helper, confine)),
         },
         cancel,
     );
@@ -877,6 +916,46 @@ struct Scratch {
     names: PathBuf,
     /// The command's standard input, copied from its stdin object.
     stdin: PathBuf,
+}
+
+/// What the helper applies to the command of `session`: the limits, and
+/// the Landlock rules in the paths the command sees (module docs of
+/// [`confine`]). The session's temporary directory, the second writable
+/// path, is created when the command runs without a namespace too.
+fn confinement(
+    settings: &Settings,
+    session: &SessionId,
+    files: &Scratch,
+) -> std::io::Result<confine::Spec> {
+    let placement = &settings.placement;
+    let policy = &settings.confinement;
+    let mut landlock = match (policy.landlock, placement.mode) {
+        (false, _) => None,
+        (true, namespace::Mode::Namespace) => Some(confine::Rules {
+            hidden: None,
+            writable: vec![
+                placement.path.clone(),
+                PathBuf::from("/tmp"),
+                PathBuf::from(namespace::SCRATCH_SEEN),
+                PathBuf::from("/dev/shm"),
+            ],
+        }),
+        (true, namespace::Mode::Direct | namespace::Mode::Host) => Some(confine::Rules {
+            hidden: Some(placement.base.clone()),
+            writable: vec![
+                placement.host_workspace(session),
+                placement.prepare_tmp(session)?,
+                files.dir.path().to_owned(),
+            ],
+        }),
+    };
+    if let Some(rules) = &mut landlock {
+        rules.writable.extend(policy.writable.iter().cloned());
+    }
+    Ok(confine::Spec {
+        limits: Some(policy.limits),
+        landlock,
+    })
 }
 
 /// Where the scratch directory of a command run as another user goes: a

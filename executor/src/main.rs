@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use runbox_core::ExecutionId;
 use runbox_core::config::{BackendConfig, Config, Env, Lookup};
+use runbox_core::confinement::Confinement as ConfinementSettings;
 use runbox_core::contract::{
     DEFAULT_WORKSPACE_BASE, EXECUTION_ID_ENV, RUN_AS_USER_ENV, TRACEPARENT_ENV, WORKSPACE_DIR_ENV,
 };
@@ -30,7 +31,9 @@ use runbox_core::credentials::{STORE_TOKEN_ENV, StoreToken};
 use runbox_core::logging::TelemetryConfig;
 use runbox_core::session_cwd::{self, WORKSPACE_NAMESPACE_ENV, WORKSPACE_PATH_ENV};
 use runbox_core::store::{Durability, GcsStore, LocalStore, Store, StoreError};
-use runbox_executor::{Outcome, Settings, error_chain, execute, identity, namespace, process};
+use runbox_executor::{
+    Confinement, Outcome, Settings, confine, error_chain, execute, identity, namespace, process,
+};
 
 const EXIT_CONFIG: u8 = 64;
 
@@ -53,6 +56,11 @@ fn main() -> ExitCode {
         && first == namespace::ENTER_ARG
     {
         return namespace::enter(rest);
+    }
+    if let Some((first, rest)) = argv.split_first()
+        && first == confine::CONFINE_ARG
+    {
+        return confine::run(rest);
     }
     // First, before the configuration is read: from here on /proc/PID/environ,
     // mem, maps and fd are closed to everyone without CAP_SYS_PTRACE.
@@ -123,6 +131,10 @@ fn main() -> ExitCode {
         Ok(who) => who,
         Err(e) => return config_error(&e.to_string()),
     };
+    let confinement = match ConfinementSettings::from_lookup(lookup) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e.to_string()),
+    };
     let namespace_wanted =
         match session_cwd::namespace_wanted(lookup.get(WORKSPACE_NAMESPACE_ENV).as_deref()) {
             Ok(wanted) => wanted,
@@ -138,6 +150,11 @@ fn main() -> ExitCode {
         !args.config_stdin,
         namespace_wanted.then_some(run_as.as_ref()),
     );
+    let confinement = Confinement {
+        limits: confinement.limits,
+        landlock: confinement.landlock && landlock_here(&placement.base),
+        writable: confinement.writable,
+    };
     // Orphans that escape the command's process group are re-parented here,
     // so the executor can kill them before it exits.
     process::become_subreaper();
@@ -204,6 +221,7 @@ fn main() -> ExitCode {
                 config,
                 placement,
                 run_as,
+                confinement,
             };
             if let Some(warm) = warm {
                 return match runbox_executor::warm::serve(store, &settings, &warm, cancel).await {
@@ -297,6 +315,16 @@ async fn open_store(
             None => runbox_core::backend::open_store(config).await,
         },
     }
+}
+
+/// Whether this kernel can confine commands with Landlock; says once (per
+/// boot, see [`confine::say_once`]) when it cannot, or only in part.
+fn landlock_here(base: &std::path::Path) -> bool {
+    let abi = confine::supported_abi();
+    if let Some(why) = confine::shortfall(abi) {
+        confine::say_once(base, &why);
+    }
+    abi.is_some()
 }
 
 /// Where workspaces go and how commands see them. `configured_by_env`:

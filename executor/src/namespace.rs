@@ -120,6 +120,16 @@ impl Placement {
         seen.to_owned()
     }
 
+    /// Creates the session's temporary directory ([`Placement::session_tmp`])
+    /// if missing and returns it.
+    pub fn prepare_tmp(&self, session: &runbox_core::SessionId) -> std::io::Result<PathBuf> {
+        let tmp = self.session_tmp(session);
+        std::fs::create_dir_all(&tmp)?;
+        // Like /tmp: every user may create files, only their own removed.
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))?;
+        Ok(tmp)
+    }
+
     /// What the helper needs to run one command of `session` whose scratch
     /// directory is `scratch`, creating the session's `/tmp` directory.
     pub fn enter(
@@ -127,10 +137,7 @@ impl Placement {
         session: &runbox_core::SessionId,
         scratch: &Path,
     ) -> std::io::Result<Enter> {
-        let tmp = self.session_tmp(session);
-        std::fs::create_dir_all(&tmp)?;
-        // Like /tmp: every user may create files, only their own removed.
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))?;
+        let tmp = self.prepare_tmp(session)?;
         let root = scratch.join("ns-root");
         std::fs::create_dir_all(&root)?;
         Ok(Enter {
@@ -143,6 +150,7 @@ impl Placement {
                 root,
                 hide: self.hide.clone(),
             },
+            confine: crate::confine::Spec::default(),
         })
     }
 }
@@ -152,9 +160,18 @@ impl Placement {
 pub struct Enter {
     helper: PathBuf,
     plan: Plan,
+    confine: crate::confine::Spec,
 }
 
 impl Enter {
+    /// The same, with `spec` applied by the namespace's init before it
+    /// starts the program (its paths as the command sees them).
+    #[must_use]
+    pub fn confined(mut self, spec: crate::confine::Spec) -> Self {
+        self.confine = spec;
+        self
+    }
+
     /// The command that runs `program` (with the arguments the caller adds)
     /// inside the namespace, as the plan's user.
     pub fn command(&self, program: &Path) -> tokio::process::Command {
@@ -162,6 +179,7 @@ impl Enter {
         command
             .arg(ENTER_ARG)
             .arg(OUTSIDE)
+            .args(self.confine.to_args())
             .args(self.plan.to_args())
             .arg("--")
             .arg(program);
@@ -388,7 +406,8 @@ pub fn enter(args: &[OsString]) -> ExitCode {
 /// child, and the status of that child is this stage's.
 fn outside(args: &[OsString]) -> Result<u8, String> {
     // Checked here, before anything changes.
-    Plan::from_args(args)?;
+    let (_, plan_args) = crate::confine::Spec::from_args(args)?;
+    Plan::from_args(plan_args)?;
     let ids = (
         rustix::process::geteuid().as_raw(),
         rustix::process::getegid().as_raw(),
@@ -430,6 +449,7 @@ fn init(ids: &OsStr, args: &[OsString]) -> Result<u8, String> {
         .and_then(|t| t.split_once(':'))
         .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)))
         .ok_or("the ids argument is not uid:gid")?;
+    let (confine, args) = crate::confine::Spec::from_args(args)?;
     let (plan, program) = Plan::from_args(args)?;
     build_root(&plan)?;
     // A second user namespace makes every mount above locked: not even
@@ -437,6 +457,10 @@ fn init(ids: &OsStr, args: &[OsString]) -> Result<u8, String> {
     // The command is the user that entered again: without capabilities
     // unless that user is root.
     enter_user_namespace(UnshareFlags::NEWUSER | UnshareFlags::NEWNS, ids)?;
+    // In the new root, so the rules bind to what the command sees; in the
+    // new user namespace, so the process limit counts this command's
+    // processes only.
+    confine.apply()?;
     let Some((program, program_args)) = program.split_first() else {
         // A probe: the namespace could be built.
         return Ok(0);
@@ -589,6 +613,19 @@ fn build_root(plan: &Plan) -> Result<(), String> {
     let tmp = new.join("tmp");
     std::fs::create_dir(&tmp).map_err(fail("create", &tmp))?;
     rustix::mount::mount_bind(&plan.tmp, &tmp).map_err(errno("bind", &plan.tmp))?;
+    // Shared memory of its own: the host's /dev/shm is shared by every
+    // process of the host.
+    let shm = new.join("dev/shm");
+    if shm.is_dir() {
+        rustix::mount::mount(
+            "tmpfs",
+            &shm,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            Some(c"mode=1777"),
+        )
+        .map_err(errno("mount tmpfs on", &shm))?;
+    }
     let scratch = new.join(SCRATCH_SEEN.trim_start_matches('/'));
     std::fs::create_dir(&scratch).map_err(fail("create", &scratch))?;
     rustix::mount::mount_bind(&plan.scratch, &scratch).map_err(errno("bind", &plan.scratch))?;

@@ -42,6 +42,9 @@ pub struct Spawn<'a> {
     /// The workspace namespace the shell runs in; `None`: the executor's
     /// own view of the filesystem.
     pub namespace: Option<&'a crate::namespace::Enter>,
+    /// Without a namespace: the helper binary that applies the spec and
+    /// then becomes the shell (the namespace's init applies it otherwise).
+    pub confine: Option<(&'a Path, &'a crate::confine::Spec)>,
 }
 
 /// Runs the shell to its end. Only the shell is waited for, never its
@@ -53,9 +56,18 @@ pub async fn run(
 ) -> std::io::Result<Ending> {
     // No `current_dir`: the script changes directory itself, which lets the
     // standard library spawn with posix_spawn (vfork) instead of fork.
-    let mut command = match spawn.namespace {
-        Some(enter) => enter.command(bash_path()),
-        None => Command::new(bash_path()),
+    let mut command = match (spawn.namespace, spawn.confine) {
+        (Some(enter), _) => enter.command(bash_path()),
+        (None, Some((helper, spec))) => {
+            let mut command = Command::new(helper);
+            command
+                .arg(crate::confine::CONFINE_ARG)
+                .args(spec.to_args())
+                .arg("--")
+                .arg(bash_path());
+            command
+        }
+        (None, None) => Command::new(bash_path()),
     };
     // With a namespace, the helper enters it as this user.
     if let Some(who) = spawn.run_as {

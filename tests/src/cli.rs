@@ -40,6 +40,11 @@ impl Cli {
             .env_remove("RUNBOX_LAUNCHER")
             .env("RUNBOX_HOME", self.home.path())
             .env("RUNBOX_KILL_GRACE_MS", "300")
+            // Commands write to the tests' named pipes.
+            .env(
+                runbox_core::confinement::LANDLOCK_WRITABLE_ENV,
+                crate::pipes::shared_dir(),
+            )
             .kill_on_drop(true);
         cmd
     }

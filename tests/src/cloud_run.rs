@@ -5,8 +5,15 @@ use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
 };
 
 /// A job running `image` with `env`: one task, no retries (a retried task
-/// would run the command again).
+/// would run the command again). Its commands may write to the tests'
+/// named pipes (`RUNBOX_LANDLOCK_WRITABLE`).
 pub fn executor_job<K: AsRef<str>, V: AsRef<str>>(image: &str, env: &[(K, V)]) -> Job {
+    let pipes = EnvVar {
+        name: runbox_core::confinement::LANDLOCK_WRITABLE_ENV.to_owned(),
+        values: Some(env_var::Values::Value(
+            crate::pipes::shared_dir().to_string_lossy().into_owned(),
+        )),
+    };
     Job {
         template: Some(ExecutionTemplate {
             task_count: 1,
@@ -19,6 +26,7 @@ pub fn executor_job<K: AsRef<str>, V: AsRef<str>>(image: &str, env: &[(K, V)]) -
                             name: name.as_ref().to_owned(),
                             values: Some(env_var::Values::Value(value.as_ref().to_owned())),
                         })
+                        .chain(std::iter::once(pipes))
                         .collect(),
                     ..Default::default()
                 }],

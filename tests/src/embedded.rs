@@ -38,6 +38,10 @@ pub fn config(home: &Path) -> Config {
         .with_executor_bin(binary("runbox-executor"))
         .with_kill_grace(Duration::from_millis(300))
         .with_deadline_grace(Duration::from_secs(10))
+        .with_executor_setting(
+            runbox_core::confinement::LANDLOCK_WRITABLE_ENV,
+            crate::pipes::shared_dir().to_string_lossy(),
+        )
 }
 
 /// A fresh embedded client in its own temporary directory.

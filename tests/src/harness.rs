@@ -97,6 +97,11 @@ impl Emulators {
                 "STORAGE_EMULATOR_HOST".to_owned(),
                 self.storage_host.clone(),
             ),
+            // Commands write to the tests' named pipes.
+            (
+                runbox_core::confinement::LANDLOCK_WRITABLE_ENV.to_owned(),
+                crate::pipes::shared_dir().to_string_lossy().into_owned(),
+            ),
         ]);
         if let Some(host) = &self.pubsub_host {
             env.insert("PUBSUB_EMULATOR_HOST".to_owned(), host.clone());

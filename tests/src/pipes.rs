@@ -15,21 +15,20 @@ use runbox_core::InstanceId;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 
-/// A fresh named pipe in `dir`, its name starting with `name`. Commands
-/// run with a `/tmp` of their session's own (and the store hidden), so a
-/// pipe under `/tmp` would not be the one a command opens: such pipes go
-/// in a directory beside the test binaries instead, which commands see at
-/// the same path.
-pub fn fifo(dir: &Path, name: &str) -> PathBuf {
-    let dir = if dir.starts_with("/tmp") {
-        let shared = crate::embedded::bin_dir()
-            .join("test-pipes")
-            .join(std::process::id().to_string());
-        std::fs::create_dir_all(&shared).expect("create the pipe directory");
-        shared
-    } else {
-        dir.to_owned()
-    };
+/// Where every test's named pipes go: beside the test binaries, which
+/// commands see at the same path (they run with a `/tmp` of their
+/// session's own, and the store hidden). Commands may write there because
+/// the harnesses name it in `RUNBOX_LANDLOCK_WRITABLE`.
+pub fn shared_dir() -> PathBuf {
+    crate::embedded::bin_dir().join("test-pipes")
+}
+
+/// A fresh named pipe, its name starting with `name`, in this test
+/// process's directory under [`shared_dir`] (whatever `_dir` says: a pipe
+/// elsewhere is one a command could not write).
+pub fn fifo(_dir: &Path, name: &str) -> PathBuf {
+    let dir = shared_dir().join(std::process::id().to_string());
+    std::fs::create_dir_all(&dir).expect("create the pipe directory");
     let path = dir.join(format!("{name}-{}", InstanceId::random().as_str()));
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("pipe path");
     // SAFETY: mkfifo on a NUL-terminated path we own.

@@ -77,6 +77,11 @@ impl Serve {
             .env_remove("PORT")
             .env("RUNBOX_HOME", home)
             .env("RUNBOX_KILL_GRACE_MS", "300")
+            // Commands write to the tests' named pipes.
+            .env(
+                runbox_core::confinement::LANDLOCK_WRITABLE_ENV,
+                crate::pipes::shared_dir(),
+            )
             .envs(env.iter().copied())
             .kill_on_drop(true);
         cmd

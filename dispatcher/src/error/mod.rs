@@ -70,6 +70,9 @@ pub enum Error {
     /// `RUNBOX_WORKSPACE_PATH` is not a usable workspace path.
     #[error("configuration")]
     WorkspacePath(#[source] runbox_core::session_cwd::WorkspacePathSettingError),
+    /// `RUNBOX_LANDLOCK` or a `RUNBOX_LIMIT_*` resource limit is unusable.
+    #[error("configuration")]
+    Confinement(#[source] runbox_core::confinement::ConfinementSettingError),
     /// The object store failed.
     #[error("{op}")]
     Store {

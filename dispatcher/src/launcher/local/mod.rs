@@ -58,6 +58,11 @@ const FORWARDED_SETTINGS: &[&str] = &[
     RUN_AS_USER_ENV,
     runbox_core::session_cwd::WORKSPACE_PATH_ENV,
     runbox_core::session_cwd::WORKSPACE_NAMESPACE_ENV,
+    runbox_core::confinement::LANDLOCK_ENV,
+    runbox_core::confinement::LIMIT_NOFILE_ENV,
+    runbox_core::confinement::LIMIT_NPROC_ENV,
+    runbox_core::confinement::LIMIT_AS_ENV,
+    runbox_core::confinement::LANDLOCK_WRITABLE_ENV,
 ];
 
 /// The executor's argument naming its execution.
@@ -108,6 +113,9 @@ impl LocalLauncher {
                 .chain(&runbox_core::contract::TELEMETRY_ENV)
                 .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v))),
         );
+        if let runbox_core::config::LauncherConfig::Local(local) = &config.launcher {
+            settings.extend(local.executor_settings.clone());
+        }
         Ok(Self {
             executor,
             env,
