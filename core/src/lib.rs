@@ -17,8 +17,8 @@ pub mod request_id;
 pub mod result_metadata;
 pub mod session_cwd;
 pub mod store;
-pub mod warm;
 pub mod trace_context;
+pub mod warm;
 pub mod workspace_path;
 
 pub use config::{Config, ConfigError, Lookup};
