@@ -293,7 +293,7 @@ async fn run(
 
     let placement = &settings.placement;
     let seen = placement.seen_workspace(&session);
-    let confine = match confinement(settings, &session, &files) {
+    let confine = match confinement(settings, &session, files.dir.path()) {
         Ok(spec) => spec,
         Err(e) => return rejected(result, format!("prepare the command's confinement: {e}")),
     };
@@ -922,10 +922,10 @@ struct Scratch {
 /// the Landlock rules in the paths the command sees (module docs of
 /// [`confine`]). The session's temporary directory, the second writable
 /// path, is created when the command runs without a namespace too.
-fn confinement(
+pub(crate) fn confinement(
     settings: &Settings,
     session: &SessionId,
-    files: &Scratch,
+    scratch: &Path,
 ) -> std::io::Result<confine::Spec> {
     let placement = &settings.placement;
     let policy = &settings.confinement;
@@ -945,7 +945,7 @@ fn confinement(
             writable: vec![
                 placement.host_workspace(session),
                 placement.prepare_tmp(session)?,
-                files.dir.path().to_owned(),
+                scratch.to_owned(),
             ],
         }),
     };

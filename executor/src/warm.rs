@@ -801,11 +801,16 @@ impl Shell {
                 .map_err(|e| format!("give scratch directory to user {}: {e}", who.name))?;
         }
         let placement = &settings.placement;
+        // The same confinement as a oneshot command's shell: the persistent
+        // shell and everything it starts live under it.
+        let confine = crate::confinement(settings, session, dir.path())
+            .map_err(|e| format!("prepare the command's confinement: {e}"))?;
         let enter = match placement.mode {
             namespace::Mode::Namespace => Some(
                 placement
                     .enter(session, dir.path())
-                    .map_err(|e| format!("prepare the workspace namespace: {e}"))?,
+                    .map_err(|e| format!("prepare the workspace namespace: {e}"))?
+                    .confined(confine.clone()),
             ),
             namespace::Mode::Direct | namespace::Mode::Host => None,
         };
@@ -824,6 +829,15 @@ impl Shell {
         );
         if enter.is_some() {
             base.insert("TMPDIR".to_owned(), "/tmp".to_owned());
+        } else if tmp.is_none() && confine.landlock.is_some() {
+            // Landlock leaves the host's /tmp read-only.
+            base.insert(
+                "TMPDIR".to_owned(),
+                placement
+                    .session_tmp(session)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
         }
         let start = shell::start_env(&base, state, &BTreeMap::new());
         let restored = shell::RestoredEnv::split(&base, &start);
@@ -836,7 +850,16 @@ impl Shell {
             .map_err(|e| format!("create the shell's pipe: {e}"))?;
         let mut command = match &enter {
             Some(enter) => enter.command(process::bash_path()),
-            None => tokio::process::Command::new(process::bash_path()),
+            None if confine.is_empty() => tokio::process::Command::new(process::bash_path()),
+            None => {
+                let mut command = tokio::process::Command::new(&placement.helper);
+                command
+                    .arg(crate::confine::CONFINE_ARG)
+                    .args(confine.to_args())
+                    .arg("--")
+                    .arg(process::bash_path());
+                command
+            }
         };
         if let Some(who) = run_as {
             command.uid(who.uid).gid(who.gid);

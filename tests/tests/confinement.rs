@@ -65,12 +65,17 @@ fn outside_dir() -> tempfile::TempDir {
 
 /// Session A with a file and a variable; returns A's state file.
 async fn victim(cli: &Cli, mode: &str) -> PathBuf {
+    victim_with(cli, mode, &[]).await
+}
+
+/// [`victim`], with `extra` variables for `runbox`.
+async fn victim_with(cli: &Cli, mode: &str, extra: &[(&str, &str)]) -> PathBuf {
     let out = exec(
         cli,
         mode,
         "a",
         "echo secret-a > notes; export KEEP=a-value",
-        &[],
+        extra,
     )
     .await;
     ok_stdout(&out);
@@ -117,14 +122,26 @@ fn verdict<'a>(all: &'a [(String, String)], name: &str) -> &'a str {
 
 #[tokio::test]
 async fn another_session_cannot_read_or_change_a_session() {
+    attack_from_another_session("oneshot").await;
+}
+
+/// A warm session's long-lived shell, and so every command it runs, is
+/// confined the same way as a oneshot command's.
+#[tokio::test]
+async fn a_warm_session_cannot_read_or_change_a_session() {
+    attack_from_another_session("warm").await;
+}
+
+async fn attack_from_another_session(session_mode: &str) {
     if !landlock_available() {
         eprintln!("no Landlock in this kernel: nothing to test");
         return;
     }
+    let extra = [("RUNBOX_SESSION_MODE", session_mode)];
     for mode in MODES {
         let cli = Cli::new();
         let outside = outside_dir();
-        let state = victim(&cli, mode).await;
+        let state = victim_with(&cli, mode, &extra).await;
         let state_before = std::fs::read(&state).unwrap();
         let notes = cli.home.path().join("sessions/a/workspace/notes");
 
@@ -133,7 +150,7 @@ async fn another_session_cannot_read_or_change_a_session() {
             mode,
             "b",
             &attack_script(cli.home.path(), outside.path()),
-            &[],
+            &extra,
         )
         .await;
         let all = verdicts(&ok_stdout(&out));
@@ -171,8 +188,24 @@ async fn another_session_cannot_read_or_change_a_session() {
             cli.home.path().join("sessions/b/workspace/own").exists(),
             "{mode}: B's own file is in B's workspace"
         );
-        let out = exec(&cli, mode, "a", "cat notes; echo \"$KEEP\"", &[]).await;
+        let out = exec(&cli, mode, "a", "cat notes; echo \"$KEEP\"", &extra).await;
         assert_eq!(ok_stdout(&out), "secret-a\na-value\n", "{mode}");
+        if session_mode == "warm" {
+            // The limits hold in the long-lived shell too.
+            let out = exec(&cli, mode, "b", "ulimit -n", &extra).await;
+            assert_eq!(ok_stdout(&out), "4096\n", "{mode}");
+            for session in ["a", "b"] {
+                let out = within(
+                    30,
+                    cli.command(&["sessions", "close", session])
+                        .env("RUNBOX_WORKSPACE_NAMESPACE", mode)
+                        .output(),
+                )
+                .await
+                .expect("runbox sessions close");
+                assert!(out.status.success(), "{}", text(&out.stderr));
+            }
+        }
     }
 }
 
