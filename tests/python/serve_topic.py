@@ -372,11 +372,32 @@ def load(project, name, sessions, per_session, timeout, pause):
     print(json.dumps({"summary": summary}), flush=True)
 
 
+def traced(project, name, traceparent):
+    """One request published with a W3C `traceparent` attribute; prints the
+    `traceparent` its completion carries."""
+    n = names(project, name)
+    comps = Completions(n["comp_sub"])
+    pub = publisher()
+    body = {"sessionId": "traced", "command": "true", "requestId": "traced-1"}
+    pub.publish(
+        n["req_topic"], json.dumps(body).encode(), ordering_key="traced", traceparent=traceparent
+    ).result(timeout=30)
+    got = comps.wait_for(["traced-1"])
+    assert got["traced-1"][1]["status"] == "SUCCEEDED", got
+    with comps.lock:
+        attrs = [a for _, a, _ in comps.all if a["requestId"] == "traced-1"][0]
+    comps.close()
+    print("completion-traceparent", attrs.get("traceparent", ""))
+    print("ok")
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "setup":
         ordered = len(sys.argv) <= 5 or sys.argv[5] != "unordered"
         setup(sys.argv[2], sys.argv[3], int(sys.argv[4]), ordered)
+    elif cmd == "traced":
+        traced(sys.argv[2], sys.argv[3], sys.argv[4])
     elif cmd == "scenario":
         scenario(sys.argv[2], sys.argv[3])
     elif cmd == "attack":

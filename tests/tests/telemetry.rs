@@ -546,3 +546,91 @@ async fn serve_continues_the_callers_trace_header() {
         by_name(&spans, "launch").span_id
     );
 }
+
+/// A request published on the request topic with a `traceparent`
+/// attribute (Google's Python client publishing) lands in the publisher's
+/// trace: `runbox serve`'s `topic request` span is the child of the
+/// publisher's span, the command's spans descend from it, and the
+/// completion carries the trace on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_request_continues_the_publishers_trace() {
+    let receiver = Receiver::start().await;
+    let emu = within(120, Emulators::start()).await.expect("emulators");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/serve_topic.py");
+    let python = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.arg(&script)
+            .args(args)
+            .env(
+                "PUBSUB_EMULATOR_HOST",
+                emu.pubsub_host.as_deref().expect("pubsub"),
+            )
+            .kill_on_drop(true);
+        cmd
+    };
+    let out = within(
+        120,
+        python(&["setup", &emu.project, "tr", "10", "ordered"]).output(),
+    )
+    .await
+    .expect("python3 setup");
+    assert!(out.status.success(), "setup: {}", text(&out.stderr));
+
+    let mut env = emu.env();
+    env.insert(
+        "RUNBOX_EXECUTOR".into(),
+        binary("runbox-executor").display().to_string(),
+    );
+    env.insert("RUNBOX_REQUESTS_SUBSCRIPTION".into(), "tr-requests".into());
+    env.insert("RUNBOX_COMPLETIONS_TOPIC".into(), "tr-completions".into());
+    env.insert("RUNBOX_REQUESTS_ACK_DEADLINE_SECS".into(), "10".into());
+    env.insert(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        receiver.endpoint().to_owned(),
+    );
+    let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut serve = runbox_tests::serve::Serve::start("127.0.0.1:0", &vars)
+        .await
+        .expect("serve");
+
+    let (trace, root, header) = test_parent();
+    let out = within(
+        120,
+        python(&["traced", &emu.project, "tr", &header]).output(),
+    )
+    .await
+    .expect("python3 traced");
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("ok"),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let carried = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("completion-traceparent "))
+        .unwrap_or_default();
+    assert_eq!(
+        carried.split('-').nth(1),
+        Some(trace.as_str()),
+        "the completion carries the publisher's trace: {stdout}"
+    );
+    serve.terminate();
+    let (status, _) = serve.wait().await;
+    assert!(status.success(), "{status:?}");
+
+    let spans = receiver
+        .wait_spans(60, |spans| {
+            ["topic request", "exec", "execution", "event routed"]
+                .iter()
+                .all(|n| spans.iter().any(|s| s.trace_id == trace && s.name == *n))
+        })
+        .await;
+    let ours: Vec<Received> = spans.into_iter().filter(|s| s.trace_id == trace).collect();
+    let request = by_name(&ours, "topic request");
+    assert_eq!(request.parent_span_id, root, "{ours:#?}");
+    let exec = by_name(&ours, "exec");
+    assert_eq!(exec.parent_span_id, request.span_id, "{ours:#?}");
+    let execution = by_name(&ours, "execution");
+    assert_ne!(execution.pid, exec.pid, "the executor is its own process");
+}

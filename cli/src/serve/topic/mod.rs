@@ -38,9 +38,11 @@ use gcloud_pubsub::client::Client as PubSubClient;
 use gcloud_pubsub::publisher::Publisher;
 use gcloud_pubsub::subscriber::ReceivedMessage;
 use gcloud_pubsub::subscription::Subscription;
+use runbox_core::trace_context;
 use runbox_dispatcher::{Client, Error, ExecResult};
 use runbox_notifier::PubSubConfig;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use super::Shutdown;
 use crate::stdout::note;
@@ -369,10 +371,25 @@ impl Consumer {
             }
         };
         let r = req.request;
+        // One span from the request's receipt to its completion's publish,
+        // continuing the publisher's trace when the message carries one;
+        // the command's own spans are its children.
+        let span = tracing::info_span!(
+            "topic request",
+            request = %req.request_id,
+            execution = %id,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(parent) = trace_context::from_attributes(&received.message.attributes) {
+            trace_context::set_parent(&span, &parent);
+        }
         let mut exec = session
             .exec(r.command)
             .execution_id(id.clone())
             .request_id(req.request_id.as_str());
+        if let Some(here) = trace_context::traceparent(&span) {
+            exec = exec.parent(here);
+        }
         if r.timeout_ms > 0 {
             exec = exec.timeout(Duration::from_millis(r.timeout_ms));
         }
@@ -387,12 +404,14 @@ impl Consumer {
             session: req.session.to_string(),
             execution: id,
             future: std::future::IntoFuture::into_future(exec),
+            span,
         }
     }
 
     /// Awaits the work (extending the message's lease meanwhile), publishes
     /// its completion, then acks; or hands the message back.
     async fn finish(&self, received: ReceivedMessage, work: Work) {
+        let mut span = tracing::Span::none();
         let outcome = match work {
             Work::Rejected(rejection) => {
                 tracing::warn!(
@@ -420,13 +439,24 @@ impl Consumer {
                 session,
                 execution,
                 future,
+                span: request_span,
             } => {
-                let result = self.keep_leased(&received, future).await;
+                span = request_span;
+                let result = self
+                    .keep_leased(&received, future)
+                    .instrument(span.clone())
+                    .await;
                 classify(&request_id, &session, &execution, result)
             }
         };
         match outcome {
-            Outcome::Answer(message) => {
+            Outcome::Answer(mut message) => {
+                if message.attributes.get("status").map(String::as_str) != Some("SUCCEEDED") {
+                    trace_context::mark_error(&span);
+                }
+                // The completion carries the request's trace on to its
+                // consumers; the span lasts until it is published.
+                span.in_scope(|| trace_context::inject(&mut message.attributes));
                 let rejected =
                     message.attributes.get("status").map(String::as_str) == Some("REJECTED");
                 match self.publisher.publish(message).await.get().await {
@@ -491,6 +521,8 @@ enum Work {
         session: String,
         execution: runbox_core::ExecutionId,
         future: ExecFuture,
+        /// From receipt to the completion's publish.
+        span: tracing::Span,
     },
 }
 
