@@ -153,3 +153,13 @@ async fn launcher(config: &Config) -> Result<Arc<dyn Launcher>> {
         }
     })
 }
+
+/// The minter of per-execution store tokens, when the configuration asks
+/// for downscoped credentials (the gcp backend only).
+pub(crate) fn execution_credentials(config: &Config) -> Option<crate::credentials::Credentials> {
+    let BackendConfig::Gcp(gcp) = &config.backend else {
+        return None;
+    };
+    (gcp.credentials.execution == runbox_core::credentials::ExecutionCredentials::Downscoped)
+        .then(|| crate::credentials::Credentials::new(gcp.credentials.clone(), gcp.bucket.clone()))
+}

@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use runbox_core::config::{BackendConfig, Config};
-use runbox_core::credentials::{
-    CredentialError, CredentialSettings, ExecutionCredentials, Minter, StoreToken,
-};
+use runbox_core::credentials::{CredentialError, CredentialSettings, Minter, StoreToken};
 use runbox_core::{ExecutionId, SessionId};
 use tokio::sync::OnceCell;
 
@@ -23,16 +20,15 @@ pub(crate) struct Credentials {
 }
 
 impl Credentials {
-    /// `Some` when the configuration asks for downscoped tokens.
-    pub(crate) fn from_config(config: &Config) -> Option<Self> {
-        let BackendConfig::Gcp(gcp) = &config.backend else {
-            return None;
-        };
-        (gcp.credentials.execution == ExecutionCredentials::Downscoped).then(|| Self {
-            settings: gcp.credentials.clone(),
-            bucket: gcp.bucket.clone(),
+    /// The minter of tokens for `bucket` with `settings`; the wiring
+    /// ([`crate::backends::execution_credentials`]) decides whether a
+    /// configuration needs one.
+    pub(crate) fn new(settings: CredentialSettings, bucket: String) -> Self {
+        Self {
+            settings,
+            bucket,
             minter: OnceCell::new(),
-        })
+        }
     }
 
     /// A token for `execution` in `session`, which may run for `needed_for`.

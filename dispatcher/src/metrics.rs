@@ -25,8 +25,6 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
-use crate::engine::Engine;
-
 /// The instrument scope of every runbox metric.
 pub const METER: &str = "runbox";
 
@@ -116,20 +114,26 @@ impl LastStats {
     }
 }
 
+/// What the metrics read from a running engine (a trait, so this module
+/// does not depend on the engine, which records through it).
+pub(crate) trait Observed: Send + Sync {
+    /// The executions awaited; `None` once the engine is stopping (a
+    /// stopped engine awaits nothing: its waiters have failed).
+    fn pending(&self) -> Option<usize>;
+    /// The notifier's counters; `None` once the engine is stopping.
+    fn observed_stats(&self) -> Option<runbox_notifier::NotifierStats>;
+}
+
 /// Observes `engine`'s waiters and notifier counters at each collection:
 /// live while its notifier runs, then as `last` kept them.
-pub(crate) fn observe(engine: Weak<Engine>, last: Arc<LastStats>) {
+pub(crate) fn observe(engine: Weak<dyn Observed>, last: Arc<LastStats>) {
     let meter: Meter = opentelemetry::global::meter(METER);
     let e = engine.clone();
     let _pending = meter
         .u64_observable_gauge("runbox.waiters.pending")
         .with_description("Executions whose completion this process awaits")
         .with_callback(move |o| {
-            // A stopped engine awaits nothing (its waiters have failed).
-            let pending = e
-                .upgrade()
-                .filter(|engine| !engine.is_stopping())
-                .map_or(0, |engine| engine.waiters.len());
+            let pending = e.upgrade().and_then(|e| e.pending()).unwrap_or(0);
             o.observe(pending as u64, &[]);
         })
         .build();
@@ -166,13 +170,12 @@ pub(crate) fn observe(engine: Weak<Engine>, last: Arc<LastStats>) {
             .u64_observable_counter(name)
             .with_description(description)
             .with_callback(move |o| {
-                let stats = match e.upgrade() {
-                    Some(engine) if !engine.is_stopping() => {
-                        let stats = engine.notifier_stats();
+                let stats = match e.upgrade().and_then(|e| e.observed_stats()) {
+                    Some(stats) => {
                         last.record(stats);
                         stats
                     }
-                    _ => last.get(),
+                    None => last.get(),
                 };
                 o.observe(pick(&stats), &[]);
             })

@@ -141,9 +141,13 @@ impl Engine {
             session_leases,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            credentials: crate::credentials::Credentials::from_config(&config_for_credentials),
+            credentials: crate::backends::execution_credentials(&config_for_credentials),
         });
-        crate::metrics::observe(Arc::downgrade(&engine), last_stats);
+        let observed: std::sync::Weak<Self> = Arc::downgrade(&engine);
+        crate::metrics::observe(
+            observed as std::sync::Weak<dyn crate::metrics::Observed>,
+            last_stats,
+        );
         engine
     }
 
@@ -230,5 +234,15 @@ impl Handle {
 impl Drop for HandleInner {
     fn drop(&mut self) {
         self.0.stop.cancel();
+    }
+}
+
+impl crate::metrics::Observed for Engine {
+    fn pending(&self) -> Option<usize> {
+        (!self.is_stopping()).then(|| self.waiters.len())
+    }
+
+    fn observed_stats(&self) -> Option<runbox_notifier::NotifierStats> {
+        (!self.is_stopping()).then(|| self.notifier_stats())
     }
 }
