@@ -325,14 +325,22 @@ async fn the_cli_runs_on_the_emulators() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "ok /tmp\n");
     // Nothing of the session landed in the local home: it is all in the bucket.
     assert!(!home.path().join("sessions").exists());
-    // The session's state, and the lease that ordered its commands.
+    // The session's state, its settings (mode) and the lease that ordered
+    // its commands.
     let names: Vec<String> = list_all(&emu.store(), "sessions/cli/")
         .await
         .unwrap()
         .into_iter()
         .map(|m| m.name)
         .collect();
-    assert_eq!(names, ["sessions/cli/lease", "sessions/cli/state.json"]);
+    assert_eq!(
+        names,
+        [
+            "sessions/cli/lease",
+            "sessions/cli/mode.json",
+            "sessions/cli/state.json"
+        ]
+    );
 
     // A gcp configuration without a bucket is refused at start.
     let out = within(
