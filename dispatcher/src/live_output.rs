@@ -19,6 +19,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -45,12 +46,21 @@ pub struct OutputChunk {
 #[derive(Debug)]
 pub struct OutputStream {
     rx: mpsc::UnboundedReceiver<OutputChunk>,
+    waiting: Arc<AtomicUsize>,
 }
 
 impl OutputStream {
     /// The next chunk; `None` once the stream has ended.
     pub async fn next(&mut self) -> Option<OutputChunk> {
-        self.rx.recv().await
+        let chunk = self.rx.recv().await;
+        self.taken(chunk.as_ref());
+        chunk
+    }
+
+    fn taken(&self, chunk: Option<&OutputChunk>) {
+        if let Some(chunk) = chunk {
+            self.waiting.fetch_sub(chunk.data.len(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -58,20 +68,53 @@ impl futures::Stream for OutputStream {
     type Item = OutputChunk;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<OutputChunk>> {
-        self.rx.poll_recv(cx)
+        let polled = self.rx.poll_recv(cx);
+        if let Poll::Ready(chunk) = &polled {
+            self.taken(chunk.as_ref());
+        }
+        polled
     }
 }
 
-/// Where a submission's chunks go; unbounded because the executor bounds
-/// them (at most `RUNBOX_LOG_CAP_BYTES` per stream) and a slow reader must
-/// not hold up the command's completion.
+/// Most bytes delivered to an [`OutputStream`] and not taken by its reader
+/// yet. The channel is unbounded so that a reader that awaits the result
+/// first cannot hold up the command's completion; a reader slower than
+/// the command's output would then hold all of it in memory, so past this
+/// the preview stops (a gapless prefix of each stream stays delivered) and
+/// the result tells the rest.
+pub const MAX_UNREAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Where a submission's chunks go (see [`MAX_UNREAD_BYTES`]).
 #[derive(Clone, Debug)]
-pub(crate) struct LiveTx(mpsc::UnboundedSender<OutputChunk>);
+pub(crate) struct LiveTx {
+    tx: mpsc::UnboundedSender<OutputChunk>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl LiveTx {
+    /// Hands `chunk` to the reader; `false` when the reader is gone or too
+    /// far behind, which ends the preview.
+    fn send(&self, chunk: OutputChunk) -> bool {
+        let len = chunk.data.len();
+        if self.waiting.fetch_add(len, Ordering::Relaxed) + len > MAX_UNREAD_BYTES {
+            self.waiting.fetch_sub(len, Ordering::Relaxed);
+            return false;
+        }
+        self.tx.send(chunk).is_ok()
+    }
+}
 
 /// A new stream and the sender that feeds it.
 pub(crate) fn channel() -> (LiveTx, OutputStream) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (LiveTx(tx), OutputStream { rx })
+    let waiting = Arc::new(AtomicUsize::new(0));
+    (
+        LiveTx {
+            tx,
+            waiting: Arc::clone(&waiting),
+        },
+        OutputStream { rx, waiting },
+    )
 }
 
 /// Reads the chunks of one execution as their events arrive.
@@ -130,7 +173,7 @@ impl Follower {
             Stream::Stderr => 1,
         };
         while !self.stopped && last.is_none_or(|last| self.next[i] <= last) {
-            if self.tx.0.is_closed() {
+            if self.tx.tx.is_closed() {
                 // Nobody reads the stream any more: spare the reads.
                 self.stopped = true;
                 return;
@@ -138,11 +181,16 @@ impl Follower {
             let name = layout::output_chunk(&self.id, stream, self.next[i]);
             match self.store.get(&name).await {
                 Ok(object) => {
-                    let _ = self.tx.0.send(OutputChunk {
+                    let delivered = self.tx.send(OutputChunk {
                         stream,
                         seq: self.next[i],
                         data: object.data,
                     });
+                    if !delivered {
+                        tracing::debug!(execution = %self.id, "the output stream's reader is gone or far behind; the preview stops here");
+                        self.stopped = true;
+                        return;
+                    }
                     self.next[i] += 1;
                 }
                 Err(e) if e.is_not_found() && last.is_none() => return,

@@ -23,6 +23,8 @@
 //! commands makes one [`Live`] per execution id.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use runbox_core::ExecutionId;
@@ -44,14 +46,43 @@ pub const MAX_CHUNK_BYTES: usize = 1024 * 1024;
 /// Attempts per chunk before the live output gives up.
 const ATTEMPTS: u32 = 3;
 
+/// Most bytes handed over and not yet uploaded. A command that writes
+/// faster than chunks can be stored would otherwise grow the executor's
+/// memory with its output: past this the live output stops (what was
+/// delivered stays a gapless prefix of each stream) and the result, which
+/// holds everything, tells the rest.
+pub const MAX_BACKLOG_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes between the captures and the store, shared by the senders and
+/// the uploader.
+#[derive(Debug, Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    overflowed: AtomicBool,
+}
+
 /// The end a capture hands its kept bytes to.
 #[derive(Clone, Debug)]
-pub struct LiveSender(mpsc::UnboundedSender<(Stream, Bytes)>);
+pub struct LiveSender {
+    tx: mpsc::UnboundedSender<(Stream, Bytes)>,
+    backlog: Arc<Backlog>,
+}
 
 impl LiveSender {
-    /// Passes on `bytes` of `stream`; a no-op once the uploader is gone.
+    /// Passes on `bytes` of `stream`; a no-op once the uploader is gone or
+    /// has fallen [`MAX_BACKLOG_BYTES`] behind (for good: a later piece
+    /// would leave a gap).
     pub(crate) fn send(&self, stream: Stream, bytes: &[u8]) {
-        let _ = self.0.send((stream, Bytes::copy_from_slice(bytes)));
+        if self.backlog.overflowed.load(Ordering::Relaxed) {
+            return;
+        }
+        let waiting = self.backlog.bytes.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        if waiting > MAX_BACKLOG_BYTES {
+            self.backlog.overflowed.store(true, Ordering::Relaxed);
+            self.backlog.bytes.fetch_sub(bytes.len(), Ordering::Relaxed);
+            return;
+        }
+        let _ = self.tx.send((stream, Bytes::copy_from_slice(bytes)));
     }
 }
 
@@ -61,6 +92,7 @@ pub struct Live {
     id: ExecutionId,
     tx: Option<mpsc::UnboundedSender<(Stream, Bytes)>>,
     rx: mpsc::UnboundedReceiver<(Stream, Bytes)>,
+    backlog: Arc<Backlog>,
     /// Bytes received and not uploaded yet: stdout, stderr.
     pending: [BytesMut; 2],
     /// The number of each stream's next chunk.
@@ -78,6 +110,7 @@ impl Live {
             id: id.clone(),
             tx: Some(tx),
             rx,
+            backlog: Arc::default(),
             pending: [BytesMut::new(), BytesMut::new()],
             next: [1, 1],
             last_upload: None,
@@ -87,7 +120,10 @@ impl Live {
 
     /// An end for a capture (see [`crate::output::Capture::start_live`]).
     pub fn sender(&self) -> Option<LiveSender> {
-        self.tx.clone().map(LiveSender)
+        self.tx.clone().map(|tx| LiveSender {
+            tx,
+            backlog: Arc::clone(&self.backlog),
+        })
     }
 
     /// Runs `command` to its end while uploading chunks; returns what
@@ -146,6 +182,8 @@ impl Live {
         self.upload(store).await;
         if let Some(reason) = &self.broken {
             tracing::warn!(execution = %self.id, %reason, "live output stopped early");
+        } else if self.backlog.overflowed.load(Ordering::Relaxed) {
+            tracing::debug!(execution = %self.id, "output outran its live upload; the result holds the rest");
         }
     }
 
@@ -169,7 +207,10 @@ impl Live {
                 let name = layout::output_chunk(&self.id, stream, self.next[i]);
                 self.last_upload = Some(Instant::now());
                 match put_chunk(store, &name, data).await {
-                    Ok(()) => self.next[i] += 1,
+                    Ok(()) => {
+                        self.next[i] += 1;
+                        self.backlog.bytes.fetch_sub(n, Ordering::Relaxed);
+                    }
                     Err(e) => {
                         self.broken =
                             Some(format!("writing {name}: {}", runbox_core::error_chain(&e)));
