@@ -555,7 +555,7 @@ async fn run_in_shell(
     }
     let timeout = Duration::from_millis(request.timeout_ms);
     let log_cap = settings.config.limits.log_cap;
-    let (stdout, stderr) = (files.host.join(STDOUT), files.host.join(STDERR));
+    let [stdout, stderr] = files.held();
     // The same chunks as a oneshot command's, from the files the shell
     // writes (see `output::follow`).
     let mut live = (request.stream_output && !request.background).then(|| output::Live::new(id));
@@ -762,6 +762,19 @@ struct CommandFiles {
     host: PathBuf,
     seen: PathBuf,
     seq: u64,
+    /// The stdout and stderr files as created, whatever their names
+    /// point to later.
+    outputs: [std::fs::File; 2],
+}
+
+impl CommandFiles {
+    /// Paths that open the output files as created (stdout, stderr).
+    fn held(&self) -> [PathBuf; 2] {
+        use std::os::fd::AsRawFd;
+        self.outputs
+            .each_ref()
+            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+    }
 }
 
 impl Drop for CommandFiles {
@@ -943,17 +956,28 @@ impl Shell {
         let name = format!("c{seq}");
         let host = self.dir.path().join(&name);
         std::fs::create_dir(&host).map_err(|e| format!("create command directory: {e}"))?;
+        // The executor reads and trims the output files through these
+        // handles only: the command can name its directory and could put
+        // links to any host file in their place. Created here (never
+        // through a link), before the shell opens them, so their live
+        // output is followed from the start.
+        let create = |stream: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(host.join(stream))
+                .map_err(|e| format!("create {stream} file: {e}"))
+        };
+        let outputs = [create(STDOUT)?, create(STDERR)?];
         let files = CommandFiles {
             seen: self.seen_dir.join(&name),
             host,
             seq,
+            outputs,
         };
-        // The output files exist before the shell opens them, so their
-        // live output can be followed from the start.
         std::fs::write(files.host.join(COMMAND), command)
             .and_then(|()| std::fs::write(files.host.join(STDIN), b""))
-            .and_then(|()| std::fs::write(files.host.join(STDOUT), b""))
-            .and_then(|()| std::fs::write(files.host.join(STDERR), b""))
             .map_err(|e| format!("write command file: {e}"))?;
         if let Some(who) = run_as {
             identity::hand_over(&files.host, who)

@@ -186,6 +186,65 @@ async fn warm_chunks_arrive_in_order_before_the_result() {
     client.shutdown().await;
 }
 
+/// A warm command swaps its output files (which it can name: the shell's
+/// `$__runbox_dir`) for links to a host file outside its session, then
+/// writes past the log cap: neither its chunks nor its result hold that
+/// file, and the file is not cut to the cap. The executor reads and trims
+/// only the files it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_command_cannot_redirect_its_output_files_to_the_host() {
+    let home = tempfile::tempdir().unwrap();
+    let secret = home.path().join("secret.txt");
+    let text = "TOPSECRET\n".repeat(2 * CAP as usize);
+    std::fs::write(&secret, &text).unwrap();
+    let client = within(
+        60,
+        Client::from_config(capped(embedded::config(home.path()), CAP)),
+    )
+    .await
+    .unwrap();
+    within(
+        30,
+        client.create_session_with("swap", SessionSettings::new(SessionMode::Warm)),
+    )
+    .await
+    .unwrap();
+    let session = client.session("swap").unwrap();
+    let script = format!(
+        "for s in stdout stderr; do rm -f \"$__runbox_dir/$s\"; ln -s {} \"$__runbox_dir/$s\"; done; \
+         head -c {} /dev/zero | tr '\\0' a; echo swapped >&2",
+        secret.display(),
+        CAP * 3
+    );
+    let (mut output, result) = session.exec(script).streaming();
+    let result = tokio::spawn(result);
+    let chunks = drain(&mut output).await;
+    let result = within(60, result).await.unwrap().unwrap();
+    assert_eq!(result.exec_status(), ExecStatus::Succeeded, "{result:?}");
+    let stdout = joined(&chunks, Stream::Stdout);
+    assert_eq!(stdout.len() as u64, CAP);
+    assert!(stdout.iter().all(|&b| b == b'a'));
+    assert_eq!(joined(&chunks, Stream::Stderr), b"swapped\n");
+    assert!(!result.stdout.contains("TOPSECRET"), "{result:?}");
+    assert_eq!(result.stderr, "swapped\n");
+    if !result.stdout_log.is_empty() {
+        let mut log = Vec::new();
+        let (_, mut reader) = within(60, client.open_log(&result.stdout_log))
+            .await
+            .unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut log)
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&log).contains("TOPSECRET"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        text,
+        "host file intact"
+    );
+    client.shutdown().await;
+}
+
 fn gcp_config(emu: &Emulators, home: &std::path::Path) -> Config {
     let mut env: BTreeMap<String, String> = emu.env();
     env.insert("RUNBOX_HOME".into(), home.display().to_string());
