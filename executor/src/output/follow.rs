@@ -184,7 +184,7 @@ mod tests {
     #[tokio::test]
     async fn writes_become_chunks_as_they_happen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(&dir.path().join("store")).unwrap();
+        let store = LocalStore::open(dir.path().join("store")).unwrap();
         let out = dir.path().join("stdout");
         let err = dir.path().join("stderr");
         std::fs::write(&out, b"").unwrap();
