@@ -183,6 +183,9 @@ async fn warm_chunks_arrive_in_order_before_the_result() {
         .await
         .unwrap();
     chunks_are_capped_like_the_record(&client, CAP, "warm-capped").await;
+    for id in ["warm-live", "warm-capped"] {
+        within(30, client.close_session(id)).await.unwrap();
+    }
     client.shutdown().await;
 }
 
@@ -242,6 +245,7 @@ async fn a_warm_command_cannot_redirect_its_output_files_to_the_host() {
         text,
         "host file intact"
     );
+    within(30, client.close_session("swap")).await.unwrap();
     client.shutdown().await;
 }
 
