@@ -24,8 +24,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
+pub mod follow;
 pub mod live;
 
+pub use follow::{Follow, FollowError};
 pub use live::{Live, LiveSender};
 
 /// Size of one read from a capture pipe (the default capacity of a Linux

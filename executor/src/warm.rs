@@ -554,10 +554,28 @@ async fn run_in_shell(
         return crate::rejected(result, message);
     }
     let timeout = Duration::from_millis(request.timeout_ms);
+    let log_cap = settings.config.limits.log_cap;
+    let [stdout, stderr] = files.held();
+    // The same chunks as a oneshot command's, from the files the shell
+    // writes (see `output::follow`).
+    let mut live = (request.stream_output && !request.background).then(|| output::Live::new(id));
+    let follow = match live.as_ref().and_then(output::Live::sender) {
+        Some(tx) => match output::Follow::start([&stdout, &stderr], log_cap, tx) {
+            Ok(follow) => Some(follow),
+            Err(e) => {
+                notes.push(format!("no live output: {}", runbox_core::error_chain(&e)));
+                live = None;
+                None
+            }
+        },
+        None => None,
+    };
     result.started_at = Some(runbox_proto::now());
-    let ending = sh
-        .run(&files, timeout, settings.config.limits.kill_grace, stop)
-        .await;
+    let run = sh.run(&files, timeout, settings.config.limits.kill_grace, stop);
+    let ending = match &mut live {
+        Some(live) => live.run_while(store, run).await,
+        None => run.await,
+    };
     let capture = crate::read_capture(&files.host.join(CAPTURE))
         .ok()
         .and_then(|b| shell::parse_capture(&b));
@@ -581,8 +599,15 @@ async fn run_in_shell(
     ) {
         return crate::rejected(result, message);
     }
-    let log_cap = settings.config.limits.log_cap;
-    let produced = [STDOUT, STDERR].map(|name| produced(&files.host.join(name), log_cap));
+    let produced = [&stdout, &stderr].map(|path| produced(path, log_cap));
+    // Before the result: once it exists, every chunk does, and together
+    // they hold what the result keeps.
+    if let Some(follow) = follow {
+        follow.finish(produced.clone().map(|p| p.kept)).await;
+    }
+    if let Some(live) = live {
+        live.finish(store).await;
+    }
     let cap = if request.output_cap_bytes > 0 {
         request.output_cap_bytes
     } else {
@@ -594,7 +619,6 @@ async fn run_in_shell(
         produced,
         upload_log: true,
     };
-    let (stdout, stderr) = (files.host.join(STDOUT), files.host.join(STDERR));
     crate::collect_output(
         store,
         id,
@@ -738,6 +762,19 @@ struct CommandFiles {
     host: PathBuf,
     seen: PathBuf,
     seq: u64,
+    /// The stdout and stderr files as created, whatever their names
+    /// point to later.
+    outputs: [std::fs::File; 2],
+}
+
+impl CommandFiles {
+    /// Paths that open the output files as created (stdout, stderr).
+    fn held(&self) -> [PathBuf; 2] {
+        use std::os::fd::AsRawFd;
+        self.outputs
+            .each_ref()
+            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+    }
 }
 
 impl Drop for CommandFiles {
@@ -919,10 +956,25 @@ impl Shell {
         let name = format!("c{seq}");
         let host = self.dir.path().join(&name);
         std::fs::create_dir(&host).map_err(|e| format!("create command directory: {e}"))?;
+        // The executor reads and trims the output files through these
+        // handles only: the command can name its directory and could put
+        // links to any host file in their place. Created here (never
+        // through a link), before the shell opens them, so their live
+        // output is followed from the start.
+        let create = |stream: &str| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(host.join(stream))
+                .map_err(|e| format!("create {stream} file: {e}"))
+        };
+        let outputs = [create(STDOUT)?, create(STDERR)?];
         let files = CommandFiles {
             seen: self.seen_dir.join(&name),
             host,
             seq,
+            outputs,
         };
         std::fs::write(files.host.join(COMMAND), command)
             .and_then(|()| std::fs::write(files.host.join(STDIN), b""))

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use runbox_core::Config;
-use runbox_dispatcher::{Client, ExecStatus, OutputChunk, OutputStream, Stream};
+use runbox_dispatcher::{
+    Client, ExecStatus, OutputChunk, OutputStream, SessionMode, SessionSettings, Stream,
+};
 use runbox_tests::cli::Cli;
 use runbox_tests::embedded::{self, binary, within};
 use runbox_tests::harness::Emulators;
@@ -45,9 +47,13 @@ fn joined(chunks: &[OutputChunk], stream: Stream) -> Vec<u8> {
 /// it ends, by as long as the test takes to open it); the rest follow; the
 /// stream has everything by the time the result is in; stdout and stderr
 /// stay apart and together equal the result's record.
-async fn chunks_arrive_in_order_before_the_result(client: &Client, dir: &std::path::Path) {
-    let mut gate = Gate::new(dir, "gate");
-    let session = client.session("live").unwrap();
+async fn chunks_arrive_in_order_before_the_result(
+    client: &Client,
+    dir: &std::path::Path,
+    session: &str,
+) {
+    let mut gate = Gate::new(dir, &format!("gate-{session}"));
+    let session = client.session(session).unwrap();
     let script = format!(
         "echo first; echo oops >&2; read -r _ < {}; for i in $(seq 1 200); do echo line $i; done; echo done >&2",
         gate.shell_path()
@@ -89,8 +95,8 @@ async fn chunks_arrive_in_order_before_the_result(client: &Client, dir: &std::pa
 }
 
 /// Chunks keep what the record keeps: at most the log cap per stream.
-async fn chunks_are_capped_like_the_record(client: &Client, cap: u64) {
-    let session = client.session("capped").unwrap();
+async fn chunks_are_capped_like_the_record(client: &Client, cap: u64, session: &str) {
+    let session = client.session(session).unwrap();
     let script = format!("head -c {} /dev/zero | tr '\\0' a", cap * 5);
     let (mut output, result) = session.exec(script).streaming();
     let result = tokio::spawn(result);
@@ -118,8 +124,8 @@ async fn embedded_chunks_arrive_in_order_before_the_result() {
     )
     .await
     .unwrap();
-    chunks_arrive_in_order_before_the_result(&client, home.path()).await;
-    chunks_are_capped_like_the_record(&client, CAP).await;
+    chunks_arrive_in_order_before_the_result(&client, home.path(), "live").await;
+    chunks_are_capped_like_the_record(&client, CAP, "capped").await;
 
     // Retention: the chunks go with their execution's other objects.
     let chunks = || {
@@ -136,6 +142,110 @@ async fn embedded_chunks_arrive_in_order_before_the_result() {
         .unwrap();
     assert!(report.executions > 0, "{report:?}");
     assert_eq!(chunks(), 0, "gc left chunk objects behind");
+    client.shutdown().await;
+}
+
+/// A warm session streams the same chunks: for the command that starts
+/// its execution and for one the running shell is fed, with the same
+/// order, cap and "all before the result" guarantees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_chunks_arrive_in_order_before_the_result() {
+    let home = tempfile::tempdir().unwrap();
+    let client = within(
+        60,
+        Client::from_config(capped(embedded::config(home.path()), CAP)),
+    )
+    .await
+    .unwrap();
+    for id in ["warm-live", "warm-capped"] {
+        within(
+            30,
+            client.create_session_with(id, SessionSettings::new(SessionMode::Warm)),
+        )
+        .await
+        .unwrap();
+    }
+    // The first command starts the warm execution...
+    chunks_arrive_in_order_before_the_result(&client, home.path(), "warm-live").await;
+    let first = within(30, client.session_info("warm-live")).await.unwrap();
+    let running = first.warm_execution.clone().expect("a warm execution runs");
+    // ...and the next is fed to the same shell, still streaming.
+    chunks_arrive_in_order_before_the_result(&client, home.path(), "warm-live").await;
+    assert_eq!(
+        within(30, client.session_info("warm-live"))
+            .await
+            .unwrap()
+            .warm_execution,
+        Some(running),
+        "served by the same warm execution"
+    );
+    within(60, client.session("warm-capped").unwrap().exec("true"))
+        .await
+        .unwrap();
+    chunks_are_capped_like_the_record(&client, CAP, "warm-capped").await;
+    for id in ["warm-live", "warm-capped"] {
+        within(30, client.close_session(id)).await.unwrap();
+    }
+    client.shutdown().await;
+}
+
+/// A warm command swaps its output files (which it can name: the shell's
+/// `$__runbox_dir`) for links to a host file outside its session, then
+/// writes past the log cap: neither its chunks nor its result hold that
+/// file, and the file is not cut to the cap. The executor reads and trims
+/// only the files it created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_command_cannot_redirect_its_output_files_to_the_host() {
+    let home = tempfile::tempdir().unwrap();
+    let secret = home.path().join("secret.txt");
+    let text = "TOPSECRET\n".repeat(2 * CAP as usize);
+    std::fs::write(&secret, &text).unwrap();
+    let client = within(
+        60,
+        Client::from_config(capped(embedded::config(home.path()), CAP)),
+    )
+    .await
+    .unwrap();
+    within(
+        30,
+        client.create_session_with("swap", SessionSettings::new(SessionMode::Warm)),
+    )
+    .await
+    .unwrap();
+    let session = client.session("swap").unwrap();
+    let script = format!(
+        "for s in stdout stderr; do rm -f \"$__runbox_dir/$s\"; ln -s {} \"$__runbox_dir/$s\"; done; \
+         head -c {} /dev/zero | tr '\\0' a; echo swapped >&2",
+        secret.display(),
+        CAP * 3
+    );
+    let (mut output, result) = session.exec(script).streaming();
+    let result = tokio::spawn(result);
+    let chunks = drain(&mut output).await;
+    let result = within(60, result).await.unwrap().unwrap();
+    assert_eq!(result.exec_status(), ExecStatus::Succeeded, "{result:?}");
+    let stdout = joined(&chunks, Stream::Stdout);
+    assert_eq!(stdout.len() as u64, CAP);
+    assert!(stdout.iter().all(|&b| b == b'a'));
+    assert_eq!(joined(&chunks, Stream::Stderr), b"swapped\n");
+    assert!(!result.stdout.contains("TOPSECRET"), "{result:?}");
+    assert_eq!(result.stderr, "swapped\n");
+    if !result.stdout_log.is_empty() {
+        let mut log = Vec::new();
+        let (_, mut reader) = within(60, client.open_log(&result.stdout_log))
+            .await
+            .unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut log)
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&log).contains("TOPSECRET"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        text,
+        "host file intact"
+    );
+    within(30, client.close_session("swap")).await.unwrap();
     client.shutdown().await;
 }
 
@@ -158,8 +268,8 @@ async fn gcp_chunks_arrive_through_notifications() {
     let client = within(60, Client::from_config(gcp_config(&emu, home.path())))
         .await
         .unwrap();
-    chunks_arrive_in_order_before_the_result(&client, home.path()).await;
-    chunks_are_capped_like_the_record(&client, CAP).await;
+    chunks_arrive_in_order_before_the_result(&client, home.path(), "live").await;
+    chunks_are_capped_like_the_record(&client, CAP, "capped").await;
     // The chunks came as events (the notifier routed them), not only
     // through the reads after the result.
     let stats = client.notifier_stats();
@@ -193,6 +303,50 @@ async fn cli_prints_output_while_the_command_runs() {
     );
     let status = within(60, child.wait()).await.unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// On a warm session too: the real `runbox` binary prints `1` while the
+/// command, fed to the session's running shell, still waits to produce
+/// `2`.
+#[tokio::test]
+async fn cli_prints_warm_output_while_the_command_runs() {
+    let cli = Cli::new();
+    let run = |args: &[&str]| {
+        let mut cmd = cli.command(args);
+        async move { within(60, cmd.output()).await.unwrap() }
+    };
+    let out = run(&["sessions", "create", "w", "--warm"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = run(&["exec", "-s", "w", "--", "true"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let mut gate = Gate::new(cli.home.path(), "gate");
+    let script = format!("echo 1; read -r _ < {}; echo 2", gate.shell_path());
+    let mut child = cli
+        .command(&["exec", "-s", "w", "--", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within(60, lines.next_line()).await.unwrap();
+    assert_eq!(first.as_deref(), Some("1"));
+    gate.release(1).await;
+    let second = within(60, lines.next_line()).await.unwrap();
+    assert_eq!(second.as_deref(), Some("2"));
+    assert_eq!(
+        within(60, lines.next_line()).await.unwrap(),
+        None,
+        "printed once"
+    );
+    let status = within(60, child.wait()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let shown = run(&["sessions", "show", "w"]).await;
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("warm:      running"),
+        "{shown:?}"
+    );
+    let out = run(&["sessions", "close", "w"]).await;
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// A real HTTP client (Python's urllib) gets `stdout` events while the
