@@ -279,7 +279,7 @@ async fn run(
             );
         }
     }
-    let files = match Scratch::with_command(
+    let mut files = match Scratch::with_command(
         &scratch_base(&settings.config),
         &request.command,
         settings.run_as.as_ref(),
@@ -287,8 +287,20 @@ async fn run(
         Ok(files) => files,
         Err(message) => return rejected(result, message),
     };
-    if let Err(message) = stdin::fetch(store, id, request.stdin_bytes, &files.stdin).await {
-        return rejected(result, message);
+    if request.stdin_bytes > 0 {
+        let file = match scratch::create_file(files.dir.handle(), "stdin", b"") {
+            Ok(file) => file,
+            Err(e) => {
+                return rejected(
+                    result,
+                    format!("create standard input file: {}", error_chain(&e)),
+                );
+            }
+        };
+        if let Err(message) = stdin::fetch(store, id, request.stdin_bytes, &file).await {
+            return rejected(result, message);
+        }
+        files.stdin = Some(file);
     }
 
     let placement = &settings.placement;
@@ -359,9 +371,7 @@ async fn run(
         Err(message) => return rejected(result, message),
     };
     result.started_at = Some(started_at);
-    let mut capture = read_capture(&files.capture)
-        .ok()
-        .and_then(|b| shell::parse_capture(&b));
+    let mut capture = read_capture(files.dir.handle(), "capture", &mut notes);
     if let Err(message) = record_ending(
         &mut result,
         ending,
@@ -568,10 +578,10 @@ async fn run_command(
         .map(String::as_str)
         .filter(|name| contract::is_reserved_env(name))
         .collect();
-    let stdin = match request.stdin_bytes {
-        0 => None,
-        _ => Some(
-            std::fs::File::open(&files.stdin)
+    let stdin = match &files.stdin {
+        None => None,
+        Some(file) => Some(
+            file.try_clone()
                 .map_err(|e| format!("open standard input file: {e}"))?,
         ),
     };
@@ -906,6 +916,8 @@ struct Scratch {
     dir: scratch::ScratchDir,
     command: PathBuf,
     capture: PathBuf,
+    /// Paths that open the output files as created (see
+    /// [`scratch::held_path`]): the command could replace their names.
     stdout: PathBuf,
     stderr: PathBuf,
     /// The command's own `TMPDIR` when it runs as another user.
@@ -914,8 +926,12 @@ struct Scratch {
     env: PathBuf,
     /// Their names.
     names: PathBuf,
-    /// The command's standard input, copied from its stdin object.
-    stdin: PathBuf,
+    /// The command's standard input, copied from its stdin object, when
+    /// the request has one.
+    stdin: Option<std::fs::File>,
+    /// The stdout and stderr files, held for [`Scratch::stdout`] and
+    /// [`Scratch::stderr`].
+    _outputs: [std::fs::File; 2],
 }
 
 /// What the helper applies to the command of `session`: the limits, and
@@ -988,20 +1004,33 @@ impl Scratch {
         let dir = scratch::ScratchDir::create(base)
             .map_err(|e| format!("create scratch directory in {}: {e}", base.display()))?;
         let path = dir.path().to_owned();
+        // Every file the executor writes is created through the directory's
+        // handle, never through a link: see `scratch::create_file`.
+        let create = |name: &str, bytes: &[u8]| {
+            scratch::create_file(dir.handle(), name, bytes)
+                .map_err(|e| format!("write {name} file: {}", error_chain(&e)))
+        };
+        create("command.sh", command.as_bytes())?;
+        let outputs = [create("stdout", b"")?, create("stderr", b"")?];
         let files = Self {
-            dir,
             command: path.join("command.sh"),
             capture: path.join("capture"),
-            stdout: path.join("stdout"),
-            stderr: path.join("stderr"),
+            stdout: scratch::held_path(&outputs[0]),
+            stderr: scratch::held_path(&outputs[1]),
             tmp: run_as.map(|_| path.join("tmp")),
             env: path.join("env"),
             names: path.join("names"),
-            stdin: path.join("stdin"),
+            stdin: None,
+            _outputs: outputs,
+            dir,
         };
-        std::fs::write(&files.command, command).map_err(|e| format!("write command file: {e}"))?;
-        if let (Some(who), Some(tmp)) = (run_as, &files.tmp) {
-            std::fs::create_dir(tmp).map_err(|e| format!("create command TMPDIR: {e}"))?;
+        if let (Some(who), Some(_)) = (run_as, &files.tmp) {
+            rustix::fs::mkdirat(
+                files.dir.handle(),
+                "tmp",
+                rustix::fs::Mode::from_raw_mode(0o700),
+            )
+            .map_err(|e| format!("create command TMPDIR: {e}"))?;
             identity::hand_over(&path, who)
                 .map_err(|e| format!("give scratch directory to user {}: {e}", who.name))?;
         }
@@ -1010,9 +1039,11 @@ impl Scratch {
 
     /// Writes the files the wrapper script restores the environment from.
     fn write_env(&self, env: &shell::RestoredEnv) -> Result<(), String> {
-        std::fs::write(&self.env, &env.env_file)
-            .and_then(|()| std::fs::write(&self.names, &env.names_file))
-            .map_err(|e| format!("write environment file: {e}"))
+        for (name, bytes) in [("env", &env.env_file), ("names", &env.names_file)] {
+            scratch::create_file(self.dir.handle(), name, bytes.as_ref())
+                .map_err(|e| format!("write environment file: {}", error_chain(&e)))?;
+        }
+        Ok(())
     }
 
     /// The wrapper script's files as a shell that sees the scratch
@@ -1057,19 +1088,30 @@ impl SeenFiles {
     }
 }
 
-/// Reads the capture the shell wrote, never through a symlink: the command
-/// owns the scratch directory and could put one there in the capture's
-/// place, pointing at a file only the executor may read.
-fn read_capture(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
+/// The most the executor reads of a state capture (cwd and `declare -px`).
+const CAPTURE_LIMIT: u64 = 16 << 20;
+
+/// Reads and parses the capture the shell wrote as `name` in `dir`. The
+/// command can write that directory and could have put a link to a host
+/// file, a FIFO or a directory there: such a capture is refused (see
+/// [`scratch::read_file`]) with a note, and the session keeps its state.
+/// A missing capture (the shell was killed or ended first) is no news.
+pub(crate) fn read_capture(
+    dir: impl std::os::fd::AsFd,
+    name: &str,
+    notes: &mut Vec<String>,
+) -> Option<shell::Capture> {
+    match scratch::read_file(dir, name, CAPTURE_LIMIT) {
+        Ok(bytes) => shell::parse_capture(&bytes),
+        Err(e) if e.is_missing() => None,
+        Err(e) => {
+            notes.push(format!(
+                "the shell's state capture was refused, so the session state is unchanged: {}",
+                error_chain(&e)
+            ));
+            None
+        }
+    }
 }
 
 /// Where scratch directories go: on the embedded backend inside the store's

@@ -14,11 +14,12 @@
 //! scratch directory.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::{FlockOperation, RenameFlags};
+use rustix::fs::{FileType, FlockOperation, Mode, OFlags, RenameFlags};
 
 /// Where scratch directories live on the embedded backend, relative to the
 /// store's directory (`RUNBOX_HOME`): under the store's reserved `.runbox/`.
@@ -83,6 +84,173 @@ impl ScratchDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The directory as opened when it was created: names resolved from
+    /// it stay inside it even if the command renames or replaces the
+    /// directory's own path.
+    pub fn handle(&self) -> BorrowedFd<'_> {
+        self._lock.as_fd()
+    }
+}
+
+/// Why a scratch file could not be created or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Opening or creating the file failed: for a creation, something
+    /// already has its name (perhaps a link the command put there).
+    #[error("open scratch file {name}")]
+    Open {
+        /// The file's name in its directory.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The name is not a plain file of its own (a FIFO, a directory, a
+    /// device, or a hard link to a file elsewhere).
+    #[error("scratch file {name} is not a plain file ({kind})")]
+    NotPlain {
+        /// The file's name in its directory.
+        name: String,
+        /// What was found instead.
+        kind: &'static str,
+    },
+    /// The file is larger than the executor reads.
+    #[error("scratch file {name} has {size} bytes, more than the {limit} read")]
+    TooLarge {
+        /// The file's name in its directory.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// Reading or writing the open file failed.
+    #[error("read or write scratch file {name}")]
+    Io {
+        /// The file's name in its directory.
+        name: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FileError {
+    /// Whether the file simply does not exist (a command that ended its
+    /// shell before the capture, say), as opposed to being refused.
+    pub fn is_missing(&self) -> bool {
+        matches!(self, Self::Open { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// Creates `name` in `dir`, which must not exist in any form (a link the
+/// command planted there is refused, never followed), and writes `bytes`
+/// to it. Returns the handle, open for reading and writing, positioned at
+/// its end.
+pub fn create_file(dir: impl AsFd, name: &str, bytes: &[u8]) -> Result<File, FileError> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| FileError::Open {
+        name: name.to_owned(),
+        source: e.into(),
+    })?;
+    let mut file = File::from(fd);
+    file.write_all(bytes).map_err(|source| FileError::Io {
+        name: name.to_owned(),
+        source,
+    })?;
+    Ok(file)
+}
+
+/// Creates the directory `name` in `dir` and opens it, never through a
+/// link: files made through the returned handle land in that directory
+/// whatever later happens to its name.
+pub fn create_dir(dir: impl AsFd, name: &str) -> Result<OwnedFd, FileError> {
+    let fail = |e: rustix::io::Errno| FileError::Open {
+        name: name.to_owned(),
+        source: e.into(),
+    };
+    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+    rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)
+}
+
+/// Reads back `name` in `dir`, a file the command could have replaced:
+/// never through a link, never blocking on a FIFO, only a plain file with
+/// no other name (not a hard link to a host file), and at most `limit`
+/// bytes.
+pub fn read_file(dir: impl AsFd, name: &str, limit: u64) -> Result<Vec<u8>, FileError> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FileError::Open {
+        name: name.to_owned(),
+        source: e.into(),
+    })?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| FileError::Io {
+        name: name.to_owned(),
+        source: e.into(),
+    })?;
+    let kind = match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile if stat.st_nlink == 1 => None,
+        FileType::RegularFile => Some("a hard link"),
+        FileType::Directory => Some("a directory"),
+        FileType::Fifo => Some("a FIFO"),
+        FileType::Socket => Some("a socket"),
+        FileType::CharacterDevice | FileType::BlockDevice => Some("a device"),
+        _ => Some("not a regular file"),
+    };
+    if let Some(kind) = kind {
+        return Err(FileError::NotPlain {
+            name: name.to_owned(),
+            kind,
+        });
+    }
+    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
+    if size > limit {
+        return Err(FileError::TooLarge {
+            name: name.to_owned(),
+            size,
+            limit,
+        });
+    }
+    let mut bytes = Vec::new();
+    // Bounded again while reading: the file may still be growing.
+    File::from(fd)
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| FileError::Io {
+            name: name.to_owned(),
+            source,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            name: name.to_owned(),
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// A path that opens `file` as it was created, whatever its name points
+/// to later.
+pub fn held_path(file: &File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 impl Drop for ScratchDir {

@@ -3,23 +3,24 @@
 //! output (see [`crate::process::run`]): a command that never reads its input
 //! cannot block anything, and one that reads it gets the exact bytes.
 
-use std::path::Path;
-
 use runbox_core::ExecutionId;
 use runbox_core::layout;
 use runbox_core::store::Store;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::error_chain;
 
 /// Copies the stdin object of execution `id` to `file`, when the request
-/// has one (`expected` > 0 bytes), streaming it. An error names what went
-/// wrong, for a REJECTED result: the command must not run on partial input.
+/// has one (`expected` > 0 bytes), streaming it. `file` is the handle the
+/// scratch file was created with, never reopened by name: the command (or
+/// what an earlier warm command left running) could have put a link to a
+/// host file there. An error names what went wrong, for a REJECTED result:
+/// the command must not run on partial input.
 pub async fn fetch(
     store: &dyn Store,
     id: &ExecutionId,
     expected: u64,
-    file: &Path,
+    file: &std::fs::File,
 ) -> Result<(), String> {
     if expected == 0 {
         return Ok(());
@@ -35,9 +36,10 @@ pub async fn fetch(
             meta.size
         ));
     }
-    let mut out = tokio::fs::File::create(file)
-        .await
-        .map_err(|e| format!("create standard input file: {e}"))?;
+    let mut out = tokio::fs::File::from_std(
+        file.try_clone()
+            .map_err(|e| format!("open standard input file: {e}"))?,
+    );
     // One byte past what is expected is enough to notice a stream that
     // does not match its metadata.
     let copied = tokio::io::copy(&mut stream.take(expected + 1), &mut out)
@@ -48,5 +50,9 @@ pub async fn fetch(
             "standard input object {name} gave {copied} bytes; the request says {expected}"
         ));
     }
+    // Bash reads from the start of the shared file description.
+    out.rewind()
+        .await
+        .map_err(|e| format!("rewind standard input file: {e}"))?;
     Ok(())
 }

@@ -40,6 +40,7 @@
 //! from the store.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -523,9 +524,7 @@ async fn run_in_shell(
         Ok(files) => files,
         Err(message) => return crate::rejected(result, message),
     };
-    if let Err(message) =
-        crate::stdin::fetch(store, id, request.stdin_bytes, &files.host.join(STDIN)).await
-    {
+    if let Err(message) = crate::stdin::fetch(store, id, request.stdin_bytes, &files.stdin).await {
         return crate::rejected(result, message);
     }
     let base = crate::base_env(
@@ -547,9 +546,14 @@ async fn run_in_shell(
     let mut extra = BTreeMap::new();
     extra.insert(contract::EXECUTION_ID_ENV.to_owned(), id.to_string());
     extra.extend(request.env.clone());
-    if let Err(message) = write_env_file(&files.host.join(ENV), &extra).and_then(|()| {
-        std::fs::write(files.host.join(UNDO), undo_script(&request.env, &sh.env))
-            .map_err(|e| format!("write environment file: {e}"))
+    if let Err(message) = write_env_file(&files.dir, &extra).and_then(|()| {
+        scratch::create_file(
+            &files.dir,
+            UNDO,
+            undo_script(&request.env, &sh.env).as_bytes(),
+        )
+        .map(drop)
+        .map_err(|e| format!("write environment file: {}", crate::error_chain(&e)))
     }) {
         return crate::rejected(result, message);
     }
@@ -576,9 +580,7 @@ async fn run_in_shell(
         Some(live) => live.run_while(store, run).await,
         None => run.await,
     };
-    let capture = crate::read_capture(&files.host.join(CAPTURE))
-        .ok()
-        .and_then(|b| shell::parse_capture(&b));
+    let capture = crate::read_capture(&files.dir, CAPTURE, &mut notes);
     let ending = match ending {
         Ran::Finished => Ok(process::Ending::Exited(exit_status(
             capture.as_ref().map_or(0, |c| c.exit_code),
@@ -701,8 +703,9 @@ fn produced(path: &Path, log_cap: u64) -> output::Produced {
     }
 }
 
-/// `NAME=value\0` per variable, as the shell's `mapfile` reads them.
-fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<(), String> {
+/// `NAME=value\0` per variable, as the shell's `mapfile` reads them, in
+/// the command directory `dir`.
+fn write_env_file(dir: &OwnedFd, env: &BTreeMap<String, String>) -> Result<(), String> {
     let mut bytes = Vec::new();
     for (name, value) in env {
         bytes.extend_from_slice(name.as_bytes());
@@ -710,7 +713,9 @@ fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<(), Str
         bytes.extend_from_slice(value.as_bytes());
         bytes.push(0);
     }
-    std::fs::write(path, bytes).map_err(|e| format!("write environment file: {e}"))
+    scratch::create_file(dir, ENV, &bytes)
+        .map(drop)
+        .map_err(|e| format!("write environment file: {}", crate::error_chain(&e)))
 }
 
 // The files of one command, in its directory.
@@ -762,18 +767,21 @@ struct CommandFiles {
     host: PathBuf,
     seen: PathBuf,
     seq: u64,
+    /// The directory as created: the executor makes and reads the
+    /// command's files through it only, since what an earlier command
+    /// left running can rename the directory or the files in it.
+    dir: OwnedFd,
     /// The stdout and stderr files as created, whatever their names
     /// point to later.
     outputs: [std::fs::File; 2],
+    /// The standard input file as created.
+    stdin: std::fs::File,
 }
 
 impl CommandFiles {
     /// Paths that open the output files as created (stdout, stderr).
     fn held(&self) -> [PathBuf; 2] {
-        use std::os::fd::AsRawFd;
-        self.outputs
-            .each_ref()
-            .map(|f| PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd())))
+        self.outputs.each_ref().map(scratch::held_path)
     }
 }
 
@@ -878,9 +886,10 @@ impl Shell {
         }
         let start = shell::start_env(&base, state, &BTreeMap::new());
         let restored = shell::RestoredEnv::split(&base, &start);
-        std::fs::write(dir.path().join("env"), &restored.env_file)
-            .and_then(|()| std::fs::write(dir.path().join("names"), &restored.names_file))
-            .map_err(|e| format!("write environment file: {e}"))?;
+        for (name, bytes) in [("env", &restored.env_file), ("names", &restored.names_file)] {
+            scratch::create_file(dir.handle(), name, bytes.as_ref())
+                .map_err(|e| format!("write environment file: {}", crate::error_chain(&e)))?;
+        }
         let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| format!("create the shell's pipe: {e}"))?;
         let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
@@ -955,30 +964,31 @@ impl Shell {
         let seq = self.seq + 1;
         let name = format!("c{seq}");
         let host = self.dir.path().join(&name);
-        std::fs::create_dir(&host).map_err(|e| format!("create command directory: {e}"))?;
-        // The executor reads and trims the output files through these
+        // The directory's name is predictable, so something an earlier
+        // command left running may have taken it: then this command is
+        // refused rather than run from files the executor did not make.
+        let dir = scratch::create_dir(self.dir.handle(), &name)
+            .map_err(|e| format!("create command directory: {}", crate::error_chain(&e)))?;
+        // The executor writes, reads and trims these files through the
         // handles only: the command can name its directory and could put
         // links to any host file in their place. Created here (never
         // through a link), before the shell opens them, so their live
         // output is followed from the start.
-        let create = |stream: &str| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(host.join(stream))
-                .map_err(|e| format!("create {stream} file: {e}"))
+        let create = |file: &str, bytes: &[u8]| {
+            scratch::create_file(&dir, file, bytes)
+                .map_err(|e| format!("write command file: {}", crate::error_chain(&e)))
         };
-        let outputs = [create(STDOUT)?, create(STDERR)?];
+        let outputs = [create(STDOUT, b"")?, create(STDERR, b"")?];
+        create(COMMAND, command.as_bytes())?;
+        let stdin = create(STDIN, b"")?;
         let files = CommandFiles {
             seen: self.seen_dir.join(&name),
             host,
             seq,
+            dir,
             outputs,
+            stdin,
         };
-        std::fs::write(files.host.join(COMMAND), command)
-            .and_then(|()| std::fs::write(files.host.join(STDIN), b""))
-            .map_err(|e| format!("write command file: {e}"))?;
         if let Some(who) = run_as {
             identity::hand_over(&files.host, who)
                 .map_err(|e| format!("give command directory to user {}: {e}", who.name))?;
