@@ -580,7 +580,19 @@ async fn run_in_shell(
         Some(live) => live.run_while(store, run).await,
         None => run.await,
     };
-    let capture = crate::read_capture(&files.dir, CAPTURE, &mut notes);
+    let swapped = files.swapped();
+    let capture = if swapped.is_empty() {
+        crate::read_capture(&files.dir, CAPTURE, &mut notes)
+    } else {
+        // What ran may not be the command: nothing it left is trusted.
+        notes.push(format!(
+            "the command's {} no longer named the files the executor wrote when it ended \
+             (something the session left running replaced them), so the command may not \
+             have run as asked; its state was not saved",
+            swapped.join(", ")
+        ));
+        None
+    };
     let ending = match ending {
         Ran::Finished => Ok(process::Ending::Exited(exit_status(
             capture.as_ref().map_or(0, |c| c.exit_code),
@@ -600,6 +612,9 @@ async fn run_in_shell(
         &mut notes,
     ) {
         return crate::rejected(result, message);
+    }
+    if !swapped.is_empty() {
+        result.set_exec_status(ExecStatus::Failed);
     }
     let produced = [&stdout, &stderr].map(|path| produced(path, log_cap));
     // Before the result: once it exists, every chunk does, and together
@@ -776,12 +791,43 @@ struct CommandFiles {
     outputs: [std::fs::File; 2],
     /// The standard input file as created.
     stdin: std::fs::File,
+    /// The command's text as created.
+    command: std::fs::File,
 }
 
 impl CommandFiles {
     /// Paths that open the output files as created (stdout, stderr).
     fn held(&self) -> [PathBuf; 2] {
         self.outputs.each_ref().map(scratch::held_path)
+    }
+
+    /// Which of the names the shell reads (the directory, the command, its
+    /// input) no longer lead to what the executor created. The shell opens
+    /// them by name, and the directory's name is predictable, so what an
+    /// earlier command left running can swap them between their creation
+    /// and their use.
+    fn swapped(&self) -> Vec<&'static str> {
+        use rustix::fs::{AtFlags, CWD, fstat, statat};
+        let same = |named: rustix::io::Result<rustix::fs::Stat>,
+                    held: rustix::io::Result<rustix::fs::Stat>| {
+            matches!((named, held), (Ok(a), Ok(b)) if a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        };
+        let mut swapped = Vec::new();
+        if !same(
+            statat(CWD, &self.host, AtFlags::SYMLINK_NOFOLLOW),
+            fstat(&self.dir),
+        ) {
+            swapped.push("directory");
+        }
+        for (name, held) in [(COMMAND, &self.command), (STDIN, &self.stdin)] {
+            if !same(
+                statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW),
+                fstat(held),
+            ) {
+                swapped.push(name);
+            }
+        }
+        swapped
     }
 }
 
@@ -979,7 +1025,7 @@ impl Shell {
                 .map_err(|e| format!("write command file: {}", crate::error_chain(&e)))
         };
         let outputs = [create(STDOUT, b"")?, create(STDERR, b"")?];
-        create(COMMAND, command.as_bytes())?;
+        let command = create(COMMAND, command.as_bytes())?;
         let stdin = create(STDIN, b"")?;
         let files = CommandFiles {
             seen: self.seen_dir.join(&name),
@@ -988,6 +1034,7 @@ impl Shell {
             dir,
             outputs,
             stdin,
+            command,
         };
         if let Some(who) = run_as {
             identity::hand_over(&files.host, who)

@@ -80,7 +80,10 @@ async fn a_capture_or_output_linked_to_a_host_file_leaks_nothing() {
         secret = secret.display()
     );
     let r = within(60, s.exec(attack)).await.unwrap();
-    assert!(!format!("{r:?}").contains(SECRET), "the result holds the host file: {r:?}");
+    assert!(
+        !format!("{r:?}").contains(SECRET),
+        "the result holds the host file: {r:?}"
+    );
     assert_eq!(r.stdout, "visible\n", "{r:?}");
     assert!(
         r.message.contains("state capture was refused"),
@@ -92,7 +95,9 @@ async fn a_capture_or_output_linked_to_a_host_file_leaks_nothing() {
         "host bytes were stored under RUNBOX_HOME"
     );
     // The refused capture changed nothing: the variable keeps its value.
-    let r = within(60, s.exec("echo \"$KEEP ${STOLEN-unset}\"")).await.unwrap();
+    let r = within(60, s.exec("echo \"$KEEP ${STOLEN-unset}\""))
+        .await
+        .unwrap();
     assert_eq!(r.stdout, "before unset\n", "{r:?}");
     assert_eq!(std::fs::read(&secret).unwrap(), secret_capture());
 }
@@ -103,7 +108,10 @@ async fn a_capture_or_output_linked_to_a_host_file_leaks_nothing() {
 async fn a_capture_replaced_by_a_fifo_or_a_directory_does_not_hang() {
     let (client, _home) = client().await;
     let s = oneshot(&client, "fifo").await;
-    for (kind, make) in [("a FIFO", "mkfifo \"$cap\""), ("a directory", "mkdir \"$cap\"")] {
+    for (kind, make) in [
+        ("a FIFO", "mkfifo \"$cap\""),
+        ("a directory", "mkdir \"$cap\""),
+    ] {
         let attack = format!("{FIND_CAPTURE}trap - EXIT; rm -f \"$cap\"; {make}; echo made");
         let r = within(60, s.exec(attack)).await.unwrap();
         assert_eq!(r.stdout, "made\n", "{r:?}");
@@ -132,6 +140,7 @@ async fn a_warm_background_job_cannot_redirect_the_next_commands_files() {
         .await
         .unwrap();
     let s = client.session("swapper").unwrap();
+    let mut refused = 0;
     for round in 0..3 {
         // Bounded: the job gives up after a fixed number of tries.
         let plant = format!(
@@ -151,13 +160,22 @@ echo planted"#,
         )
         .await
         .unwrap();
-        assert!(!format!("{r:?}").contains(SECRET), "host bytes in the result: {r:?}");
+        assert!(
+            !format!("{r:?}").contains(SECRET),
+            "host bytes in the result: {r:?}"
+        );
         match r.exec_status() {
             ExecStatus::Succeeded => {
                 assert_eq!(r.stdout, format!("got input-{round} v\n"), "{r:?}")
             }
             ExecStatus::Rejected | ExecStatus::Failed => {
-                assert!(!r.message.is_empty(), "refused without a reason: {r:?}")
+                assert!(
+                    r.message.contains("command directory")
+                        || r.message.contains("file")
+                        || r.message.contains("no longer named"),
+                    "refused without a clear reason: {r:?}"
+                );
+                refused += 1;
             }
             other => panic!("unexpected {other:?}: {r:?}"),
         }
@@ -167,5 +185,9 @@ echo planted"#,
             "the executor wrote into the host file"
         );
     }
+    eprintln!("{refused} of 3 commands were refused");
+    // The session still works once the jobs are done.
+    let r = within(60, s.exec("echo alive")).await.unwrap();
+    assert!(r.stdout == "alive\n" || !r.message.is_empty(), "{r:?}");
     within(30, client.close_session("swapper")).await.unwrap();
 }
