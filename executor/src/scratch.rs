@@ -353,4 +353,83 @@ mod tests {
         drop(live);
         assert!(!path.exists());
     }
+
+    #[test]
+    fn files_are_never_made_or_read_through_what_the_command_planted() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = tempfile::tempdir().unwrap();
+        let secret = host.path().join("secret");
+        std::fs::write(&secret, b"host bytes").unwrap();
+        let handle = File::open(dir.path()).unwrap();
+        let at = |name: &str| dir.path().join(name);
+
+        std::os::unix::fs::symlink(&secret, at("link")).unwrap();
+        assert!(matches!(
+            create_file(&handle, "link", b"command"),
+            Err(FileError::Open { .. })
+        ));
+        assert_eq!(std::fs::read(&secret).unwrap(), b"host bytes");
+        let err = read_file(&handle, "link", 1024).unwrap_err();
+        assert!(
+            matches!(err, FileError::Open { .. }) && !err.is_missing(),
+            "{err:?}"
+        );
+
+        rustix::fs::mkfifoat(&handle, "fifo", Mode::from_raw_mode(0o600)).unwrap();
+        let err = read_file(&handle, "fifo", 1024).unwrap_err();
+        assert!(
+            matches!(err, FileError::NotPlain { kind: "a FIFO", .. }),
+            "{err:?}"
+        );
+        std::fs::create_dir(at("dir")).unwrap();
+        let err = read_file(&handle, "dir", 1024).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FileError::NotPlain {
+                    kind: "a directory",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        std::fs::write(at("own"), b"x").unwrap();
+        std::fs::hard_link(at("own"), at("second")).unwrap();
+        let err = read_file(&handle, "second", 1024).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FileError::NotPlain {
+                    kind: "a hard link",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(read_file(&handle, "absent", 1024).unwrap_err().is_missing());
+
+        create_file(&handle, "capture", b"0123456789").unwrap();
+        assert_eq!(read_file(&handle, "capture", 10).unwrap(), b"0123456789");
+        let err = read_file(&handle, "capture", 9).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FileError::TooLarge {
+                    size: 10,
+                    limit: 9,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+
+        // The directory made through the handle stays the one written to
+        // even when its name is taken over afterwards.
+        let sub = create_dir(&handle, "c1").unwrap();
+        std::fs::rename(at("c1"), at("moved")).unwrap();
+        std::os::unix::fs::symlink(host.path(), at("c1")).unwrap();
+        create_file(&sub, "env", b"A=1").unwrap();
+        assert_eq!(std::fs::read(at("moved/env")).unwrap(), b"A=1");
+        assert!(!host.path().join("env").exists());
+    }
 }

@@ -886,8 +886,9 @@ impl Shell {
         let dir = scratch::ScratchDir::create(&base_dir)
             .map_err(|e| format!("create scratch directory in {}: {e}", base_dir.display()))?;
         let tmp = run_as.map(|_| dir.path().join("tmp"));
-        if let (Some(who), Some(tmp)) = (run_as, &tmp) {
-            std::fs::create_dir(tmp).map_err(|e| format!("create command TMPDIR: {e}"))?;
+        if let (Some(who), Some(_)) = (run_as, &tmp) {
+            rustix::fs::mkdirat(dir.handle(), "tmp", rustix::fs::Mode::from_raw_mode(0o700))
+                .map_err(|e| format!("create command TMPDIR: {e}"))?;
             identity::hand_over(dir.path(), who)
                 .map_err(|e| format!("give scratch directory to user {}: {e}", who.name))?;
         }
