@@ -539,7 +539,10 @@ mod tests {
         ];
         for pairs in bad {
             let e = TelemetryConfig::from_lookup("r", lookup(pairs)).unwrap_err();
-            assert!(matches!(e, TelemetryError::Timeout { .. }), "{pairs:?}: {e:?}");
+            assert!(
+                matches!(e, TelemetryError::Timeout { .. }),
+                "{pairs:?}: {e:?}"
+            );
         }
     }
 }
