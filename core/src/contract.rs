@@ -40,11 +40,12 @@ pub const SESSION_ID_ENV: &str = "RUNBOX_SESSION_ID";
 /// The OpenTelemetry variables (see `logging::telemetry`) a launcher passes
 /// (all but `OTEL_SERVICE_NAME`: an executor names itself `runbox-executor`)
 /// on to the executors it starts, so they export where the dispatcher does.
-pub const TELEMETRY_ENV: [&str; 5] = [
+pub const TELEMETRY_ENV: [&str; 6] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_SDK_DISABLED",
 ];
 

@@ -260,9 +260,28 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         // The span ends with `work`, before the flush that exports it.
         let code = work.await;
+        if telemetry.is_enabled() {
+            // The result and state are written: the session's next command
+            // need not wait for this export too.
+            release_session_lock();
+        }
         telemetry.shutdown().await;
         code
     })
+}
+
+/// Closes the descriptor that holds the session's lock: standard output,
+/// where the local launcher puts it (see the launcher's `spawn`). `/dev/null`
+/// takes its place, so nothing opened later reuses descriptor 1.
+fn release_session_lock() {
+    let released = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .and_then(|null| rustix::stdio::dup2_stdout(&null).map_err(std::io::Error::from));
+    if let Err(e) = released {
+        // The lock is then released at exit, a flush later.
+        tracing::debug!("release the session lock before the telemetry flush: {e}");
+    }
 }
 
 /// An error line on stderr: JSON when the log lines are, so a log reader

@@ -10,7 +10,8 @@
 //! interleaved, run after run, so both see the same machine. Each traced
 //! run includes building the exporters, the spans of the CLI and of the
 //! executor, and the flush at exit. Figures: p50, p99 and mean of each,
-//! and the differences (target: at most 0.5 ms extra at p50).
+//! and the differences (target: at most 0.5 ms extra at p50), with traces
+//! alone and metrics alone as two more series to say which signal costs.
 //! `RUNBOX_BENCH_RUNS` sets the runs per variant (default 60).
 
 // The receiver is shared with tests/telemetry.rs; this uses only part of it.
@@ -57,13 +58,31 @@ fn figures(mut samples: Vec<Duration>) -> Figures {
     }
 }
 
-async fn one_exec(cli: &Cli, endpoint: Option<&str>) -> Duration {
+/// Which `OTEL_*` variable carries the receiver's address.
+#[derive(Clone, Copy)]
+enum Export {
+    Off,
+    Both,
+    TracesOnly,
+    MetricsOnly,
+}
+
+async fn one_exec(cli: &Cli, export: Export, endpoint: &str) -> Duration {
     let mut cmd = cli.command(&["exec", "-s", "bench", "--", "true"]);
     for var in OTEL_VARS {
         cmd.env_remove(var);
     }
-    if let Some(endpoint) = endpoint {
-        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    match export {
+        Export::Off => {}
+        Export::Both => {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        }
+        Export::TracesOnly => {
+            cmd.env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint);
+        }
+        Export::MetricsOnly => {
+            cmd.env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint);
+        }
     }
     let started = Instant::now();
     let out = cmd.output().await.expect("run runbox");
@@ -84,38 +103,49 @@ async fn main() {
         .unwrap_or(60);
     let receiver = otlp_receiver::Receiver::start().await;
     let cli = Cli::new();
+    let endpoint = receiver.endpoint();
     // Warm-up: page cache, the session's first state, the receiver's first
     // connection.
     for _ in 0..3 {
-        one_exec(&cli, None).await;
-        one_exec(&cli, Some(receiver.endpoint())).await;
+        one_exec(&cli, Export::Off, endpoint).await;
+        one_exec(&cli, Export::Both, endpoint).await;
     }
-    let (mut off, mut on) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let variants = [
+        Export::Off,
+        Export::Both,
+        Export::TracesOnly,
+        Export::MetricsOnly,
+    ];
+    let mut samples: Vec<Vec<Duration>> = variants.iter().map(|_| Vec::new()).collect();
     for i in 0..runs {
-        // Alternate which goes first, so neither always follows the other.
-        if i % 2 == 0 {
-            off.push(one_exec(&cli, None).await);
-            on.push(one_exec(&cli, Some(receiver.endpoint())).await);
-        } else {
-            on.push(one_exec(&cli, Some(receiver.endpoint())).await);
-            off.push(one_exec(&cli, None).await);
+        // Rotate which goes first, so none always follows another.
+        for k in 0..variants.len() {
+            let v = (i + k) % variants.len();
+            samples[v].push(one_exec(&cli, variants[v], endpoint).await);
         }
     }
     let spans = receiver.spans().len();
-    let (off, on) = (figures(off), figures(on));
+    let mut figs = samples.into_iter().map(figures);
+    let (off, on, traces, metrics) = (
+        figs.next().expect("four series"),
+        figs.next().expect("four series"),
+        figs.next().expect("four series"),
+        figs.next().expect("four series"),
+    );
     println!("telemetry: `runbox exec -s bench -- true`, embedded, {runs} runs each, interleaved");
-    println!(
-        "  telemetry off     p50 {:7.2} ms  p99 {:7.2} ms  mean {:7.2} ms",
-        ms(off.p50),
-        ms(off.p99),
-        ms(off.mean)
-    );
-    println!(
-        "  exporting (OTLP)  p50 {:7.2} ms  p99 {:7.2} ms  mean {:7.2} ms",
-        ms(on.p50),
-        ms(on.p99),
-        ms(on.mean)
-    );
+    for (name, f) in [
+        ("telemetry off    ", &off),
+        ("exporting (OTLP) ", &on),
+        ("traces only      ", &traces),
+        ("metrics only     ", &metrics),
+    ] {
+        println!(
+            "  {name} p50 {:7.2} ms  p99 {:7.2} ms  mean {:7.2} ms",
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.mean)
+        );
+    }
     println!(
         "  difference        p50 {:+7.2} ms  p99 {:+7.2} ms  mean {:+7.2} ms  (p50 ratio {:.3}; target <= +0.5 ms at p50)",
         ms(on.p50) - ms(off.p50),
@@ -124,7 +154,12 @@ async fn main() {
         on.p50.as_secs_f64() / off.p50.as_secs_f64()
     );
     println!(
+        "  p50 extra by signal: traces only {:+.2} ms, metrics only {:+.2} ms",
+        ms(traces.p50) - ms(off.p50),
+        ms(metrics.p50) - ms(off.p50)
+    );
+    println!(
         "  spans received: {spans} ({:.1} per traced run)",
-        spans as f64 / (runs + 3) as f64
+        spans as f64 / (2 * runs + 3) as f64
     );
 }

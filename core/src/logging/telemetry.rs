@@ -6,6 +6,9 @@
 //!   and `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` set one signal's own (and
 //!   enable only that signal when the general one is unset).
 //! - `OTEL_EXPORTER_OTLP_HEADERS`: `key=value,...` sent with every export.
+//! - `OTEL_EXPORTER_OTLP_TIMEOUT`: milliseconds one export may take (default
+//!   10000); it also bounds how long a process's exit waits for its last
+//!   export, so an unreachable endpoint delays an exit by at most this.
 //! - `OTEL_SERVICE_NAME`: the `service.name` resource attribute (default:
 //!   the binary's name).
 //! - `OTEL_SDK_DISABLED=true`: nothing is exported whatever else is set.
@@ -35,13 +38,15 @@ pub const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
 pub const METRICS_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
 /// The export headers variable.
 pub const HEADERS_VAR: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// How long one export may take, in milliseconds.
+pub const TIMEOUT_VAR: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 /// The service name variable.
 pub const SERVICE_NAME_VAR: &str = "OTEL_SERVICE_NAME";
 /// The kill switch.
 pub const DISABLED_VAR: &str = "OTEL_SDK_DISABLED";
 /// The variables a process forwards to an executor it starts without its
 /// environment (the local launcher), so the executor exports where it does.
-pub const FORWARDED_VARS: [&str; 5] = crate::contract::TELEMETRY_ENV;
+pub const FORWARDED_VARS: [&str; 6] = crate::contract::TELEMETRY_ENV;
 /// Where the project for Cloud Logging's trace field is read, in order.
 pub const PROJECT_VARS: [&str; 2] = ["RUNBOX_PROJECT", "GOOGLE_CLOUD_PROJECT"];
 
@@ -49,8 +54,9 @@ pub const PROJECT_VARS: [&str; 2] = ["RUNBOX_PROJECT", "GOOGLE_CLOUD_PROJECT"];
 /// otherwise trace its exports, which export more spans.
 pub const SILENCED_TARGETS: [&str; 4] = ["h2", "hyper", "tonic", "tower"];
 
-/// How long one export may take before it is abandoned.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one export may take before it is abandoned, unless
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise (the specification's default).
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The telemetry settings read from the environment (or a map).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +71,9 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// The Google Cloud project log lines name their trace in.
     pub project: Option<String>,
+    /// How long one export, and the flush at exit, may take; `None`:
+    /// [`DEFAULT_EXPORT_TIMEOUT`].
+    pub export_timeout: Option<Duration>,
 }
 
 /// The telemetry settings are unusable.
@@ -83,6 +92,15 @@ pub enum TelemetryError {
         var: &'static str,
         /// Its value.
         value: String,
+    },
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` is not a whole number of milliseconds.
+    #[error("{TIMEOUT_VAR}={value:?} is not a whole number of milliseconds")]
+    Timeout {
+        /// Its value.
+        value: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::num::ParseIntError,
     },
     /// The exporter refused its configuration.
     #[error("configure the OTLP exporter")]
@@ -124,13 +142,26 @@ impl TelemetryConfig {
             None => Vec::new(),
             Some(list) => parse_headers(&list)?,
         };
+        let export_timeout = match get(TIMEOUT_VAR) {
+            None => None,
+            Some(value) => match value.parse::<u64>() {
+                Ok(ms) => Some(Duration::from_millis(ms)),
+                Err(source) => return Err(TelemetryError::Timeout { value, source }),
+            },
+        };
         Ok(Self {
             traces_endpoint,
             metrics_endpoint,
             headers,
             service_name,
             project,
+            export_timeout,
         })
+    }
+
+    /// How long one export, and the flush at exit, may take.
+    pub fn export_timeout(&self) -> Duration {
+        self.export_timeout.unwrap_or(DEFAULT_EXPORT_TIMEOUT)
     }
 
     /// Whether anything is exported.
@@ -168,13 +199,25 @@ fn parse_headers(list: &str) -> Result<Vec<(String, String)>, TelemetryError> {
 
 /// The installed exporters; [`Telemetry::shutdown`] flushes them. Dropping
 /// it without a shutdown loses what was not yet exported.
-#[derive(Default)]
 #[must_use = "shut it down before the process exits, or the last spans are lost"]
 pub struct Telemetry {
     tracer: Option<SdkTracerProvider>,
     meter: Option<SdkMeterProvider>,
     /// Google's credentials, whose first token a flush waits for.
     tokens: Option<google_auth::Tokens>,
+    /// How long the flush at shutdown may take.
+    flush_timeout: Duration,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            tracer: None,
+            meter: None,
+            tokens: None,
+            flush_timeout: DEFAULT_EXPORT_TIMEOUT,
+        }
+    }
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -204,6 +247,7 @@ impl Telemetry {
             tracer,
             meter,
             tokens,
+            flush_timeout,
         } = self;
         if let Some(mut tokens) = tokens {
             // A process shorter than the first token fetch would export
@@ -220,6 +264,7 @@ impl Telemetry {
                 tracer,
                 meter: None,
                 tokens: None,
+                flush_timeout,
             }
             .shutdown_blocking()
         });
@@ -228,6 +273,7 @@ impl Telemetry {
                 tracer: None,
                 meter,
                 tokens: None,
+                flush_timeout,
             }
             .shutdown_blocking()
         });
@@ -242,8 +288,10 @@ impl Telemetry {
     /// runtime (the runtime must still be running elsewhere).
     pub fn shutdown_blocking(self) {
         // Errors are only reported: telemetry never changes an exit status.
+        // Bounded, so an unreachable endpoint (whose exports the exporter
+        // retries) delays an exit by at most the export timeout.
         if let Some(tracer) = self.tracer
-            && let Err(e) = tracer.shutdown()
+            && let Err(e) = tracer.shutdown_with_timeout(self.flush_timeout)
         {
             eprintln!("runbox: flush traces: {e}");
         }
@@ -311,7 +359,7 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
+            .with_timeout(config.export_timeout())
             .with_metadata(metadata());
         if let Some(tls) = tls(endpoint) {
             exporter = exporter.with_tls_config(tls);
@@ -332,7 +380,7 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         let mut exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
+            .with_timeout(config.export_timeout())
             .with_metadata(metadata());
         if let Some(tls) = tls(endpoint) {
             exporter = exporter.with_tls_config(tls);
@@ -349,6 +397,7 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         built.telemetry.meter = Some(provider);
     }
     built.telemetry.tokens = tokens;
+    built.telemetry.flush_timeout = config.export_timeout();
     Ok(built)
 }
 
@@ -471,5 +520,29 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, TelemetryError::Header { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn export_timeout_is_read_in_milliseconds() {
+        let c = TelemetryConfig::from_lookup("r", lookup(&[(ENDPOINT_VAR, "http://a")])).unwrap();
+        assert_eq!(c.export_timeout(), DEFAULT_EXPORT_TIMEOUT);
+        let c = TelemetryConfig::from_lookup(
+            "r",
+            lookup(&[(ENDPOINT_VAR, "http://a"), (TIMEOUT_VAR, "250")]),
+        )
+        .unwrap();
+        assert_eq!(c.export_timeout(), Duration::from_millis(250));
+        let bad: [&'static [(&str, &str)]; 3] = [
+            &[(ENDPOINT_VAR, "http://a"), (TIMEOUT_VAR, "1s")],
+            &[(ENDPOINT_VAR, "http://a"), (TIMEOUT_VAR, "-5")],
+            &[(ENDPOINT_VAR, "http://a"), (TIMEOUT_VAR, "2.5")],
+        ];
+        for pairs in bad {
+            let e = TelemetryConfig::from_lookup("r", lookup(pairs)).unwrap_err();
+            assert!(
+                matches!(e, TelemetryError::Timeout { .. }),
+                "{pairs:?}: {e:?}"
+            );
+        }
     }
 }
