@@ -729,14 +729,16 @@ pub async fn client_config(config: &PubSubConfig) -> Result<ClientConfig, String
         }
         None => {
             use gcloud_pubsub::apiv1::conn_pool::{AUDIENCE, SCOPES};
-            use gcloud_pubsub::client::google_cloud_auth::{project, token};
-            let auth = project::Config::default()
-                .with_audience(AUDIENCE)
-                .with_scopes(&SCOPES);
-            let provider = token::DefaultTokenSourceProvider::new(auth)
-                .await
-                .map_err(|e| format!("cannot load Application Default Credentials: {e}"))?;
-            Environment::GoogleCloud(Box::new(provider))
+            let credentials =
+                runbox_core::credentials::DefaultCredentials::from_env(&SCOPES, Some(AUDIENCE))
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "cannot load Application Default Credentials: {}",
+                            runbox_core::error_chain(&e)
+                        )
+                    })?;
+            Environment::GoogleCloud(Box::new(credentials))
         }
     };
     Ok(ClientConfig {

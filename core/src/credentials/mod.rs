@@ -19,9 +19,21 @@
 //! - `RUNBOX_STORAGE_EMULATOR_TOKEN`: on the storage emulator only, the
 //!   access token the dispatcher presents to the store and exchanges (a
 //!   stand-in endpoint knows it as its source token). Unset: anonymous.
+//!
+//! Every Google client runbox builds gets its own tokens from
+//! [`DefaultCredentials`] (Application Default Credentials, impersonated
+//! service accounts included).
 
+mod adc;
 mod boundary;
+mod impersonated;
 mod sts;
+
+pub use adc::{
+    AdcError, CREDENTIALS_FILE_ENV, CREDENTIALS_JSON_ENV, DefaultCredentials, HTTP_TIMEOUT,
+    IMPERSONATED_SERVICE_ACCOUNT,
+};
+pub use impersonated::{IMPERSONATED_TOKEN_LIFETIME, ImpersonatedTokenSource, REFRESH_MARGIN};
 
 pub use boundary::{
     AccessBoundary, AccessBoundaryRule, AvailabilityCondition, LIST_PREFIX_ATTRIBUTE, OBJECT_ADMIN,

@@ -160,8 +160,7 @@ impl Minter {
         sts_endpoint: &str,
         bucket: impl Into<String>,
     ) -> Result<Self, CredentialError> {
-        let config = gcloud_auth::project::Config::default().with_scopes(&SOURCE_SCOPES);
-        let provider = gcloud_auth::token::DefaultTokenSourceProvider::new(config)
+        let provider = super::DefaultCredentials::from_env(&SOURCE_SCOPES, None)
             .await
             .map_err(|e| CredentialError::Credentials {
                 source: Box::new(e),

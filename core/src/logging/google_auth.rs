@@ -3,14 +3,17 @@
 //!
 //! The exporter's interceptor is synchronous and fetching a token is not, so
 //! a task on the runtime keeps the current token in a cell the interceptor
-//! reads. gcloud-auth's token source caches its token and renews it before
-//! it expires, so asking it every minute costs nothing between renewals.
+//! reads. The token sources of [`DefaultCredentials`] cache their token and
+//! renew it before it expires, so asking every minute costs nothing between
+//! renewals.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use gcloud_auth::project::Config as AuthConfig;
+use token_source::TokenSourceProvider;
 use tokio::sync::watch;
+
+use crate::credentials::DefaultCredentials;
 
 /// The scope the Telemetry API accepts for trace and metric writes.
 const SCOPES: [&str; 1] = ["https://www.googleapis.com/auth/cloud-platform"];
@@ -47,17 +50,8 @@ impl Tokens {
         let (tx, ready) = watch::channel(false);
         let cell = Arc::clone(&value);
         tokio::spawn(async move {
-            let source = match async {
-                let project = gcloud_auth::project::project().await?;
-                gcloud_auth::project::create_token_source_from_project(
-                    &project,
-                    AuthConfig::default().with_scopes(&SCOPES),
-                )
-                .await
-            }
-            .await
-            {
-                Ok(source) => source,
+            let source = match DefaultCredentials::from_env(&SCOPES, None).await {
+                Ok(credentials) => credentials.token_source(),
                 Err(e) => {
                     eprintln!(
                         "runbox: no Application Default Credentials for the OTLP export: {e}"
@@ -68,8 +62,7 @@ impl Tokens {
             };
             loop {
                 match source.token().await {
-                    Ok(token) => match tonic::metadata::AsciiMetadataValue::try_from(token.value())
-                    {
+                    Ok(token) => match tonic::metadata::AsciiMetadataValue::try_from(token) {
                         Ok(v) => *cell.write().unwrap_or_else(|e| e.into_inner()) = Some(v),
                         Err(e) => eprintln!("runbox: OTLP access token unusable: {e}"),
                     },

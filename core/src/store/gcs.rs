@@ -31,6 +31,7 @@ use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use gcloud_storage::http::resumable_upload_client::{
     ChunkSize, ResumableUploadClient, UploadStatus,
 };
+use gcloud_storage::http::storage_client::SCOPES as STORAGE_SCOPES;
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 
@@ -115,9 +116,22 @@ impl GcsStore {
         emulator: Option<&str>,
         token: &crate::credentials::StoreToken,
     ) -> Self {
-        let endpoint = emulator.map(emulator_url);
+        let tokens = crate::credentials::StaticToken::new(token);
+        Self::with_token_source(bucket, emulator, Box::new(tokens), None)
+    }
+
+    /// Connects with the tokens of `tokens` on every request: at
+    /// `endpoint` (`host:port` or a URL) when given, else on Cloud Storage.
+    pub fn with_token_source(
+        bucket: impl Into<String>,
+        endpoint: Option<&str>,
+        tokens: Box<dyn token_source::TokenSourceProvider>,
+        project_id: Option<String>,
+    ) -> Self {
+        let endpoint = endpoint.map(emulator_url);
         let mut config = ClientConfig {
-            token_source_provider: Some(Box::new(crate::credentials::StaticToken::new(token))),
+            token_source_provider: Some(tokens),
+            project_id,
             ..ClientConfig::default()
         };
         if let Some(url) = &endpoint {
@@ -131,24 +145,24 @@ impl GcsStore {
     }
 
     /// Connects to Cloud Storage with Application Default Credentials
-    /// (`GOOGLE_APPLICATION_CREDENTIALS`, the gcloud user credentials, or the
-    /// metadata server on Google Cloud).
+    /// (see [`DefaultCredentials`](crate::credentials::DefaultCredentials)).
     pub async fn with_default_credentials(bucket: impl Into<String>) -> Result<Self> {
         let bucket = bucket.into();
-        let config = ClientConfig::default().with_auth().await.map_err(|e| {
-            StoreError::Backend {
+        let credentials = crate::credentials::DefaultCredentials::from_env(&STORAGE_SCOPES, None)
+            .await
+            .map_err(|e| StoreError::Backend {
                 op: "load credentials for",
                 name: format!("gs://{bucket}"),
-                // The metadata server or token endpoint may be briefly unreachable.
-                retryable: true,
+                retryable: e.is_retryable(),
                 source: Box::new(e),
-            }
-        })?;
-        Ok(Self {
-            client: Client::new(config),
+            })?;
+        let project_id = credentials.project_id().map(str::to_owned);
+        Ok(Self::with_token_source(
             bucket,
-            endpoint: None,
-        })
+            None,
+            Box::new(credentials),
+            project_id,
+        ))
     }
 
     /// Uses an already configured client.

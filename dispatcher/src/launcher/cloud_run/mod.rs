@@ -32,8 +32,8 @@
 //! its env (`RUNBOX_BACKEND`, `RUNBOX_BUCKET`, ...), one task, and
 //! `max_retries: 0` (overrides cannot set it, and a retried task would run
 //! the command twice). In production every call carries Application Default
-//! Credentials, through the same `gcloud-auth` token source the Pub/Sub and
-//! Storage clients use, over TLS to `run.googleapis.com:443`; with
+//! Credentials, from the same `runbox_core::credentials::DefaultCredentials`
+//! the Pub/Sub and Storage clients use, over TLS to `run.googleapis.com:443`; with
 //! `RUNBOX_CLOUD_RUN_ENDPOINT` set, calls go in plaintext, without
 //! credentials, to that emulator.
 //!

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use gcloud_auth::project::Config as AuthConfig;
-use gcloud_auth::token_source::TokenSource;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use runbox_core::credentials::DefaultCredentials;
+use token_source::{TokenSource, TokenSourceProvider};
 use tonic::Status;
 use tonic::codegen::http::{self, HeaderValue, header::AUTHORIZATION};
 use tonic::codegen::{BoxFuture, Service, StdError};
@@ -49,15 +49,10 @@ impl Connector {
                     .with_webpki_roots()
                     .domain_name(CLOUD_RUN_DOMAIN);
                 let builder = builder.tls_config(tls)?;
-                let project = gcloud_auth::project::project().await?;
-                let tokens = gcloud_auth::project::create_token_source_from_project(
-                    &project,
-                    AuthConfig::default().with_scopes(&SCOPES),
-                )
-                .await?;
+                let credentials = DefaultCredentials::from_env(&SCOPES, None).await?;
                 Ok(Self {
                     endpoint: builder,
-                    tokens: Some(Arc::<dyn TokenSource>::from(tokens)),
+                    tokens: Some(credentials.token_source()),
                 })
             }
             CloudRunEndpoint::Emulator(url) => {
@@ -116,7 +111,7 @@ impl Service<http::Request<tonic::body::Body>> for Transport {
                         "get an access token (Application Default Credentials): {e}"
                     ))
                 })?;
-                let value = HeaderValue::from_str(&token.value()).map_err(|e| {
+                let value = HeaderValue::from_str(&token).map_err(|e| {
                     Status::unauthenticated(format!(
                         "access token is not a valid header value: {e}"
                     ))
