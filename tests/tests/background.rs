@@ -655,3 +655,40 @@ async fn destroy_kills_background_processes_and_leaves_no_object() {
     assert!(left.is_empty(), "{left:?}");
     assert!(process_gone(pid), "background shell {pid} survived destroy");
 }
+
+/// A client that shuts down right after a spawn (a CLI exiting after
+/// `exec --background`) leaves the process running and unsettled: no LOST
+/// result is written for it, and another client's wait sees it succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_shutting_down_leaves_its_background_process_to_finish() {
+    let (client, dir) = client().await;
+    let s = client.session("leaves").unwrap();
+    within(30, s.exec("mkfifo gate")).await.unwrap();
+    let bg = within(
+        30,
+        s.spawn("read line < gate; echo done")
+            .timeout(LEFTOVER_LIMIT),
+    )
+    .await
+    .unwrap();
+    within(30, client.shutdown()).await;
+    drop(client);
+
+    let other = Client::from_config(runbox_tests::embedded::config(dir.path()))
+        .await
+        .expect("a second client");
+    let running = within(30, other.list_background("leaves")).await.unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        running[0].state,
+        BackgroundState::Running,
+        "settled by a client that stopped watching it"
+    );
+    let s = other.session("leaves").unwrap();
+    within(30, s.exec("echo go > gate")).await.unwrap();
+    let r = within(60, other.wait_background(&bg, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "done\n");
+}

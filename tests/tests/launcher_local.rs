@@ -81,3 +81,54 @@ async fn failure_message_carries_the_executor_error() {
     assert!(ended.message.contains("status 64"), "{}", ended.message);
     assert!(ended.message.contains("RUNBOX_BUCKET"), "{}", ended.message);
 }
+
+/// A launcher that stops while its executor runs (a CLI exiting right
+/// after `exec --background`) reports no end it did not see: `ended()`
+/// stays pending instead of a failed end that its caller would settle as
+/// LOST, `state()` still says running, and the executor, left running,
+/// writes its own SUCCEEDED result.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_launcher_reports_no_end_it_did_not_see() {
+    use futures::FutureExt;
+    use runbox_tests::pipes::{Announcements, Gate};
+
+    let (_dir, fixture) = fixture();
+    let mut ready = Announcements::new(&fixture.scratch, "stopped-ready");
+    let mut gate = Gate::new(&fixture.scratch, "stopped-gate");
+    let command = format!(
+        "echo running > {}; read -r _ < {}; echo released",
+        ready.shell_path(),
+        gate.shell_path()
+    );
+    let id = suite::write_request(&fixture, &command).await;
+    let spec = runbox_dispatcher::LaunchSpec {
+        execution_id: id.clone(),
+        timeout: std::time::Duration::from_secs(60),
+        traceparent: None,
+        store_token: None,
+    };
+    embedded::within(30, fixture.launcher.launch(spec))
+        .await
+        .expect("launch");
+    assert_eq!(embedded::within(30, ready.next()).await, "running");
+    let executor = runbox_tests::procs::executor_of(id.as_str()).expect("the executor runs");
+
+    // Shutdown returns once the launcher's tasks have: whatever `ended()`
+    // would answer, it answers at the first poll now.
+    embedded::within(30, fixture.launcher.shutdown()).await;
+    let ended = fixture.launcher.ended(&id).now_or_never();
+    assert!(ended.is_none(), "an end nobody saw: {ended:?}");
+    let state = fixture.launcher.state(&id).await.expect("state()");
+    assert_eq!(state, runbox_dispatcher::ExecutionState::Running);
+    assert!(suite::read_result(&fixture, &id).await.is_none());
+
+    gate.release(1).await;
+    let alive =
+        runbox_tests::procs::wait_exited(&[executor], std::time::Duration::from_secs(30)).await;
+    assert!(alive.is_empty(), "the executor did not exit");
+    let result = suite::read_result(&fixture, &id)
+        .await
+        .expect("the executor wrote its result");
+    assert_eq!(result.exec_status(), runbox_proto::ExecStatus::Succeeded);
+    assert_eq!(result.stdout, "released\n");
+}

@@ -195,7 +195,10 @@ pub trait Launcher: Send + Sync + 'static {
 
     /// Resolves when the execution has ended. Backends that cannot observe
     /// the end (without polling) never resolve; the dispatcher's deadline
-    /// then reconciles through [`Launcher::state`].
+    /// then reconciles through [`Launcher::state`]. After
+    /// [`Launcher::shutdown`] an end the launcher did not see is never
+    /// reported: the execution runs on, and its caller would settle it as
+    /// LOST.
     async fn ended(&self, id: &ExecutionId) -> Ended;
 
     /// The platform's current view of the execution.

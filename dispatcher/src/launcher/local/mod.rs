@@ -338,7 +338,8 @@ impl LocalLauncher {
                 tail
             };
             // At shutdown the child is left running (it is in its own
-            // process group and writes its own result); only the watch ends.
+            // process group and writes its own result); only the watch
+            // ends, without a status, which `ended()` never turns into one.
             let (status, tail) = tokio::select! {
                 both = async { tokio::join!(child.wait(), tail) } => both,
                 () = stop.cancelled() => return,
@@ -417,13 +418,18 @@ impl Launcher for LocalLauncher {
                 message: format!("execution {id} is not known to this launcher"),
             };
         };
-        match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().expect("waited for Some"),
-            Err(_) => Ended {
-                succeeded: false,
-                message: "executor watch ended without a status".to_owned(),
-            },
+        if let Ok(v) = rx.wait_for(Option::is_some).await
+            && let Some(ended) = v.clone()
+        {
+            return ended;
         }
+        // The watch closed without a status: the launcher stopped (its
+        // task returned at shutdown) while the executor ran on, and it
+        // writes its own result. Reporting an end here would have the
+        // caller settle a running execution as LOST; the caller's other
+        // ends of the wait (the notifier closing, its deadline, the
+        // process exiting) end it instead.
+        std::future::pending().await
     }
 
     async fn state(&self, id: &ExecutionId) -> Result<ExecutionState, LaunchError> {
