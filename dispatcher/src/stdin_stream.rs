@@ -186,7 +186,14 @@ pub async fn pump(mut feed: StdinFeed, mut conn: impl AsyncWrite + Unpin) {
             next = feed.next() => next,
         };
         let sent = match next {
-            Some(data) => send_frame(&mut conn, &data).await,
+            // A frame the executor does not take (the command ended and
+            // the connection stays open until its result is written) is
+            // abandoned at the end.
+            Some(data) => tokio::select! {
+                biased;
+                () = ended.cancelled() => return,
+                sent = send_frame(&mut conn, &data) => sent,
+            },
             None => {
                 let _ = conn.write_all(format!("{}\n", wire::EOF).as_bytes()).await;
                 return;
