@@ -226,8 +226,34 @@ async fn a_oneshot_session_gets_the_whole_stdin_at_its_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_session_cannot_write_to_a_running_commands_stdin() {
     let (client, dir) = client().await;
-    let a = warm(&client, "victim").await;
-    let b = warm(&client, "attacker").await;
+    // In its namespace, B does not even see the socket.
+    stdin_attack(&client, dir.path(), &["FileNotFoundError"]).await;
+}
+
+/// The same where commands see the host's files (no namespace): B
+/// connects, and the executor drops it unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_namespace_the_executor_refuses_stdin_frames_from_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = runbox_tests::embedded::config(dir.path()).with_executor_setting(
+        runbox_core::session_cwd::WORKSPACE_NAMESPACE_ENV,
+        "off",
+    );
+    let client = Client::from_config(config).await.unwrap();
+    stdin_attack(
+        &client,
+        dir.path(),
+        &["b''", "ConnectionResetError", "BrokenPipeError"],
+    )
+    .await;
+}
+
+/// Session B's command tries A's socket three ways; each attempt must end
+/// in one of `refusals`; A's command reads only A's writes.
+async fn stdin_attack(client: &Client, home: &std::path::Path, refusals: &[&str]) {
+    let dir = home;
+    let a = warm(client, "victim").await;
+    let b = warm(client, "attacker").await;
     within(30, a.exec("true")).await.unwrap();
     let (exec, stdin) = a
         .exec(format!("echo $RUNBOX_EXECUTION_ID; {ECHO_LINES}"))
@@ -237,7 +263,7 @@ async fn another_session_cannot_write_to_a_running_commands_stdin() {
     let mut seen = String::new();
     stdout_until(&mut output, &mut seen, "\n").await;
     let victim_id = seen.trim().to_owned();
-    let socket = dir.path().join(".runbox/warm/victim");
+    let socket = dir.join(".runbox/warm/victim");
     assert!(socket.exists());
     let script = format!(
         r#"python3 - <<'EOF'
@@ -258,12 +284,7 @@ EOF"#,
     assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
     assert_eq!(r.stdout.lines().count(), 3, "{r:?}");
     for line in r.stdout.lines() {
-        assert!(
-            ["FileNotFoundError", "b''", "ConnectionResetError", "BrokenPipeError"]
-                .iter()
-                .any(|end| line.ends_with(end)),
-            "{line}"
-        );
+        assert!(refusals.iter().any(|end| line.ends_with(end)), "{line}");
     }
     within(30, stdin.write("mine\n")).await.unwrap();
     stdout_until(&mut output, &mut seen, "got mine\n").await;
