@@ -224,8 +224,8 @@ pub async fn follow(
 ) {
     let ended = feed.ended();
     let mut line = String::new();
-    let started = matches!(lines.read_line(&mut line).await, Ok(n) if n > 0)
-        && line.trim_end() == wire::OK;
+    let started =
+        matches!(lines.read_line(&mut line).await, Ok(n) if n > 0) && line.trim_end() == wire::OK;
     if started {
         tokio::spawn(pump(feed, write));
         line.clear();
@@ -266,11 +266,13 @@ mod tests {
         for _ in 0..CHANNEL_FRAMES {
             writer.write(vec![0u8; wire::MAX_FRAME]).await.unwrap();
         }
-        let waiting = writer.write(vec![0u8; 1]);
-        tokio::pin!(waiting);
-        assert!(futures::poll!(&mut waiting).is_pending());
-        ended.cancel();
-        assert_eq!(waiting.await, Err(StdinError::Ended));
+        {
+            let waiting = writer.write(vec![0u8; 1]);
+            tokio::pin!(waiting);
+            assert!(futures::poll!(&mut waiting).is_pending());
+            ended.cancel();
+            assert_eq!(waiting.await, Err(StdinError::Ended));
+        }
         assert_eq!(writer.write(b"x".to_vec()).await, Err(StdinError::Ended));
         assert_eq!(writer.close().await, Err(StdinError::Ended));
         drop(feed);

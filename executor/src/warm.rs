@@ -537,11 +537,8 @@ async fn run_in_shell(
     };
     // Without a channel to carry it, a streamed stdin is an empty one.
     let stdin = stdin.filter(|_| request.stdin_stream);
-    let files = match sh.command_files(
-        &request.command,
-        settings.run_as.as_ref(),
-        stdin.is_some(),
-    ) {
+    let files = match sh.command_files(&request.command, settings.run_as.as_ref(), stdin.is_some())
+    {
         Ok(files) => files,
         Err(message) => return crate::rejected(result, message),
     };

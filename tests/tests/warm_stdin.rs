@@ -235,10 +235,8 @@ async fn another_session_cannot_write_to_a_running_commands_stdin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_namespace_the_executor_refuses_stdin_frames_from_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let config = runbox_tests::embedded::config(dir.path()).with_executor_setting(
-        runbox_core::session_cwd::WORKSPACE_NAMESPACE_ENV,
-        "off",
-    );
+    let config = runbox_tests::embedded::config(dir.path())
+        .with_executor_setting(runbox_core::session_cwd::WORKSPACE_NAMESPACE_ENV, "off");
     let client = Client::from_config(config).await.unwrap();
     stdin_attack(
         &client,

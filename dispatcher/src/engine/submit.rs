@@ -21,8 +21,8 @@ use super::{Engine, Limit};
 use crate::error::{Error, Result};
 use crate::launcher::{LaunchError, LaunchSpec, WarmLaunch};
 use crate::live_output::{Follower, LiveTx};
-use crate::stdin_stream::{self, Collect, FeedSlot};
 use crate::session_lock::SessionGuard;
+use crate::stdin_stream::{self, Collect, FeedSlot};
 use runbox_core::warm::SessionMode;
 
 /// A validated command, ready to become an execution.
@@ -231,7 +231,10 @@ impl Engine {
         // Whatever way this run ends, the writer's writes fail after it.
         let _stdin_ended = feed.as_ref().map(|f| f.ended().drop_guard());
         let mut stdin = submission.stdin.clone();
-        if let Some(whole) = feed.as_mut().filter(|_| !(warm && self.launcher.streams_stdin())) {
+        if let Some(whole) = feed
+            .as_mut()
+            .filter(|_| !(warm && self.launcher.streams_stdin()))
+        {
             // Where it cannot stream, the command starts as before, with
             // its whole stdin.
             match stdin_stream::collect(whole, self.config.limits.stdin_cap, cancel).await {

@@ -93,7 +93,9 @@ pub enum LaunchError {
     Closed,
     /// This launcher cannot stream a running command's standard input
     /// ([`Launcher::streams_stdin`]).
-    #[error("launch execution {id}: this launcher cannot stream standard input to a running command")]
+    #[error(
+        "launch execution {id}: this launcher cannot stream standard input to a running command"
+    )]
     StdinNotStreamed {
         /// The execution.
         id: ExecutionId,

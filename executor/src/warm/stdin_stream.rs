@@ -96,14 +96,15 @@ async fn feed_fifo(fifo: &File, conn: &mut UnixStream) {
         Stop::BadFrame(line) => {
             tracing::warn!(%line, "streamed standard input closed on a line that is not a frame");
         }
-        Stop::Fifo(e) => tracing::debug!(error = %e, "the command no longer takes its standard input"),
+        Stop::Fifo(e) => {
+            tracing::debug!(error = %e, "the command no longer takes its standard input")
+        }
     }
 }
 
 async fn copy_frames(fifo: &File, conn: &mut UnixStream) -> Result<(), Stop> {
     let writer = open_writer(fifo).await.map_err(Stop::Fifo)?;
-    let mut writer =
-        tokio::net::unix::pipe::Sender::from_owned_fd(writer).map_err(Stop::Fifo)?;
+    let mut writer = tokio::net::unix::pipe::Sender::from_owned_fd(writer).map_err(Stop::Fifo)?;
     let mut reader = BufReader::new(conn);
     let mut line = Vec::new();
     let mut data = Vec::new();
@@ -153,7 +154,9 @@ fn frame(line: &str) -> Option<Frame> {
         return None;
     }
     let len: usize = len.parse().ok()?;
-    (1..=wire::MAX_FRAME).contains(&len).then_some(Frame::Data(len))
+    (1..=wire::MAX_FRAME)
+        .contains(&len)
+        .then_some(Frame::Data(len))
 }
 
 /// Opens the FIFO `fifo` (a path-only handle) for writing, which waits
@@ -269,7 +272,9 @@ mod tests {
         let (mut ours, mut theirs) = UnixStream::pair().unwrap();
         let path = dir.path().join("stdin");
         let reader = tokio::task::spawn_blocking(move || std::fs::read(path).unwrap());
-        ours.write_all(b"data 2\nokdata 999999999\nxx").await.unwrap();
+        ours.write_all(b"data 2\nokdata 999999999\nxx")
+            .await
+            .unwrap();
         feed_fifo(&fifo, &mut theirs).await;
         assert_eq!(reader.await.unwrap(), b"ok");
     }

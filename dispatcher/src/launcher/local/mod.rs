@@ -303,13 +303,13 @@ impl LocalLauncher {
             .stdin(Stdio::piped())
             .stdout(match (hold, &stdin_theirs) {
                 (Some(hold), _) => Stdio::from(hold),
-                (None, Some(theirs)) => Stdio::from(theirs.try_clone().map_err(|e| {
-                    LaunchError::Spawn {
+                (None, Some(theirs)) => {
+                    Stdio::from(theirs.try_clone().map_err(|e| LaunchError::Spawn {
                         id: id.clone(),
                         retryable: true,
                         source: Box::new(e),
-                    }
-                })?),
+                    })?)
+                }
                 (None, None) => Stdio::null(),
             })
             .stderr(Stdio::piped())
