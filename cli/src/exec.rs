@@ -51,12 +51,14 @@ pub async fn run(client: &Client, args: ExecArgs) -> Result<ExitCode, Error> {
     if args.background {
         return bg::spawn(&session, script, args.env, args.timeout).await;
     }
-    // Bad input like a bad flag (exit 2, JSON with `--json`): refused
-    // before anything is written.
-    let stdin = read_stdin(client.config().limits.stdin_cap)?;
     let mut exec = session.exec(script);
-    if !stdin.is_empty() {
-        exec = exec.stdin(stdin);
+    // Streamed: a warm session's command reads it as it comes; elsewhere
+    // the library collects it whole first, and too much is refused like a
+    // bad flag (exit 2, JSON with `--json`) before anything is written.
+    if !std::io::stdin().is_terminal() {
+        let (streamed, writer) = exec.stdin_stream();
+        exec = streamed;
+        stream_stdin(writer);
     }
     if let Some(timeout) = args.timeout {
         exec = exec.timeout(timeout);
@@ -171,27 +173,32 @@ fn result_json(result: &ExecResult) -> serde_json::Value {
     value
 }
 
-/// The command's standard input: what runbox's own stdin holds, read to its
-/// end, at most `cap` bytes (`RUNBOX_STDIN_CAP_BYTES`). Nothing is read from
-/// a terminal (a person typing a command does not mean to feed it). A closed
-/// stdin (`<&-`) reads as empty: the standard library opens `/dev/null` in
-/// its place at start, and reads EBADF as the end.
-fn read_stdin(cap: u64) -> Result<Vec<u8>, Error> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return Ok(Vec::new());
-    }
-    let mut data = Vec::new();
-    // One byte past the cap tells "exactly the cap" from "more".
-    stdin
-        .lock()
-        .take(cap.saturating_add(1))
-        .read_to_end(&mut data)
-        .map_err(|e| io_error("read standard input", e))?;
-    if data.len() as u64 > cap {
-        return Err(Error::StdinTooLarge { max: cap });
-    }
-    Ok(data)
+/// Feeds runbox's own stdin to the command as it arrives, and closes the
+/// command's at its end. Nothing is read from a terminal (a person typing
+/// a command does not mean to feed it). A closed stdin (`<&-`) reads as
+/// empty: the standard library opens `/dev/null` in its place at start,
+/// and reads EBADF as the end. A thread, because reading a pipe or a
+/// terminal blocks; it stops once the command takes no more, and one left
+/// waiting for input ends with the process.
+fn stream_stdin(writer: runbox_dispatcher::StdinWriter) {
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if runtime.block_on(writer.write(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = runtime.block_on(writer.close());
+    });
 }
 
 /// The exit status of `runbox exec` (and `runbox bg wait`) for a result.

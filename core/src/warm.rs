@@ -15,6 +15,19 @@
 //! before `ok` means the command never started, and it goes to a new
 //! execution instead. `close` asks the execution to end at once; `ping`
 //! asks which execution it is.
+//!
+//! # Standard input that streams
+//!
+//! A command whose request says `stdinStream` gets its standard input on
+//! the same connection, after `ok`: frames `data N` followed by exactly N
+//! bytes (1 to [`wire::MAX_FRAME`]), then `eof`, which closes the
+//! command's stdin; end of stream closes it too. The executor reads a
+//! frame only once the command has taken the one before (it writes them
+//! into a FIFO that is the command's stdin), so a command that does not
+//! read holds up its writer instead of filling memory anywhere. The first
+//! command of a new warm execution has no connection yet: the local
+//! launcher gives the executor a socket as its standard output, which
+//! carries the same lines.
 
 use std::time::Duration;
 
@@ -162,6 +175,13 @@ pub mod wire {
     pub const WARM: &str = "warm";
     /// The longest line either side sends.
     pub const MAX_LINE: usize = 256;
+    /// Dispatcher → executor, after `ok`: `data N`, then N bytes of the
+    /// command's standard input.
+    pub const DATA: &str = "data";
+    /// Dispatcher → executor, after `ok`: the command's standard input ends.
+    pub const EOF: &str = "eof";
+    /// The most bytes one `data` frame carries.
+    pub const MAX_FRAME: usize = 64 * 1024;
 }
 
 #[cfg(test)]

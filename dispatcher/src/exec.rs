@@ -17,6 +17,7 @@ pub use crate::engine::CancelHandle;
 use crate::engine::{Handle, Submission};
 use crate::error::{Error, Result};
 use crate::live_output::{self, LiveTx, OutputStream};
+use crate::stdin_stream::{self, FeedSlot, StdinWriter};
 
 /// A command about to run: set options, then `.await`.
 ///
@@ -79,6 +80,7 @@ pub(crate) struct Options {
     pub(crate) output_cap: Option<u64>,
     pub(crate) request_id: String,
     pub(crate) stdin: Option<Bytes>,
+    pub(crate) stdin_stream: Option<FeedSlot>,
     pub(crate) live: Option<LiveTx>,
     pub(crate) execution_id: Option<ExecutionId>,
     pub(crate) parent: Option<Traceparent>,
@@ -126,7 +128,39 @@ impl Exec {
     /// reads an empty stdin.
     pub fn stdin(mut self, data: impl Into<Bytes>) -> Self {
         self.options.stdin = Some(data.into());
+        self.options.stdin_stream = None;
         self
+    }
+
+    /// The command's standard input, written while it runs: returns the
+    /// exec and a [`StdinWriter`] to write to and close (in place of
+    /// [`Exec::stdin`]). In a warm session on the local launcher the
+    /// command reads each write as it comes, so a caller can answer its
+    /// output; elsewhere (oneshot sessions, the Cloud Run launcher) the
+    /// command starts once the writer is closed, with everything written
+    /// as its whole stdin (at most `RUNBOX_STDIN_CAP_BYTES`, else
+    /// [`Error::StdinTooLarge`]). See [`crate::stdin_stream`].
+    ///
+    /// ```no_run
+    /// # async fn example(session: runbox_dispatcher::Session) -> Result<(), Box<dyn std::error::Error>> {
+    /// let (exec, stdin) = session
+    ///     .exec("while read l; do echo got $l; done")
+    ///     .stdin_stream();
+    /// let (mut output, result) = exec.streaming();
+    /// let result = tokio::spawn(result);
+    /// stdin.write("a\n").await?;
+    /// let chunk = output.next().await; // "got a\n", before "b" is written
+    /// stdin.write("b\n").await?;
+    /// stdin.close().await?;
+    /// let result = result.await??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stdin_stream(mut self) -> (Self, StdinWriter) {
+        let (writer, feed) = stdin_stream::channel();
+        self.options.stdin = None;
+        self.options.stdin_stream = Some(FeedSlot::new(feed));
+        (self, writer)
     }
 
     /// A correlation id stored in the request.
@@ -216,6 +250,7 @@ impl Options {
             output_cap: self.output_cap.unwrap_or(0),
             request_id: self.request_id,
             stdin,
+            stdin_stream: self.stdin_stream,
             live: self.live,
             execution_id: self.execution_id,
             span: tracing::Span::none(),

@@ -55,6 +55,7 @@ pub mod retention;
 pub mod session;
 pub mod session_lease;
 pub mod session_lock;
+pub mod stdin_stream;
 
 pub use background::{BackgroundEntry, BackgroundHandle, BackgroundState, LogRead, Spawn, Stream};
 pub use client::{Client, Parts};
@@ -78,3 +79,4 @@ pub use runbox_proto::{ExecResult, ExecStatus, SessionState};
 pub use session::{Session, SessionInfo};
 pub use session_lease::{LeaseError, SessionLease, SessionLeases};
 pub use session_lock::{SessionGuard, SessionLocks};
+pub use stdin_stream::{StdinError, StdinFeed, StdinWriter};

@@ -167,6 +167,45 @@ pub fn create_file(dir: impl AsFd, name: &str, bytes: &[u8]) -> Result<File, Fil
     Ok(file)
 }
 
+/// Creates the FIFO `name` in `dir`, which must not exist in any form,
+/// and returns a path-only handle (`O_PATH`) on it. The handle names the
+/// FIFO as created: it can be checked against what the name leads to
+/// later, and reopened (through [`held_path`]) to write, whatever was put
+/// at the name since. Being path-only, it neither reads nor writes, so
+/// holding it changes nothing for the FIFO's reader.
+pub fn create_fifo(dir: impl AsFd, name: &str) -> Result<File, FileError> {
+    let open_error = |e: rustix::io::Errno| FileError::Open {
+        name: name.to_owned(),
+        source: e.into(),
+    };
+    rustix::fs::mknodat(&dir, name, FileType::Fifo, Mode::from_raw_mode(0o600), 0)
+        .map_err(open_error)?;
+    let fd = rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(open_error)?;
+    let stat = rustix::fs::fstat(&fd).map_err(|e| FileError::Io {
+        name: name.to_owned(),
+        source: e.into(),
+    })?;
+    // Between the mknod and the open, something else may have been put
+    // at the name: only a FIFO of this process's user with no other name
+    // is the one just made.
+    let ours = FileType::from_raw_mode(stat.st_mode) == FileType::Fifo
+        && stat.st_nlink == 1
+        && stat.st_uid == rustix::process::geteuid().as_raw();
+    if !ours {
+        return Err(FileError::NotPlain {
+            name: name.to_owned(),
+            kind: "not the FIFO just made",
+        });
+    }
+    Ok(File::from(fd))
+}
+
 /// Creates the directory `name` in `dir` and opens it, never through a
 /// link: files made through the returned handle land in that directory
 /// whatever later happens to its name.

@@ -63,6 +63,8 @@ use crate::{
     ExecutorError, Loaded, Outcome, Settings, identity, namespace, output, process, scratch, shell,
 };
 
+mod stdin_stream;
+
 /// What makes an executor warm, from its configuration.
 #[derive(Clone, Debug)]
 pub struct Warm {
@@ -183,6 +185,9 @@ pub async fn serve(
             ..settings.clone()
         };
         let loaded = crate::load_request(&*store, &settings).await;
+        if conn.is_none() && stdin_stream::wants(&loaded) {
+            conn = stdin_stream::first_channel();
+        }
         if let Some(c) = &mut conn {
             // Only the session's own requests that have no result yet: an
             // id from anywhere else gets no result written in its name.
@@ -197,7 +202,15 @@ pub async fn serve(
         }
         // Stopping (SIGTERM, close) during a command cancels it.
         let outcome = {
-            let run = run_one(&*store, &settings, warm, &mut shell, loaded, &stop);
+            let run = run_one(
+                &*store,
+                &settings,
+                warm,
+                &mut shell,
+                loaded,
+                &stop,
+                conn.as_mut(),
+            );
             tokio::pin!(run);
             loop {
                 tokio::select! {
@@ -432,6 +445,7 @@ async fn run_one(
     shell: &mut Option<Shell>,
     loaded: Result<Loaded, crate::Rejection>,
     stop: &CancellationToken,
+    stdin: Option<&mut UnixStream>,
 ) -> Result<Outcome, ExecutorError> {
     let id = &settings.execution_id;
     let started = runbox_proto::now();
@@ -450,7 +464,7 @@ async fn run_one(
         Ok(loaded) => {
             let traceparent = loaded.request.traceparent.clone();
             (
-                run_in_shell(store, settings, loaded, shell, stop).await,
+                run_in_shell(store, settings, loaded, shell, stop, stdin).await,
                 traceparent,
             )
         }
@@ -471,6 +485,7 @@ async fn run_in_shell(
     loaded: Loaded,
     slot: &mut Option<Shell>,
     stop: &CancellationToken,
+    stdin: Option<&mut UnixStream>,
 ) -> ExecResult {
     let id = &settings.execution_id;
     let Loaded {
@@ -520,7 +535,10 @@ async fn run_in_shell(
     let Some(sh) = slot.as_mut() else {
         return crate::rejected(result, "the shell did not start".to_owned());
     };
-    let files = match sh.command_files(&request.command, settings.run_as.as_ref()) {
+    // Without a channel to carry it, a streamed stdin is an empty one.
+    let stdin = stdin.filter(|_| request.stdin_stream);
+    let files = match sh.command_files(&request.command, settings.run_as.as_ref(), stdin.is_some())
+    {
         Ok(files) => files,
         Err(message) => return crate::rejected(result, message),
     };
@@ -575,7 +593,10 @@ async fn run_in_shell(
         None => None,
     };
     result.started_at = Some(runbox_proto::now());
-    let run = sh.run(&files, timeout, settings.config.limits.kill_grace, stop);
+    let run = stdin_stream::beside(
+        sh.run(&files, timeout, settings.config.limits.kill_grace, stop),
+        stdin.map(|conn| (&files.stdin, conn)),
+    );
     let ending = match &mut live {
         Some(live) => live.run_while(store, run).await,
         None => run.await,
@@ -789,7 +810,8 @@ struct CommandFiles {
     /// The stdout and stderr files as created, whatever their names
     /// point to later.
     outputs: [std::fs::File; 2],
-    /// The standard input file as created.
+    /// The standard input file as created (a path-only handle on a FIFO
+    /// when stdin streams).
     stdin: std::fs::File,
     /// The command's text as created.
     command: std::fs::File,
@@ -1007,6 +1029,7 @@ impl Shell {
         &mut self,
         command: &str,
         run_as: Option<&identity::Identity>,
+        stream_stdin: bool,
     ) -> Result<CommandFiles, String> {
         let seq = self.seq + 1;
         let name = format!("c{seq}");
@@ -1027,7 +1050,12 @@ impl Shell {
         };
         let outputs = [create(STDOUT, b"")?, create(STDERR, b"")?];
         let command = create(COMMAND, command.as_bytes())?;
-        let stdin = create(STDIN, b"")?;
+        let stdin = if stream_stdin {
+            scratch::create_fifo(&dir, STDIN)
+                .map_err(|e| format!("make command stdin: {}", crate::error_chain(&e)))?
+        } else {
+            create(STDIN, b"")?
+        };
         let files = CommandFiles {
             seen: self.seen_dir.join(&name),
             host,

@@ -121,6 +121,7 @@ fn the_proto_document_matches_the_rust_definitions() {
         background: true,
         stdin_bytes: 1,
         stream_output: true,
+        stdin_stream: true,
     };
     check("ExecRequest", &request);
     let result = ExecResult {

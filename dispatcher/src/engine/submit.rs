@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::launcher::{LaunchError, LaunchSpec, WarmLaunch};
 use crate::live_output::{Follower, LiveTx};
 use crate::session_lock::SessionGuard;
+use crate::stdin_stream::{self, Collect, FeedSlot};
 use runbox_core::warm::SessionMode;
 
 /// A validated command, ready to become an execution.
@@ -35,6 +36,9 @@ pub(crate) struct Submission {
     pub(crate) request_id: String,
     /// Standard input, non-empty when set; written as its own object.
     pub(crate) stdin: Option<Bytes>,
+    /// Standard input written while the command runs (see
+    /// [`crate::stdin_stream`]); taken by the run.
+    pub(crate) stdin_stream: Option<FeedSlot>,
     /// Where live output chunks go, when the caller follows them.
     pub(crate) live: Option<LiveTx>,
     /// A fixed execution id: run at most once under it (see
@@ -70,6 +74,7 @@ impl Submission {
             background,
             stdin_bytes: self.stdin.as_ref().map_or(0, |data| data.len() as u64),
             stream_output: self.live.is_some() && !background,
+            stdin_stream: false,
         }
     }
 }
@@ -217,8 +222,36 @@ impl Engine {
             None => self.instance.next_execution_id(),
         };
         let store_token = self.mint(session, &id, submission.timeout).await?;
-        let request = submission.request(&id, session, SystemTime::now(), false);
-        self.write_stdin(&id, submission.stdin.as_ref()).await?;
+        // A downscoped token names one execution's request and result, so
+        // an execution holding one cannot serve a session's later
+        // commands: with per-execution credentials every command is
+        // launched on its own.
+        let warm = settings.mode == SessionMode::Warm && store_token.is_none();
+        let mut feed = submission.stdin_stream.as_ref().and_then(FeedSlot::take);
+        // Whatever way this run ends, the writer's writes fail after it.
+        let _stdin_ended = feed.as_ref().map(|f| f.ended().drop_guard());
+        let mut stdin = submission.stdin.clone();
+        if let Some(whole) = feed
+            .as_mut()
+            .filter(|_| !(warm && self.launcher.streams_stdin()))
+        {
+            // Where it cannot stream, the command starts as before, with
+            // its whole stdin.
+            match stdin_stream::collect(whole, self.config.limits.stdin_cap, cancel).await {
+                Ok(data) => stdin = Some(data).filter(|d| !d.is_empty()),
+                Err(Collect::TooLarge) => {
+                    return Err(Error::StdinTooLarge {
+                        max: self.config.limits.stdin_cap,
+                    });
+                }
+                Err(Collect::Cancelled) => return Err(Error::Cancelled),
+            }
+            feed = None;
+        }
+        let mut request = submission.request(&id, session, SystemTime::now(), false);
+        request.stdin_bytes = stdin.as_ref().map_or(0, |data| data.len() as u64);
+        request.stdin_stream = feed.is_some();
+        self.write_stdin(&id, stdin.as_ref()).await?;
         match self.write_request(&request, &id).await {
             Ok(()) => {}
             // Submitted before (a redelivered topic request): never run twice.
@@ -241,11 +274,6 @@ impl Engine {
             .live
             .as_ref()
             .map(|tx| (self.waiters.watch_output(&id), tx.clone()));
-        // A downscoped token names one execution's request and result, so
-        // an execution holding one cannot serve a session's later
-        // commands: with per-execution credentials every command is
-        // launched on its own.
-        let warm = settings.mode == SessionMode::Warm && store_token.is_none();
         let launched = async {
             if warm {
                 let warm = WarmLaunch {
@@ -256,10 +284,12 @@ impl Engine {
                 // execution outlives the command, and holding a share of
                 // the lock would keep the session's next command waiting
                 // until it exits.
-                self.launcher
-                    .launch_warm(launch_spec(&id, submission.timeout, None), &warm)
-                    .await
-                    .map_err(Error::from)
+                let spec = launch_spec(&id, submission.timeout, None);
+                match feed {
+                    Some(feed) => self.launcher.launch_warm_stdin(spec, &warm, feed).await,
+                    None => self.launcher.launch_warm(spec, &warm).await,
+                }
+                .map_err(Error::from)
             } else {
                 self.launch_foreground(&id, submission.timeout, store_token, lock)
                     .await

@@ -91,6 +91,15 @@ pub enum LaunchError {
     /// The launcher is shutting down.
     #[error("launcher closed")]
     Closed,
+    /// This launcher cannot stream a running command's standard input
+    /// ([`Launcher::streams_stdin`]).
+    #[error(
+        "launch execution {id}: this launcher cannot stream standard input to a running command"
+    )]
+    StdinNotStreamed {
+        /// The execution.
+        id: ExecutionId,
+    },
     /// The platform kept refusing the launch for quota or availability
     /// (Cloud Run: RESOURCE_EXHAUSTED, UNAVAILABLE) until the retry budget
     /// ran out. Trying again later may succeed.
@@ -179,6 +188,29 @@ pub trait Launcher: Send + Sync + 'static {
     async fn launch_warm(&self, spec: LaunchSpec, warm: &WarmLaunch) -> Result<(), LaunchError> {
         let _ = warm;
         self.launch(spec).await
+    }
+
+    /// Whether [`Launcher::launch_warm_stdin`] carries a standard input
+    /// that streams while the command runs. Launchers that cannot give
+    /// every command its whole stdin at its start instead.
+    fn streams_stdin(&self) -> bool {
+        false
+    }
+
+    /// [`Launcher::launch_warm`] for a command whose request says
+    /// `stdinStream`: `stdin` goes to the running command as it is
+    /// written. Called only where [`Launcher::streams_stdin`] says so; the
+    /// default refuses.
+    async fn launch_warm_stdin(
+        &self,
+        spec: LaunchSpec,
+        warm: &WarmLaunch,
+        stdin: crate::StdinFeed,
+    ) -> Result<(), LaunchError> {
+        let _ = (warm, stdin);
+        Err(LaunchError::StdinNotStreamed {
+            id: spec.execution_id,
+        })
     }
 
     /// The first execution of the session's running warm execution, if

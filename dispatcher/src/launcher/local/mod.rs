@@ -230,11 +230,15 @@ fn describe_path_dirs(dirs: &[PathBuf]) -> String {
 impl LocalLauncher {
     /// Starts the executor; `hold`, when given, becomes its standard
     /// output; `warm` makes it a warm execution listening on `socket`.
+    /// A streamed `stdin` of its first command travels on its standard
+    /// output instead, a socket made here (the command has no delivery
+    /// connection: it is named on the executor's command line).
     async fn spawn(
         &self,
         spec: LaunchSpec,
         hold: Option<File>,
         warm: Option<(&WarmLaunch, &Path)>,
+        stdin: Option<crate::StdinFeed>,
     ) -> Result<(), LaunchError> {
         let mut permit = Some(
             self.slots
@@ -267,6 +271,18 @@ impl LocalLauncher {
             retryable: false,
             source: Box::new(e),
         })?;
+        let (stdin_ours, stdin_theirs) = match &stdin {
+            Some(_) => {
+                let (ours, theirs) =
+                    std::os::unix::net::UnixStream::pair().map_err(|e| LaunchError::Spawn {
+                        id: id.clone(),
+                        retryable: true,
+                        source: Box::new(e),
+                    })?;
+                (Some(ours), Some(std::os::fd::OwnedFd::from(theirs)))
+            }
+            None => (None, None),
+        };
         let mut cmd = Command::new(&self.executor);
         // The id as an argument too: `/proc/PID/cmdline` stays readable
         // when the executor is not, and `procfs` finds executors by it.
@@ -285,7 +301,17 @@ impl LocalLauncher {
             // instead of overlapping it. The command gets its own standard
             // streams, so background processes it starts never hold the lock.
             .stdin(Stdio::piped())
-            .stdout(hold.map_or_else(Stdio::null, Stdio::from))
+            .stdout(match (hold, &stdin_theirs) {
+                (Some(hold), _) => Stdio::from(hold),
+                (None, Some(theirs)) => {
+                    Stdio::from(theirs.try_clone().map_err(|e| LaunchError::Spawn {
+                        id: id.clone(),
+                        retryable: true,
+                        source: Box::new(e),
+                    })?)
+                }
+                (None, None) => Stdio::null(),
+            })
             .stderr(Stdio::piped())
             // Its own group: a Ctrl-C meant for the CLI must not kill the
             // executor before it writes a result.
@@ -305,6 +331,13 @@ impl LocalLauncher {
             if let Err(e) = stdin.write_all(&config).await {
                 tracing::debug!(execution = %id, "pass configuration to the executor: {e}");
             }
+        }
+        // Only the executor holds the other end now: its end (or the
+        // command's `done`) is the end of the command's input.
+        drop(cmd);
+        drop(stdin_theirs);
+        if let (Some(feed), Some(ours)) = (stdin, stdin_ours) {
+            attach_stdin(ours, feed);
         }
         let (tx, rx) = watch::channel(None);
         self.running.insert(
@@ -360,30 +393,17 @@ impl LocalLauncher {
     }
 }
 
-#[async_trait]
-impl Launcher for LocalLauncher {
-    fn describe(&self) -> String {
-        format!("local:{}", self.executor.display())
-    }
-
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError> {
-        self.spawn(spec, None, None).await
-    }
-
-    async fn launch_holding(&self, spec: LaunchSpec, hold: File) -> Result<(), LaunchError> {
-        self.spawn(spec, Some(hold), None).await
-    }
-
-    async fn launch_warm(&self, spec: LaunchSpec, warm: &WarmLaunch) -> Result<(), LaunchError> {
-        let Some(socket) = warm::socket_path(&self.warm_dir, &warm.session) else {
-            tracing::warn!(
-                session = %warm.session,
-                dir = %self.warm_dir.display(),
-                "the warm socket path would be too long; running the command oneshot"
-            );
-            return self.spawn(spec, None, None).await;
-        };
-        match warm::deliver(&socket, &spec.execution_id, &self.stop).await? {
+impl LocalLauncher {
+    /// Delivers the command to the session's running warm execution, or
+    /// starts one for it.
+    async fn deliver_warm(
+        &self,
+        spec: LaunchSpec,
+        warm: &WarmLaunch,
+        socket: &Path,
+        mut stdin: Option<crate::StdinFeed>,
+    ) -> Result<(), LaunchError> {
+        match warm::deliver(socket, &spec.execution_id, &self.stop, &mut stdin).await? {
             Some(delivered) => {
                 self.running.insert(
                     spec.execution_id.clone(),
@@ -394,8 +414,75 @@ impl Launcher for LocalLauncher {
                 );
                 Ok(())
             }
-            None => self.spawn(spec, None, Some((warm, &socket))).await,
+            None => self.spawn(spec, None, Some((warm, socket)), stdin).await,
         }
+    }
+}
+
+/// Follows the first command's lines on `ours` and streams `feed` to it
+/// once it has started (see [`crate::stdin_stream::follow`]).
+fn attach_stdin(ours: std::os::unix::net::UnixStream, feed: crate::StdinFeed) {
+    let conn = ours
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(ours));
+    let conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(error = %e, "streamed stdin cannot be attached; the command reads none");
+            feed.end();
+            return;
+        }
+    };
+    let (read, write) = conn.into_split();
+    let lines = BufReader::new(tokio::io::AsyncReadExt::take(
+        read,
+        4 * runbox_core::warm::wire::MAX_LINE as u64,
+    ));
+    tokio::spawn(crate::stdin_stream::follow(lines, write, feed));
+}
+
+#[async_trait]
+impl Launcher for LocalLauncher {
+    fn describe(&self) -> String {
+        format!("local:{}", self.executor.display())
+    }
+
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError> {
+        self.spawn(spec, None, None, None).await
+    }
+
+    async fn launch_holding(&self, spec: LaunchSpec, hold: File) -> Result<(), LaunchError> {
+        self.spawn(spec, Some(hold), None, None).await
+    }
+
+    async fn launch_warm(&self, spec: LaunchSpec, warm: &WarmLaunch) -> Result<(), LaunchError> {
+        let Some(socket) = warm::socket_path(&self.warm_dir, &warm.session) else {
+            tracing::warn!(
+                session = %warm.session,
+                dir = %self.warm_dir.display(),
+                "the warm socket path would be too long; running the command oneshot"
+            );
+            return self.spawn(spec, None, None, None).await;
+        };
+        self.deliver_warm(spec, warm, &socket, None).await
+    }
+
+    fn streams_stdin(&self) -> bool {
+        true
+    }
+
+    async fn launch_warm_stdin(
+        &self,
+        spec: LaunchSpec,
+        warm: &WarmLaunch,
+        stdin: crate::StdinFeed,
+    ) -> Result<(), LaunchError> {
+        let Some(socket) = warm::socket_path(&self.warm_dir, &warm.session) else {
+            return Err(LaunchError::StdinNotStreamed {
+                id: spec.execution_id,
+            });
+        };
+        self.deliver_warm(spec, warm, &socket, Some(stdin)).await
     }
 
     async fn warm_execution(&self, session: &runbox_core::SessionId) -> Option<String> {

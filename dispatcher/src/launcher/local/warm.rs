@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::launcher::{Ended, LaunchError, WarmLaunch};
+use crate::stdin_stream::{self, StdinFeed};
 
 /// The longest socket path Linux accepts is 107 bytes.
 const MAX_SOCKET_PATH: usize = 107;
@@ -78,11 +79,13 @@ pub(super) struct Delivered {
 
 /// Hands `id` to the session's running warm execution. `None` when none
 /// took it (none runs, or it ended before starting the command): the
-/// caller starts a new one.
+/// caller starts a new one. A streamed `stdin` is taken once the command
+/// has started, and goes to it on this connection.
 pub(super) async fn deliver(
     socket: &Path,
     id: &ExecutionId,
     stop: &CancellationToken,
+    stdin: &mut Option<StdinFeed>,
 ) -> Result<Option<Delivered>, LaunchError> {
     let Ok(mut conn) = UnixStream::connect(socket).await else {
         return Ok(None);
@@ -121,9 +124,22 @@ pub(super) async fn deliver(
     }
     let (tx, ended) = watch::channel(None);
     let id = id.clone();
+    // The frames go on the write side while the executor's last line is
+    // awaited on the read side.
+    let (stdin_ended, _keep) = match stdin.take() {
+        Some(feed) => {
+            let ended = feed.ended();
+            tokio::spawn(stdin_stream::pump(feed, _write));
+            (Some(ended), None)
+        }
+        None => (None, Some(_write)),
+    };
     tokio::spawn(async move {
-        let _keep = _write;
+        let _keep = _keep;
         let last = lines.next_line().await.ok().flatten();
+        if let Some(stdin_ended) = stdin_ended {
+            stdin_ended.cancel();
+        }
         let ended = match last.as_deref() {
             Some(wire::DONE) => Ended {
                 succeeded: true,
