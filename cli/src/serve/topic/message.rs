@@ -91,6 +91,13 @@ pub fn parse(data: &[u8]) -> Result<TopicRequest, Rejection> {
             "stdinBytes is not available on the request topic".to_owned(),
         ));
     }
+    // A topic request has no channel to send input on; a streamed stdin
+    // would wait for bytes that cannot come.
+    if request.stdin_stream {
+        return Err(reject(
+            "stdinStream is not available on the request topic".to_owned(),
+        ));
+    }
     Ok(TopicRequest {
         session,
         request_id,
@@ -161,6 +168,7 @@ mod tests {
             ("executionId", r#""abc123-0000000000000000""#),
             ("background", "true"),
             ("stdinBytes", "5"),
+            ("stdinStream", "true"),
         ] {
             let msg =
                 format!(r#"{{"sessionId":"s","command":"x","requestId":"r","{field}":{value}}}"#);
