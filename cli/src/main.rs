@@ -152,9 +152,19 @@ fn main() -> ExitCode {
         }
     };
     let telemetry = start_logging(&runtime);
-    let code = run_with_config(cli, json, &runtime);
-    // Before the runtime goes: the exporters' channel runs on it.
-    runtime.block_on(telemetry.shutdown());
+    let (code, client) = run_with_config(cli, json, &runtime);
+    // Before the runtime goes: the exporters' channel runs on it. The
+    // command's spans have ended, so their export overlaps the client's
+    // shutdown (closing the event source takes the kernel milliseconds)
+    // instead of following it.
+    runtime.block_on(async move {
+        let client = async move {
+            if let Some(client) = client {
+                client.shutdown().await;
+            }
+        };
+        tokio::join!(client, telemetry.shutdown());
+    });
     code
 }
 
@@ -177,8 +187,13 @@ fn start_logging(runtime: &tokio::runtime::Runtime) -> Telemetry {
 }
 
 /// Reads the configuration and runs the subcommand in one `runbox` span,
-/// which continues the caller's trace when `TRACEPARENT` names one.
-fn run_with_config(cli: Cli, json: bool, runtime: &tokio::runtime::Runtime) -> ExitCode {
+/// which continues the caller's trace when `TRACEPARENT` names one. The
+/// client the subcommand used is returned for the caller to shut down.
+fn run_with_config(
+    cli: Cli,
+    json: bool,
+    runtime: &tokio::runtime::Runtime,
+) -> (ExitCode, Option<Client>) {
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
@@ -188,7 +203,10 @@ fn run_with_config(cli: Cli, json: bool, runtime: &tokio::runtime::Runtime) -> E
                 .iter()
                 .map(|p| format!("bad configuration: {p}"))
                 .collect();
-            return Failure::new(Kind::Config, problems.join("\n")).report(json);
+            return (
+                Failure::new(Kind::Config, problems.join("\n")).report(json),
+                None,
+            );
         }
     };
     // `serve` runs for days: each request it takes is a trace of its own.
@@ -197,15 +215,17 @@ fn run_with_config(cli: Cli, json: bool, runtime: &tokio::runtime::Runtime) -> E
         ref command => tracing::info_span!("runbox", command = command.name()),
     };
     trace_context::continue_from(&span, std::env::var(TRACEPARENT_ENV).ok().as_deref());
-    runtime.block_on(
-        async move {
-            match run(cli, config).await {
+    let mut client = None;
+    let code = runtime.block_on(
+        async {
+            match run(cli, config, &mut client).await {
                 Ok(code) => code,
                 Err(e) => Failure::from_error(&e).report(json),
             }
         }
         .instrument(span),
-    )
+    );
+    (code, client)
 }
 
 /// A command line clap refused. Help and version are printed as clap
@@ -280,11 +300,12 @@ fn exec_hint(error: &clap::Error, argv: &[OsString]) -> Option<String> {
     }
 }
 
-/// Connects, runs one subcommand and shuts the client down whatever the
-/// subcommand's outcome: on the gcp backend the shutdown deletes this
-/// process's Pub/Sub subscription, which an error must not leave behind.
-/// Subcommands only borrow the client, so none can skip this.
-async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
+/// Connects and runs one subcommand, leaving the client in `client` for
+/// the caller to shut down whatever the subcommand's outcome: on the gcp
+/// backend the shutdown deletes this process's Pub/Sub subscription, which
+/// an error must not leave behind. Subcommands only borrow the client, so
+/// none can skip this.
+async fn run(cli: Cli, config: Config, client: &mut Option<Client>) -> Result<ExitCode, Error> {
     let command = match cli.command {
         Command::Serve(args) => return serve::run(args, config).await,
         // The doctor checks what a client needs, so it must run where a
@@ -292,10 +313,8 @@ async fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
         Command::Doctor(args) => return doctor::run(args, config).await,
         command => command,
     };
-    let client = Client::from_config(config).await?;
-    let outcome = dispatch(&client, command).await;
-    client.shutdown().await;
-    outcome
+    let client = client.insert(Client::from_config(config).await?);
+    dispatch(client, command).await
 }
 
 async fn dispatch(client: &Client, command: Command) -> Result<ExitCode, Error> {

@@ -12,6 +12,13 @@
 //! executor, and the flush at exit. Figures: p50, p99 and mean of each,
 //! and the differences (target: at most 0.5 ms extra at p50), with traces
 //! alone and metrics alone as two more series to say which signal costs.
+//!
+//! Beside it, the library in this process: `Client::session(..).exec("true")`
+//! on the embedded backend, on a runtime whose threads have a subscriber
+//! exporting runbox's spans (`runbox_core::logging::traces_dispatch`, and
+//! executors told the same endpoint) vs on a runtime with none, the two
+//! interleaved. A library process exports in the background, so no export
+//! is waited for here; the spans are flushed once, at the end.
 //! `RUNBOX_BENCH_RUNS` sets the runs per variant (default 60).
 
 // The receiver is shared with tests/telemetry.rs; this uses only part of it.
@@ -21,7 +28,10 @@ mod otlp_receiver;
 
 use std::time::{Duration, Instant};
 
+use runbox_core::logging::{TelemetryConfig, traces_dispatch};
+use runbox_dispatcher::Client;
 use runbox_tests::cli::Cli;
+use runbox_tests::embedded;
 
 const OTEL_VARS: [&str; 7] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -95,6 +105,105 @@ async fn one_exec(cli: &Cli, export: Export, endpoint: &str) -> Duration {
     elapsed
 }
 
+thread_local! {
+    /// The traced runtime's subscriber, set on each of its threads.
+    static TRACED: std::cell::RefCell<Option<tracing::dispatcher::DefaultGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// A runtime like the CLI's: two workers; `dispatch`, when given, is the
+/// default subscriber of each of its threads.
+fn runtime(dispatch: Option<tracing::Dispatch>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    if let Some(dispatch) = dispatch {
+        builder
+            .on_thread_start(move || {
+                let guard = tracing::dispatcher::set_default(&dispatch);
+                TRACED.with(|t| *t.borrow_mut() = Some(guard));
+            })
+            .on_thread_stop(|| TRACED.with(|t| *t.borrow_mut() = None));
+    }
+    builder.build().expect("runtime")
+}
+
+/// One `exec("true")` through `client`, on `runtime`, in `dispatch`'s span
+/// context when given.
+fn one_library_exec(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    dispatch: Option<&tracing::Dispatch>,
+) -> Duration {
+    let run = || {
+        runtime.block_on(async {
+            let session = client.session("bench").expect("session");
+            let started = Instant::now();
+            let result = session.exec("true").await.expect("exec");
+            let elapsed = started.elapsed();
+            assert_eq!(result.exit_code, 0, "{result:?}");
+            elapsed
+        })
+    };
+    match dispatch {
+        Some(d) => tracing::dispatcher::with_default(d, run),
+        None => run(),
+    }
+}
+
+/// The library series: (off, exporting, spans the executors and the
+/// library sent).
+fn library_series(runs: usize, endpoint: &str) -> (Figures, Figures) {
+    let plain = runtime(None);
+    let config = TelemetryConfig::from_lookup("runbox-bench", |name| {
+        (name == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").then(|| endpoint.to_owned())
+    })
+    .expect("telemetry config");
+    // The exporter's channel runs on the plain runtime, which outlives the
+    // flush below.
+    let (telemetry, dispatch) = {
+        let _entered = plain.enter();
+        traces_dispatch(&config)
+            .expect("build the exporter")
+            .expect("traces are on")
+    };
+    let traced = runtime(Some(dispatch.clone()));
+    let off_home = tempfile::tempdir().expect("tempdir");
+    let on_home = tempfile::tempdir().expect("tempdir");
+    let off = plain
+        .block_on(Client::from_config(embedded::config(off_home.path())))
+        .expect("client");
+    let on = traced
+        .block_on(Client::from_config(
+            embedded::config(on_home.path())
+                .with_executor_setting("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ))
+        .expect("client");
+    // Traced first: tracing settles a call site's interest with the
+    // subscriber in effect when it is first hit, and no subscriber at all
+    // would leave runbox's spans disabled for the whole process.
+    for _ in 0..3 {
+        one_library_exec(&traced, &on, Some(&dispatch));
+        one_library_exec(&plain, &off, None);
+    }
+    let (mut off_samples, mut on_samples) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        if i % 2 == 0 {
+            off_samples.push(one_library_exec(&plain, &off, None));
+            on_samples.push(one_library_exec(&traced, &on, Some(&dispatch)));
+        } else {
+            on_samples.push(one_library_exec(&traced, &on, Some(&dispatch)));
+            off_samples.push(one_library_exec(&plain, &off, None));
+        }
+    }
+    traced.block_on(on.shutdown());
+    plain.block_on(off.shutdown());
+    // Tasks of the client still hold spans until their runtime goes.
+    drop(on);
+    drop(traced);
+    plain.block_on(telemetry.shutdown());
+    (figures(off_samples), figures(on_samples))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let runs: usize = std::env::var("RUNBOX_BENCH_RUNS")
@@ -161,5 +270,41 @@ async fn main() {
     println!(
         "  spans received: {spans} ({:.1} per traced run)",
         spans as f64 / (2 * runs + 3) as f64
+    );
+
+    let library_endpoint = endpoint.to_owned();
+    let (lib_off, lib_on) =
+        tokio::task::spawn_blocking(move || library_series(runs, &library_endpoint))
+            .await
+            .expect("library series");
+    let lib_received = receiver.spans();
+    let lib_received = &lib_received[spans..];
+    let lib_spans = lib_received.len();
+    let mut by_service = std::collections::BTreeMap::<&str, usize>::new();
+    for s in lib_received {
+        *by_service.entry(s.service.as_str()).or_default() += 1;
+    }
+    println!("library: `Client` exec(\"true\"), embedded, in this process, {runs} runs each");
+    for (name, f) in [
+        ("telemetry off    ", &lib_off),
+        ("exporting (OTLP) ", &lib_on),
+    ] {
+        println!(
+            "  {name} p50 {:7.2} ms  p99 {:7.2} ms  mean {:7.2} ms",
+            ms(f.p50),
+            ms(f.p99),
+            ms(f.mean)
+        );
+    }
+    println!(
+        "  difference        p50 {:+7.2} ms  p99 {:+7.2} ms  mean {:+7.2} ms  (p50 ratio {:.3})",
+        ms(lib_on.p50) - ms(lib_off.p50),
+        ms(lib_on.p99) - ms(lib_off.p99),
+        ms(lib_on.mean) - ms(lib_off.mean),
+        lib_on.p50.as_secs_f64() / lib_off.p50.as_secs_f64()
+    );
+    println!(
+        "  spans received: {lib_spans} ({:.1} per traced exec; by service {by_service:?})",
+        lib_spans as f64 / (runs + 3) as f64
     );
 }

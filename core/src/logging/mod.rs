@@ -262,18 +262,8 @@ impl Logging {
         tracer: opentelemetry_sdk::trace::Tracer,
         project: Option<String>,
     ) -> Result<(), TryInitError> {
-        let mut targets =
-            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
-        for silenced in telemetry::SILENCED_TARGETS {
-            targets = targets.with_target(silenced, tracing::level_filters::LevelFilter::OFF);
-        }
-        let otel = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_threads(false)
-            .with_location(false)
-            .with_filter(targets);
         let registry = tracing_subscriber::registry()
-            .with(otel)
+            .with(otel_layer(tracer))
             .with(trace_ids::TraceIdsLayer::new(project));
         match format {
             LogFormat::Text => {
@@ -295,6 +285,50 @@ impl Logging {
     }
 }
 
+/// A subscriber that exports the spans `config` asks for and writes no
+/// log line, for a program that embeds the library and keeps its own
+/// process-wide subscriber: it applies where the caller installs it
+/// (`tracing::dispatcher::with_default`, the threads of a runtime of its
+/// own). Registers the propagation of [`crate::trace_context`], which is
+/// process-wide (spans of another subscriber carry no context, so they
+/// propagate none). Records no metrics: the meter provider would be
+/// process-wide too. `None` when `config` exports no traces. Must run
+/// inside a tokio runtime, which must outlive [`Telemetry::shutdown`].
+pub fn traces_dispatch(
+    config: &TelemetryConfig,
+) -> Result<Option<(Telemetry, tracing::Dispatch)>, TelemetryError> {
+    let config = TelemetryConfig {
+        metrics_endpoint: None,
+        ..config.clone()
+    };
+    if !config.is_enabled() {
+        return Ok(None);
+    }
+    let built = telemetry::build(&config)?;
+    let Some(tracer) = built.tracer else {
+        return Ok(None);
+    };
+    let subscriber = tracing_subscriber::registry().with(otel_layer(tracer));
+    Ok(Some((built.telemetry, tracing::Dispatch::new(subscriber))))
+}
+
+/// The OpenTelemetry layer: every `info` span and above, whatever the log
+/// filter, but none of the exporter's own transport.
+fn otel_layer<S>(tracer: opentelemetry_sdk::trace::Tracer) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let mut targets = tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO);
+    for silenced in telemetry::SILENCED_TARGETS {
+        targets = targets.with_target(silenced, tracing::level_filters::LevelFilter::OFF);
+    }
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_threads(false)
+        .with_location(false)
+        .with_filter(targets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,6 +343,20 @@ mod tests {
             .init()
             .unwrap_err();
         assert!(matches!(err, LoggingError::Install(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_traces_dispatch_needs_a_traces_endpoint() {
+        let metrics_only = TelemetryConfig::from_lookup("r", |name| {
+            (name == telemetry::METRICS_ENDPOINT_VAR).then(|| "http://127.0.0.1:1".to_owned())
+        })
+        .unwrap();
+        assert!(traces_dispatch(&metrics_only).unwrap().is_none());
+        assert!(
+            traces_dispatch(&TelemetryConfig::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -102,6 +102,16 @@ pub enum TelemetryError {
         #[source]
         source: std::num::ParseIntError,
     },
+    /// The endpoint is no URI a gRPC channel can use, or its TLS set-up
+    /// failed.
+    #[error("OTLP endpoint {endpoint:?}")]
+    Channel {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
     /// The exporter refused its configuration.
     #[error("configure the OTLP exporter")]
     Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
@@ -346,10 +356,17 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         }
         map
     };
-    let tls = |endpoint: &str| {
-        endpoint
-            .starts_with("https://")
-            .then(|| tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+    // One channel, so one connection, per endpoint: traces and metrics to
+    // the same place share it, and the exit's flush of both signals pays
+    // for one handshake, not two.
+    let mut channels: Vec<(String, tonic::transport::Channel)> = Vec::new();
+    let mut channel_to = |endpoint: &str| -> Result<tonic::transport::Channel, TelemetryError> {
+        if let Some((_, channel)) = channels.iter().find(|(e, _)| *e == endpoint) {
+            return Ok(channel.clone());
+        }
+        let channel = channel(endpoint, config.export_timeout())?;
+        channels.push((endpoint.to_owned(), channel.clone()));
+        Ok(channel)
     };
     let mut built = Built {
         telemetry: Telemetry::default(),
@@ -358,12 +375,9 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
     if let Some(endpoint) = &config.traces_endpoint {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint.clone())
+            .with_channel(channel_to(endpoint)?)
             .with_timeout(config.export_timeout())
             .with_metadata(metadata());
-        if let Some(tls) = tls(endpoint) {
-            exporter = exporter.with_tls_config(tls);
-        }
         if let Some(tokens) = tokens.clone().filter(|_| google_auth::is_google(endpoint)) {
             exporter = exporter.with_interceptor(tokens);
         }
@@ -379,12 +393,9 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
     if let Some(endpoint) = &config.metrics_endpoint {
         let mut exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint.clone())
+            .with_channel(channel_to(endpoint)?)
             .with_timeout(config.export_timeout())
             .with_metadata(metadata());
-        if let Some(tls) = tls(endpoint) {
-            exporter = exporter.with_tls_config(tls);
-        }
         if let Some(tokens) = tokens.clone().filter(|_| google_auth::is_google(endpoint)) {
             exporter = exporter.with_interceptor(tokens);
         }
@@ -399,6 +410,25 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
     built.telemetry.tokens = tokens;
     built.telemetry.flush_timeout = config.export_timeout();
     Ok(built)
+}
+
+/// A channel to `endpoint` that connects on its first export; TLS with
+/// the webpki roots for `https://`; every request bounded by `timeout` (the
+/// exporters' own timeout, as a channel given to them must be).
+fn channel(endpoint: &str, timeout: Duration) -> Result<tonic::transport::Channel, TelemetryError> {
+    let channel_error = |source| TelemetryError::Channel {
+        endpoint: endpoint.to_owned(),
+        source,
+    };
+    let mut builder = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .map_err(channel_error)?
+        .timeout(timeout);
+    if endpoint.starts_with("https://") {
+        builder = builder
+            .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+            .map_err(channel_error)?;
+    }
+    Ok(builder.connect_lazy())
 }
 
 /// [`Propagation`] through the OpenTelemetry layer's span data.

@@ -78,7 +78,9 @@ impl Receiver {
             .add_service(TraceServiceServer::new(shared.clone()))
             .add_service(MetricsServiceServer::new(shared.clone()))
             .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
+                // As collectors do: with Nagle on, the response's last frame
+                // would wait for the exporter's delayed ACK (up to 40 ms).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {
                     let _ = stopped.await;
                 },
