@@ -264,7 +264,6 @@ fn main() -> ExitCode {
             // The result and state are written: the session's next command
             // need not wait for this export too.
             release_session_lock();
-            yield_to_the_caller();
         }
         telemetry.shutdown().await;
         code
@@ -282,29 +281,6 @@ fn release_session_lock() {
     if let Err(e) = released {
         // The lock is then released at exit, a flush later.
         tracing::debug!("release the session lock before the telemetry flush: {e}");
-    }
-}
-
-/// Lowers every thread of this process to the lowest CPU priority: the
-/// result is written, and the export that remains must not take a core
-/// from the caller, which is handling that result now.
-fn yield_to_the_caller() {
-    // Linux keeps a nice value per thread: the exporter's threads exist
-    // already, so each is lowered, not just this one.
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return;
-    };
-    for task in tasks.flatten() {
-        let tid = task
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-            .and_then(rustix::process::Pid::from_raw);
-        if let Some(tid) = tid
-            && let Err(e) = rustix::process::setpriority_process(Some(tid), 19)
-        {
-            tracing::debug!("lower the priority of thread {tid:?}: {e}");
-        }
     }
 }
 
