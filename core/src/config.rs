@@ -433,7 +433,7 @@ pub struct CloudRunConfig {
     /// limit per project and region).
     pub max_running: u32,
     /// `RUNBOX_WARM_TASK_TIMEOUT_SECS`: the task timeout of a warm
-    /// execution (60 to 604800 seconds; a first command with a longer
+    /// execution (10 to 604800 seconds; a first command with a longer
     /// timeout gets that plus a margin). The execution stops taking
     /// commands in time to finish them before it, and hands over to a new
     /// one. Default: 86400 (24 hours).
@@ -858,7 +858,7 @@ impl Reader<'_> {
         let warm_task_timeout = self.seconds(
             RUNBOX_WARM_TASK_TIMEOUT_SECS,
             defaults.warm_task_timeout,
-            60,
+            10,
             604_800,
         );
         match kind? {

@@ -89,7 +89,8 @@ pub struct WarmMarker {
 pub mod commands {
     /// Attribute: the session (what a warm execution's subscription filters on).
     pub const SESSION: &str = "session";
-    /// Attribute: what the message asks ([`RUN`]; other kinds are ignored).
+    /// Attribute: what the message asks ([`RUN`]; other kinds are acked and
+    /// ignored, so later kinds can be added).
     pub const KIND: &str = "kind";
     /// Attribute: the execution id of the command (also the message data).
     pub const EXECUTION: &str = "execution";
@@ -97,8 +98,6 @@ pub mod commands {
     pub const WARM: &str = "warm";
     /// [`KIND`]: run the command whose request object is written.
     pub const RUN: &str = "run";
-    /// [`KIND`]: end the warm execution.
-    pub const CLOSE: &str = "close";
 }
 
 /// How a session's commands run.

@@ -7,8 +7,9 @@
 //! execution id) and a valid execution id. Anything else is acked and
 //! dropped: the subscription is this execution's own, so acking removes a
 //! message from nobody else, and the Pub/Sub emulator, which does not apply
-//! the session filter, hands it every session's messages. A `kind=close`
-//! message for this execution ends it as `close` on the socket does.
+//! the session filter, hands it every session's messages. Nothing but
+//! `run` is taken from the topic: a dispatcher ends a warm execution with
+//! CancelExecution, which the topic's publishers cannot call.
 //!
 //! A command is taken by writing `results/{execution}.taken` create-only
 //! before the message is acked: the finalize event of that object tells the
@@ -64,8 +65,8 @@ pub(super) struct Commands {
 
 impl Commands {
     /// Starts pulling `subscription`; commands for this execution go to
-    /// `tx`, a `close` for it cancels `closed`, and so does the end of the
-    /// stream (the subscription was deleted).
+    /// `tx`; the end of the stream (the subscription was deleted) cancels
+    /// `closed`.
     pub(super) async fn start(
         settings: &Settings,
         warm: &Warm,
@@ -77,9 +78,10 @@ impl Commands {
         let BackendConfig::Gcp(gcp) = &settings.config.backend else {
             return Err(PubSubError::NotGcp);
         };
-        let client = Client::new(client_config(&gcp.project, gcp.pubsub_emulator_host.as_deref()).await?)
-            .await
-            .map_err(|e| PubSubError::Connect(Box::new(e)))?;
+        let client =
+            Client::new(client_config(&gcp.project, gcp.pubsub_emulator_host.as_deref()).await?)
+                .await
+                .map_err(|e| PubSubError::Connect(Box::new(e)))?;
         let subscription = client.subscription(subscription);
         let stream = subscription
             .subscribe(None)
@@ -169,10 +171,6 @@ async fn pull(
                     let _ = message.ack().await;
                 }
             },
-            Some(commands::CLOSE) => {
-                let _ = message.ack().await;
-                closed.cancel();
-            }
             other => {
                 tracing::debug!(kind = ?other, "a message of a kind this execution does not take; dropped");
                 let _ = message.ack().await;

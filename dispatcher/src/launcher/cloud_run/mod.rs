@@ -585,7 +585,6 @@ impl CloudRunLauncher {
         Ok((execution, op.name))
     }
 
-
     /// Waits, held by the server, until the RunJob operation `operation`
     /// of `execution` is done; how the execution ended.
     async fn operation_done(&self, id: &ExecutionId, execution: &str, operation: &str) -> Ended {
@@ -691,7 +690,11 @@ impl Launcher for CloudRunLauncher {
         }
     }
 
-    fn attach(&self, store: std::sync::Arc<dyn runbox_core::Store>, waiters: std::sync::Arc<runbox_notifier::Waiters>) {
+    fn attach(
+        &self,
+        store: std::sync::Arc<dyn runbox_core::Store>,
+        waiters: std::sync::Arc<runbox_notifier::Waiters>,
+    ) {
         if let Some(delivery) = &self.warm {
             delivery.attach(store, waiters);
         }

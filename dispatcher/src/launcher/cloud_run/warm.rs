@@ -171,7 +171,10 @@ impl WarmDelivery {
                 (WARM_SESSION_ENV.to_owned(), warm.session.to_string()),
                 (WARM_IDLE_MS_ENV.to_owned(), millis(warm.idle).to_string()),
                 (WARM_SUBSCRIPTION_ENV.to_owned(), subscription.clone()),
-                (WARM_LIFETIME_MS_ENV.to_owned(), millis(lifetime).to_string()),
+                (
+                    WARM_LIFETIME_MS_ENV.to_owned(),
+                    millis(lifetime).to_string(),
+                ),
             ],
             task_timeout,
         };
@@ -313,7 +316,14 @@ impl WarmDelivery {
         let asked = match cancelled {
             Ok(_) => true,
             // Ended already.
-            Err(status) if matches!(status.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => false,
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                false
+            }
             Err(status) => {
                 tracing::warn!(session = %session, %status, "CancelExecution of the warm execution failed");
                 return false;
@@ -332,7 +342,13 @@ impl WarmDelivery {
 
     /// Removes an ended warm execution's marker (unless replaced) and its
     /// subscription.
-    async fn forget(&self, store: &dyn Store, session: &SessionId, marker: &WarmMarker, generation: i64) {
+    async fn forget(
+        &self,
+        store: &dyn Store,
+        session: &SessionId,
+        marker: &WarmMarker,
+        generation: i64,
+    ) {
         let name = layout::warm_marker(session);
         if let Err(e) = store
             .delete(&name, Precondition::GenerationMatch(generation))
