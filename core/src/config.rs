@@ -1146,6 +1146,46 @@ mod tests {
     }
 
     #[test]
+    fn warm_commands_topic_and_task_timeout_are_read_bounded_and_round_trip() {
+        let read = |timeout: &str| {
+            Config::from_lookup(&[
+                ("RUNBOX_BACKEND", "gcp"),
+                ("RUNBOX_BUCKET", "b"),
+                ("RUNBOX_PROJECT", "p"),
+                ("RUNBOX_COMMANDS_TOPIC", "cmds"),
+                ("RUNBOX_LAUNCHER", "cloudrun"),
+                ("RUNBOX_CLOUD_RUN_JOB", "projects/p/locations/l/jobs/j"),
+                ("RUNBOX_WARM_TASK_TIMEOUT_SECS", timeout),
+            ])
+        };
+        let cfg = read("20").unwrap();
+        let (BackendConfig::Gcp(g), LauncherConfig::CloudRun(c)) = (&cfg.backend, &cfg.launcher)
+        else {
+            panic!("not gcp with Cloud Run: {cfg:?}");
+        };
+        assert_eq!(g.commands_topic, "cmds");
+        assert_eq!(c.warm_task_timeout, Duration::from_secs(20));
+        let env: HashMap<String, String> = cfg
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(Config::from_lookup(&env).unwrap(), cfg);
+        for bad in ["9", "604801", "1h"] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("RUNBOX_WARM_TASK_TIMEOUT_SECS"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            GcpConfig::new("b", "p").commands_topic,
+            "runbox-commands",
+            "the default"
+        );
+    }
+
+    #[test]
     fn session_lease_ttl_is_read_and_bounded() {
         let gcp = |ttl: &str| {
             Config::from_lookup(&[

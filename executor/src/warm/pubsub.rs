@@ -294,3 +294,42 @@ async fn client_config(project: &str, emulator: Option<&str>) -> Result<ClientCo
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Warm;
+
+    #[test]
+    fn a_subscription_makes_an_executor_warm_without_a_socket() {
+        let warm = Warm::from_lookup(&[
+            ("RUNBOX_WARM_SESSION", "s"),
+            (
+                "RUNBOX_WARM_SUBSCRIPTION",
+                "projects/p/subscriptions/runbox-warm-x",
+            ),
+            ("RUNBOX_WARM_IDLE_MS", "1000"),
+            ("RUNBOX_WARM_LIFETIME_MS", "5000"),
+        ])
+        .unwrap()
+        .expect("warm");
+        assert_eq!(warm.socket, None);
+        assert_eq!(
+            warm.subscription.as_deref(),
+            Some("projects/p/subscriptions/runbox-warm-x")
+        );
+        assert_eq!(warm.lifetime, Some(std::time::Duration::from_secs(5)));
+        // Neither a socket nor a subscription: oneshot.
+        assert!(
+            Warm::from_lookup(&[("RUNBOX_WARM_SESSION", "s")])
+                .unwrap()
+                .is_none()
+        );
+        let err = Warm::from_lookup(&[
+            ("RUNBOX_WARM_SESSION", "s"),
+            ("RUNBOX_WARM_SUBSCRIPTION", "x"),
+            ("RUNBOX_WARM_LIFETIME_MS", "soon"),
+        ])
+        .unwrap_err();
+        assert!(err.contains("RUNBOX_WARM_LIFETIME_MS"), "{err}");
+    }
+}
