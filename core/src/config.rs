@@ -61,6 +61,8 @@ pub mod vars {
     pub const RUNBOX_PROJECT: &str = "RUNBOX_PROJECT";
     /// Pub/Sub topic of the bucket's finalize notifications.
     pub const RUNBOX_NOTIFICATIONS_TOPIC: &str = "RUNBOX_NOTIFICATIONS_TOPIC";
+    /// Pub/Sub topic carrying commands to warm executions on Cloud Run.
+    pub const RUNBOX_COMMANDS_TOPIC: &str = "RUNBOX_COMMANDS_TOPIC";
     pub use crate::store::gcs::STORAGE_EMULATOR_HOST;
     /// A Pub/Sub emulator instead of Pub/Sub.
     pub const PUBSUB_EMULATOR_HOST: &str = "PUBSUB_EMULATOR_HOST";
@@ -80,6 +82,8 @@ pub mod vars {
     pub const RUNBOX_RUNJOB_PER_MINUTE: &str = "RUNBOX_RUNJOB_PER_MINUTE";
     /// Cloud Run executions running at once.
     pub const RUNBOX_MAX_RUNNING: &str = "RUNBOX_MAX_RUNNING";
+    /// Task timeout of a warm execution on Cloud Run.
+    pub const RUNBOX_WARM_TASK_TIMEOUT_SECS: &str = "RUNBOX_WARM_TASK_TIMEOUT_SECS";
     /// Timeout when the caller gives none.
     pub const RUNBOX_DEFAULT_TIMEOUT_SECS: &str = "RUNBOX_DEFAULT_TIMEOUT_SECS";
     /// Largest timeout accepted.
@@ -315,6 +319,10 @@ pub struct GcpConfig {
     /// `RUNBOX_NOTIFICATIONS_TOPIC`: Pub/Sub topic receiving the bucket's
     /// `results/` finalize notifications. Default: `runbox-notifications`.
     pub notifications_topic: String,
+    /// `RUNBOX_COMMANDS_TOPIC`: Pub/Sub topic on which dispatchers hand the
+    /// later commands of a warm session to its running Cloud Run execution
+    /// (see [`crate::warm`]). Default: `runbox-commands`.
+    pub commands_topic: String,
     /// `STORAGE_EMULATOR_HOST`: a Cloud Storage emulator (`host:port` or
     /// `http://host:port`) instead of Cloud Storage.
     pub storage_emulator_host: Option<String>,
@@ -341,6 +349,7 @@ impl GcpConfig {
             bucket: bucket.into(),
             project: project.into(),
             notifications_topic: "runbox-notifications".to_owned(),
+            commands_topic: "runbox-commands".to_owned(),
             storage_emulator_host: None,
             pubsub_emulator_host: None,
             session_lease_ttl: Duration::from_secs(30),
@@ -423,6 +432,12 @@ pub struct CloudRunConfig {
     /// at once; more launches wait for one to end. Default: 1000 (Cloud Run's
     /// limit per project and region).
     pub max_running: u32,
+    /// `RUNBOX_WARM_TASK_TIMEOUT_SECS`: the task timeout of a warm
+    /// execution (10 to 604800 seconds; a first command with a longer
+    /// timeout gets that plus a margin). The execution stops taking
+    /// commands in time to finish them before it, and hands over to a new
+    /// one. Default: 86400 (24 hours).
+    pub warm_task_timeout: Duration,
 }
 
 impl CloudRunConfig {
@@ -434,6 +449,7 @@ impl CloudRunConfig {
             container: None,
             runjob_per_minute: 60,
             max_running: 1000,
+            warm_task_timeout: Duration::from_secs(86_400),
         }
     }
 }
@@ -647,6 +663,7 @@ impl Config {
                 env.push((RUNBOX_BUCKET, gcp.bucket.clone()));
                 env.push((RUNBOX_PROJECT, gcp.project.clone()));
                 env.push((RUNBOX_NOTIFICATIONS_TOPIC, gcp.notifications_topic.clone()));
+                env.push((RUNBOX_COMMANDS_TOPIC, gcp.commands_topic.clone()));
                 if let Some(host) = &gcp.storage_emulator_host {
                     env.push((STORAGE_EMULATOR_HOST, host.clone()));
                 }
@@ -679,6 +696,10 @@ impl Config {
                     cloud_run.runjob_per_minute.to_string(),
                 ));
                 env.push((RUNBOX_MAX_RUNNING, cloud_run.max_running.to_string()));
+                env.push((
+                    RUNBOX_WARM_TASK_TIMEOUT_SECS,
+                    cloud_run.warm_task_timeout.as_secs().to_string(),
+                ));
             }
         }
         let limits = &self.limits;
@@ -755,6 +776,7 @@ impl Reader<'_> {
         let bucket = self.env.get(RUNBOX_BUCKET);
         let project = self.env.get(RUNBOX_PROJECT);
         let topic = self.env.get(RUNBOX_NOTIFICATIONS_TOPIC);
+        let commands_topic = self.env.get(RUNBOX_COMMANDS_TOPIC);
         let storage_emulator_host = self.env.get(STORAGE_EMULATOR_HOST);
         let pubsub_emulator_host = self.env.get(PUBSUB_EMULATOR_HOST);
         let lease_ttl = self.millis(
@@ -772,6 +794,9 @@ impl Reader<'_> {
                 let mut gcp = GcpConfig::new(bucket?, project?);
                 if let Some(topic) = topic {
                     gcp.notifications_topic = topic;
+                }
+                if let Some(topic) = commands_topic {
+                    gcp.commands_topic = topic;
                 }
                 gcp.storage_emulator_host = storage_emulator_host;
                 gcp.pubsub_emulator_host = pubsub_emulator_host;
@@ -830,6 +855,12 @@ impl Reader<'_> {
             100_000,
         );
         let max_running = self.count(RUNBOX_MAX_RUNNING, defaults.max_running, 1, 1_000_000);
+        let warm_task_timeout = self.seconds(
+            RUNBOX_WARM_TASK_TIMEOUT_SECS,
+            defaults.warm_task_timeout,
+            10,
+            604_800,
+        );
         match kind? {
             LauncherKind::Local => Some(LauncherConfig::Local(LocalLauncherConfig {
                 executor_bin,
@@ -851,6 +882,7 @@ impl Reader<'_> {
                     container: container?,
                     runjob_per_minute: per_minute?,
                     max_running: max_running?,
+                    warm_task_timeout: warm_task_timeout?,
                 }))
             }
         }
@@ -1111,6 +1143,46 @@ mod tests {
         assert_eq!(gcp.notifications_topic, "runbox-notifications");
         assert_eq!(gcp.storage_emulator_host, None);
         assert_eq!(gcp.session_lease_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn warm_commands_topic_and_task_timeout_are_read_bounded_and_round_trip() {
+        let read = |timeout: &str| {
+            Config::from_lookup(&[
+                ("RUNBOX_BACKEND", "gcp"),
+                ("RUNBOX_BUCKET", "b"),
+                ("RUNBOX_PROJECT", "p"),
+                ("RUNBOX_COMMANDS_TOPIC", "cmds"),
+                ("RUNBOX_LAUNCHER", "cloudrun"),
+                ("RUNBOX_CLOUD_RUN_JOB", "projects/p/locations/l/jobs/j"),
+                ("RUNBOX_WARM_TASK_TIMEOUT_SECS", timeout),
+            ])
+        };
+        let cfg = read("20").unwrap();
+        let (BackendConfig::Gcp(g), LauncherConfig::CloudRun(c)) = (&cfg.backend, &cfg.launcher)
+        else {
+            panic!("not gcp with Cloud Run: {cfg:?}");
+        };
+        assert_eq!(g.commands_topic, "cmds");
+        assert_eq!(c.warm_task_timeout, Duration::from_secs(20));
+        let env: HashMap<String, String> = cfg
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(Config::from_lookup(&env).unwrap(), cfg);
+        for bad in ["9", "604801", "1h"] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("RUNBOX_WARM_TASK_TIMEOUT_SECS"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            GcpConfig::new("b", "p").commands_topic,
+            "runbox-commands",
+            "the default"
+        );
     }
 
     #[test]

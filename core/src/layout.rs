@@ -34,6 +34,14 @@ pub fn parse_result(name: &str) -> Option<ExecutionId> {
     ExecutionId::new(id).ok()
 }
 
+/// `results/{execution}.taken`: written (empty, create-only) by a warm
+/// execution on Cloud Run when it takes a command delivered over Pub/Sub,
+/// before it runs it; its finalize event tells the dispatcher that
+/// published the command that it was taken (see [`crate::warm`]).
+pub fn warm_taken(id: &ExecutionId) -> String {
+    format!("{RESULTS_PREFIX}{id}.taken")
+}
+
 /// `logs/{execution}/stdout` or `…/stderr`: a full output stream.
 pub fn log(id: &ExecutionId, stream: Stream) -> String {
     format!("{LOGS_PREFIX}{id}/{}", stream.as_str())
@@ -59,6 +67,13 @@ pub fn session_state(id: &SessionId) -> String {
 /// created.
 pub fn session_settings(id: &SessionId) -> String {
     format!("{SESSIONS_PREFIX}{id}/mode.json")
+}
+
+/// `sessions/{session}/warm.json`: the session's running warm execution
+/// on Cloud Run ([`crate::warm::WarmMarker`]), written by the dispatcher
+/// that launched it.
+pub fn warm_marker(id: &SessionId) -> String {
+    format!("{SESSIONS_PREFIX}{id}/warm.json")
 }
 
 /// `sessions/{session}/workspace/`: the session's files, one object per file.

@@ -28,6 +28,24 @@
 //! command of a new warm execution has no connection yet: the local
 //! launcher gives the executor a socket as its standard output, which
 //! carries the same lines.
+//!
+//! # Over Pub/Sub (the Cloud Run launcher)
+//!
+//! A warm execution on Cloud Run is one RunJob whose overrides add
+//! [`WARM_SESSION_ENV`], [`WARM_IDLE_MS_ENV`], [`WARM_SUBSCRIPTION_ENV`]
+//! and [`WARM_LIFETIME_MS_ENV`]. Before the RunJob the dispatcher creates
+//! the subscription, on the commands topic (`RUNBOX_COMMANDS_TOPIC`),
+//! filtered on `attributes.session = "S"`; after it, it writes the marker
+//! `sessions/{S}/warm.json` ([`WarmMarker`]). A later command is its
+//! request object plus one message ([`commands`]: `kind=run`, the session,
+//! the execution id, the warm execution it is meant for). The executor
+//! takes a message only when it names this execution, its request names
+//! this session and has neither a result nor a taken mark; it then writes
+//! `results/{execution}.taken` (create-only), whose finalize event tells
+//! the dispatcher the command was taken, acks and runs it. A dispatcher
+//! that sees the warm execution end (its RunJob operation) before that
+//! mark exists starts a new warm execution with the command as its first.
+//! The execution deletes its subscription and its marker when it ends.
 
 use std::time::Duration;
 
@@ -50,6 +68,50 @@ pub const WARM_SESSION_ENV: &str = "RUNBOX_WARM_SESSION";
 
 /// Set in a warm executor's configuration: its idle timeout, in ms.
 pub const WARM_IDLE_MS_ENV: &str = "RUNBOX_WARM_IDLE_MS";
+
+/// Set in a warm executor's configuration on Cloud Run: the Pub/Sub
+/// subscription (`projects/P/subscriptions/S`) its later commands arrive on.
+pub const WARM_SUBSCRIPTION_ENV: &str = "RUNBOX_WARM_SUBSCRIPTION";
+
+/// Set in a warm executor's configuration on Cloud Run: how long after its
+/// start it may take commands, in ms. It takes a command only if the
+/// command's timeout ends within that time, and exits (handing over) once
+/// it has passed, so the task timeout never kills a command.
+pub const WARM_LIFETIME_MS_ENV: &str = "RUNBOX_WARM_LIFETIME_MS";
+
+/// The marker of a session's running warm execution on Cloud Run,
+/// `sessions/{session}/warm.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WarmMarker {
+    /// The Cloud Run Execution (`projects/P/locations/L/jobs/J/executions/E`).
+    pub execution: String,
+    /// Its RunJob operation, which any dispatcher can wait on to see it end.
+    pub operation: String,
+    /// The execution id of its first command, which names it.
+    pub first: String,
+    /// The subscription its commands arrive on.
+    pub subscription: String,
+    /// When dispatchers stop handing it commands (ms since the Unix epoch,
+    /// the launching dispatcher's clock): a command whose timeout would end
+    /// after this goes to a new execution.
+    pub deadline_ms: u64,
+}
+
+/// The messages of the commands topic: attribute names and values.
+pub mod commands {
+    /// Attribute: the session (what a warm execution's subscription filters on).
+    pub const SESSION: &str = "session";
+    /// Attribute: what the message asks ([`RUN`]; other kinds are acked and
+    /// ignored, so later kinds can be added).
+    pub const KIND: &str = "kind";
+    /// Attribute: the execution id of the command (also the message data).
+    pub const EXECUTION: &str = "execution";
+    /// Attribute: the first execution id of the warm execution meant.
+    pub const WARM: &str = "warm";
+    /// [`KIND`]: run the command whose request object is written.
+    pub const RUN: &str = "run";
+}
 
 /// How a session's commands run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use runbox_notifier::{
 
 use crate::error::{Error, Result};
 use crate::launcher::Launcher;
-use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings};
+use crate::launcher::cloud_run::{CloudRunLauncher, CloudRunSettings, WarmCommands};
 use crate::launcher::local::LocalLauncher;
 use crate::session_lease::{LeaseSettings, SessionLeases};
 use crate::session_lock::SessionLocks;
@@ -149,7 +149,19 @@ async fn launcher(config: &Config) -> Result<Arc<dyn Launcher>> {
     Ok(match &config.launcher {
         LauncherConfig::Local(_) => Arc::new(LocalLauncher::new(config, LOCAL_MAX_RUNNING)?),
         LauncherConfig::CloudRun(cloud_run) => {
-            Arc::new(CloudRunLauncher::connect(CloudRunSettings::from_config(cloud_run)).await?)
+            let launcher =
+                CloudRunLauncher::connect(CloudRunSettings::from_config(cloud_run)).await?;
+            // Warm executions take their later commands from the commands
+            // topic, which only the gcp backend has.
+            match &config.backend {
+                BackendConfig::Gcp(gcp) => Arc::new(launcher.with_warm_commands(WarmCommands {
+                    project: gcp.project.clone(),
+                    topic: gcp.commands_topic.clone(),
+                    emulator_host: gcp.pubsub_emulator_host.clone(),
+                    task_timeout: cloud_run.warm_task_timeout,
+                })),
+                BackendConfig::Local(_) => Arc::new(launcher),
+            }
         }
     })
 }

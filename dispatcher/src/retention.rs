@@ -181,7 +181,8 @@ async fn background_executions(store: &dyn Store) -> Result<HashSet<ExecutionId>
     }
 }
 
-/// Deletes an execution's request (and its stdin), logs and live output
+/// Deletes an execution's request (and its stdin), its warm taken mark,
+/// logs and live output
 /// chunks, then its result (the
 /// generation listed: a result is written once, so another generation
 /// would be news worth keeping); returns how many objects were deleted.
@@ -192,7 +193,11 @@ async fn delete_execution(
 ) -> Result<usize> {
     let op = || format!("gc: delete execution {id}");
     let mut n = 0;
-    for name in [layout::request(id), layout::request_stdin(id)] {
+    for name in [
+        layout::request(id),
+        layout::request_stdin(id),
+        layout::warm_taken(id),
+    ] {
         match store.delete(&name, Precondition::None).await {
             Ok(()) => n += 1,
             Err(e) if e.is_not_found() => {}
@@ -228,6 +233,7 @@ async fn count_objects(store: &dyn Store, id: &ExecutionId) -> Result<usize> {
     for prefix in [
         layout::request(id),
         layout::request_stdin(id),
+        layout::warm_taken(id),
         layout::result(id),
         layout::logs_prefix(id),
         layout::output_chunks_prefix(id),

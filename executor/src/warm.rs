@@ -50,7 +50,10 @@ use runbox_core::config::Lookup;
 use runbox_core::contract;
 use runbox_core::session_cwd;
 use runbox_core::store::Store;
-use runbox_core::warm::{WARM_IDLE_MS_ENV, WARM_SESSION_ENV, WARM_SOCKET_ENV, wire};
+use runbox_core::warm::{
+    WARM_IDLE_MS_ENV, WARM_LIFETIME_MS_ENV, WARM_SESSION_ENV, WARM_SOCKET_ENV,
+    WARM_SUBSCRIPTION_ENV, wire,
+};
 use runbox_core::{ExecutionId, SessionId};
 use runbox_proto::{ExecResult, ExecStatus};
 use rustix::process::{Pid, Signal};
@@ -63,6 +66,7 @@ use crate::{
     ExecutorError, Loaded, Outcome, Settings, identity, namespace, output, process, scratch, shell,
 };
 
+mod pubsub;
 mod stdin_stream;
 
 /// What makes an executor warm, from its configuration.
@@ -70,8 +74,13 @@ mod stdin_stream;
 pub struct Warm {
     /// The session it serves; requests of any other are refused.
     pub session: SessionId,
-    /// The socket it listens on.
-    pub socket: PathBuf,
+    /// The socket it listens on (the local launcher).
+    pub socket: Option<PathBuf>,
+    /// The Pub/Sub subscription its commands arrive on (Cloud Run).
+    pub subscription: Option<String>,
+    /// How long after its start it takes commands (see
+    /// [`runbox_core::warm::WARM_LIFETIME_MS_ENV`]); `None`: no limit.
+    pub lifetime: Option<Duration>,
     /// How long it waits for the next command before it exits.
     pub idle: Duration,
 }
@@ -79,10 +88,20 @@ pub struct Warm {
 impl Warm {
     /// The warm settings in `lookup`; `None` for a oneshot executor.
     pub fn from_lookup(lookup: &dyn Lookup) -> Result<Option<Self>, String> {
-        let (Some(socket), Some(session)) =
-            (lookup.get(WARM_SOCKET_ENV), lookup.get(WARM_SESSION_ENV))
-        else {
+        let socket = lookup.get(WARM_SOCKET_ENV);
+        let subscription = lookup.get(WARM_SUBSCRIPTION_ENV);
+        let Some(session) = lookup.get(WARM_SESSION_ENV) else {
             return Ok(None);
+        };
+        if socket.is_none() && subscription.is_none() {
+            return Ok(None);
+        }
+        let lifetime = match lookup.get(WARM_LIFETIME_MS_ENV) {
+            None => None,
+            Some(v) => Some(Duration::from_millis(
+                v.parse()
+                    .map_err(|e| format!("{WARM_LIFETIME_MS_ENV}={v:?}: {e}"))?,
+            )),
         };
         let session = SessionId::new(&session).map_err(|e| format!("{WARM_SESSION_ENV}: {e}"))?;
         let idle_ms: u64 = match lookup.get(WARM_IDLE_MS_ENV) {
@@ -98,7 +117,9 @@ impl Warm {
             .map_err(|e| format!("{WARM_IDLE_MS_ENV}: {e}"))?;
         Ok(Some(Self {
             session,
-            socket: PathBuf::from(socket),
+            socket: socket.map(PathBuf::from),
+            subscription,
+            lifetime,
             idle,
         }))
     }
@@ -115,6 +136,15 @@ pub enum WarmError {
         /// The cause.
         #[source]
         source: std::io::Error,
+    },
+    /// Its commands' subscription could not be reached.
+    #[error("subscribe to {subscription}")]
+    Subscribe {
+        /// The subscription.
+        subscription: String,
+        /// The cause.
+        #[source]
+        source: pubsub::PubSubError,
     },
     /// A command's result could not be written.
     #[error("warm execution")]
@@ -134,6 +164,9 @@ pub enum WarmEnd {
     Closed,
     /// SIGTERM or SIGINT.
     Stopped,
+    /// Its lifetime ran out (see [`Warm::lifetime`]): the session's next
+    /// command goes to a new execution.
+    HandedOver,
 }
 
 /// Serves the first command (`settings.execution_id`), then every command
@@ -144,29 +177,49 @@ pub async fn serve(
     warm: &Warm,
     cancel: impl std::future::Future<Output = ()>,
 ) -> Result<WarmEnd, WarmError> {
-    let listener = Listener::bind(&warm.socket).map_err(|source| WarmError::Listen {
-        path: warm.socket.clone(),
-        source,
-    })?;
+    let born = tokio::time::Instant::now();
+    let listener = match &warm.socket {
+        Some(path) => Some(Listener::bind(path).map_err(|source| WarmError::Listen {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
     let stop = CancellationToken::new();
     let closed = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel::<(ExecutionId, UnixStream)>(1);
+    let (tx, mut rx) = mpsc::channel::<(ExecutionId, Delivery)>(1);
     let first = settings.execution_id.clone();
+    let commands = match &warm.subscription {
+        Some(subscription) => Some(
+            pubsub::Commands::start(settings, warm, subscription, &first, tx.clone(), &closed)
+                .await
+                .map_err(|source| WarmError::Subscribe {
+                    subscription: subscription.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     // `close` connections stay open until everything has ended, so the
     // dispatcher that asked knows when it has.
     let closers = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let accept = tokio::spawn(accept_loop(
-        listener.inner,
-        tx,
-        Closing {
-            token: closed.clone(),
-            waiting: Arc::clone(&closers),
-        },
-        first.to_string(),
-    ));
+    let accept = listener.as_ref().map(|listener| {
+        tokio::spawn(accept_loop(
+            listener.inner.clone(),
+            tx.clone(),
+            Closing {
+                token: closed.clone(),
+                waiting: Arc::clone(&closers),
+            },
+            first.to_string(),
+        ))
+    });
+    drop(tx);
+    // Past this a command could outlive the task timeout: none is taken.
+    let handover = warm.lifetime.map(|l| born + l);
     tokio::pin!(cancel);
     let mut shell: Option<Shell> = None;
-    let mut next: Option<(ExecutionId, Option<UnixStream>)> = Some((first, None));
+    let mut next: Option<(ExecutionId, Option<Delivery>)> = Some((first, None));
     let end = loop {
         let (id, mut conn) = match next.take() {
             Some(item) => item,
@@ -176,6 +229,7 @@ pub async fn serve(
                     None => break WarmEnd::Closed,
                 },
                 () = tokio::time::sleep(warm.idle) => break WarmEnd::Idle,
+                () = sleep_until(handover) => break WarmEnd::HandedOver,
                 () = closed.cancelled() => break WarmEnd::Closed,
                 () = &mut cancel => break WarmEnd::Stopped,
             },
@@ -186,19 +240,27 @@ pub async fn serve(
         };
         let loaded = crate::load_request(&*store, &settings).await;
         if conn.is_none() && stdin_stream::wants(&loaded) {
-            conn = stdin_stream::first_channel();
+            conn = stdin_stream::first_channel().map(Delivery::Socket);
         }
         if let Some(c) = &mut conn {
             // Only the session's own requests that have no result yet: an
             // id from anywhere else gets no result written in its name.
             if let Err(reason) = check_delivered(&*store, warm, &id, &loaded).await {
-                let _ = c
-                    .write_all(format!("{} {reason}\n", wire::NO).as_bytes())
-                    .await;
+                c.refuse(&id, &reason).await;
                 continue;
             }
+            if let (Some(at), Ok(l)) = (handover, &loaded)
+                && tokio::time::Instant::now() + Duration::from_millis(l.request.timeout_ms) > at
+            {
+                // Left untaken: its dispatcher sees this execution end
+                // first and starts the next one with it.
+                tracing::info!(execution = %id, "the command would outlive this warm execution; handing over");
+                break WarmEnd::HandedOver;
+            }
             // A dispatcher that has gone still gets its result object.
-            let _ = c.write_all(format!("{}\n", wire::OK).as_bytes()).await;
+            if !c.take(&*store, &id).await {
+                continue;
+            }
         }
         // Stopping (SIGTERM, close) during a command cancels it.
         let outcome = {
@@ -209,7 +271,7 @@ pub async fn serve(
                 &mut shell,
                 loaded,
                 &stop,
-                conn.as_mut(),
+                conn.as_mut().and_then(Delivery::socket),
             );
             tokio::pin!(run);
             loop {
@@ -228,13 +290,18 @@ pub async fn serve(
                 tracing::warn!(execution = %id, "a result already existed; ours was dropped");
             }
             Err(source) => {
-                finish(&listener.path, listener.ino, shell).await;
-                accept.abort();
+                if let Some(accept) = &accept {
+                    accept.abort();
+                }
+                finish(listener.as_ref(), shell).await;
+                if let Some(commands) = commands {
+                    commands.finish(&*store).await;
+                }
                 return Err(WarmError::Result { source });
             }
         }
         if let Some(c) = &mut conn {
-            let _ = c.write_all(format!("{}\n", wire::DONE).as_bytes()).await;
+            c.done().await;
         }
         if stop.is_cancelled() {
             break if closed.is_cancelled() {
@@ -246,18 +313,84 @@ pub async fn serve(
     };
     // Deliveries still queued get end-of-stream before `ok`: their
     // dispatchers start a new execution for them.
-    accept.abort();
+    if let Some(accept) = &accept {
+        accept.abort();
+    }
     drop(rx);
-    finish(&listener.path, listener.ino, shell).await;
+    finish(listener.as_ref(), shell).await;
+    // Its commands go nowhere once it is gone: what was published and not
+    // taken is started anew by its dispatcher, which sees this end.
+    if let Some(commands) = commands {
+        commands.finish(&*store).await;
+    }
     drop(closers);
     Ok(end)
 }
 
+/// Resolves at `at`; never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a command came from, and how its sender hears of it.
+enum Delivery {
+    /// A connection to the socket: `ok`, `no …` and `done` lines.
+    Socket(UnixStream),
+    /// A message of the commands topic.
+    PubSub(pubsub::Delivered),
+}
+
+impl Delivery {
+    /// The connection a streamed stdin arrives on (Pub/Sub carries none).
+    fn socket(&mut self) -> Option<&mut UnixStream> {
+        match self {
+            Delivery::Socket(c) => Some(c),
+            Delivery::PubSub(_) => None,
+        }
+    }
+
+    /// Tells the sender the command is not run.
+    async fn refuse(&mut self, id: &ExecutionId, reason: &str) {
+        match self {
+            Delivery::Socket(c) => {
+                let _ = c
+                    .write_all(format!("{} {reason}\n", wire::NO).as_bytes())
+                    .await;
+            }
+            Delivery::PubSub(m) => m.refuse(id, reason).await,
+        }
+    }
+
+    /// Tells the sender the command starts now; `false` when it must not
+    /// run after all (another execution took it).
+    async fn take(&mut self, store: &dyn Store, id: &ExecutionId) -> bool {
+        match self {
+            Delivery::Socket(c) => {
+                let _ = c.write_all(format!("{}\n", wire::OK).as_bytes()).await;
+                true
+            }
+            Delivery::PubSub(m) => m.take(store, id).await,
+        }
+    }
+
+    /// Tells the sender its result is written.
+    async fn done(&mut self) {
+        if let Delivery::Socket(c) = self {
+            let _ = c.write_all(format!("{}\n", wire::DONE).as_bytes()).await;
+        }
+    }
+}
+
 /// Removes the socket (when it is still ours) and ends the shell and
 /// everything it started.
-async fn finish(path: &Path, ino: u64, shell: Option<Shell>) {
+async fn finish(listener: Option<&Listener>, shell: Option<Shell>) {
     use std::os::unix::fs::MetadataExt;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino) {
+    if let Some(Listener { path, ino, .. }) = listener
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == *ino)
+    {
         let _ = std::fs::remove_file(path);
     }
     if let Some(shell) = shell {
@@ -269,7 +402,7 @@ async fn finish(path: &Path, ino: u64, shell: Option<Shell>) {
 /// The listening socket and the inode it was bound to, so the executor
 /// removes only its own socket at exit, never a successor's.
 struct Listener {
-    inner: UnixListener,
+    inner: Arc<UnixListener>,
     path: PathBuf,
     ino: u64,
 }
@@ -292,7 +425,7 @@ impl Listener {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let ino = std::fs::symlink_metadata(path)?.ino();
         Ok(Self {
-            inner,
+            inner: Arc::new(inner),
             path: path.to_owned(),
             ino,
         })
@@ -313,8 +446,8 @@ struct Closing {
 }
 
 async fn accept_loop(
-    listener: UnixListener,
-    tx: mpsc::Sender<(ExecutionId, UnixStream)>,
+    listener: Arc<UnixListener>,
+    tx: mpsc::Sender<(ExecutionId, Delivery)>,
     closing: Closing,
     first: String,
 ) {
@@ -352,7 +485,7 @@ async fn accept_loop(
             }
             wire::RUN => match ExecutionId::new(arg) {
                 Ok(id) => {
-                    if tx.send((id, conn)).await.is_err() {
+                    if tx.send((id, Delivery::Socket(conn))).await.is_err() {
                         return;
                     }
                 }

@@ -104,6 +104,23 @@ resource "google_pubsub_topic_iam_member" "serve_publish_notifications" {
   member  = local.serve_member
 }
 
+# Warm executions: the dispatcher creates each one's subscription on the
+# commands topic (runboxSubscriber covers the subscription side) and
+# publishes its later commands there.
+resource "google_pubsub_topic_iam_member" "serve_attach_commands" {
+  project = var.project
+  topic   = google_pubsub_topic.commands.name
+  role    = google_project_iam_custom_role.attach.id
+  member  = local.serve_member
+}
+
+resource "google_pubsub_topic_iam_member" "serve_publish_commands" {
+  project = var.project
+  topic   = google_pubsub_topic.commands.name
+  role    = "roles/pubsub.publisher"
+  member  = local.serve_member
+}
+
 resource "google_pubsub_subscription_iam_member" "serve_pull_requests" {
   project      = var.project
   subscription = google_pubsub_subscription.requests.name

@@ -8,6 +8,17 @@ resource "google_pubsub_topic" "notifications" {
   depends_on = [google_project_service.apis]
 }
 
+# Later commands of warm sessions, for their running executions. Each warm
+# execution gets its own subscription, filtered on its session, created by
+# the dispatcher that starts it and deleted when it ends (it expires after a
+# day unused), so none is declared.
+resource "google_pubsub_topic" "commands" {
+  name    = var.commands_topic
+  project = var.project
+
+  depends_on = [google_project_service.apis]
+}
+
 # Requests published by callers of `runbox serve`, one ordering key per session.
 resource "google_pubsub_topic" "requests" {
   name    = var.requests_topic

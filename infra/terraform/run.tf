@@ -122,6 +122,10 @@ resource "google_cloud_run_v2_service" "serve" {
         value = google_pubsub_topic.notifications.name
       }
       env {
+        name  = "RUNBOX_COMMANDS_TOPIC"
+        value = google_pubsub_topic.commands.name
+      }
+      env {
         name  = "RUNBOX_LAUNCHER"
         value = "cloudrun"
       }

@@ -20,6 +20,12 @@ variable "notifications_topic" {
   default     = "runbox-notifications"
 }
 
+variable "commands_topic" {
+  description = "Topic on which dispatchers hand later commands to warm executions (RUNBOX_COMMANDS_TOPIC)."
+  type        = string
+  default     = "runbox-commands"
+}
+
 variable "requests_topic" {
   description = "Topic callers publish ExecRequest messages to."
   type        = string

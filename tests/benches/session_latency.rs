@@ -13,7 +13,12 @@
 //!    beside the notification floor measured in the same run (a bare
 //!    subscriber on the notifications topic: upload → notification
 //!    received).
-//! 2. Output while it runs: a command that prints, then sleeps 2 s: time
+//! 2. Warm mode: the same N commands on a warm session (one execution fed
+//!    over the commands topic): wall time and its ratio to oneshot's
+//!    (target: warm at least 20 times faster), RunJob calls (target: at
+//!    most 1), exec p50/p99 beside the same floor (target: p50 within
+//!    50 ms of it).
+//! 3. Output while it runs: a command that prints, then sleeps 2 s: time
 //!    from submission to its first chunk vs to its result.
 
 use std::collections::BTreeMap;
@@ -28,7 +33,7 @@ use futures::StreamExt as _;
 use gcloud_pubsub::subscription::SubscriptionConfig;
 use runbox_core::store::{PutOptions, Store};
 use runbox_core::{Config, InstanceId, layout};
-use runbox_dispatcher::{Client, ExecStatus};
+use runbox_dispatcher::{Client, ExecStatus, SessionMode, SessionSettings};
 use runbox_tests::embedded::binary;
 use runbox_tests::harness::Emulators;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -37,6 +42,7 @@ use tokio::sync::mpsc;
 
 const IMAGE: &str = "runbox-executor";
 const JOB: &str = "projects/bench/locations/local/jobs/runbox";
+const COMMANDS_TOPIC: &str = "runbox-commands";
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -79,6 +85,11 @@ async fn main() -> anyhow::Result<()> {
     let delay = std::env::var("RUNBOX_BENCH_START_DELAY").unwrap_or_else(|_| "2s".to_owned());
     println!("starting the emulators...");
     let emu = Emulators::start().await?;
+    emu.pubsub_client()
+        .await?
+        .topic(COMMANDS_TOPIC)
+        .create(None, None)
+        .await?;
     let dir = tempfile::tempdir()?;
     let stats = dir.path().join("cloudrun-stats.json");
 
@@ -122,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     env.insert("RUNBOX_LAUNCHER".into(), "cloudrun".into());
     env.insert("RUNBOX_CLOUD_RUN_JOB".into(), JOB.into());
     env.insert("RUNBOX_CLOUD_RUN_ENDPOINT".into(), format!("http://{addr}"));
+    env.insert("RUNBOX_COMMANDS_TOPIC".into(), COMMANDS_TOPIC.into());
     let client = Client::from_config(Config::from_lookup(&env)?).await?;
     let session = client.session("bench")?;
 
@@ -138,6 +150,25 @@ async fn main() -> anyhow::Result<()> {
     }
     let wall = wall.elapsed();
     let calls = run_job_calls(&stats)? - calls_before;
+
+    // 2. Warm: the same N commands on a warm session.
+    println!("running {n} sequential commands on one warm session...");
+    client
+        .create_session_with("bench-warm", SessionSettings::new(SessionMode::Warm))
+        .await?;
+    let warm = client.session("bench-warm")?;
+    let warm_calls_before = run_job_calls(&stats)?;
+    let mut warm_execs = Vec::with_capacity(n);
+    let warm_wall = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = warm.exec("true").await?;
+        anyhow::ensure!(r.exec_status() == ExecStatus::Succeeded, "{r:?}");
+        warm_execs.push(t.elapsed());
+    }
+    let warm_wall = warm_wall.elapsed();
+    let warm_calls = run_job_calls(&stats)? - warm_calls_before;
+    client.close_session("bench-warm").await?;
 
     // The floor, in the same run: a bare subscriber's upload → received.
     let floor = floor(&emu, n.min(100)).await?;
@@ -175,6 +206,27 @@ async fn main() -> anyhow::Result<()> {
         "exec over the floor: p50 {:+.1} ms, p99 {:+.1} ms (the start delay is inside the exec)",
         ms(pct(&e, 0.5)) - ms(pct(&f, 0.5)),
         ms(pct(&e, 0.99)) - ms(pct(&f, 0.99)),
+    );
+    println!("== warm, the same stack and floor (N={n}, sequential, one session)");
+    println!(
+        "wall time {:.1} s ({:.1} ms per command); RunJob calls (emulator counter): {warm_calls} (target <= 1)",
+        warm_wall.as_secs_f64(),
+        ms(warm_wall) / n as f64
+    );
+    println!(
+        "oneshot / warm wall time: {:.1}x (target >= 20x)",
+        wall.as_secs_f64() / warm_wall.as_secs_f64()
+    );
+    row("warm exec(\"true\") submit -> result", warm_execs.clone());
+    // The first command includes the start delay; the rest reach the
+    // running execution.
+    row("warm, commands 2..N", warm_execs[1..].to_vec());
+    let mut w = warm_execs[1..].to_vec();
+    w.sort();
+    println!(
+        "warm (2..N) over the floor: p50 {:+.1} ms (target <= +50 ms), p99 {:+.1} ms",
+        ms(pct(&w, 0.5)) - ms(pct(&f, 0.5)),
+        ms(pct(&w, 0.99)) - ms(pct(&f, 0.99)),
     );
     println!("== output while it runs: `echo started; sleep 2` (N={samples})");
     row("submit -> first chunk", first_chunk.clone());

@@ -405,6 +405,14 @@ def check_terraform(c, repo, tf, infra):
     topic_name = tf.value(tf.resources.get(("google_pubsub_topic", topic_label), {}).get("name"))
     c.check("topic.default", topic_name == config_default,
             f"the notifications topic defaults to {topic_name!r}, runbox to {config_default!r}")
+    # Warm executions' commands: a topic of their own, named by the service.
+    commands_label = single_ref(svc_env.get("RUNBOX_COMMANDS_TOPIC", {}).get("value"), "google_pubsub_topic", "name")
+    c.check("service.env.commands", commands_label is not None and commands_label != topic_label,
+            f"the service's RUNBOX_COMMANDS_TOPIC must name a topic of its own, not the notifications topic ({commands_label!r})")
+    commands_default = re.search(r'commands_topic: "([^"]+)"', read(os.path.join(repo, "core/src/config.rs"))).group(1)
+    commands_name = tf.value(tf.resources.get(("google_pubsub_topic", commands_label), {}).get("name"))
+    c.check("service.env.commands", commands_name == commands_default,
+            f"the commands topic defaults to {commands_name!r}, runbox to {commands_default!r}")
 
     subs = tf.of_type("google_pubsub_subscription")
     req_sub_label = single_ref(svc_env.get("RUNBOX_REQUESTS_SUBSCRIPTION", {}).get("value"), "google_pubsub_subscription", "name")
@@ -460,7 +468,7 @@ def check_terraform(c, repo, tf, infra):
     c.check("identities", job_sa and svc_sa and job_sa != svc_sa,
             f"the job ({job_sa}) and the service ({svc_sa}) must run as two declared service accounts")
 
-    check_grants(c, tf, infra, job_sa, svc_sa, topic_label, dlt, req_sub_label, bucket_label)
+    check_grants(c, tf, infra, job_sa, svc_sa, topic_label, dlt, req_sub_label, bucket_label, commands_label)
     check_probes(c, repo, svc_container)
     return {
         "job": (job_container, tf.value(job_env.get("RUNBOX_RUN_AS_USER", {}).get("value"))),
@@ -486,7 +494,7 @@ def principal_of(member, job_sa, svc_sa):
     return m
 
 
-def check_grants(c, tf, infra, job_sa, svc_sa, notif_topic, dlt, req_sub, bucket_label):
+def check_grants(c, tf, infra, job_sa, svc_sa, notif_topic, dlt, req_sub, bucket_label, commands_topic):
     custom = {}
     for label, body in tf.of_type("google_project_iam_custom_role").items():
         custom[label] = (unquote(body.get("role_id")), {unquote(p) for p in body.get("permissions", [])})
@@ -540,6 +548,9 @@ def check_grants(c, tf, infra, job_sa, svc_sa, notif_topic, dlt, req_sub, bucket
     for who, needs in ((svc_sa, SERVE_NEEDS), (job_sa, EXECUTOR_NEEDS)):
         missing = needs - by_principal.get(who, set())
         c.check("grants.needed", not missing, f"{who} lacks {sorted(missing)}, which runbox calls with")
+    c.check("grants.commands", {(svc_sa, "roles/pubsub.publisher", f"google_pubsub_topic.{commands_topic}"),
+                                (svc_sa, "runboxTopicAttach", f"google_pubsub_topic.{commands_topic}")} <= granted,
+            "serve cannot publish to the commands topic or attach a warm execution's subscription to it")
     c.check("grants.storage_agent", ("storage-agent", "roles/pubsub.publisher", f"google_pubsub_topic.{notif_topic}") in granted,
             "the Cloud Storage service agent cannot publish to the notifications topic: the notification would be refused")
     c.check("grants.dead_letter", {("pubsub-agent", "roles/pubsub.publisher", f"google_pubsub_topic.{dlt}"),

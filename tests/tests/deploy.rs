@@ -113,6 +113,12 @@ const SERVE: &str = "docker/serve.Dockerfile";
 /// Breakages of the job template, the service's environment and the wiring.
 const WIRING: &[Breakage] = &[
     breaks(RUN, "max_retries = 0", "max_retries = 3", "job.max_retries"),
+    breaks(
+        RUN,
+        "value = google_pubsub_topic.commands.name",
+        "value = google_pubsub_topic.notifications.name",
+        "service.env.commands",
+    ),
     breaks(RUN, "task_count  = 1", "task_count  = 2", "job.task_count"),
     breaks(
         RUN,
@@ -294,6 +300,12 @@ const WIRING: &[Breakage] = &[
 
 /// Breakages of the grants and of the permission tables.
 const GRANTS: &[Breakage] = &[
+    breaks(
+        IAM,
+        "topic   = google_pubsub_topic.commands.name\n  role    = \"roles/pubsub.publisher\"",
+        "topic   = google_pubsub_topic.notifications.name\n  role    = \"roles/pubsub.publisher\"",
+        "grants.commands",
+    ),
     breaks(IAM, "    \"run.executions.list\",\n", "", "grants.needed"),
     breaks(
         IAM,

@@ -110,6 +110,7 @@ impl Engine {
     pub(crate) fn start(parts: EngineParts) -> Arc<Self> {
         let waiters = Waiters::new();
         let notifier = Notifier::spawn(parts.events, waiters.clone(), parts.store.clone());
+        parts.launcher.attach(parts.store.clone(), waiters.clone());
         // A file lock already orders the session across processes.
         let session_leases = match parts.session_locks {
             Some(_) => None,

@@ -213,6 +213,16 @@ pub trait Launcher: Send + Sync + 'static {
         })
     }
 
+    /// Hands the launcher the client's store and completion waiters once
+    /// they exist, for launchers that learn of their executions through
+    /// objects and their events (the Cloud Run launcher's warm commands).
+    fn attach(
+        &self,
+        _store: std::sync::Arc<dyn runbox_core::Store>,
+        _waiters: std::sync::Arc<runbox_notifier::Waiters>,
+    ) {
+    }
+
     /// The first execution of the session's running warm execution, if
     /// one runs.
     async fn warm_execution(&self, _session: &runbox_core::SessionId) -> Option<String> {

@@ -69,10 +69,12 @@ mod settings;
 mod status;
 mod template_check;
 mod transport;
+mod warm;
 
 pub use self::settings::{CLOUD_RUN_URL, CloudRunEndpoint, CloudRunSettings};
 pub use self::status::{CallError, NoExecution};
 pub use self::template_check::{TemplateProblem, template_problems};
+pub use self::warm::WarmCommands;
 
 use self::admission::{RateLimiter, RunningSlots, Slot};
 use self::settings::{MAX_TASK_TIMEOUT, WAITS_PER_CONNECTION, job_location};
@@ -91,6 +93,8 @@ pub struct CloudRunLauncher {
     limiter: RateLimiter,
     slots: RunningSlots,
     running: DashMap<ExecutionId, Tracked>,
+    /// Warm executions over Pub/Sub, when configured ([`warm`]).
+    warm: Option<warm::WarmDelivery>,
 }
 
 /// What is kept about a launched execution until it is released.
@@ -145,8 +149,17 @@ impl CloudRunLauncher {
             limiter: RateLimiter::per_minute(settings.runjob_per_minute, settings.runjob_burst),
             slots: RunningSlots::new(settings.max_running),
             running: DashMap::new(),
+            warm: None,
             settings,
         })
+    }
+
+    /// Runs warm sessions' commands in warm executions, delivering the
+    /// later ones over `commands` (without it, they run oneshot).
+    #[must_use]
+    pub fn with_warm_commands(mut self, commands: WarmCommands) -> Self {
+        self.warm = Some(warm::WarmDelivery::new(commands));
+        self
     }
 
     /// The settings in use.
@@ -214,7 +227,7 @@ impl CloudRunLauncher {
         self.slots.in_use()
     }
 
-    fn run_job_request(&self, spec: &LaunchSpec) -> RunJobRequest {
+    fn run_job_request(&self, spec: &LaunchSpec, warm: Option<&warm::Overrides>) -> RunJobRequest {
         let env = |name: &str, value: &str| EnvVar {
             name: name.to_owned(),
             values: Some(env_var::Values::Value(value.to_owned())),
@@ -228,6 +241,13 @@ impl CloudRunLauncher {
         if let Some(token) = &spec.store_token {
             vars.push(env(STORE_TOKEN_ENV, token.secret()));
         }
+        let timeout = match warm {
+            Some(warm) => {
+                vars.extend(warm.env.iter().map(|(k, v)| env(k, v)));
+                task_timeout(warm.task_timeout, Duration::ZERO)
+            }
+            None => task_timeout(spec.timeout, self.settings.task_timeout_margin),
+        };
         RunJobRequest {
             name: self.settings.job.clone(),
             overrides: Some(run_job_request::Overrides {
@@ -238,10 +258,7 @@ impl CloudRunLauncher {
                     ..Default::default()
                 }],
                 task_count: 1,
-                timeout: Some(task_timeout(
-                    spec.timeout,
-                    self.settings.task_timeout_margin,
-                )),
+                timeout: Some(timeout),
             }),
             ..Default::default()
         }
@@ -508,26 +525,13 @@ impl CloudRunLauncher {
         }
     }
 
-    fn free_slot(&self, id: &ExecutionId) {
-        if let Some(t) = self.running.get(id) {
-            // A panic elsewhere while holding the lock cannot leave the
-            // Option half-written: take the slot from a poisoned lock too.
-            t.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        }
-    }
-}
-
-#[async_trait]
-impl Launcher for CloudRunLauncher {
-    fn describe(&self) -> String {
-        format!(
-            "cloudrun:{} via {}",
-            self.settings.job,
-            self.settings.endpoint.url()
-        )
-    }
-
-    async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError> {
+    /// Launches `spec` (with the overrides of a warm execution, when
+    /// given); returns the Execution's name and its RunJob operation.
+    async fn launch_with(
+        &self,
+        spec: LaunchSpec,
+        warm: Option<&warm::Overrides>,
+    ) -> Result<(String, String), LaunchError> {
         let id = spec.execution_id.clone();
         // The slot first: a launch that waits for one must not hold a
         // RunJob token meanwhile.
@@ -542,7 +546,7 @@ impl Launcher for CloudRunLauncher {
         crate::metrics::get().admission_wait(waited.elapsed());
         let call = tracing::info_span!("RunJob", otel.status_code = tracing::field::Empty);
         let op = self
-            .run_job(&id, self.run_job_request(&spec))
+            .run_job(&id, self.run_job_request(&spec, warm))
             .instrument(call.clone())
             .await;
         if op.is_err() {
@@ -573,31 +577,17 @@ impl Launcher for CloudRunLauncher {
         self.running.insert(
             id,
             Tracked {
-                execution,
-                operation: Some(op.name),
+                execution: execution.clone(),
+                operation: Some(op.name.clone()),
                 slot: Mutex::new(Some(slot)),
             },
         );
-        Ok(())
+        Ok((execution, op.name))
     }
 
-    async fn ended(&self, id: &ExecutionId) -> Ended {
-        let tracked = self
-            .running
-            .get(id)
-            .map(|t| (t.execution.clone(), t.operation.clone()));
-        let Some((execution, operation)) = tracked else {
-            return Ended {
-                succeeded: false,
-                message: format!("execution {id} is not known to this launcher"),
-            };
-        };
-        let Some(operation) = operation else {
-            // Adopted: its operation is known only to the process that
-            // launched it. Asking GetExecution over and over would be
-            // polling; the result event or the deadline tells the end.
-            return std::future::pending().await;
-        };
+    /// Waits, held by the server, until the RunJob operation `operation`
+    /// of `execution` is done; how the execution ended.
+    async fn operation_done(&self, id: &ExecutionId, execution: &str, operation: &str) -> Ended {
         // Consecutive calls that came back early: failed, or not done long
         // before the wait asked for (WaitOperation is best effort and may
         // answer at once). Each is followed by a growing pause, so a server
@@ -605,13 +595,11 @@ impl Launcher for CloudRunLauncher {
         let mut early: u32 = 0;
         loop {
             let called = Instant::now();
-            let outcome = self.wait_operation(&operation).await;
+            let outcome = self.wait_operation(operation).await;
             let held = called.elapsed() >= self.settings.wait_timeout / 2;
             match outcome {
                 Ok(op) if op.done => {
-                    let ended = self.ended_from(op, &execution).await;
-                    self.free_slot(id);
-                    return ended;
+                    return self.ended_from(op, execution).await;
                 }
                 // The server held the call for the whole wait: call again.
                 Ok(_) if held => {
@@ -632,9 +620,7 @@ impl Launcher for CloudRunLauncher {
                         code = ?status.code(),
                         "WaitOperation unusable; following the execution with GetExecution"
                     );
-                    let ended = self.follow_execution(id, &execution).await;
-                    self.free_slot(id);
-                    return ended;
+                    return self.follow_execution(id, execution).await;
                 }
                 Err(status) => {
                     tracing::warn!(execution = %id, error = %status, "WaitOperation failed");
@@ -646,6 +632,95 @@ impl Launcher for CloudRunLauncher {
         }
     }
 
+    /// Keeps `id` as a command run by the execution `execution` (another
+    /// command's warm execution), whose end its end then follows.
+    fn track_delivered(&self, id: &ExecutionId, execution: &str, operation: &str) {
+        self.running.insert(
+            id.clone(),
+            Tracked {
+                execution: execution.to_owned(),
+                operation: Some(operation.to_owned()),
+                slot: Mutex::new(None),
+            },
+        );
+    }
+
+    fn free_slot(&self, id: &ExecutionId) {
+        if let Some(t) = self.running.get(id) {
+            // A panic elsewhere while holding the lock cannot leave the
+            // Option half-written: take the slot from a poisoned lock too.
+            t.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+}
+
+#[async_trait]
+impl Launcher for CloudRunLauncher {
+    fn describe(&self) -> String {
+        format!(
+            "cloudrun:{} via {}",
+            self.settings.job,
+            self.settings.endpoint.url()
+        )
+    }
+
+    async fn launch(&self, spec: LaunchSpec) -> Result<(), LaunchError> {
+        self.launch_with(spec, None).await.map(drop)
+    }
+
+    async fn launch_warm(
+        &self,
+        spec: LaunchSpec,
+        warm: &crate::launcher::WarmLaunch,
+    ) -> Result<(), LaunchError> {
+        match &self.warm {
+            Some(delivery) => delivery.launch(self, spec, warm).await,
+            None => self.launch(spec).await,
+        }
+    }
+
+    async fn warm_execution(&self, session: &runbox_core::SessionId) -> Option<String> {
+        self.warm.as_ref()?.running(self, session).await
+    }
+
+    async fn close_warm(&self, session: &runbox_core::SessionId) -> bool {
+        match &self.warm {
+            Some(delivery) => delivery.close(self, session).await,
+            None => false,
+        }
+    }
+
+    fn attach(
+        &self,
+        store: std::sync::Arc<dyn runbox_core::Store>,
+        waiters: std::sync::Arc<runbox_notifier::Waiters>,
+    ) {
+        if let Some(delivery) = &self.warm {
+            delivery.attach(store, waiters);
+        }
+    }
+
+    async fn ended(&self, id: &ExecutionId) -> Ended {
+        let tracked = self
+            .running
+            .get(id)
+            .map(|t| (t.execution.clone(), t.operation.clone()));
+        let Some((execution, operation)) = tracked else {
+            return Ended {
+                succeeded: false,
+                message: format!("execution {id} is not known to this launcher"),
+            };
+        };
+        let Some(operation) = operation else {
+            // Adopted: its operation is known only to the process that
+            // launched it. Asking GetExecution over and over would be
+            // polling; the result event or the deadline tells the end.
+            return std::future::pending().await;
+        };
+        let ended = self.operation_done(id, &execution, &operation).await;
+        self.free_slot(id);
+        ended
+    }
     async fn state(&self, id: &ExecutionId) -> Result<ExecutionState, LaunchError> {
         let Some(execution) = self.execution_name(id) else {
             return Ok(ExecutionState::Unknown);
