@@ -941,19 +941,10 @@ impl Shell {
             .map_err(|e| format!("create the shell's pipe: {e}"))?;
         let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
             .map_err(|e| format!("create the shell's pipe: {e}"))?;
-        let mut command = match &enter {
-            Some(enter) => enter.command(process::bash_path()),
-            None if confine.is_empty() => tokio::process::Command::new(process::bash_path()),
-            None => {
-                let mut command = tokio::process::Command::new(&placement.helper);
-                command
-                    .arg(crate::confine::CONFINE_ARG)
-                    .args(confine.to_args())
-                    .arg("--")
-                    .arg(process::bash_path());
-                command
-            }
-        };
+        let mut command = process::bash_command(
+            enter.as_ref(),
+            (!confine.is_empty()).then_some((placement.helper.as_path(), &confine)),
+        );
         if let Some(who) = run_as {
             command.uid(who.uid).gid(who.gid);
         }
