@@ -56,19 +56,7 @@ pub async fn run(
 ) -> std::io::Result<Ending> {
     // No `current_dir`: the script changes directory itself, which lets the
     // standard library spawn with posix_spawn (vfork) instead of fork.
-    let mut command = match (spawn.namespace, spawn.confine) {
-        (Some(enter), _) => enter.command(bash_path()),
-        (None, Some((helper, spec))) => {
-            let mut command = Command::new(helper);
-            command
-                .arg(crate::confine::CONFINE_ARG)
-                .args(spec.to_args())
-                .arg("--")
-                .arg(bash_path());
-            command
-        }
-        (None, None) => Command::new(bash_path()),
-    };
+    let mut command = bash_command(spawn.namespace, spawn.confine);
     // With a namespace, the helper enters it as this user.
     if let Some(who) = spawn.run_as {
         // The standard library also drops the supplementary groups (root's)
@@ -209,4 +197,27 @@ fn list_children() -> Vec<Pid> {
     out.sort_unstable();
     out.dedup();
     out.into_iter().filter_map(Pid::from_raw).collect()
+}
+
+/// bash, started the way a command's shell is: through the namespace's
+/// init when there is a namespace, else through the confinement helper
+/// when there is something to apply, else directly. Arguments for bash
+/// follow.
+pub fn bash_command(
+    namespace: Option<&crate::namespace::Enter>,
+    confine: Option<(&Path, &crate::confine::Spec)>,
+) -> Command {
+    match (namespace, confine) {
+        (Some(enter), _) => enter.command(bash_path()),
+        (None, Some((helper, spec))) => {
+            let mut command = Command::new(helper);
+            command
+                .arg(crate::confine::CONFINE_ARG)
+                .args(spec.to_args())
+                .arg("--")
+                .arg(bash_path());
+            command
+        }
+        (None, None) => Command::new(bash_path()),
+    }
 }

@@ -7,7 +7,9 @@
 //!
 //! bash runs interactive (`-i`) with job control (`set -m`), reading
 //! command lines from a pipe the executor writes. Each command is one line
-//! that reads the command from its file, runs it with `eval` in the shell
+//! that carries the command's text and extra variables (quoted, so no file
+//! per command has to be created for them), exports the variables, runs
+//! the command with `eval` in the shell
 //! itself (so functions, aliases, unexported variables and `set` options
 //! persist) with its standard streams redirected to files of its own, then
 //! writes the capture (status, `pwd`, `declare -px`) and a line `d N` on
@@ -670,12 +672,18 @@ async fn run_in_shell(
     };
     // Without a channel to carry it, a streamed stdin is an empty one.
     let stdin = stdin.filter(|_| request.stdin_stream);
-    let files = match sh.command_files(&request.command, settings.run_as.as_ref(), stdin.is_some())
-    {
+    let mut files = match sh.command_files(
+        &request.command,
+        request.stdin_bytes > 0,
+        settings.run_as.as_ref(),
+        stdin.is_some(),
+    ) {
         Ok(files) => files,
         Err(message) => return crate::rejected(result, message),
     };
-    if let Err(message) = crate::stdin::fetch(store, id, request.stdin_bytes, &files.stdin).await {
+    if let Some(file) = &files.stdin
+        && let Err(message) = crate::stdin::fetch(store, id, request.stdin_bytes, file).await
+    {
         return crate::rejected(result, message);
     }
     let base = crate::base_env(
@@ -697,17 +705,11 @@ async fn run_in_shell(
     let mut extra = BTreeMap::new();
     extra.insert(contract::EXECUTION_ID_ENV.to_owned(), id.to_string());
     extra.extend(request.env.clone());
-    if let Err(message) = write_env_file(&files.dir, &extra).and_then(|()| {
-        scratch::create_file(
-            &files.dir,
-            UNDO,
-            undo_script(&request.env, &sh.env).as_bytes(),
-        )
-        .map(drop)
-        .map_err(|e| format!("write environment file: {}", crate::error_chain(&e)))
-    }) {
-        return crate::rejected(result, message);
-    }
+    // On the command's line rather than in files: every file created costs
+    // a journal entry (far more than bash parsing the words), and what is
+    // not a file cannot be swapped by what an earlier command left running.
+    files.exports = export_words(&extra);
+    files.undo = undo_script(&request.env, &sh.env);
     let timeout = Duration::from_millis(request.timeout_ms);
     let log_cap = settings.config.limits.log_cap;
     let [stdout, stderr] = files.held();
@@ -728,7 +730,7 @@ async fn run_in_shell(
     result.started_at = Some(runbox_proto::now());
     let run = stdin_stream::beside(
         sh.run(&files, timeout, settings.config.limits.kill_grace, stop),
-        stdin.map(|conn| (&files.stdin, conn)),
+        stdin.and_then(|conn| files.stdin.as_ref().map(|fifo| (fifo, conn))),
     );
     let ending = match &mut live {
         Some(live) => live.run_while(store, run).await,
@@ -872,29 +874,26 @@ fn produced(path: &Path, log_cap: u64) -> output::Produced {
     }
 }
 
-/// `NAME=value\0` per variable, as the shell's `mapfile` reads them, in
-/// the command directory `dir`.
-fn write_env_file(dir: &OwnedFd, env: &BTreeMap<String, String>) -> Result<(), String> {
-    let mut bytes = Vec::new();
+/// `builtin export -- NAME=$'value'` per variable, each its own
+/// statement, so a name the shell refuses (read-only) leaves the others
+/// exported, as `export` of the whole list did.
+fn export_words(env: &BTreeMap<String, String>) -> String {
+    let mut words = String::new();
+    // Names were checked (`contract::validate_env`): plain shell names.
     for (name, value) in env {
-        bytes.extend_from_slice(name.as_bytes());
-        bytes.push(b'=');
-        bytes.extend_from_slice(value.as_bytes());
-        bytes.push(0);
+        words.push_str(&format!(
+            "builtin export -- {name}={} 2>/dev/null; ",
+            ansi_quote(value)
+        ));
     }
-    scratch::create_file(dir, ENV, &bytes)
-        .map(drop)
-        .map_err(|e| format!("write environment file: {}", crate::error_chain(&e)))
+    words
 }
 
 // The files of one command, in its directory.
-const COMMAND: &str = "command.sh";
 const CAPTURE: &str = "capture";
 const STDOUT: &str = "stdout";
 const STDERR: &str = "stderr";
 const STDIN: &str = "stdin";
-const ENV: &str = "env";
-const UNDO: &str = "undo.sh";
 
 /// A script that takes back the request's extra variables the command left
 /// alone, so they apply to this command only, as in oneshot mode: each
@@ -908,7 +907,7 @@ fn undo_script(extra: &BTreeMap<String, String>, before: &BTreeMap<String, Strin
             None => format!("builtin unset -v {name}"),
         };
         script.push_str(&format!(
-            "if [[ ${{{name}+set}} && ${name} == {} ]]; then {restore}; fi\n",
+            "if [[ ${{{name}+set}} && ${name} == {} ]]; then {restore}; fi; ",
             ansi_quote(value)
         ));
     }
@@ -943,11 +942,16 @@ struct CommandFiles {
     /// The stdout and stderr files as created, whatever their names
     /// point to later.
     outputs: [std::fs::File; 2],
-    /// The standard input file as created (a path-only handle on a FIFO
-    /// when stdin streams).
-    stdin: std::fs::File,
-    /// The command's text as created.
-    command: std::fs::File,
+    /// The standard input file as created, when the request has input
+    /// (a path-only handle on a FIFO when stdin streams; without input
+    /// the command reads `/dev/null`).
+    stdin: Option<std::fs::File>,
+    /// The command's text, quoted for the command's line.
+    command: String,
+    /// The statements exporting the request's variables.
+    exports: String,
+    /// The statements taking them back after the command.
+    undo: String,
 }
 
 impl CommandFiles {
@@ -974,7 +978,8 @@ impl CommandFiles {
         ) {
             swapped.push("directory");
         }
-        for (name, held) in [(COMMAND, &self.command), (STDIN, &self.stdin)] {
+        if let Some(held) = &self.stdin {
+            let name = STDIN;
             if !same(
                 statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW),
                 fstat(held),
@@ -1096,19 +1101,10 @@ impl Shell {
             .map_err(|e| format!("create the shell's pipe: {e}"))?;
         let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader)
             .map_err(|e| format!("create the shell's pipe: {e}"))?;
-        let mut command = match &enter {
-            Some(enter) => enter.command(process::bash_path()),
-            None if confine.is_empty() => tokio::process::Command::new(process::bash_path()),
-            None => {
-                let mut command = tokio::process::Command::new(&placement.helper);
-                command
-                    .arg(crate::confine::CONFINE_ARG)
-                    .args(confine.to_args())
-                    .arg("--")
-                    .arg(process::bash_path());
-                command
-            }
-        };
+        let mut command = process::bash_command(
+            enter.as_ref(),
+            (!confine.is_empty()).then_some((placement.helper.as_path(), &confine)),
+        );
         if let Some(who) = run_as {
             command.uid(who.uid).gid(who.gid);
         }
@@ -1161,6 +1157,7 @@ impl Shell {
     fn command_files(
         &mut self,
         command: &str,
+        with_stdin: bool,
         run_as: Option<&identity::Identity>,
         stream_stdin: bool,
     ) -> Result<CommandFiles, String> {
@@ -1182,12 +1179,16 @@ impl Shell {
                 .map_err(|e| format!("write command file: {}", crate::error_chain(&e)))
         };
         let outputs = [create(STDOUT, b"")?, create(STDERR, b"")?];
-        let command = create(COMMAND, command.as_bytes())?;
+        let command = ansi_quote(command);
         let stdin = if stream_stdin {
-            scratch::create_fifo(&dir, STDIN)
-                .map_err(|e| format!("make command stdin: {}", crate::error_chain(&e)))?
+            Some(
+                scratch::create_fifo(&dir, STDIN)
+                    .map_err(|e| format!("make command stdin: {}", crate::error_chain(&e)))?,
+            )
+        } else if with_stdin {
+            Some(create(STDIN, b"")?)
         } else {
-            create(STDIN, b"")?
+            None
         };
         let files = CommandFiles {
             seen: self.seen_dir.join(&name),
@@ -1197,6 +1198,8 @@ impl Shell {
             outputs,
             stdin,
             command,
+            exports: String::new(),
+            undo: String::new(),
         };
         if let Some(who) = run_as {
             identity::hand_over(&files.host, who)
@@ -1214,7 +1217,7 @@ impl Shell {
         stop: &CancellationToken,
     ) -> Ran {
         let before = self.job_groups();
-        let line = command_line(&files.seen);
+        let line = command_line(files);
         let seq = match self.send(&line).await {
             Ok(seq) => seq,
             Err(_) => return Ran::ShellEnded(self.reap().await),
@@ -1415,22 +1418,25 @@ fn init_line(cwd: &Path, dir: &Path) -> String {
 }
 
 /// A command's line: its variables, its command with its own streams, the
-/// capture, then `d N`.
-fn command_line(dir: &Path) -> String {
+/// capture, the undoing of its variables, then `d N`.
+fn command_line(files: &CommandFiles) -> String {
+    let stdin = match files.stdin {
+        Some(_) => "\"$__runbox_dir/stdin\"",
+        None => "/dev/null",
+    };
     format!(
         concat!(
-            "__runbox_dir={dir}; ",
-            "IFS=; builtin read -r -d '' __runbox_command < \"$__runbox_dir/command.sh\"; IFS=$' \\t\\n'; ",
-            "builtin mapfile -d '' -t __runbox_env < \"$__runbox_dir/env\"; ",
-            "if [[ ${{#__runbox_env[@]}} -gt 0 ]]; then ",
-            "builtin export -- \"${{__runbox_env[@]}}\" 2>/dev/null; fi; ",
-            "builtin unset -v __runbox_env; ",
-            "{{ builtin eval -- \"$__runbox_command\"; }} < \"$__runbox_dir/stdin\" > \"$__runbox_dir/stdout\" 2> \"$__runbox_dir/stderr\"; ",
+            "__runbox_dir={dir}; __runbox_command={command}; {exports}",
+            "{{ builtin eval -- \"$__runbox_command\"; }} < {stdin} > \"$__runbox_dir/stdout\" 2> \"$__runbox_dir/stderr\"; ",
             "__runbox_capture $? \"$__runbox_dir/capture\"; ",
-            "builtin source \"$__runbox_dir/undo.sh\"; ",
+            "{undo}",
             "builtin printf 'd %s\\n' \"$__runbox_seq\"",
         ),
-        dir = shell_quote(dir),
+        dir = shell_quote(&files.seen),
+        command = files.command,
+        exports = files.exports,
+        undo = files.undo,
+        stdin = stdin,
     )
 }
 

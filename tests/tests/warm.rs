@@ -72,6 +72,33 @@ async fn functions_aliases_variables_and_options_persist() {
     within(30, client.close_session("defs")).await.unwrap();
 }
 
+/// The command's text and its extra variables reach the shell on its
+/// line, quoted: every byte arrives as sent, none is run as shell syntax
+/// of the line itself, and a command without input reads end of file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_text_and_variables_arrive_byte_for_byte() {
+    let (client, _dir) = client().await;
+    let s = warm(&client, "bytes", Duration::from_secs(60)).await;
+    let tricky = "it's \"quoted\" \\ $HOME `x` $(y) ; & | \u{e9}\u{1f600}\nsecond line\t tab";
+    let r = within(
+        30,
+        s.exec("printf '%s|' \"$V\" 'it'\\''s'; echo; echo \"$(printf 'line\\n')\"; cat; echo eof")
+            .env("V", tricky),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, format!("{tricky}|it's|\nline\neof\n"), "{r:?}");
+    // A `'` or newline in the text cannot end the line early: what follows
+    // them is still part of this command, and the next one runs alone.
+    let r = within(30, s.exec("echo 'a\nb'\necho \"c'd\""))
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, "a\nb\nc'd\n", "{r:?}");
+    assert_eq!(ok(&s, "echo ${V:-unset}").await, "unset\n");
+    within(30, client.close_session("bytes")).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_execution_serves_many_commands() {
     let (client, _dir) = client().await;
