@@ -22,6 +22,7 @@ use runbox_core::{ExecutionId, layout};
 use runbox_tests::cli::{Cli, text};
 use runbox_tests::embedded::{binary, within};
 use runbox_tests::harness::Emulators;
+use runbox_tests::pipes::Gate;
 use serde_json::Value;
 
 const OTEL_VARS: [&str; 7] = [
@@ -209,6 +210,54 @@ async fn embedded_exec_is_one_trace_across_processes_with_metrics() {
     for name in ["runbox.events.delivered", "runbox.waiters.pending"] {
         assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
     }
+}
+
+/// Each exporting process opens its one connection at start-up, while its
+/// command runs, and its traces and metrics share it: the exit's flush then
+/// pays for no handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_process_connects_once_at_start_for_traces_and_metrics() {
+    let receiver = Receiver::start().await;
+    let cli = Cli::new();
+    let (trace, _, header) = test_parent();
+    let mut gate = Gate::new(cli.home.path(), "gate");
+    let script = format!("read line < {}", gate.shell_path());
+    let mut cmd = command(
+        &cli,
+        &["exec", "-s", "conn", "--", &script],
+        Some(&receiver),
+        Some(&header),
+    );
+    // Spans and metrics leave the CLI only at its exit: a connection it
+    // holds before then is the start-up's.
+    cmd.env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "600000");
+    let child = cmd.spawn().expect("start runbox");
+    let cli_pid = i64::from(child.id().expect("pid"));
+
+    // The CLI and its executor, both connected while the command waits.
+    receiver.wait_connections(60, 2).await;
+    assert!(
+        receiver.spans().iter().all(|s| s.pid != cli_pid),
+        "the CLI exported before its exit: {:#?}",
+        receiver.spans()
+    );
+    gate.release(1).await;
+    let out = within(120, child.wait_with_output())
+        .await
+        .expect("run runbox");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let spans = command_trace(&receiver, &trace).await;
+    let pids: std::collections::BTreeSet<i64> = spans.iter().map(|s| s.pid).collect();
+    assert!(pids.contains(&cli_pid), "{pids:?}");
+    assert_eq!(pids.len(), 2, "the CLI and one executor: {pids:?}");
+    receiver.wait_metric(30, "runbox.exec.duration").await;
+    assert_eq!(
+        receiver.connections(),
+        2,
+        "one connection per process, whatever it exported"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -407,12 +407,70 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         global::set_meter_provider(provider.clone());
         built.telemetry.meter = Some(provider);
     }
+    for (endpoint, channel) in channels {
+        let traces = config.traces_endpoint.as_deref() == Some(endpoint.as_str());
+        let tokens = tokens.clone().filter(|_| google_auth::is_google(&endpoint));
+        tokio::spawn(warm_up(channel, traces, metadata(), tokens));
+    }
     built.telemetry.tokens = tokens;
     built.telemetry.flush_timeout = config.export_timeout();
     Ok(built)
 }
 
-/// A channel to `endpoint` that connects on its first export; TLS with
+/// Opens `channel`'s connection while the process works, with one empty
+/// export (which collectors answer at once), so that the flush at exit is
+/// one round trip rather than a TCP, TLS and HTTP/2 handshake first.
+/// Spawned, never awaited: start-up does not wait for the endpoint, and
+/// an unreachable one costs the exit no more than before (its flush
+/// retries the connection within the export timeout).
+async fn warm_up(
+    channel: tonic::transport::Channel,
+    traces: bool,
+    metadata: tonic::metadata::MetadataMap,
+    tokens: Option<google_auth::Tokens>,
+) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+
+    let interceptor = match tokens {
+        Some(mut tokens) => {
+            // Google refuses a request without a token, before the
+            // connection would be of use.
+            let _ = tokio::time::timeout(
+                google_auth::FIRST_TOKEN_WAIT,
+                tokens.ready.wait_for(|ready| *ready),
+            )
+            .await;
+            Some(tokens)
+        }
+        None => None,
+    };
+    let with_metadata = move |mut request: tonic::Request<()>| {
+        for kv in metadata.iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                request.metadata_mut().insert(k.clone(), v.clone());
+            }
+        }
+        match &interceptor {
+            Some(tokens) => tonic::service::Interceptor::call(&mut tokens.clone(), request),
+            None => Ok(request),
+        }
+    };
+    // The answer does not matter: a refusal has opened the connection too,
+    // and a failure is the exit flush's to report.
+    if traces {
+        let mut client = TraceServiceClient::with_interceptor(channel, with_metadata);
+        let _ = client.export(ExportTraceServiceRequest::default()).await;
+    } else {
+        let mut client = MetricsServiceClient::with_interceptor(channel, with_metadata);
+        let _ = client.export(ExportMetricsServiceRequest::default()).await;
+    }
+}
+
+/// A channel to `endpoint` that connects on its first request (the
+/// warm-up [`build`] spawns); TLS with
 /// the webpki roots for `https://`; every request bounded by `timeout` (the
 /// exporters' own timeout, as a channel given to them must be).
 fn channel(endpoint: &str, timeout: Duration) -> Result<tonic::transport::Channel, TelemetryError> {

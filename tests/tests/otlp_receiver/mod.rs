@@ -48,6 +48,7 @@ struct State {
     spans: Vec<Received>,
     metrics: Vec<ReceivedMetric>,
     requests: usize,
+    connections: usize,
 }
 
 #[derive(Clone)]
@@ -78,9 +79,23 @@ impl Receiver {
             .add_service(TraceServiceServer::new(shared.clone()))
             .add_service(MetricsServiceServer::new(shared.clone()))
             .serve_with_incoming_shutdown(
-                // As collectors do: with Nagle on, the response's last frame
-                // would wait for the exporter's delayed ACK (up to 40 ms).
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                // Each accepted connection counted, so a test can tell how
+                // many an exporting process opened.
+                futures::stream::unfold(
+                    (listener, shared.clone()),
+                    |(listener, shared)| async move {
+                        let accepted = listener.accept().await.map(|(stream, _)| stream);
+                        if let Ok(stream) = &accepted {
+                            // As collectors do: with Nagle on, the response's
+                            // last frame would wait for the exporter's
+                            // delayed ACK (up to 40 ms).
+                            let _ = stream.set_nodelay(true);
+                            shared.state.lock().expect("receiver state").connections += 1;
+                            shared.changed.send_replace(());
+                        }
+                        Some((accepted, (listener, shared)))
+                    },
+                ),
                 async {
                     let _ = stopped.await;
                 },
@@ -101,6 +116,30 @@ impl Receiver {
     /// Export requests received so far, of either kind.
     pub fn requests(&self) -> usize {
         self.lock().requests
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.lock().connections
+    }
+
+    /// Waits (at most `secs`) until `count` connections were accepted.
+    pub async fn wait_connections(&self, secs: u64, count: usize) {
+        let mut changed = self.shared.changed.subscribe();
+        let wait = async {
+            while self.connections() < count {
+                changed.changed().await.expect("receiver alive");
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(secs), wait)
+            .await
+            .is_err()
+        {
+            panic!(
+                "{count} connections did not arrive in {secs}s: {}",
+                self.connections()
+            );
+        }
     }
 
     pub fn spans(&self) -> Vec<Received> {
