@@ -93,6 +93,11 @@ fn by_name<'a>(spans: &'a [Received], name: &str) -> &'a Received {
 /// Every span of the command's trace, once the executor's and the routed
 /// event's are in (the executor exports after its result, possibly after
 /// the CLI has exited).
+/// Runs `cmd` to its end (within 120 s) and returns what it printed.
+async fn run(cmd: &mut tokio::process::Command) -> std::process::Output {
+    within(120, cmd.output()).await.expect("run runbox")
+}
+
 async fn command_trace(receiver: &Receiver, trace: &str) -> Vec<Received> {
     let spans = receiver
         .wait_spans(60, |spans| {
@@ -150,18 +155,13 @@ async fn embedded_exec_is_one_trace_across_processes_with_metrics() {
     let receiver = Receiver::start().await;
     let cli = Cli::new();
     let (trace, root, header) = test_parent();
-    let out = within(
-        120,
-        command(
-            &cli,
-            &["exec", "-s", "t1", "--", "true"],
-            Some(&receiver),
-            Some(&header),
-        )
-        .output(),
-    )
-    .await
-    .expect("run runbox");
+    let out = run(&mut command(
+        &cli,
+        &["exec", "-s", "t1", "--", "true"],
+        Some(&receiver),
+        Some(&header),
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let spans = command_trace(&receiver, &trace).await;
     assert_links(&spans, &root);
@@ -265,18 +265,13 @@ async fn a_failed_command_and_a_lost_one_are_errors() {
     let receiver = Receiver::start().await;
     let cli = Cli::new();
     let (trace, _, header) = test_parent();
-    let out = within(
-        120,
-        command(
-            &cli,
-            &["exec", "-s", "f", "--", "exit 3"],
-            Some(&receiver),
-            Some(&header),
-        )
-        .output(),
-    )
-    .await
-    .expect("run runbox");
+    let out = run(&mut command(
+        &cli,
+        &["exec", "-s", "f", "--", "exit 3"],
+        Some(&receiver),
+        Some(&header),
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let spans = command_trace(&receiver, &trace).await;
     let exec = by_name(&spans, "exec");
@@ -340,21 +335,16 @@ async fn json_log_lines_carry_the_trace_of_their_command() {
     let receiver = Receiver::start().await;
     let cli = Cli::new();
     let (trace, _, header) = test_parent();
-    let out = within(
-        120,
-        command(
-            &cli,
-            &["exec", "-s", "j", "--", "true"],
-            Some(&receiver),
-            Some(&header),
-        )
-        .env("RUNBOX_LOG", "debug")
-        .env("RUNBOX_LOG_FORMAT", "json")
-        .env("GOOGLE_CLOUD_PROJECT", "proj-1")
-        .output(),
+    let out = run(command(
+        &cli,
+        &["exec", "-s", "j", "--", "true"],
+        Some(&receiver),
+        Some(&header),
     )
-    .await
-    .expect("run runbox");
+    .env("RUNBOX_LOG", "debug")
+    .env("RUNBOX_LOG_FORMAT", "json")
+    .env("GOOGLE_CLOUD_PROJECT", "proj-1"))
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     let lines: Vec<Value> = stderr
@@ -389,17 +379,13 @@ async fn without_otel_variables_nothing_is_sent() {
     // one's executor has exited (it holds the session's lock until then),
     // so whatever the first executor would have sent has been sent.
     for _ in 0..2 {
-        let out = within(
-            120,
-            command(&cli, &["exec", "-s", "quiet", "--", "true"], None, None)
-                .env(
-                    "TRACEPARENT",
-                    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                )
-                .output(),
+        let out = run(
+            command(&cli, &["exec", "-s", "quiet", "--", "true"], None, None).env(
+                "TRACEPARENT",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
         )
-        .await
-        .expect("run runbox");
+        .await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
     assert_eq!(receiver.requests(), 0);
@@ -415,28 +401,23 @@ async fn commands_see_no_telemetry_credentials_and_bad_context_is_refused() {
     let cli = Cli::new();
     let secret = "Bearer ya29.do-not-leak-4c1e";
     let evil = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\nauthorization: x";
-    let out = within(
-        120,
-        command(
-            &cli,
-            &[
-                "exec",
-                "-s",
-                "a",
-                "--",
-                "env; cat /proc/$PPID/environ 2>/dev/null | tr '\\0' '\\n'",
-            ],
-            Some(&receiver),
-            Some(evil),
-        )
-        .env(
-            "OTEL_EXPORTER_OTLP_HEADERS",
-            format!("authorization={}", secret.replace(' ', "%20")),
-        )
-        .output(),
+    let out = run(command(
+        &cli,
+        &[
+            "exec",
+            "-s",
+            "a",
+            "--",
+            "env; cat /proc/$PPID/environ 2>/dev/null | tr '\\0' '\\n'",
+        ],
+        Some(&receiver),
+        Some(evil),
     )
-    .await
-    .expect("run runbox");
+    .env(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        format!("authorization={}", secret.replace(' ', "%20")),
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let seen = text(&out.stdout);
     assert!(

@@ -240,16 +240,28 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn frames_reach_the_fifo_and_eof_closes_it() {
+    /// A scratch directory with the command's `stdin` FIFO in it, made
+    /// the way the executor makes it.
+    fn scratch_fifo() -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
-        let handle = rustix::fs::open(
+        let handle = directory(&dir);
+        let fifo = crate::scratch::create_fifo(&handle, "stdin").unwrap();
+        (dir, fifo)
+    }
+
+    /// A handle on `dir`, as scratch directories are held.
+    fn directory(dir: &tempfile::TempDir) -> OwnedFd {
+        rustix::fs::open(
             dir.path(),
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .unwrap();
-        let fifo = crate::scratch::create_fifo(&handle, "stdin").unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn frames_reach_the_fifo_and_eof_closes_it() {
+        let (dir, fifo) = scratch_fifo();
         let (mut ours, mut theirs) = UnixStream::pair().unwrap();
         let path = dir.path().join("stdin");
         let reader = tokio::task::spawn_blocking(move || std::fs::read(path).unwrap());
@@ -261,14 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_bad_frame_closes_stdin_without_writing_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let handle = rustix::fs::open(
-            dir.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
-        let fifo = crate::scratch::create_fifo(&handle, "stdin").unwrap();
+        let (dir, fifo) = scratch_fifo();
         let (mut ours, mut theirs) = UnixStream::pair().unwrap();
         let path = dir.path().join("stdin");
         let reader = tokio::task::spawn_blocking(move || std::fs::read(path).unwrap());
@@ -281,14 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fifo_nobody_opens_does_not_hold_the_feed_once_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let handle = rustix::fs::open(
-            dir.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
-        let fifo = crate::scratch::create_fifo(&handle, "stdin").unwrap();
+        let (_dir, fifo) = scratch_fifo();
         let (_ours, mut theirs) = UnixStream::pair().unwrap();
         let run = async { 7 };
         // The run ends first; the writer's open, still waiting for a
@@ -306,12 +304,7 @@ mod tests {
     #[test]
     fn a_name_taken_already_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let handle = rustix::fs::open(
-            dir.path(),
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .unwrap();
+        let handle = directory(&dir);
         std::os::unix::fs::symlink("/etc/passwd", dir.path().join("stdin")).unwrap();
         assert!(crate::scratch::create_fifo(&handle, "stdin").is_err());
         std::fs::write(dir.path().join("other"), b"").unwrap();
