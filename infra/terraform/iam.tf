@@ -149,6 +149,15 @@ resource "google_project_iam_member" "serve_operations" {
   member  = local.serve_member
 }
 
+# Only for Cloud Trace's own endpoint: runbox sends it the serve account's
+# token; a collector elsewhere authenticates its own way.
+resource "google_project_iam_member" "serve_traces" {
+  count   = startswith(var.trace_endpoint, "https://telemetry.googleapis.com") ? 1 : 0
+  project = var.project
+  role    = "roles/cloudtrace.agent"
+  member  = local.serve_member
+}
+
 resource "google_secret_manager_secret_iam_member" "serve_token" {
   project   = var.project
   secret_id = google_secret_manager_secret.api_token.secret_id

@@ -48,6 +48,15 @@ resource "google_cloud_run_v2_job" "executor" {
           name  = "RUNBOX_RUN_AS_USER"
           value = var.run_as_user
         }
+        # The executor's account holds no role, so Cloud Trace's endpoint
+        # would refuse it: only a collector that needs no Google token.
+        dynamic "env" {
+          for_each = var.executor_trace_endpoint == "" ? [] : [var.executor_trace_endpoint]
+          content {
+            name  = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            value = env.value
+          }
+        }
       }
     }
   }
@@ -148,6 +157,13 @@ resource "google_cloud_run_v2_service" "serve" {
       env {
         name  = "RUNBOX_COMPLETIONS_TOPIC"
         value = google_pubsub_topic.completions.name
+      }
+      dynamic "env" {
+        for_each = var.trace_endpoint == "" ? [] : [var.trace_endpoint]
+        content {
+          name  = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+          value = env.value
+        }
       }
       # Cloud Run sends SIGKILL 10 s after SIGTERM: drain within that.
       env {

@@ -157,3 +157,15 @@ variable "api_token_secret" {
   type        = string
   default     = "runbox-api-token"
 }
+
+variable "trace_endpoint" {
+  description = "OTLP endpoint `runbox serve` exports its spans to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), e.g. https://telemetry.googleapis.com for Cloud Trace, which grants the serve account roles/cloudtrace.agent. Empty: no traces."
+  type        = string
+  default     = ""
+}
+
+variable "executor_trace_endpoint" {
+  description = "OTLP endpoint the executor exports its spans to (OTEL_EXPORTER_OTLP_TRACES_ENDPOINT in the job template): a collector it reaches without Google credentials, since its account holds no role (commands can read that account's token). Empty: executors export nothing."
+  type        = string
+  default     = ""
+}

@@ -83,6 +83,7 @@ PREDEFINED = {
     },
     "roles/secretmanager.secretAccessor": {"secretmanager.versions.access"},
     "roles/run.invoker": {"run.routes.invoke", "run.jobs.run"},
+    "roles/cloudtrace.agent": {"cloudtrace.traces.patch", "telemetry.traces.write"},
 }
 # Roles far wider than anything runbox calls.
 TOO_WIDE = re.compile(
@@ -210,9 +211,18 @@ class Terraform:
 
 
 def env_of(container):
+    """The variables a container sets: its `env` blocks, and the content of
+    its `dynamic "env"` blocks (set only when their `for_each` is not
+    empty, so optional, but still names runbox must read)."""
     env = {}
     for e in blocks(container, "env"):
         env[unquote(e.get("name"))] = e
+    for d in blocks(container, "dynamic"):
+        for label, body in d.items():
+            if unquote(label) != "env" or not isinstance(body, dict):
+                continue
+            for content in blocks(body, "content"):
+                env[unquote(content.get("name"))] = dict(content, dynamic=True)
     return env
 
 

@@ -139,6 +139,20 @@ const WIRING: &[Breakage] = &[
         "\"RUNBOX_RUN_AS\"",
         "job.env.known",
     ),
+    // The optional (dynamic) variables are checked like the fixed ones.
+    breaks(
+        RUN,
+        "\"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT\"",
+        "\"OTEL_EXPORTER_OTLP_TRACE_ENDPOINT\"",
+        "job.env.known",
+    ),
+    breaks_nth(
+        RUN,
+        "\"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT\"",
+        1,
+        "\"OTEL_TRACES_ENDPOINT\"",
+        "service.env.known",
+    ),
     breaks(
         RUN,
         "\"RUNBOX_BUCKET\"",
@@ -301,6 +315,12 @@ const WIRING: &[Breakage] = &[
 /// Breakages of the grants and of the permission tables.
 const GRANTS: &[Breakage] = &[
     breaks(
+        DOC,
+        "| `serve` | `roles/cloudtrace.agent` |",
+        "| `serve` | `roles/cloudtrace.user` |",
+        "docs.permissions",
+    ),
+    breaks(
         IAM,
         "topic   = google_pubsub_topic.commands.name\n  role    = \"roles/pubsub.publisher\"",
         "topic   = google_pubsub_topic.notifications.name\n  role    = \"roles/pubsub.publisher\"",
@@ -344,6 +364,14 @@ const GRANTS: &[Breakage] = &[
 /// task), commands running as root, the bucket made public, the API token
 /// in the configuration.
 const ATTACKER: &[Breakage] = &[
+    // Cloud Trace for the executor too: a command could then write spans
+    // into the project's traces with the account's token.
+    breaks(
+        IAM,
+        "role    = \"roles/cloudtrace.agent\"\n  member  = local.serve_member",
+        "role    = \"roles/cloudtrace.agent\"\n  member  = local.executor_member",
+        "grants.executor",
+    ),
     breaks(
         IAM,
         "topic   = google_pubsub_topic.completions.name\n  role    = \"roles/pubsub.publisher\"\n  member  = local.serve_member",
