@@ -54,6 +54,33 @@ async fn python_client_runs_the_agent_scenario() {
     assert!(stdout.contains("agent scenario: ok"), "{stdout}");
 }
 
+/// stdin over HTTP (`tests/python/serve_stdin.py`): lines written while a
+/// warm command runs are answered one by one, a oneshot command gets its
+/// input once closed, whole stdins as text and base64, refusals before
+/// anything runs, and no path reaches another session's command.
+#[tokio::test]
+async fn python_client_streams_a_commands_stdin() {
+    let serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");
+    let script = repo_root().join("tests/python/serve_stdin.py");
+    let out = within(
+        240,
+        tokio::process::Command::new("python3")
+            .arg(&script)
+            .arg(serve.url())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "stdin scenario failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("stdin scenario: ok"), "{stdout}");
+}
+
 #[tokio::test]
 async fn openapi_document_is_the_checked_in_one_and_valid() {
     let serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");

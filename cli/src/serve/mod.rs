@@ -138,6 +138,7 @@ pub async fn run(args: ServeArgs, config: Config) -> Result<ExitCode, Error> {
         draining: shutdown.draining.clone(),
         tasks: shutdown.tasks.clone(),
         max_upload_bytes: settings.max_upload_bytes,
+        stdin: http::stdin::StdinRegistry::default(),
     });
     let server = axum::serve(listener, http::router(api))
         .with_graceful_shutdown(shutdown.draining.clone().cancelled_owned());

@@ -1,6 +1,8 @@
 //! `POST /v1/sessions/{session}/exec`: one command, answered with its
 //! `ExecResult`, or (`stream=true`, or `Accept: text/event-stream`) with a
 //! stream of server-sent events: its output while it runs, then the result.
+//! With `stdinStream` the stream starts with a `started` event naming the
+//! execution whose stdin `super::stdin` writes to.
 
 use std::convert::Infallible;
 use std::future::IntoFuture;
@@ -13,8 +15,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{FutureExt, StreamExt};
+use runbox_core::ExecutionId;
 use runbox_core::trace_context::{self, Traceparent};
-use runbox_dispatcher::{OutputChunk, Stream};
+use runbox_dispatcher::{OutputChunk, StdinWriter, Stream};
 use serde::{Deserialize, Serialize};
 
 use super::Api;
@@ -64,12 +67,12 @@ pub struct ChunkEvent {
 #[utoipa::path(post, path = "/v1/sessions/{session}/exec", operation_id = "exec", tag = "exec", params(SessionParam, ExecQuery),
     request_body = ExecBody,
     responses(
-        (status = 200, description = "The command ran (or timed out, was cancelled or lost). As an event stream: events `stdout` and `stderr` (data: ChunkEvent) while it runs, then `result` (data: ExecResult) or `problem` (data: Problem)",
+        (status = 200, description = "The command ran (or timed out, was cancelled or lost). As an event stream: with stdinStream first `started` (data: StartedEvent), then events `stdout` and `stderr` (data: ChunkEvent) while it runs, then `result` (data: ExecResult) or `problem` (data: Problem)",
             content(
                 (crate::serve::http::schema::ExecResultSchema = "application/json"),
                 (ChunkEvent = "text/event-stream"),
             )),
-        (status = 400, description = "Bad session id, timeout or env; nothing ran", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad session id, timeout, env or stdin; nothing ran", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The command ran but the session state changed meanwhile; `result` holds its result", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Command or body too large", body = Problem, content_type = "application/problem+json"),
         (status = 429, body = Problem, content_type = "application/problem+json"),
@@ -101,8 +104,48 @@ pub async fn exec(
     if !body.request_id.is_empty() {
         exec = exec.request_id(body.request_id);
     }
-    if query.stream || wants_event_stream(&headers) {
-        return stream(&api, exec);
+    let event_stream = query.stream || wants_event_stream(&headers);
+    match (body.stdin, body.stdin_base64, body.stdin_stream) {
+        (None, None, false) => {}
+        (Some(text), None, false) => exec = exec.stdin(text.into_bytes()),
+        (None, Some(encoded), false) => {
+            let data = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &encoded)
+                .map_err(|e| {
+                    Problem::new(ProblemKind::InvalidInput, format!("stdinBase64: {e}"))
+                })?;
+            exec = exec.stdin(data);
+        }
+        (None, None, true) if event_stream => {
+            // The caller learns the id from the `started` event, so it is
+            // chosen here rather than by the engine.
+            let id = api.client.instance().next_execution_id();
+            let (exec, writer) = exec.execution_id(id.clone()).stdin_stream();
+            return stream(
+                &api,
+                exec,
+                Some(StreamedStdin {
+                    session,
+                    id,
+                    writer,
+                }),
+            );
+        }
+        (None, None, true) => {
+            return Err(Problem::new(
+                ProblemKind::InvalidInput,
+                "stdinStream needs the event-stream answer (stream=true or Accept: \
+                 text/event-stream): its `started` event names the execution to write to",
+            ));
+        }
+        _ => {
+            return Err(Problem::new(
+                ProblemKind::InvalidInput,
+                "give at most one of stdin, stdinBase64 and stdinStream",
+            ));
+        }
+    }
+    if event_stream {
+        return stream(&api, exec, None);
     }
     // Its own task: a caller that hangs up drops this handler, not the
     // command, which still runs and saves its result and state.
@@ -133,14 +176,39 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
 /// (validation happens on the future's first poll, before anything is
 /// written); from then on the command runs in its own task, as without
 /// streaming, and its end comes as the last event.
-fn stream(api: &Api, exec: runbox_dispatcher::Exec) -> Result<Response, Problem> {
+fn stream(
+    api: &Arc<Api>,
+    exec: runbox_dispatcher::Exec,
+    stdin: Option<StreamedStdin>,
+) -> Result<Response, Problem> {
     let (output, mut running) = exec.streaming();
     if let Some(Err(e)) = (&mut running).now_or_never() {
         return Err(e.into());
     }
+    // Registered before the answer starts, so a write sent on reading the
+    // `started` event finds it.
+    let started = stdin.map(|s| {
+        api.stdin.insert(&s.session, s.id.as_ref(), s.writer);
+        (s.session, s.id)
+    });
     let result = api.tasks.spawn(running);
+    let first = started.as_ref().map(|(_, id)| {
+        Ok::<_, Infallible>(
+            Event::default()
+                .event("started")
+                .json_data(StartedEvent {
+                    execution_id: id.to_string(),
+                })
+                .unwrap_or_else(|_| Event::default().event("started").data(id.as_ref())),
+        )
+    });
+    let registry = api.clone();
     let end = async move {
-        let event = match result.await {
+        let ended = result.await;
+        if let Some((session, id)) = &started {
+            registry.stdin.remove(session, id.as_ref());
+        }
+        let event = match ended {
             Ok(Ok(result)) => Event::default().event("result").json_data(&result),
             Ok(Err(e)) => problem_event(&Problem::from(e)),
             Err(e) => problem_event(&Problem::new(
@@ -154,13 +222,29 @@ fn stream(api: &Api, exec: runbox_dispatcher::Exec) -> Result<Response, Problem>
                 .data(format!("encoding the last event: {e}"))
         }))
     };
-    let events = output
-        .map(|chunk| Ok::<_, Infallible>(chunk_event(&chunk)))
+    let events = futures::stream::iter(first)
+        .chain(output.map(|chunk| Ok::<_, Infallible>(chunk_event(&chunk))))
         .chain(futures::stream::once(end));
     // Comments every 15 s keep proxies from closing a quiet stream.
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// A command's streamed stdin, registered for the stdin route while it runs.
+struct StreamedStdin {
+    session: String,
+    id: ExecutionId,
+    writer: StdinWriter,
+}
+
+/// The data of the `started` event (only with `stdinStream`): where to
+/// send the command's stdin.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartedEvent {
+    /// The `{execution}` of `POST /v1/sessions/{session}/executions/{execution}/stdin`.
+    pub execution_id: String,
 }
 
 fn problem_event(problem: &Problem) -> Result<Event, axum::Error> {

@@ -34,6 +34,7 @@ pub mod openapi;
 pub mod problem;
 pub mod schema;
 mod sessions;
+pub mod stdin;
 
 /// Largest JSON request body: 1 MiB (a command is at most 256 KiB).
 pub const MAX_JSON_BODY_BYTES: usize = 1 << 20;
@@ -53,6 +54,8 @@ pub struct Api {
     pub tasks: TaskTracker,
     /// Largest file upload accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// The streamed stdins of running commands (`…/executions/{execution}/stdin`).
+    pub stdin: stdin::StdinRegistry,
 }
 
 /// The router of the whole API.
@@ -67,6 +70,10 @@ pub fn router(api: Arc<Api>) -> Router {
         )
         .route("/sessions/{session}/close", post(sessions::close))
         .route("/sessions/{session}/exec", post(exec::exec))
+        .route(
+            "/sessions/{session}/executions/{execution}/stdin",
+            post(stdin::write),
+        )
         .route(
             "/sessions/{session}/files/{*path}",
             get(files::get)

@@ -12,7 +12,7 @@ use super::schema::{
     BackgroundList, BackgroundView, CreateSessionBody, Deleted, DirEntryView, DirList, ExecBody,
     ExecResultSchema, FileView, ModeName, ResultList, SessionList, SessionView, SpawnBody,
 };
-use super::{background, exec, file_tools, files, sessions};
+use super::{background, exec, file_tools, files, sessions, stdin};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -30,7 +30,7 @@ use super::{background, exec, file_tools, files, sessions};
         super::healthz, super::readyz, super::openapi_json,
         sessions::list, sessions::create, sessions::ensure, sessions::show, sessions::close,
         sessions::delete,
-        exec::exec,
+        exec::exec, stdin::write,
         files::get, files::head, files::put, files::delete, files::list_root, files::list,
         file_tools::replace, file_tools::search, file_tools::find,
         background::spawn, background::list, background::logs, background::kill,
@@ -39,7 +39,7 @@ use super::{background, exec, file_tools, files, sessions};
     components(schemas(
         Problem, ExecBody, SpawnBody, CreateSessionBody, ModeName, SessionView, SessionList, Deleted,
         ResultList, FileView, DirEntryView, DirList, BackgroundView, BackgroundList,
-        ExecResultSchema, ReplaceBody, Replaced, SearchMatchView, SearchMatches, FoundFiles,
+        ExecResultSchema, exec::StartedEvent, ReplaceBody, Replaced, SearchMatchView, SearchMatches, FoundFiles,
     )),
     modifiers(&BearerToken),
     security(("bearer" = [])),

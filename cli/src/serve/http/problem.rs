@@ -110,6 +110,7 @@ impl ProblemKind {
             | Error::StateConflict { .. }
             | Error::File(FileError::Conflict { .. }) => return ProblemKind::Conflict,
             Error::CommandTooLarge { .. }
+            | Error::StdinTooLarge { .. }
             | Error::File(FileError::UploadTooLarge { .. } | FileError::TooLargeToEdit { .. }) => {
                 return ProblemKind::TooLarge;
             }

@@ -32,6 +32,22 @@ pub struct ExecBody {
     /// Caller-chosen correlation id, stored in the request.
     #[serde(default)]
     pub request_id: String,
+    /// The command's whole stdin, as UTF-8 text. At most one of `stdin`,
+    /// `stdinBase64` and `stdinStream`; without any the command reads an
+    /// empty stdin.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// The command's whole stdin, as base64 (standard alphabet, padded)
+    /// for bytes that are not text.
+    #[serde(default)]
+    pub stdin_base64: Option<String>,
+    /// The stdin is written while the command runs, through
+    /// `POST /v1/sessions/{session}/executions/{execution}/stdin`. Needs
+    /// the event-stream answer, whose first event, `started`, names the
+    /// execution. In a warm session the command reads each write as it
+    /// comes; in a oneshot session it starts once the stdin is closed.
+    #[serde(default)]
+    pub stdin_stream: bool,
 }
 
 /// The body of `POST /v1/sessions/{session}/background`.
