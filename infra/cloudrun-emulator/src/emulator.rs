@@ -85,12 +85,18 @@ impl Emulator {
     }
 
     /// Creates a one-task, no-retry job running `image`, as a person would
-    /// with CreateJob (`infra/local/up` uses this through `--job`). `name`
-    /// is the full `projects/P/locations/L/jobs/J`.
-    pub async fn create_job(&self, name: &str, image: &str) -> Result<(), tonic::Status> {
+    /// with CreateJob (`infra/local/up` uses this through `--job`), whose
+    /// container sets `env`. `name` is the full
+    /// `projects/P/locations/L/jobs/J`.
+    pub async fn create_job(
+        &self,
+        name: &str,
+        image: &str,
+        env: &[(String, String)],
+    ) -> Result<(), tonic::Status> {
         use crate::grpc::jobs_server::Jobs as _;
         use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-            Container, CreateJobRequest, ExecutionTemplate, Job, TaskTemplate,
+            Container, CreateJobRequest, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var,
             task_template::Retries,
         };
         let (parent, job_id) = name
@@ -102,6 +108,13 @@ impl Emulator {
                 template: Some(TaskTemplate {
                     containers: vec![Container {
                         image: image.to_owned(),
+                        env: env
+                            .iter()
+                            .map(|(name, value)| EnvVar {
+                                name: name.clone(),
+                                values: Some(env_var::Values::Value(value.clone())),
+                            })
+                            .collect(),
                         ..Default::default()
                     }],
                     retries: Some(Retries::MaxRetries(0)),

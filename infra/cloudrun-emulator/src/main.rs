@@ -1,4 +1,4 @@
-//! `runbox-cloudrun-emulator --listen ADDR [--image IMAGE=COMMAND]... [--job NAME=IMAGE]... [--start-delay DUR] [--stats-file FILE]`
+//! `runbox-cloudrun-emulator --listen ADDR [--image IMAGE=COMMAND]... [--job NAME=IMAGE]... [--job-env NAME=VALUE]... [--start-delay DUR] [--stats-file FILE]`
 //!
 //! Serves the Cloud Run Admin API v2 (plaintext gRPC) on ADDR. The first line
 //! on stdout is `listening on HOST:PORT` with the bound address (useful with
@@ -48,6 +48,11 @@ struct Cli {
     /// `projects/p/locations/local/jobs/runbox=runbox-executor`. Repeatable.
     #[arg(long = "job", value_name = "NAME=IMAGE", value_parser = parse_job)]
     jobs: Vec<(String, String)>,
+    /// Set NAME=VALUE in the container env of every `--job` job, as a
+    /// deployed job template does (what `runbox doctor` checks).
+    /// Repeatable.
+    #[arg(long = "job-env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    job_env: Vec<(String, String)>,
     /// Delay each execution's start by DURATION after RunJob, as Cloud
     /// Run's container start does (e.g. `2s`).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -129,7 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let emulator = Emulator::start(cli.listen, config).await?;
     for (name, image) in &cli.jobs {
         emulator
-            .create_job(name, image)
+            .create_job(name, image, &cli.job_env)
             .await
             .with_context(|| format!("creating job {name}"))?;
     }
@@ -156,6 +161,20 @@ fn parse_job(value: &str) -> Result<(String, String), String> {
         _ => Err(format!(
             "expected projects/P/locations/L/jobs/J=IMAGE, got {value:?}"
         )),
+    }
+}
+
+/// `--job-env NAME=VALUE`: a variable name as the Cloud Run API accepts.
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    match value.split_once('=') {
+        Some((name, v))
+            if !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            Ok((name.to_owned(), v.to_owned()))
+        }
+        _ => Err(format!("expected NAME=VALUE, got {value:?}")),
     }
 }
 

@@ -8,8 +8,8 @@ use std::process::Stdio;
 
 use common::*;
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    Container, CreateJobRequest, ExecutionTemplate, Job, RunJobRequest, TaskTemplate,
-    jobs_client::JobsClient, task_template::Retries,
+    Container, CreateJobRequest, ExecutionTemplate, GetJobRequest, Job, RunJobRequest,
+    TaskTemplate, env_var, jobs_client::JobsClient, task_template::Retries,
 };
 use googleapis_tonic_google_longrunning::google::longrunning::{
     WaitOperationRequest, operations_client::OperationsClient,
@@ -111,6 +111,49 @@ async fn binary_prints_its_address_and_runs_jobs() {
     assert!(status.success(), "{status:?}");
 }
 
+/// `--job` with `--job-env`: the job exists at start, its container sets
+/// the variables, as a deployed template would.
+#[tokio::test]
+async fn binary_creates_jobs_with_their_env() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--job"])
+        .arg(format!("{}=example.test/sh:1", job_name("preset")))
+        .args(["--job-env", "RUNBOX_BACKEND=gcp", "--job-env", "EMPTY="])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = within(lines.next_line()).await.unwrap().expect("address");
+    let addr = first.strip_prefix("listening on ").expect("address line");
+    let mut jobs = JobsClient::new(connect(&format!("http://{addr}")).await);
+    let job = within(jobs.get_job(GetJobRequest {
+        name: job_name("preset"),
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    let container = &job.template.unwrap().template.unwrap().containers[0];
+    let env: Vec<(String, Option<env_var::Values>)> = container
+        .env
+        .iter()
+        .map(|v| (v.name.clone(), v.values.clone()))
+        .collect();
+    assert_eq!(
+        env,
+        vec![
+            (
+                "RUNBOX_BACKEND".to_owned(),
+                Some(env_var::Values::Value("gcp".to_owned()))
+            ),
+            (
+                "EMPTY".to_owned(),
+                Some(env_var::Values::Value(String::new()))
+            ),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn binary_rejects_bad_arguments_with_exit_64() {
     for args in [
@@ -119,6 +162,8 @@ async fn binary_rejects_bad_arguments_with_exit_64() {
         vec!["--listen", "127.0.0.1:0", "--image", "img="],
         vec!["--listen", "127.0.0.1:0", "--job", "no-equals-sign"],
         vec!["--listen", "127.0.0.1:0", "--job", "jobs/j=img"],
+        vec!["--listen", "127.0.0.1:0", "--job-env", "NO_EQUALS"],
+        vec!["--listen", "127.0.0.1:0", "--job-env", "BAD NAME=1"],
         vec!["--listen", "127.0.0.1:0", "--start-delay", "soon"],
         vec![],
     ] {
