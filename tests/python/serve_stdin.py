@@ -127,6 +127,18 @@ def main():
     # The command has ended: its stdin is gone.
     stdin("warm-1", execution, b"late\n", expect=404)
 
+    # A caller that hangs up after `started`: the command still runs and
+    # takes its input, and its writer is gone once it ended.
+    events = Events("warm-1", {"command": "cat > hung-up.txt", "stdinStream": True, "timeoutMs": 60000})
+    name, started = events.next()
+    assert name == "started", (name, started)
+    execution = started["executionId"]
+    events.conn.close()
+    stdin("warm-1", execution, b"after hang-up\n", close=True)
+    result = call("POST", "/v1/sessions/warm-1/exec", {"command": "cat hung-up.txt"})
+    assert result["stdout"] == "after hang-up\n", result
+    stdin("warm-1", execution, b"late\n", expect=404)
+
     # Oneshot: the command starts once its stdin is closed.
     events = Events("oneshot-1", {"command": reader, "stdinStream": True, "timeoutMs": 60000})
     name, started = events.next()

@@ -191,7 +191,18 @@ fn stream(
         api.stdin.insert(&s.session, s.id.as_ref(), s.writer);
         (s.session, s.id)
     });
-    let result = api.tasks.spawn(running);
+    // The writer leaves the registry when the command ends, in the task
+    // that runs it: a caller that hung up must not leave it behind.
+    let registered = started
+        .clone()
+        .map(|(session, id)| (api.clone(), session, id));
+    let result = api.tasks.spawn(async move {
+        let ended = running.await;
+        if let Some((api, session, id)) = registered {
+            api.stdin.remove(&session, id.as_ref());
+        }
+        ended
+    });
     let first = started.as_ref().map(|(_, id)| {
         Ok::<_, Infallible>(
             Event::default()
@@ -202,13 +213,8 @@ fn stream(
                 .unwrap_or_else(|_| Event::default().event("started").data(id.as_ref())),
         )
     });
-    let registry = api.clone();
     let end = async move {
-        let ended = result.await;
-        if let Some((session, id)) = &started {
-            registry.stdin.remove(session, id.as_ref());
-        }
-        let event = match ended {
+        let event = match result.await {
             Ok(Ok(result)) => Event::default().event("result").json_data(&result),
             Ok(Err(e)) => problem_event(&Problem::from(e)),
             Err(e) => problem_event(&Problem::new(
