@@ -1,8 +1,11 @@
 //! Job templates that the Cloud Run emulator tests create.
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    Container, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var, task_template::Retries,
+    Container, CreateJobRequest, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var,
+    jobs_client::JobsClient, task_template::Retries,
 };
+
+use crate::embedded::within;
 
 /// A job running `image` with `env`: one task, no retries (a retried task
 /// would run the command again). Its commands may write to the tests'
@@ -37,4 +40,32 @@ pub fn executor_job<K: AsRef<str>, V: AsRef<str>>(image: &str, env: &[(K, V)]) -
         }),
         ..Default::default()
     }
+}
+
+/// Creates the job `{parent}/jobs/{id}` ([`executor_job`] of `image` and
+/// `env`) on the Cloud Run emulator at `endpoint`; panics when it cannot.
+pub async fn create_executor_job<K: AsRef<str>, V: AsRef<str>>(
+    endpoint: &str,
+    parent: &str,
+    id: &str,
+    image: &str,
+    env: &[(K, V)],
+) {
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).expect("endpoint");
+    let mut jobs = JobsClient::new(
+        within(10, endpoint.connect())
+            .await
+            .expect("connect to the Cloud Run emulator"),
+    );
+    within(
+        10,
+        jobs.create_job(CreateJobRequest {
+            parent: parent.to_owned(),
+            job: Some(executor_job(image, env)),
+            job_id: id.to_owned(),
+            validate_only: false,
+        }),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("CreateJob {parent}/jobs/{id}: {e}"));
 }

@@ -22,8 +22,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CreateJobRequest, ListExecutionsRequest, executions_client::ExecutionsClient,
-    jobs_client::JobsClient,
+    ListExecutionsRequest, executions_client::ExecutionsClient,
 };
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::config::{CloudRunConfig, LauncherConfig};
@@ -204,26 +203,8 @@ async fn cloud_run_cancel_cancels_the_execution() {
 
 /// The `runbox` job: one task running the executor with `env`, no retries.
 async fn create_job(endpoint: &str, env: &[(&str, &str)]) {
-    let channel = within(
-        10,
-        tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .expect("endpoint")
-            .connect(),
-    )
-    .await
-    .expect("connect to the emulator");
-    let job = runbox_tests::cloud_run::executor_job(EXECUTOR_IMAGE, env);
-    within(
-        10,
-        JobsClient::new(channel).create_job(CreateJobRequest {
-            parent: PARENT.to_owned(),
-            job: Some(job),
-            job_id: "runbox".to_owned(),
-            validate_only: false,
-        }),
-    )
-    .await
-    .expect("CreateJob");
+    runbox_tests::cloud_run::create_executor_job(endpoint, PARENT, "runbox", EXECUTOR_IMAGE, env)
+        .await;
 }
 
 /// A command cancelled while it waits for its turn never runs.

@@ -9,9 +9,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CreateJobRequest, jobs_client::JobsClient,
-};
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::background_marker::BackgroundMarker;
 use runbox_core::store::{LocalStore, PutOptions, Store};
@@ -148,25 +145,13 @@ impl CloudRun {
 /// Creates the `runbox` job: the executor image, the embedded store at
 /// `home`, one task, no retries.
 async fn create_job(endpoint: &str, home: &Path) {
-    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).expect("endpoint");
-    let mut jobs = JobsClient::new(within(10, endpoint.connect()).await.expect("connect"));
     let env = [
         ("RUNBOX_BACKEND", "local".to_owned()),
         ("RUNBOX_HOME", home.display().to_string()),
         ("RUNBOX_KILL_GRACE_MS", "300".to_owned()),
     ];
-    let job = runbox_tests::cloud_run::executor_job(EXECUTOR_IMAGE, &env);
-    within(
-        10,
-        jobs.create_job(CreateJobRequest {
-            parent: PARENT.to_owned(),
-            job: Some(job),
-            job_id: "runbox".to_owned(),
-            validate_only: false,
-        }),
-    )
-    .await
-    .expect("CreateJob");
+    runbox_tests::cloud_run::create_executor_job(endpoint, PARENT, "runbox", EXECUTOR_IMAGE, &env)
+        .await;
 }
 
 /// Asserts that every process of a background process has exited, within a

@@ -582,9 +582,6 @@ async fn the_exchange_refuses_bad_input_with_clear_errors() {
 /// command finds the token nowhere, not in the executor's environment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_cloud_run_the_token_travels_in_the_overrides_and_stays_hidden() {
-    use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-        CreateJobRequest, jobs_client::JobsClient,
-    };
     use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
     const PARENT: &str = "projects/p/locations/us-central1";
     const IMAGE: &str = "runbox-executor:sts";
@@ -604,19 +601,8 @@ async fn on_cloud_run_the_token_travels_in_the_overrides_and_stays_hidden() {
     template.retain(|(k, _)| k != "STORAGE_EMULATOR_HOST");
     template.push(("STORAGE_EMULATOR_HOST".into(), sts.url.clone()));
     template.push(("RUNBOX_KILL_GRACE_MS".into(), "300".into()));
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone()).unwrap();
-    let mut jobs = JobsClient::new(within(10, channel.connect()).await.unwrap());
-    within(
-        10,
-        jobs.create_job(CreateJobRequest {
-            parent: PARENT.to_owned(),
-            job: Some(runbox_tests::cloud_run::executor_job(IMAGE, &template)),
-            job_id: "runbox".to_owned(),
-            validate_only: false,
-        }),
-    )
-    .await
-    .expect("CreateJob");
+    runbox_tests::cloud_run::create_executor_job(&endpoint, PARENT, "runbox", IMAGE, &template)
+        .await;
 
     let cli = Cli::new();
     let vars = env(&emu, &sts, cli.home.path());

@@ -14,8 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CreateJobRequest, Execution, ListExecutionsRequest, RunJobRequest, env_var,
-    executions_client::ExecutionsClient, jobs_client::JobsClient,
+    Execution, ListExecutionsRequest, RunJobRequest, env_var, executions_client::ExecutionsClient,
 };
 use googleapis_tonic_google_longrunning::google::longrunning::{Operation, WaitOperationRequest};
 use prost::Message;
@@ -500,19 +499,7 @@ async fn channel(endpoint: &str) -> tonic::transport::Channel {
 /// Creates a job template running the executor image with `env`, one task,
 /// no retries (a retried task would run the command again).
 async fn create_job(endpoint: &str, id: &str, env: &[(&str, &str)]) {
-    let mut jobs = JobsClient::new(channel(endpoint).await);
-    let job = runbox_tests::cloud_run::executor_job(EXECUTOR_IMAGE, env);
-    within(
-        10,
-        jobs.create_job(CreateJobRequest {
-            parent: PARENT.to_owned(),
-            job: Some(job),
-            job_id: id.to_owned(),
-            validate_only: false,
-        }),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("CreateJob {id}: {e}"));
+    runbox_tests::cloud_run::create_executor_job(endpoint, PARENT, id, EXECUTOR_IMAGE, env).await;
 }
 
 /// One `#[tokio::test]` per property of the suite, each with its own emulator.

@@ -9,10 +9,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    Container, CreateJobRequest, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var,
-    jobs_client::JobsClient, task_template::Retries,
-};
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::Config;
 use runbox_dispatcher::files::{ReadOptions, WriteOptions};
@@ -313,39 +309,7 @@ async fn gcp_cloud_run_launcher_sees_the_same_path() {
 /// A job template running the executor image with `env`, one task, no
 /// retries.
 async fn create_job(endpoint: &str, env: &BTreeMap<String, String>) {
-    let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).expect("endpoint");
-    let mut jobs = JobsClient::new(within(10, endpoint.connect()).await.expect("connect"));
-    let job = Job {
-        template: Some(ExecutionTemplate {
-            task_count: 1,
-            template: Some(TaskTemplate {
-                containers: vec![Container {
-                    image: EXECUTOR_IMAGE.to_owned(),
-                    env: env
-                        .iter()
-                        .map(|(name, value)| EnvVar {
-                            name: name.clone(),
-                            values: Some(env_var::Values::Value(value.clone())),
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                retries: Some(Retries::MaxRetries(0)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    within(
-        10,
-        jobs.create_job(CreateJobRequest {
-            parent: PARENT.to_owned(),
-            job: Some(job),
-            job_id: "runbox".to_owned(),
-            validate_only: false,
-        }),
-    )
-    .await
-    .expect("CreateJob");
+    let env: Vec<_> = env.iter().collect();
+    runbox_tests::cloud_run::create_executor_job(endpoint, PARENT, "runbox", EXECUTOR_IMAGE, &env)
+        .await;
 }
