@@ -131,6 +131,11 @@ pub struct ExecRequest {
     /// read `stdin_bytes` (or nothing), as before.
     #[prost(bool, tag = "21")]
     pub stdin_stream: bool,
+    /// With `stdin_stream` over Pub/Sub (warm sessions on Cloud Run): the
+    /// SHA-256, in hex, of the token every stdin message for this command
+    /// must carry (`runbox_core::warm::commands`). Empty: none.
+    #[prost(string, tag = "22")]
+    pub stdin_token_sha256: String,
 }
 
 /// The outcome of one execution; stored once as `results/{execution_id}.json`.
