@@ -17,6 +17,10 @@
 //!   are removed and a new warm execution starts with the command as its
 //!   first: nothing is lost. Taken: the command's end follows that
 //!   execution's end, so one that dies mid-command settles LOST.
+//! - **Stdin**: a command whose stdin streams gets its pieces published
+//!   as `kind=stdin` messages, numbered and carrying the command's token,
+//!   from a task of their own once it is taken (or launched, for a first
+//!   command); see [`runbox_core::warm`].
 //! - **Close**: CancelExecution (the executor gets SIGTERM, cancels the
 //!   command it runs and exits), then a wait on its operation.
 //!
