@@ -124,10 +124,11 @@ pub struct ExecRequest {
     /// `RUNBOX_LOG_CAP_BYTES` per stream in all). The result is unchanged.
     #[prost(bool, tag = "20")]
     pub stream_output: bool,
-    /// The command's standard input streams while it runs (warm sessions
-    /// on the local launcher): it arrives on the executor's delivery
-    /// channel in frames (`runbox_core::warm::wire`), and ends with an
-    /// end-of-input frame or when the channel closes. Requests without it
+    /// The command's standard input streams while it runs (warm sessions):
+    /// it arrives on the executor's delivery channel in frames
+    /// (`runbox_core::warm::wire`; on Cloud Run, `stdin` messages of the
+    /// commands topic), and ends with an end-of-input frame or when the
+    /// channel closes. Requests without it
     /// read `stdin_bytes` (or nothing), as before.
     #[prost(bool, tag = "21")]
     pub stdin_stream: bool,
