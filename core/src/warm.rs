@@ -46,6 +46,17 @@
 //! that sees the warm execution end (its RunJob operation) before that
 //! mark exists starts a new warm execution with the command as its first.
 //! The execution deletes its subscription and its marker when it ends.
+//!
+//! A streamed stdin travels on the same topic: once the command is taken
+//! (the first command of a new execution: once it is launched), its
+//! dispatcher publishes `kind=stdin` messages with the session, the
+//! execution, the warm execution, a sequence number from 0 ([`commands::SEQ`])
+//! and the command's stdin token ([`commands::TOKEN`]); the data is at most
+//! [`wire::MAX_FRAME`] bytes, and the last message says `end=1`. The request
+//! holds the token's SHA-256 (`stdinTokenSha256`), drawn afresh per command,
+//! so a message is accepted only from the dispatcher that wrote the request.
+//! The executor restores the order, drops copies, and writes the data into
+//! the command's stdin FIFO as it would the socket's frames.
 
 use std::time::Duration;
 
@@ -111,6 +122,47 @@ pub mod commands {
     pub const WARM: &str = "warm";
     /// [`KIND`]: run the command whose request object is written.
     pub const RUN: &str = "run";
+    /// [`KIND`]: a piece of a running command's streamed standard input
+    /// (the message data, at most [`super::wire::MAX_FRAME`] bytes).
+    pub const STDIN: &str = "stdin";
+    /// Attribute of a [`STDIN`] message: its place in the command's input,
+    /// from 0 (decimal), so the executor can restore the order and drop
+    /// copies.
+    pub const SEQ: &str = "seq";
+    /// Attribute of a [`STDIN`] message: `"1"` on the last one, which
+    /// closes the command's stdin after its data.
+    pub const END: &str = "end";
+    /// Attribute of a [`STDIN`] message: the command's stdin token, whose
+    /// SHA-256 the request holds ([`super::stdin_token_digest`]).
+    pub const TOKEN: &str = "token";
+}
+
+/// A fresh stdin token: 128 random bits from the kernel, in hex. The
+/// dispatcher keeps it; the request object holds only its digest, so a
+/// reader of request objects cannot make frames a command accepts.
+pub fn new_stdin_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        let rest = bytes.get_mut(filled..).unwrap_or_default();
+        filled += rustix::rand::getrandom(rest, rustix::rand::GetRandomFlags::empty())
+            .map_err(std::io::Error::from)?;
+    }
+    Ok(hex(&bytes))
+}
+
+/// The SHA-256 of a stdin token, in hex (a request's `stdinTokenSha256`).
+pub fn stdin_token_digest(token: &str) -> String {
+    use sha2::Digest as _;
+    hex(&sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 /// How a session's commands run.
@@ -249,6 +301,18 @@ pub mod wire {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stdin_tokens_are_fresh_and_only_their_digest_is_shared() {
+        let (a, b) = (new_stdin_token().unwrap(), new_stdin_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        assert_eq!(
+            stdin_token_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(stdin_token_digest(&a), a);
+    }
 
     #[test]
     fn modes_parse_by_name() {

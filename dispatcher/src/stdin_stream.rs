@@ -10,12 +10,20 @@
 //! command that does not read makes [`StdinWriter::write`] wait, and
 //! nothing grows.
 //!
-//! Anywhere else (oneshot sessions, launchers that cannot stream: the
-//! Cloud Run launcher for now) the command starts, as before, with its
-//! whole stdin: what is written until [`StdinWriter::close`] is collected
-//! first (at most `RUNBOX_STDIN_CAP_BYTES`), then the command runs. A
-//! caller that waits for output before closing would wait forever there,
-//! so such callers check [`crate::SessionInfo`]'s mode first.
+//! On the Cloud Run launcher the bytes travel as messages on the commands
+//! topic ([`runbox_core::warm::commands`]), numbered and carrying a token
+//! drawn for the command, whose digest is in its request; the launcher
+//! publishes each once the previous one is accepted by Pub/Sub. Pub/Sub
+//! is then the buffer: the executor holds a bounded window of frames and
+//! leaves the rest unacknowledged until the command reads.
+//!
+//! Anywhere else (oneshot sessions, per-execution credentials, a local
+//! session whose socket path would be too long) the command starts, as
+//! before, with its whole stdin: what is written until
+//! [`StdinWriter::close`] is collected first (at most
+//! `RUNBOX_STDIN_CAP_BYTES`), then the command runs. A caller that waits
+//! for output before closing would wait forever there, so such callers
+//! check [`crate::SessionInfo`]'s mode first.
 
 use std::sync::{Arc, Mutex};
 
@@ -90,6 +98,7 @@ impl StdinWriter {
 pub struct StdinFeed {
     rx: mpsc::Receiver<Bytes>,
     ended: CancellationToken,
+    token: Option<String>,
 }
 
 impl StdinFeed {
@@ -108,6 +117,20 @@ impl StdinFeed {
     pub fn ended(&self) -> CancellationToken {
         self.ended.clone()
     }
+
+    /// The command's stdin token (see [`runbox_core::warm::commands`]),
+    /// once [`StdinFeed::seal`] has drawn it.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Draws the command's stdin token; its digest, for the request.
+    pub(crate) fn seal(&mut self) -> std::io::Result<String> {
+        let token = runbox_core::warm::new_stdin_token()?;
+        let digest = runbox_core::warm::stdin_token_digest(&token);
+        self.token = Some(token);
+        Ok(digest)
+    }
 }
 
 /// A new writer and the feed it writes to.
@@ -119,7 +142,11 @@ pub(crate) fn channel() -> (StdinWriter, StdinFeed) {
             tx,
             ended: ended.clone(),
         },
-        StdinFeed { rx, ended },
+        StdinFeed {
+            rx,
+            ended,
+            token: None,
+        },
     )
 }
 

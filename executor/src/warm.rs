@@ -139,15 +139,6 @@ pub enum WarmError {
         #[source]
         source: std::io::Error,
     },
-    /// Its commands' subscription could not be reached.
-    #[error("subscribe to {subscription}")]
-    Subscribe {
-        /// The subscription.
-        subscription: String,
-        /// The cause.
-        #[source]
-        source: pubsub::PubSubError,
-    },
     /// A command's result could not be written.
     #[error("warm execution")]
     Result {
@@ -169,6 +160,9 @@ pub enum WarmEnd {
     /// Its lifetime ran out (see [`Warm::lifetime`]): the session's next
     /// command goes to a new execution.
     HandedOver,
+    /// Its subscription could not be pulled: it ran its first command as a
+    /// oneshot execution does and took no other.
+    Unsubscribed,
 }
 
 /// Serves the first command (`settings.execution_id`), then every command
@@ -192,14 +186,17 @@ pub async fn serve(
     let (tx, mut rx) = mpsc::channel::<(ExecutionId, Delivery)>(1);
     let first = settings.execution_id.clone();
     let commands = match &warm.subscription {
-        Some(subscription) => Some(
-            pubsub::Commands::start(settings, warm, subscription, &first, tx.clone(), &closed)
+        Some(subscription) => {
+            match pubsub::Commands::start(settings, warm, subscription, &first, tx.clone(), &closed)
                 .await
-                .map_err(|source| WarmError::Subscribe {
-                    subscription: subscription.clone(),
-                    source,
-                })?,
-        ),
+            {
+                Ok(commands) => Some(commands),
+                Err(e) => {
+                    return pubsub::oneshot_instead(store, settings, warm, subscription, e, cancel)
+                        .await;
+                }
+            }
+        }
         None => None,
     };
     // `close` connections stay open until everything has ended, so the
@@ -244,6 +241,8 @@ pub async fn serve(
         if conn.is_none() && stdin_stream::wants(&loaded) {
             conn = stdin_stream::first_channel().map(Delivery::Socket);
         }
+        // Before the taken mark, after which its dispatcher publishes.
+        let messages = stdin_stream::route(commands.as_ref(), &id, &loaded, conn.as_ref());
         if let Some(c) = &mut conn {
             // Only the session's own requests that have no result yet: an
             // id from anywhere else gets no result written in its name.
@@ -273,7 +272,10 @@ pub async fn serve(
                 &mut shell,
                 loaded,
                 &stop,
-                conn.as_mut().and_then(Delivery::socket),
+                conn.as_mut()
+                    .and_then(Delivery::socket)
+                    .map(stdin_stream::Source::Socket)
+                    .or(messages.map(stdin_stream::Source::Messages)),
             );
             tokio::pin!(run);
             loop {
@@ -346,7 +348,8 @@ enum Delivery {
 }
 
 impl Delivery {
-    /// The connection a streamed stdin arrives on (Pub/Sub carries none).
+    /// The connection a streamed stdin arrives on (over Pub/Sub it comes
+    /// in messages of its own, [`stdin_stream::route`]).
     fn socket(&mut self) -> Option<&mut UnixStream> {
         match self {
             Delivery::Socket(c) => Some(c),
@@ -580,7 +583,7 @@ async fn run_one(
     shell: &mut Option<Shell>,
     loaded: Result<Loaded, crate::Rejection>,
     stop: &CancellationToken,
-    stdin: Option<&mut UnixStream>,
+    stdin: Option<stdin_stream::Source<'_>>,
 ) -> Result<Outcome, ExecutorError> {
     let id = &settings.execution_id;
     let started = runbox_proto::now();
@@ -620,7 +623,7 @@ async fn run_in_shell(
     loaded: Loaded,
     slot: &mut Option<Shell>,
     stop: &CancellationToken,
-    stdin: Option<&mut UnixStream>,
+    stdin: Option<stdin_stream::Source<'_>>,
 ) -> ExecResult {
     let id = &settings.execution_id;
     let Loaded {

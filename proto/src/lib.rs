@@ -124,13 +124,19 @@ pub struct ExecRequest {
     /// `RUNBOX_LOG_CAP_BYTES` per stream in all). The result is unchanged.
     #[prost(bool, tag = "20")]
     pub stream_output: bool,
-    /// The command's standard input streams while it runs (warm sessions
-    /// on the local launcher): it arrives on the executor's delivery
-    /// channel in frames (`runbox_core::warm::wire`), and ends with an
-    /// end-of-input frame or when the channel closes. Requests without it
+    /// The command's standard input streams while it runs (warm sessions):
+    /// it arrives on the executor's delivery channel in frames
+    /// (`runbox_core::warm::wire`; on Cloud Run, `stdin` messages of the
+    /// commands topic), and ends with an end-of-input frame or when the
+    /// channel closes. Requests without it
     /// read `stdin_bytes` (or nothing), as before.
     #[prost(bool, tag = "21")]
     pub stdin_stream: bool,
+    /// With `stdin_stream` over Pub/Sub (warm sessions on Cloud Run): the
+    /// SHA-256, in hex, of the token every stdin message for this command
+    /// must carry (`runbox_core::warm::commands`). Empty: none.
+    #[prost(string, tag = "22")]
+    pub stdin_token_sha256: String,
 }
 
 /// The outcome of one execution; stored once as `results/{execution_id}.json`.

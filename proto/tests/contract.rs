@@ -122,6 +122,7 @@ fn the_proto_document_matches_the_rust_definitions() {
         stdin_bytes: 1,
         stream_output: true,
         stdin_stream: true,
+        stdin_token_sha256: "h".into(),
     };
     check("ExecRequest", &request);
     let result = ExecResult {

@@ -15,7 +15,9 @@ use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::store::{PutOptions, Store};
 use runbox_core::warm::WarmMarker;
 use runbox_core::{ExecutionId, SessionId, layout};
-use runbox_dispatcher::{Client, ExecStatus, Session, SessionMode, SessionSettings};
+use runbox_dispatcher::{
+    Client, ExecStatus, OutputStream, Session, SessionMode, SessionSettings, Stream,
+};
 use runbox_tests::embedded::{binary, within};
 use runbox_tests::harness::Emulators;
 use runbox_tests::pipes::Announcements;
@@ -41,12 +43,20 @@ struct Stack {
     client: Client,
     cloud_run: Emulator,
     emu: Emulators,
+    /// The client's configuration, for a `runbox` process of its own.
+    env: std::collections::BTreeMap<String, String>,
     _dirs: [tempfile::TempDir; 2],
 }
 
 impl Stack {
     /// The stack; `client_env` is added to the client's configuration.
     async fn start(client_env: &[(&str, &str)]) -> Self {
+        Self::start_with(client_env, &[]).await
+    }
+
+    /// The stack, with `task_env` added to (or replacing) the job's
+    /// template variables.
+    async fn start_with(client_env: &[(&str, &str)], task_env: &[(&str, &str)]) -> Self {
         let emu = within(120, Emulators::start()).await.expect("emulators");
         let pubsub = within(30, emu.pubsub_client()).await.expect("pubsub");
         within(30, pubsub.topic(COMMANDS_TOPIC).create(None, None))
@@ -64,6 +74,8 @@ impl Stack {
         let (workspaces, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut template: Vec<(String, String)> = emu.env().into_iter().collect();
         template.push(("RUNBOX_KILL_GRACE_MS".into(), "300".into()));
+        template.retain(|(k, _)| !task_env.iter().any(|(name, _)| name == k));
+        template.extend(task_env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
         template.push((
             "RUNBOX_WORKSPACE_DIR".into(),
             workspaces.path().display().to_string(),
@@ -100,6 +112,7 @@ impl Stack {
             client,
             cloud_run,
             emu,
+            env,
             _dirs: [workspaces, home],
         }
     }
@@ -531,3 +544,197 @@ EOF"#,
 
 /// An execution id nothing ran.
 const MADE_UP: &str = "abcdef-01m8pma3r90000000";
+
+const ECHO_LINES: &str = "while read -r l; do echo got $l; done";
+
+/// Reads the output stream until stdout (all of it so far) holds `needle`.
+async fn stdout_until(output: &mut OutputStream, seen: &mut String, needle: &str) {
+    while !seen.contains(needle) {
+        let chunk = within(60, output.next())
+            .await
+            .unwrap_or_else(|| panic!("the stream ended before {needle:?}; stdout {seen:?}"));
+        if chunk.stream == Stream::Stdout {
+            seen.push_str(&String::from_utf8_lossy(&chunk.data));
+        }
+    }
+}
+
+/// stdin over Pub/Sub: write, see the answer, write again, on the first
+/// command of a new warm execution and on one delivered to it, with one
+/// RunJob for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_reaches_a_running_command_over_pubsub() {
+    let stack = Stack::start(&[]).await;
+    let s = stack.warm("talk", Duration::from_secs(120)).await;
+    let before = stack.cloud_run.run_job_calls();
+    for round in ["first command", "delivered command"] {
+        let (exec, stdin) = s.exec(ECHO_LINES).stdin_stream();
+        let (mut output, result) = exec.streaming();
+        let result = tokio::spawn(result);
+        let mut seen = String::new();
+        within(30, stdin.write("a\n")).await.unwrap();
+        stdout_until(&mut output, &mut seen, "got a\n").await;
+        assert!(!seen.contains("got b"), "{round}: {seen:?}");
+        within(30, stdin.write("b\n")).await.unwrap();
+        stdout_until(&mut output, &mut seen, "got b\n").await;
+        within(30, stdin.close()).await.unwrap();
+        let r = within(60, result).await.unwrap().unwrap();
+        assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{round}: {r:?}");
+        assert_eq!(r.stdout, "got a\ngot b\n", "{round}");
+    }
+    // More than one message's worth, in order, read to its end.
+    let (exec, stdin) = s.exec("wc -c; echo $$").stdin_stream();
+    let result = tokio::spawn(exec.into_future());
+    let big = vec![b'x'; 3 * runbox_core::warm::wire::MAX_FRAME + 7];
+    within(60, stdin.write(big.clone())).await.unwrap();
+    within(30, stdin.close()).await.unwrap();
+    let r = within(60, result).await.unwrap().unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert!(
+        r.stdout.starts_with(&format!("{}\n", big.len())),
+        "{:?}",
+        r.stdout
+    );
+    assert_eq!(stack.cloud_run.run_job_calls() - before, 1);
+    within(60, stack.client.close_session("talk"))
+        .await
+        .unwrap();
+    stack.stop().await;
+}
+
+/// `printf 'a\nb\n' | runbox exec -s W -- 'while read l; ...'` on the Cloud
+/// Run launcher: a new execution, then one delivered to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_streams_its_piped_stdin_on_cloud_run() {
+    use tokio::io::AsyncWriteExt as _;
+    let stack = Stack::start(&[]).await;
+    stack.warm("W", Duration::from_secs(120)).await;
+    let before = stack.cloud_run.run_job_calls();
+    for _ in 0..2 {
+        let mut child = tokio::process::Command::new(binary("runbox"))
+            .args(["exec", "-s", "W", "--", ECHO_LINES])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(&stack.env)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run runbox");
+        let mut input = child.stdin.take().unwrap();
+        within(30, input.write_all(b"a\nb\n")).await.unwrap();
+        drop(input);
+        let out = within(120, child.wait_with_output()).await.unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "got a\ngot b\n");
+    }
+    assert_eq!(stack.cloud_run.run_job_calls() - before, 1);
+    within(60, stack.client.close_session("W")).await.unwrap();
+    stack.stop().await;
+}
+
+/// A command of session B publishes `stdin` messages for A's running
+/// command on the commands topic (the emulator's REST API, which commands
+/// can reach), naming A's session, execution and warm execution, with the
+/// next sequence numbers: without a token, with a made-up one, with the
+/// digest A's request object holds, and one that would end A's input.
+/// A's command reads none of them, and its own input goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_session_cannot_feed_a_running_commands_stdin() {
+    let stack = Stack::start(&[]).await;
+    let a = stack.warm("victim", Duration::from_secs(120)).await;
+    let (exec, stdin) = a.exec(ECHO_LINES).stdin_stream();
+    let (mut output, result) = exec.streaming();
+    let result = tokio::spawn(result);
+    let mut seen = String::new();
+    within(30, stdin.write("a\n")).await.unwrap();
+    stdout_until(&mut output, &mut seen, "got a\n").await;
+    // The first command names the warm execution.
+    let marker = stack.marker("victim").await.expect("the warm marker");
+    let id = ExecutionId::new(&marker.first).unwrap();
+    let request = stack.emu.store().get(&layout::request(&id)).await.unwrap();
+    let request: serde_json::Value = serde_json::from_slice(&request.data).unwrap();
+    let digest = request["stdinTokenSha256"].as_str().unwrap().to_owned();
+    assert_eq!(digest.len(), 64, "{request}");
+    let b = stack.client.session("attacker").unwrap();
+    let host = stack.emu.pubsub_host.clone().unwrap();
+    let script = format!(
+        r#"python3 - <<'EOF'
+import base64, json, urllib.request
+url = "http://{host}/v1/projects/{project}/topics/{COMMANDS_TOPIC}:publish"
+def msg(seq, data, token=None, end=False):
+    attributes = {{"session": "victim", "kind": "stdin", "execution": "{id}",
+                   "warm": "{id}", "seq": str(seq)}}
+    if token is not None:
+        attributes["token"] = token
+    if end:
+        attributes["end"] = "1"
+    return {{"data": base64.b64encode(data.encode()).decode(), "attributes": attributes}}
+messages = []
+for seq in (1, 2, 3):
+    messages += [msg(seq, "evil\n"), msg(seq, "forged\n", token="0" * 32),
+                 msg(seq, "copied\n", token="{digest}"), msg(seq, "", token="{digest}", end=True)]
+body = json.dumps({{"messages": messages}}).encode()
+req = urllib.request.Request(url, data=body, headers={{"content-type": "application/json"}})
+print(urllib.request.urlopen(req).status)
+EOF"#,
+        project = stack.emu.project,
+    );
+    let r = within(60, b.exec(script)).await.unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "200\n", "the command reached the topic: {r:?}");
+    // Published after the attacker's: taken, they would have been its
+    // lines 1 and 2 and this input a copy.
+    within(30, stdin.write("b\n")).await.unwrap();
+    stdout_until(&mut output, &mut seen, "got b\n").await;
+    within(30, stdin.write("c\n")).await.unwrap();
+    stdout_until(&mut output, &mut seen, "got c\n").await;
+    within(30, stdin.close()).await.unwrap();
+    let r = within(60, result).await.unwrap().unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "got a\ngot b\ngot c\n");
+    within(60, stack.client.close_session("victim"))
+        .await
+        .unwrap();
+    stack.stop().await;
+}
+
+/// A warm execution that cannot pull its subscription (here its task
+/// reaches no Pub/Sub: the job's `PUBSUB_EMULATOR_HOST` names a closed
+/// port) runs its first command as a oneshot execution would, not LOST;
+/// the next command starts a fresh attempt and sees the saved state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_subscribe_runs_the_first_command_oneshot() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let stack = Stack::start_with(&[], &[("PUBSUB_EMULATOR_HOST", &nowhere)]).await;
+    let s = stack.warm("unsub", Duration::from_secs(120)).await;
+    let before = stack.cloud_run.run_job_calls();
+    let first = within(90, s.exec("export KEEP=kept; echo first"))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.exec_status(),
+        ExecStatus::Succeeded,
+        "{first:?}\n{}",
+        stack.emu.logs()
+    );
+    assert_eq!(first.stdout, "first\n");
+    let r = within(90, s.exec("echo $KEEP")).await.unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "kept\n");
+    assert_eq!(
+        stack.cloud_run.run_job_calls() - before,
+        2,
+        "each command started an execution of its own"
+    );
+    // Nothing names a warm execution that no longer takes commands.
+    assert_eq!(stack.marker("unsub").await, None);
+    let info = within(30, stack.client.session_info("unsub"))
+        .await
+        .unwrap();
+    assert_eq!(info.warm_execution, None);
+    stack.stop().await;
+}

@@ -340,3 +340,78 @@ async fn a_swapped_stdin_name_does_not_redirect_the_executors_writes() {
     assert_eq!(r.exec_status(), ExecStatus::Failed, "{r:?}");
     within(30, client.close_session("swap")).await.unwrap();
 }
+
+/// A first command refused because its streamed stdin is over the cap
+/// (collected, in a session nobody created) leaves nothing behind: no
+/// settings, no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_refused_for_its_stdin_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = runbox_tests::embedded::config(dir.path());
+    config.limits.stdin_cap = 4;
+    let client = within(30, Client::from_config(config)).await.unwrap();
+    let s = client.session("fresh").unwrap();
+    let (exec, stdin) = s.exec("cat").stdin_stream();
+    let result = tokio::spawn(exec.into_future());
+    // Refused once the cap is passed: the write may already see it.
+    let _ = within(30, stdin.write("too long")).await;
+    drop(stdin);
+    let err = within(30, result).await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, runbox_dispatcher::Error::StdinTooLarge { max: 4 }),
+        "{err:?}"
+    );
+    let session = dir.path().join("sessions/fresh");
+    assert!(
+        !session.join("mode.json").exists(),
+        "the refused command stored the session's settings"
+    );
+    let requests: Vec<_> = std::fs::read_dir(dir.path().join("requests"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(requests.is_empty(), "{requests:?}");
+    // A command that fits is accepted and stores them.
+    let (exec, stdin) = s.exec("cat").stdin_stream();
+    let result = tokio::spawn(exec.into_future());
+    within(30, stdin.write("ok")).await.unwrap();
+    within(30, stdin.close()).await.unwrap();
+    let r = within(60, result).await.unwrap().unwrap();
+    assert_eq!(r.stdout, "ok");
+    assert!(session.join("mode.json").exists());
+}
+
+/// A warm session whose socket path would not fit the kernel's limit runs
+/// its commands oneshot; a streamed stdin is then collected first, as in a
+/// oneshot session, instead of failing after its request was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_path_too_long_collects_the_stdin_first() {
+    let dir = tempfile::tempdir().unwrap();
+    // `{home}/.runbox/warm/{session}` and its hashed form are both over
+    // the 108 bytes of `sun_path`.
+    let home = dir
+        .path()
+        .join("h".repeat(110 - dir.path().as_os_str().len().min(100)));
+    std::fs::create_dir_all(&home).unwrap();
+    let client = within(
+        30,
+        Client::from_config(runbox_tests::embedded::config(&home)),
+    )
+    .await
+    .unwrap();
+    let s = warm(&client, "far").await;
+    let (exec, stdin) = s.exec(ECHO_LINES).stdin_stream();
+    let result = tokio::spawn(exec.into_future());
+    within(30, stdin.write("a\nb\n")).await.unwrap();
+    within(30, stdin.close()).await.unwrap();
+    let r = within(60, result).await.unwrap().unwrap();
+    assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{r:?}");
+    assert_eq!(r.stdout, "got a\ngot b\n");
+    assert_eq!(
+        within(30, client.session_info("far"))
+            .await
+            .unwrap()
+            .warm_execution,
+        None,
+        "no warm execution could listen there"
+    );
+}

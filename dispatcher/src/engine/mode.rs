@@ -1,6 +1,7 @@
 //! A session's settings (`sessions/{session}/mode.json`): written when the
 //! session is created, or by the first command of a session nobody created
-//! (with `RUNBOX_SESSION_MODE`'s mode), so every process runs a session's
+//! (with `RUNBOX_SESSION_MODE`'s mode) once that command is accepted, just
+//! before its request is written, so every process runs a session's
 //! commands the same way. Settings never change once written, so each
 //! engine reads them once per session.
 
@@ -13,25 +14,40 @@ use super::Engine;
 use crate::error::{Error, Result};
 
 impl Engine {
-    /// The session's settings: stored ones, else the configured default,
-    /// which is stored then (unless another process stored some first).
-    pub(crate) async fn session_settings(&self, session: &SessionId) -> Result<SessionSettings> {
+    /// The session's settings without writing anything: the stored ones
+    /// (`true`), else the configured default (`false`), which
+    /// [`Engine::store_session_settings`] stores once a command is
+    /// accepted.
+    pub(crate) async fn peek_session_settings(
+        &self,
+        session: &SessionId,
+    ) -> Result<(SessionSettings, bool)> {
         if let Some(known) = self.session_settings.get(session) {
-            return Ok(*known);
+            return Ok((*known, true));
         }
-        let settings = match self.read_session_settings(session).await? {
-            Some(stored) => stored,
-            None => {
-                let default = SessionSettings::new(self.config.limits.session_mode);
-                match self.write_session_settings(session, &default, true).await {
-                    Ok(()) => default,
-                    Err(Error::Store { source, .. }) if source.is_conflict() => self
-                        .read_session_settings(session)
-                        .await?
-                        .unwrap_or(default),
-                    Err(e) => return Err(e),
-                }
+        match self.read_session_settings(session).await? {
+            Some(stored) => {
+                self.session_settings.insert(session.clone(), stored);
+                Ok((stored, true))
             }
+            None => Ok((SessionSettings::new(self.config.limits.session_mode), false)),
+        }
+    }
+
+    /// Stores `default` as the settings of a session that has none (unless
+    /// another process stored some first: those are returned then).
+    pub(crate) async fn store_session_settings(
+        &self,
+        session: &SessionId,
+        default: SessionSettings,
+    ) -> Result<SessionSettings> {
+        let settings = match self.write_session_settings(session, &default, true).await {
+            Ok(()) => default,
+            Err(Error::Store { source, .. }) if source.is_conflict() => self
+                .read_session_settings(session)
+                .await?
+                .unwrap_or(default),
+            Err(e) => return Err(e),
         };
         self.session_settings.insert(session.clone(), settings);
         Ok(settings)

@@ -75,6 +75,7 @@ impl Submission {
             stdin_bytes: self.stdin.as_ref().map_or(0, |data| data.len() as u64),
             stream_output: self.live.is_some() && !background,
             stdin_stream: false,
+            stdin_token_sha256: String::new(),
         }
     }
 }
@@ -216,7 +217,9 @@ impl Engine {
             return Err(Error::Cancelled);
         }
         let t0 = std::time::Instant::now();
-        let settings = self.session_settings(session).await?;
+        // Stored only once the command is accepted (its stdin may be too
+        // large): a refused command leaves nothing behind.
+        let (settings, stored) = self.peek_session_settings(session).await?;
         let id = match &submission.execution_id {
             Some(id) => id.clone(),
             None => self.instance.next_execution_id(),
@@ -233,7 +236,7 @@ impl Engine {
         let mut stdin = submission.stdin.clone();
         if let Some(whole) = feed
             .as_mut()
-            .filter(|_| !(warm && self.launcher.streams_stdin()))
+            .filter(|_| !(warm && self.launcher.streams_stdin(session)))
         {
             // Where it cannot stream, the command starts as before, with
             // its whole stdin.
@@ -248,9 +251,19 @@ impl Engine {
             }
             feed = None;
         }
+        if !stored {
+            self.store_session_settings(session, settings).await?;
+        }
         let mut request = submission.request(&id, session, SystemTime::now(), false);
         request.stdin_bytes = stdin.as_ref().map_or(0, |data| data.len() as u64);
         request.stdin_stream = feed.is_some();
+        if let Some(feed) = feed.as_mut() {
+            request.stdin_token_sha256 = feed.seal().map_err(|e| LaunchError::Spawn {
+                id: id.clone(),
+                retryable: true,
+                source: format!("draw a stdin token: {e}").into(),
+            })?;
+        }
         self.write_stdin(&id, stdin.as_ref()).await?;
         match self.write_request(&request, &id).await {
             Ok(()) => {}

@@ -191,9 +191,11 @@ pub trait Launcher: Send + Sync + 'static {
     }
 
     /// Whether [`Launcher::launch_warm_stdin`] carries a standard input
-    /// that streams while the command runs. Launchers that cannot give
-    /// every command its whole stdin at its start instead.
-    fn streams_stdin(&self) -> bool {
+    /// that streams while `session`'s command runs, asked before anything
+    /// of the command is written. Launchers that cannot give every command
+    /// its whole stdin at its start instead.
+    fn streams_stdin(&self, session: &runbox_core::SessionId) -> bool {
+        let _ = session;
         false
     }
 

@@ -8,8 +8,17 @@
 //! dropped: the subscription is this execution's own, so acking removes a
 //! message from nobody else, and the Pub/Sub emulator, which does not apply
 //! the session filter, hands it every session's messages. Nothing but
-//! `run` is taken from the topic: a dispatcher ends a warm execution with
-//! CancelExecution, which the topic's publishers cannot call.
+//! `run` and `stdin` is taken from the topic: a dispatcher ends a warm
+//! execution with CancelExecution, which the topic's publishers cannot call.
+//!
+//! A `stdin` message goes to the command whose stdin route is set
+//! ([`Commands::stdin`], before the command is marked taken, so before
+//! its dispatcher publishes any), and only with the token whose SHA-256
+//! the command's request holds; the route's bounded channel then holds up
+//! the pull while the command does not read. Before any route is set (the
+//! first command: its stdin may be pulled before the serving loop has
+//! read its request) up to [`EARLY_MAX`] of them wait; once a route is
+//! set, one naming another execution is acked and dropped.
 //!
 //! A command is taken by writing `results/{execution}.taken` create-only
 //! before the message is acked: the finalize event of that object tells the
@@ -33,7 +42,10 @@ use runbox_core::layout;
 use runbox_core::store::{self, Precondition, PutOptions, Store};
 use runbox_core::warm::{WarmMarker, commands};
 use runbox_core::{ExecutionId, SessionId};
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -61,6 +73,43 @@ pub(super) struct Commands {
     first: ExecutionId,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    routes: watch::Sender<Option<Arc<StdinRoute>>>,
+}
+
+/// How many `stdin` messages wait for their command's route before the
+/// first one is set.
+const EARLY_MAX: usize = 16;
+
+/// How many in-order `stdin` messages wait between the pull and the
+/// command's FIFO.
+const STDIN_CHANNEL: usize = 4;
+
+/// Where one command's `stdin` messages go.
+struct StdinRoute {
+    execution: String,
+    digest: String,
+    tx: mpsc::Sender<StdinMessage>,
+}
+
+/// A `stdin` message that passed the checks, not yet acked.
+pub(super) struct StdinMessage {
+    /// Its place in the command's input.
+    pub(super) seq: u64,
+    /// Whether the input ends after it.
+    pub(super) end: bool,
+    message: ReceivedMessage,
+}
+
+impl StdinMessage {
+    /// Its bytes.
+    pub(super) fn data(&self) -> &[u8] {
+        &self.message.message.data
+    }
+
+    /// Acks it: it is not delivered again.
+    pub(super) async fn ack(&self) {
+        let _ = self.message.ack().await;
+    }
 }
 
 impl Commands {
@@ -88,13 +137,18 @@ impl Commands {
             .await
             .map_err(PubSubError::Subscribe)?;
         let stop = CancellationToken::new();
+        let (routes, routed) = watch::channel(None);
         let task = tokio::spawn(pull(
             stream,
             Filter {
                 session: warm.session.to_string(),
                 first: first.to_string(),
             },
-            tx,
+            Pulled {
+                tx,
+                routed,
+                early: VecDeque::new(),
+            },
             closed.clone(),
             stop.clone(),
         ));
@@ -104,7 +158,22 @@ impl Commands {
             first: first.clone(),
             stop,
             task,
+            routes,
         })
+    }
+
+    /// Routes the `stdin` messages of `id` that carry the token whose
+    /// SHA-256 is `digest` to the returned receiver, in the order they are
+    /// pulled (not yet their `seq` order), until the next route is set or
+    /// the receiver is dropped.
+    pub(super) fn stdin(&self, id: &ExecutionId, digest: &str) -> mpsc::Receiver<StdinMessage> {
+        let (tx, rx) = mpsc::channel(STDIN_CHANNEL);
+        self.routes.send_replace(Some(Arc::new(StdinRoute {
+            execution: id.to_string(),
+            digest: digest.to_owned(),
+            tx,
+        })));
+        rx
     }
 
     /// Stops pulling (what is buffered is nacked), deletes the
@@ -128,17 +197,38 @@ struct Filter {
     first: String,
 }
 
+/// Where pulled messages go.
+struct Pulled {
+    /// Commands, to the serving loop.
+    tx: mpsc::Sender<(ExecutionId, Delivery)>,
+    /// The current stdin route.
+    routed: watch::Receiver<Option<Arc<StdinRoute>>>,
+    /// `stdin` messages pulled before any route was set.
+    early: VecDeque<ReceivedMessage>,
+}
+
 /// Pulls until `stop`, handing commands to the serving loop one at a time.
 async fn pull(
     mut stream: gcloud_pubsub::subscription::MessageStream,
     filter: Filter,
-    tx: mpsc::Sender<(ExecutionId, Delivery)>,
+    mut pulled: Pulled,
     closed: CancellationToken,
     stop: CancellationToken,
 ) {
+    let tx = pulled.tx.clone();
     loop {
         let message = tokio::select! {
             m = stream.next() => m,
+            changed = pulled.routed.changed() => {
+                // Its sender goes with `Commands`: nothing is served then.
+                if changed.is_err() {
+                    break;
+                }
+                for early in std::mem::take(&mut pulled.early) {
+                    stdin_message(early, &mut pulled, &stop).await;
+                }
+                continue;
+            }
             () = stop.cancelled() => break,
         };
         let Some(message) = message else {
@@ -171,13 +261,109 @@ async fn pull(
                     let _ = message.ack().await;
                 }
             },
+            Some(commands::STDIN) => stdin_message(message, &mut pulled, &stop).await,
             other => {
                 tracing::debug!(kind = ?other, "a message of a kind this execution does not take; dropped");
                 let _ = message.ack().await;
             }
         }
     }
+    for early in pulled.early {
+        let _ = early.ack().await;
+    }
     stream.dispose().await;
+}
+
+/// Routes one `stdin` message of this session and execution (see the
+/// module docs): to its command's channel, waiting while that is full;
+/// kept while no route is set yet; else acked and dropped.
+async fn stdin_message(message: ReceivedMessage, pulled: &mut Pulled, stop: &CancellationToken) {
+    let parsed = match parse_stdin(&message) {
+        Ok(parsed) => parsed,
+        Err(reason) => {
+            tracing::warn!(%reason, "a stdin message that is not well formed; dropped");
+            let _ = message.ack().await;
+            return;
+        }
+    };
+    let route = pulled.routed.borrow().clone();
+    let Some(route) = route else {
+        pulled.early.push_back(message);
+        if pulled.early.len() > EARLY_MAX
+            && let Some(oldest) = pulled.early.pop_front()
+        {
+            let _ = oldest.ack().await;
+        }
+        return;
+    };
+    if route.execution != parsed.execution {
+        tracing::debug!(execution = %parsed.execution, "a stdin message for a command not running here; dropped");
+        let _ = message.ack().await;
+        return;
+    }
+    if runbox_core::warm::stdin_token_digest(&parsed.token) != route.digest {
+        tracing::warn!(execution = %parsed.execution, "a stdin message without the command's token; dropped");
+        let _ = message.ack().await;
+        return;
+    }
+    let frame = StdinMessage {
+        seq: parsed.seq,
+        end: parsed.end,
+        message,
+    };
+    tokio::select! {
+        sent = route.tx.send(frame) => {
+            if let Err(mpsc::error::SendError(frame)) = sent {
+                // The command has ended: what it did not read is dropped.
+                frame.ack().await;
+            }
+        }
+        // Left unacked: it goes with the subscription.
+        () = stop.cancelled() => {}
+    }
+}
+
+/// The attributes of a `stdin` message.
+struct StdinAttributes {
+    execution: String,
+    seq: u64,
+    end: bool,
+    token: String,
+}
+
+fn parse_stdin(message: &ReceivedMessage) -> Result<StdinAttributes, String> {
+    let attrs = &message.message.attributes;
+    let get = |name: &str| {
+        attrs
+            .get(name)
+            .ok_or_else(|| format!("no `{name}` attribute"))
+    };
+    let execution = get(commands::EXECUTION)?.clone();
+    let seq = get(commands::SEQ)?;
+    if !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("`{}` is not a number", commands::SEQ));
+    }
+    let seq = seq
+        .parse()
+        .map_err(|e| format!("`{}`: {e}", commands::SEQ))?;
+    let end = match attrs.get(commands::END).map(String::as_str) {
+        None => false,
+        Some("1") => true,
+        Some(other) => return Err(format!("`{}` is {other:?}, not 1", commands::END)),
+    };
+    if message.message.data.len() > runbox_core::warm::wire::MAX_FRAME {
+        return Err(format!(
+            "{} bytes of data, more than {}",
+            message.message.data.len(),
+            runbox_core::warm::wire::MAX_FRAME
+        ));
+    }
+    Ok(StdinAttributes {
+        execution,
+        seq,
+        end,
+        token: get(commands::TOKEN)?.clone(),
+    })
 }
 
 /// The execution id a `run` message names: its attribute, which its data
@@ -235,6 +421,40 @@ impl Delivered {
                 false
             }
         }
+    }
+}
+
+/// A warm execution whose subscription cannot be pulled (deleted, or not
+/// allowed): its first command runs as a oneshot execution's would rather
+/// than be lost, and nothing else is taken. The marker and the
+/// subscription are removed first, so the session's next command starts a
+/// new warm execution instead of publishing here (one that read the marker
+/// before sees this execution end untaken and does the same).
+pub(super) async fn oneshot_instead(
+    store: Arc<dyn Store>,
+    settings: &Settings,
+    warm: &Warm,
+    subscription: &str,
+    error: PubSubError,
+    cancel: impl std::future::Future<Output = ()>,
+) -> Result<super::WarmEnd, super::WarmError> {
+    tracing::warn!(
+        subscription,
+        error = %crate::error_chain(&error),
+        "cannot pull the commands subscription; running the first command on its own"
+    );
+    remove_marker(&*store, &warm.session, &settings.execution_id).await;
+    if let BackendConfig::Gcp(gcp) = &settings.config.backend
+        && let Ok(config) = client_config(&gcp.project, gcp.pubsub_emulator_host.as_deref()).await
+        && let Ok(client) = Client::new(config).await
+        && let Err(e) = client.subscription(subscription).delete(None).await
+        && e.code() != gcloud_gax::grpc::Code::NotFound
+    {
+        tracing::warn!(subscription, "delete the commands subscription: {e}");
+    }
+    match crate::execute(store, settings, cancel).await {
+        Ok(_) => Ok(super::WarmEnd::Unsubscribed),
+        Err(source) => Err(super::WarmError::Result { source }),
     }
 }
 

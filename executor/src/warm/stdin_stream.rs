@@ -12,7 +12,19 @@
 //! A frame is read from the connection only once the one before is in
 //! the FIFO: a command that does not read its stdin fills the FIFO, then
 //! the connection's buffers, then its writer waits. Nothing grows.
+//!
+//! Over Pub/Sub (Cloud Run) the frames are `stdin` messages, which may
+//! come out of order or twice: they are put back in `seq` order, copies
+//! (a `seq` already written or waiting) are acked and dropped, and at most
+//! [`WINDOW`] frames ahead of the next one wait here; one further ahead is
+//! left unacked, so Pub/Sub delivers it again after the ack deadline. A
+//! command that does not read fills the FIFO, then this window and the
+//! route's channel; the rest stays in the subscription (whose flow control
+//! stops the pull at 50 outstanding messages) and the writer's publishes
+//! go on: Pub/Sub is the buffer. A frame that never comes holds the input
+//! open until the command ends or its timeout ends it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -20,12 +32,41 @@ use runbox_core::warm::wire;
 use rustix::fs::{FileType, Mode, OFlags};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
+use super::pubsub::StdinMessage;
 use crate::{Loaded, Rejection};
+
+/// How many frames past the next one wait to be put in order.
+const WINDOW: u64 = 16;
+
+/// Where a streamed stdin's frames come from.
+pub(super) enum Source<'a> {
+    /// The delivery connection (the local launcher).
+    Socket(&'a mut UnixStream),
+    /// `stdin` messages of the commands topic (the Cloud Run launcher).
+    Messages(mpsc::Receiver<StdinMessage>),
+}
 
 /// Whether the command's request asks for a streamed stdin.
 pub(super) fn wants(loaded: &Result<Loaded, Rejection>) -> bool {
     matches!(loaded, Ok(loaded) if loaded.request.stdin_stream)
+}
+
+/// The `stdin` messages of command `id` when it streams its stdin over
+/// Pub/Sub: routed from here on to the returned receiver.
+pub(super) fn route(
+    commands: Option<&super::pubsub::Commands>,
+    id: &runbox_core::ExecutionId,
+    loaded: &Result<Loaded, Rejection>,
+    conn: Option<&super::Delivery>,
+) -> Option<mpsc::Receiver<StdinMessage>> {
+    let commands = commands?;
+    let Ok(loaded) = loaded else {
+        return None;
+    };
+    (loaded.request.stdin_stream && !matches!(conn, Some(super::Delivery::Socket(_))))
+        .then(|| commands.stdin(id, &loaded.request.stdin_token_sha256))
 }
 
 /// The channel of a new warm execution's first command: the executor's
@@ -57,7 +98,7 @@ pub(super) fn first_channel() -> Option<UnixStream> {
 /// not read no longer matters.
 pub(super) async fn beside<T>(
     run: impl std::future::Future<Output = T>,
-    feed: Option<(&File, &mut UnixStream)>,
+    feed: Option<(&File, Source<'_>)>,
 ) -> T {
     let Some((fifo, conn)) = feed else {
         return run.await;
@@ -84,10 +125,14 @@ enum Stop {
     Fifo(std::io::Error),
 }
 
-/// Copies frames from `conn` into the FIFO `fifo` until the input ends;
+/// Copies frames from `source` into the FIFO `fifo` until the input ends;
 /// dropping the writer then is what gives the command end of file.
-async fn feed_fifo(fifo: &File, conn: &mut UnixStream) {
-    let stop = match copy_frames(fifo, conn).await {
+async fn feed_fifo(fifo: &File, source: Source<'_>) {
+    let copied = match source {
+        Source::Socket(conn) => copy_frames(fifo, conn).await,
+        Source::Messages(rx) => copy_messages(fifo, rx).await,
+    };
+    let stop = match copied {
         Ok(()) => Stop::End,
         Err(stop) => stop,
     };
@@ -131,6 +176,91 @@ async fn copy_frames(fifo: &File, conn: &mut UnixStream) -> Result<(), Stop> {
             return Ok(());
         }
         writer.write_all(&data).await.map_err(Stop::Fifo)?;
+    }
+}
+
+/// Copies `stdin` messages into the FIFO in `seq` order from 0 until
+/// the one that says `end` (see the module docs).
+async fn copy_messages(fifo: &File, mut rx: mpsc::Receiver<StdinMessage>) -> Result<(), Stop> {
+    let writer = open_writer(fifo).await.map_err(Stop::Fifo)?;
+    let mut writer = tokio::net::unix::pipe::Sender::from_owned_fd(writer).map_err(Stop::Fifo)?;
+    let mut order: Reorder<StdinMessage> = Reorder::default();
+    loop {
+        while let Some(frame) = order.pop() {
+            writer.write_all(frame.data()).await.map_err(Stop::Fifo)?;
+            if frame.end {
+                return Ok(());
+            }
+        }
+        let Some(frame) = rx.recv().await else {
+            return Ok(());
+        };
+        match order.offer(frame.seq) {
+            Offer::Take => {
+                frame.ack().await;
+                order.insert(frame);
+            }
+            Offer::Copy => frame.ack().await,
+            // Unacked: delivered again later.
+            Offer::TooFar => drop(frame),
+        }
+    }
+}
+
+/// What to do with a frame of a given `seq`.
+#[derive(Debug, PartialEq, Eq)]
+enum Offer {
+    /// Within the window and new: it waits for its turn.
+    Take,
+    /// Written or waiting already.
+    Copy,
+    /// More than [`WINDOW`] past the next one.
+    TooFar,
+}
+
+/// The frames waiting to be written in `seq` order.
+struct Reorder<T> {
+    next: u64,
+    waiting: BTreeMap<u64, T>,
+}
+
+impl<T> Default for Reorder<T> {
+    fn default() -> Self {
+        Self {
+            next: 0,
+            waiting: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> Reorder<T> {
+    fn offer(&self, seq: u64) -> Offer {
+        if seq < self.next || self.waiting.contains_key(&seq) {
+            Offer::Copy
+        } else if seq - self.next >= WINDOW {
+            Offer::TooFar
+        } else {
+            Offer::Take
+        }
+    }
+
+    /// Keeps a frame [`Reorder::offer`] said to take.
+    fn insert_at(&mut self, seq: u64, frame: T) {
+        self.waiting.insert(seq, frame);
+    }
+
+    /// The next frame in order, when it is here.
+    fn pop(&mut self) -> Option<T> {
+        let frame = self.waiting.remove(&self.next)?;
+        self.next += 1;
+        Some(frame)
+    }
+}
+
+impl Reorder<StdinMessage> {
+    fn insert(&mut self, frame: StdinMessage) {
+        let seq = frame.seq;
+        self.insert_at(seq, frame);
     }
 }
 
@@ -267,7 +397,7 @@ mod tests {
         let reader = tokio::task::spawn_blocking(move || std::fs::read(path).unwrap());
         ours.write_all(b"data 3\nabcdata 2\nde").await.unwrap();
         ours.write_all(b"eof\n").await.unwrap();
-        feed_fifo(&fifo, &mut theirs).await;
+        feed_fifo(&fifo, Source::Socket(&mut theirs)).await;
         assert_eq!(reader.await.unwrap(), b"abcde");
     }
 
@@ -280,7 +410,7 @@ mod tests {
         ours.write_all(b"data 2\nokdata 999999999\nxx")
             .await
             .unwrap();
-        feed_fifo(&fifo, &mut theirs).await;
+        feed_fifo(&fifo, Source::Socket(&mut theirs)).await;
         assert_eq!(reader.await.unwrap(), b"ok");
     }
 
@@ -293,12 +423,33 @@ mod tests {
         // reader, is ended by the drop rather than left blocked.
         let out = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            beside(run, Some((&fifo, &mut theirs))),
+            beside(run, Some((&fifo, Source::Socket(&mut theirs)))),
         )
         .await
         .unwrap();
         assert_eq!(out, 7);
         drop(fifo);
+    }
+
+    #[test]
+    fn frames_come_out_in_order_once_each() {
+        let mut order = Reorder::default();
+        let mut out = Vec::new();
+        // Out of order, twice, and one too far ahead.
+        for seq in [2, 0, 2, 0, WINDOW + 1, 1, 3, 1] {
+            match order.offer(seq) {
+                Offer::Take => order.insert_at(seq, seq),
+                Offer::Copy => assert!(seq < 4, "{seq} dropped as a copy"),
+                Offer::TooFar => assert_eq!(seq, WINDOW + 1),
+            }
+            while let Some(frame) = order.pop() {
+                out.push(frame);
+            }
+        }
+        assert_eq!(out, [0, 1, 2, 3]);
+        assert_eq!(order.offer(2), Offer::Copy);
+        assert_eq!(order.offer(4), Offer::Take);
+        assert_eq!(order.offer(4 + WINDOW), Offer::TooFar);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn parse(data: &[u8]) -> Result<TopicRequest, Rejection> {
     }
     // A topic request has no channel to send input on; a streamed stdin
     // would wait for bytes that cannot come.
-    if request.stdin_stream {
+    if request.stdin_stream || !request.stdin_token_sha256.is_empty() {
         return Err(reject(
             "stdinStream is not available on the request topic".to_owned(),
         ));

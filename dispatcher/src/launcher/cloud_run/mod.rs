@@ -674,8 +674,28 @@ impl Launcher for CloudRunLauncher {
         warm: &crate::launcher::WarmLaunch,
     ) -> Result<(), LaunchError> {
         match &self.warm {
-            Some(delivery) => delivery.launch(self, spec, warm).await,
+            Some(delivery) => delivery.launch(self, spec, warm, None).await,
             None => self.launch(spec).await,
+        }
+    }
+
+    fn streams_stdin(&self, _session: &runbox_core::SessionId) -> bool {
+        self.warm
+            .as_ref()
+            .is_some_and(warm::WarmDelivery::is_attached)
+    }
+
+    async fn launch_warm_stdin(
+        &self,
+        spec: LaunchSpec,
+        warm: &crate::launcher::WarmLaunch,
+        stdin: crate::StdinFeed,
+    ) -> Result<(), LaunchError> {
+        match &self.warm {
+            Some(delivery) => delivery.launch(self, spec, warm, Some(stdin)).await,
+            None => Err(LaunchError::StdinNotStreamed {
+                id: spec.execution_id,
+            }),
         }
     }
 

@@ -17,6 +17,10 @@
 //!   are removed and a new warm execution starts with the command as its
 //!   first: nothing is lost. Taken: the command's end follows that
 //!   execution's end, so one that dies mid-command settles LOST.
+//! - **Stdin**: a command whose stdin streams gets its pieces published
+//!   as `kind=stdin` messages, numbered and carrying the command's token,
+//!   from a task of their own once it is taken (or launched, for a first
+//!   command); see [`runbox_core::warm`].
 //! - **Close**: CancelExecution (the executor gets SIGTERM, cancels the
 //!   command it runs and exits), then a wait on its operation.
 //!
@@ -44,6 +48,7 @@ use runbox_notifier::{PubSubConfig, Waiters};
 use super::CloudRunLauncher;
 use super::status::terminal;
 use super::transport::route;
+use crate::StdinFeed;
 use crate::launcher::{LaunchError, LaunchSpec, WarmLaunch};
 
 /// Where warm executions get their commands: the commands topic.
@@ -103,12 +108,19 @@ impl WarmDelivery {
         let _ = self.attached.set((store, waiters));
     }
 
-    /// Runs the command of a warm session (see the module docs).
+    /// Whether it has the store and waiters it delivers with.
+    pub(super) fn is_attached(&self) -> bool {
+        self.attached.get().is_some()
+    }
+
+    /// Runs the command of a warm session (see the module docs); `stdin`
+    /// is published to it once it is taken or launched.
     pub(super) async fn launch(
         &self,
         launcher: &CloudRunLauncher,
         spec: LaunchSpec,
         warm: &WarmLaunch,
+        stdin: Option<StdinFeed>,
     ) -> Result<(), LaunchError> {
         let Some((store, waiters)) = self.attached.get() else {
             return launcher.launch_with(spec, None).await.map(drop);
@@ -126,6 +138,10 @@ impl WarmDelivery {
                             &marker.execution,
                             &marker.operation,
                         );
+                        if let Some(feed) = stdin {
+                            self.pump(&warm.session, &spec.execution_id, &marker.first, feed)
+                                .await;
+                        }
                         return Ok(());
                     }
                     Handed::NotTaken => {
@@ -137,7 +153,7 @@ impl WarmDelivery {
             // Past its deadline it hands over by itself: the new
             // execution's marker replaces its own.
         }
-        self.start(launcher, &**store, spec, warm).await
+        self.start(launcher, &**store, spec, warm, stdin).await
     }
 
     /// Starts a warm execution with `spec` as its first command.
@@ -147,14 +163,19 @@ impl WarmDelivery {
         store: &dyn Store,
         spec: LaunchSpec,
         warm: &WarmLaunch,
+        stdin: Option<StdinFeed>,
     ) -> Result<(), LaunchError> {
         let id = spec.execution_id.clone();
         let subscription = match self.subscribe(&warm.session, &id).await {
             Ok(name) => name,
             Err(e) => {
                 // Without a subscription only the first command could
-                // reach it: run this one like any oneshot command.
+                // reach it: run this one like any oneshot command (a
+                // streamed stdin has no way there: its writer is told).
                 tracing::warn!(session = %warm.session, error = %e, "cannot create the warm subscription; running the command oneshot");
+                if let Some(feed) = stdin {
+                    feed.end();
+                }
                 return launcher.launch_with(spec, None).await.map(drop);
             }
         };
@@ -208,7 +229,39 @@ impl WarmDelivery {
             tracing::warn!(session = %warm.session, "write the warm marker: {}", crate::error_chain(&e));
         }
         tracing::debug!(execution = %id, cloud_run = %marker.execution, "warm execution started");
+        // Published after the RunJob: the subscription made before it
+        // keeps the messages until the executor pulls.
+        if let Some(feed) = stdin {
+            self.pump(&warm.session, &id, &marker.first, feed).await;
+        }
         Ok(())
+    }
+
+    /// Publishes `feed`'s pieces to the warm execution `first` as `stdin`
+    /// messages, one after another, from a task of its own (see
+    /// [`runbox_core::warm`]).
+    async fn pump(&self, session: &SessionId, id: &ExecutionId, first: &str, feed: StdinFeed) {
+        let (publisher, token) = match (self.pubsub().await, feed.token()) {
+            (Ok((_, publisher)), Some(token)) => (publisher.clone(), token.to_owned()),
+            (Err(e), _) => {
+                tracing::warn!(execution = %id, error = %e, "streamed stdin cannot be published; the command reads none");
+                feed.end();
+                return;
+            }
+            (_, None) => {
+                tracing::warn!(execution = %id, "streamed stdin has no token; the command reads none");
+                feed.end();
+                return;
+            }
+        };
+        let base = HashMap::from([
+            (commands::SESSION.to_owned(), session.to_string()),
+            (commands::KIND.to_owned(), commands::STDIN.to_owned()),
+            (commands::EXECUTION.to_owned(), id.to_string()),
+            (commands::WARM.to_owned(), first.to_owned()),
+            (commands::TOKEN.to_owned(), token),
+        ]);
+        tokio::spawn(publish_stdin(publisher, base, feed));
     }
 
     /// Publishes `spec`'s command to the warm execution of `marker` and
@@ -426,6 +479,46 @@ impl WarmDelivery {
                 Ok((client, publisher))
             })
             .await
+    }
+}
+
+/// Publishes each piece of `feed` (numbered from 0, the last one `end=1`)
+/// until the writer closes it or the command ends; a failed publish ends
+/// the writer's writes.
+async fn publish_stdin(publisher: Publisher, base: HashMap<String, String>, mut feed: StdinFeed) {
+    let ended = feed.ended();
+    let mut seq: u64 = 0;
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = ended.cancelled() => return,
+            next = feed.next() => next,
+        };
+        let end = next.is_none();
+        let mut attributes = base.clone();
+        attributes.insert(commands::SEQ.to_owned(), seq.to_string());
+        if end {
+            attributes.insert(commands::END.to_owned(), "1".to_owned());
+        }
+        let message = PubsubMessage {
+            data: next.map(|data| data.to_vec()).unwrap_or_default(),
+            attributes,
+            ..Default::default()
+        };
+        let sent = tokio::select! {
+            biased;
+            () = ended.cancelled() => return,
+            sent = publisher.publish_immediately(vec![message], None) => sent,
+        };
+        if let Err(status) = sent {
+            tracing::warn!(%status, "publish a piece of streamed stdin; the command reads no more");
+            feed.end();
+            return;
+        }
+        if end {
+            return;
+        }
+        seq += 1;
     }
 }
 

@@ -467,8 +467,10 @@ impl Launcher for LocalLauncher {
         self.deliver_warm(spec, warm, &socket, None).await
     }
 
-    fn streams_stdin(&self) -> bool {
-        true
+    fn streams_stdin(&self, session: &runbox_core::SessionId) -> bool {
+        // A session whose socket path would not fit runs oneshot: its
+        // command gets its whole stdin at its start.
+        warm::socket_path(&self.warm_dir, session).is_some()
     }
 
     async fn launch_warm_stdin(
