@@ -8,8 +8,7 @@ use std::future::IntoFuture;
 use std::time::Duration;
 
 use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    CreateJobRequest, GetExecutionRequest, condition, executions_client::ExecutionsClient,
-    jobs_client::JobsClient,
+    GetExecutionRequest, condition, executions_client::ExecutionsClient,
 };
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::store::{PutOptions, Store};
@@ -80,19 +79,8 @@ impl Stack {
             "RUNBOX_WORKSPACE_DIR".into(),
             workspaces.path().display().to_string(),
         ));
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone()).unwrap();
-        let mut jobs = JobsClient::new(within(10, channel.connect()).await.unwrap());
-        within(
-            10,
-            jobs.create_job(CreateJobRequest {
-                parent: PARENT.to_owned(),
-                job: Some(runbox_tests::cloud_run::executor_job(IMAGE, &template)),
-                job_id: "runbox".to_owned(),
-                validate_only: false,
-            }),
-        )
-        .await
-        .expect("CreateJob");
+        runbox_tests::cloud_run::create_executor_job(&endpoint, PARENT, "runbox", IMAGE, &template)
+            .await;
         let mut env = emu.env();
         env.insert("RUNBOX_HOME".into(), home.path().display().to_string());
         env.insert("RUNBOX_LAUNCHER".into(), "cloudrun".into());
