@@ -525,7 +525,11 @@ mod tests {
         assert_eq!(watches_on(&dir), 1, "this process is the hub");
         for name in ["results/a.json", "results/b.json"] {
             store
-                .put(name, bytes::Bytes::from_static(b"{}"), PutOptions::default())
+                .put(
+                    name,
+                    bytes::Bytes::from_static(b"{}"),
+                    PutOptions::default(),
+                )
                 .await
                 .unwrap();
         }
