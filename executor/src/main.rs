@@ -181,6 +181,9 @@ fn main() -> ExitCode {
     // The executor records no metrics: a meter would only add a flush (and
     // a connection) to every command's end.
     telemetry_config.metrics_endpoint = None;
+    // Its only export follows the result: the connection opens then, not
+    // while the command runs.
+    telemetry_config.connect_at_start = false;
     let telemetry = {
         // The exporters' gRPC channel is spawned on this runtime.
         let _entered = runtime.enter();

@@ -82,7 +82,7 @@ enum Role {
     /// It holds the name: the watch is in place, `events` receives it.
     Hub {
         listener: std::os::unix::net::UnixListener,
-        watcher: RecommendedWatcher,
+        watcher: HeldWatch,
         events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     },
     /// It is connected to the hub.
@@ -140,7 +140,10 @@ fn elect_once(addr: &SocketAddr, results_dir: &Path) -> Result<Option<Role>, Str
                 .map_err(|e| watch_error(&format!("watching {}", results_dir.display()), &e))?;
             return Ok(Some(Role::Hub {
                 listener,
-                watcher,
+                watcher: HeldWatch {
+                    watcher: Some(watcher),
+                    dir: results_dir.to_owned(),
+                },
                 events,
             }));
         }
@@ -154,11 +157,47 @@ fn elect_once(addr: &SocketAddr, results_dir: &Path) -> Result<Option<Role>, Str
     }
 }
 
+/// The hub's watch. Closing an inotify instance that still has a watch
+/// waits in the kernel for the watch's teardown (an SRCU grace period:
+/// 10 to 40 ms measured here), and a process cannot finish exiting while
+/// one of its threads is in that close, so every short-lived `runbox`
+/// paid it at exit. Removing the watch first lets the kernel tear it down
+/// in the background; a close a fraction of a millisecond later then finds
+/// nothing to wait for. So on drop the watch is removed now and the
+/// instance closed later: it is parked until the next hub of this process
+/// retires (by then long idle) or the process exits.
+struct HeldWatch {
+    watcher: Option<RecommendedWatcher>,
+    dir: PathBuf,
+}
+
+/// The last retired watcher, its watch already removed (see [`HeldWatch`]).
+static RETIRED: std::sync::Mutex<Option<RecommendedWatcher>> = std::sync::Mutex::new(None);
+
+impl Drop for HeldWatch {
+    fn drop(&mut self) {
+        let Some(mut watcher) = self.watcher.take() else {
+            return;
+        };
+        if watcher.unwatch(&self.dir).is_err() {
+            // The watch is already gone (its directory was removed): the
+            // close has nothing to wait for either.
+            return;
+        }
+        let older = RETIRED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(watcher);
+        // Closed outside the lock; it has had a whole hub's life to idle.
+        drop(older);
+    }
+}
+
 /// The hub: holds the watch, feeds this process and relays to every client.
 async fn serve(
     listener: std::os::unix::net::UnixListener,
     // Held for as long as the hub serves: dropping it ends the watch.
-    _watcher: RecommendedWatcher,
+    _watcher: HeldWatch,
     mut events: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
     results_dir: &Path,
     feed: &mpsc::UnboundedSender<Feed>,
@@ -440,6 +479,76 @@ mod tests {
             "{}",
             describe_io(&e)
         );
+    }
+
+    use runbox_core::Store;
+    use runbox_core::store::{LocalStore, PutOptions};
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    async fn next_feed(feed: &mut mpsc::UnboundedReceiver<Feed>) -> Feed {
+        tokio::time::timeout(LIMIT, feed.recv())
+            .await
+            .expect("a feed item in time")
+            .expect("the feed is open")
+    }
+
+    /// Watches on `dir` held by this process's inotify instances (the
+    /// `inotify wd:` lines of their fdinfo name the watched inode in hex).
+    fn watches_on(dir: &Path) -> usize {
+        let ino = format!("ino:{:x} ", std::fs::metadata(dir).unwrap().ino());
+        std::fs::read_dir("/proc/self/fdinfo")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .map(|info| {
+                info.lines()
+                    .filter(|l| l.starts_with("inotify wd:") && l.contains(&ino))
+                    .count()
+            })
+            .sum()
+    }
+
+    /// A result written by the local store is one event, not two: its
+    /// temporary file is closed before it is renamed into place, so no
+    /// close-after-write event names the result a second time. And when the
+    /// hub stops, its watch is gone at once, its instance left to close
+    /// later (see `HeldWatch`).
+    #[tokio::test]
+    async fn one_event_per_stored_result_and_the_watch_goes_with_the_hub() {
+        let home = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(home.path()).unwrap();
+        let dir = std::path::absolute(home.path().join("results")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let (tx, mut feed) = mpsc::unbounded_channel();
+        let task = follow(dir.clone(), tx).unwrap();
+        assert!(matches!(next_feed(&mut feed).await, Feed::Rescan));
+        assert_eq!(watches_on(&dir), 1, "this process is the hub");
+        for name in ["results/a.json", "results/b.json"] {
+            store
+                .put(
+                    name,
+                    bytes::Bytes::from_static(b"{}"),
+                    PutOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        // Every event of `a` was queued before `b` was written.
+        let mut names = Vec::new();
+        while names.last().map(String::as_str) != Some("results/b.json") {
+            match next_feed(&mut feed).await {
+                Feed::Name(name) => names.push(name),
+                other => panic!("expected a name, got {other:?}"),
+            }
+        }
+        assert_eq!(names, ["results/a.json", "results/b.json"]);
+
+        drop(feed);
+        tokio::time::timeout(LIMIT, task)
+            .await
+            .expect("the hub stopped")
+            .unwrap();
+        assert_eq!(watches_on(&dir), 0, "the watch is removed with the hub");
     }
 
     #[test]

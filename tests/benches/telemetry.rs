@@ -19,7 +19,13 @@
 //! executors told the same endpoint) vs on a runtime with none, the two
 //! interleaved. A library process exports in the background, so no export
 //! is waited for here; the spans are flushed once, at the end.
-//! `RUNBOX_BENCH_RUNS` sets the runs per variant (default 60).
+//! `RUNBOX_BENCH_RUNS` sets the runs per variant (default 100).
+//!
+//! Each extra is given as the p50 of paired differences (run n of a series
+//! minus run n of the series without telemetry, taken one after the
+//! other), with its quartiles, beside the difference of the two series'
+//! own p50s: on a shared, loaded machine the latter swings by more than
+//! the cost measured. The load average is printed at the start and end.
 
 // The receiver is shared with tests/telemetry.rs; this uses only part of it.
 #[allow(dead_code)]
@@ -56,16 +62,65 @@ struct Figures {
     p50: Duration,
     p99: Duration,
     mean: Duration,
+    /// The samples in the order they were taken: the nth of two series ran
+    /// side by side, so their difference saw the same machine.
+    in_order: Vec<Duration>,
 }
 
-fn figures(mut samples: Vec<Duration>) -> Figures {
+fn figures(in_order: Vec<Duration>) -> Figures {
+    let mut samples = in_order.clone();
     samples.sort();
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
     Figures {
         p50: percentile(&samples, 0.5),
         p99: percentile(&samples, 0.99),
         mean,
+        in_order,
     }
+}
+
+/// `on` against `off`, run by run: the p25, p50 and p75 of the paired
+/// differences in ms, and the p50 of the paired ratios. On a loaded machine
+/// two series' own p50s drift apart by more than the cost measured; a
+/// pair's two runs follow each other, so their difference mostly does not.
+fn paired(on: &Figures, off: &Figures) -> (f64, f64, f64, f64) {
+    let mut diffs: Vec<f64> = on
+        .in_order
+        .iter()
+        .zip(&off.in_order)
+        .map(|(a, b)| ms(*a) - ms(*b))
+        .collect();
+    let mut ratios: Vec<f64> = on
+        .in_order
+        .iter()
+        .zip(&off.in_order)
+        .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+        .collect();
+    diffs.sort_by(f64::total_cmp);
+    ratios.sort_by(f64::total_cmp);
+    let at = |v: &[f64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    (
+        at(&diffs, 0.25),
+        at(&diffs, 0.5),
+        at(&diffs, 0.75),
+        at(&ratios, 0.5),
+    )
+}
+
+/// The load averages, as `uptime` prints them.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn print_pair(label: &str, on: &Figures, off: &Figures) {
+    let (p25, p50, p75, ratio) = paired(on, off);
+    println!(
+        "  {label} paired p50 {p50:+7.3} ms (p25 {p25:+.3}, p75 {p75:+.3}), paired ratio p50 {ratio:.3}; series p50s {:+.3} ms apart (ratio {:.3})",
+        ms(on.p50) - ms(off.p50),
+        on.p50.as_secs_f64() / off.p50.as_secs_f64()
+    );
 }
 
 /// Which `OTEL_*` variable carries the receiver's address.
@@ -209,7 +264,8 @@ async fn main() {
     let runs: usize = std::env::var("RUNBOX_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+        .unwrap_or(100);
+    let load_before = load();
     let receiver = otlp_receiver::Receiver::start().await;
     let cli = Cli::new();
     let endpoint = receiver.endpoint();
@@ -255,18 +311,10 @@ async fn main() {
             ms(f.mean)
         );
     }
-    println!(
-        "  difference        p50 {:+7.2} ms  p99 {:+7.2} ms  mean {:+7.2} ms  (p50 ratio {:.3}; target <= +0.5 ms at p50)",
-        ms(on.p50) - ms(off.p50),
-        ms(on.p99) - ms(off.p99),
-        ms(on.mean) - ms(off.mean),
-        on.p50.as_secs_f64() / off.p50.as_secs_f64()
-    );
-    println!(
-        "  p50 extra by signal: traces only {:+.2} ms, metrics only {:+.2} ms",
-        ms(traces.p50) - ms(off.p50),
-        ms(metrics.p50) - ms(off.p50)
-    );
+    println!("  extra over telemetry off (target: at most +0.5 ms at p50):");
+    print_pair("exporting   ", &on, &off);
+    print_pair("traces only ", &traces, &off);
+    print_pair("metrics only", &metrics, &off);
     println!(
         "  spans received: {spans} ({:.1} per traced run)",
         spans as f64 / (2 * runs + 3) as f64
@@ -296,15 +344,13 @@ async fn main() {
             ms(f.mean)
         );
     }
-    println!(
-        "  difference        p50 {:+7.2} ms  p99 {:+7.2} ms  mean {:+7.2} ms  (p50 ratio {:.3})",
-        ms(lib_on.p50) - ms(lib_off.p50),
-        ms(lib_on.p99) - ms(lib_off.p99),
-        ms(lib_on.mean) - ms(lib_off.mean),
-        lib_on.p50.as_secs_f64() / lib_off.p50.as_secs_f64()
-    );
+    print_pair("exporting   ", &lib_on, &lib_off);
     println!(
         "  spans received: {lib_spans} ({:.1} per traced exec; by service {by_service:?})",
         lib_spans as f64 / (runs + 3) as f64
+    );
+    println!(
+        "load average (1, 5, 15 min): {load_before} at the start, {} at the end",
+        load()
     );
 }

@@ -212,16 +212,23 @@ async fn embedded_exec_is_one_trace_across_processes_with_metrics() {
     }
 }
 
-/// Each exporting process opens its one connection at start-up, while its
-/// command runs, and its traces and metrics share it: the exit's flush then
-/// pays for no handshake.
+/// The CLI opens its one connection at start-up, while its command runs,
+/// and its traces and metrics share it: the exit's flush then pays for no
+/// handshake. The executor connects only once its command has ended (its
+/// one export follows the result), so no handshake competes with the
+/// command; it too uses one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_process_connects_once_at_start_for_traces_and_metrics() {
+async fn each_process_connects_once_the_executor_after_its_command() {
     let receiver = Receiver::start().await;
     let cli = Cli::new();
     let (trace, _, header) = test_parent();
     let mut gate = Gate::new(cli.home.path(), "gate");
-    let script = format!("read line < {}", gate.shell_path());
+    let mut started = runbox_tests::pipes::Announcements::new(cli.home.path(), "started");
+    let script = format!(
+        "echo $RUNBOX_EXECUTION_ID > {}; read line < {}",
+        started.shell_path(),
+        gate.shell_path()
+    );
     let mut cmd = command(
         &cli,
         &["exec", "-s", "conn", "--", &script],
@@ -235,8 +242,15 @@ async fn each_process_connects_once_at_start_for_traces_and_metrics() {
     let child = cmd.spawn().expect("start runbox");
     let cli_pid = i64::from(child.id().expect("pid"));
 
-    // The CLI and its executor, both connected while the command waits.
-    receiver.wait_connections(60, 2).await;
+    // The CLI connected while the command runs; the executor, which is past
+    // its whole start-up once the command speaks, did not.
+    receiver.wait_connections(60, 1).await;
+    within(60, started.next()).await;
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "only the CLI is connected while the command runs"
+    );
     assert!(
         receiver.spans().iter().all(|s| s.pid != cli_pid),
         "the CLI exported before its exit: {:#?}",

@@ -74,6 +74,12 @@ pub struct TelemetryConfig {
     /// How long one export, and the flush at exit, may take; `None`:
     /// [`DEFAULT_EXPORT_TIMEOUT`].
     pub export_timeout: Option<Duration>,
+    /// Whether the connection to each endpoint opens at start-up, while the
+    /// process works ([`TelemetryConfig::from_lookup`] says yes), or on the
+    /// first export. A process whose only export comes after its useful
+    /// work (the executor, after its result) says no: a handshake during
+    /// the work would compete with it for the CPU.
+    pub connect_at_start: bool,
 }
 
 /// The telemetry settings are unusable.
@@ -166,6 +172,7 @@ impl TelemetryConfig {
             service_name,
             project,
             export_timeout,
+            connect_at_start: true,
         })
     }
 
@@ -407,6 +414,11 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         global::set_meter_provider(provider.clone());
         built.telemetry.meter = Some(provider);
     }
+    let channels = if config.connect_at_start {
+        channels
+    } else {
+        Vec::new()
+    };
     for (endpoint, channel) in channels {
         let traces = config.traces_endpoint.as_deref() == Some(endpoint.as_str());
         let tokens = tokens.clone().filter(|_| google_auth::is_google(&endpoint));

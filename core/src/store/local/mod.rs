@@ -242,7 +242,7 @@ impl Store for LocalStore {
             // which is only known under the lock).
             let (tmp, mut file) = inner.create_temp(&owned)?;
             file.write_all(&data).map_err(io_err("write", &owned))?;
-            inner.commit(&owned, tmp, &file, opts)
+            inner.commit(&owned, tmp, file, opts)
         })
         .await
     }
@@ -292,7 +292,7 @@ impl LocalStore {
     ) -> Result<ObjectMeta> {
         let owned = name.to_owned();
         self.blocking("write", name, move |inner| {
-            inner.commit(&owned, tmp, &file, opts)
+            inner.commit(&owned, tmp, file, opts)
         })
         .await
     }

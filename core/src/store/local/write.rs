@@ -49,7 +49,7 @@ impl Inner {
         &self,
         name: &str,
         tmp: TempFile,
-        file: &File,
+        file: File,
         opts: PutOptions,
     ) -> Result<ObjectMeta> {
         let sync = self.sync && !opts.volatile;
@@ -78,8 +78,8 @@ impl Inner {
         let generation = lock
             .issue_generation(previous)
             .map_err(io_err("allocate generation for", name))?;
-        let stamped = stamp_generation(file, generation)
-            && (opts.metadata.is_empty() || stamp_metadata(file, generation, &opts.metadata));
+        let stamped = stamp_generation(&file, generation)
+            && (opts.metadata.is_empty() || stamp_metadata(&file, generation, &opts.metadata));
         if sync {
             // The content and its stamp in one fsync (under the lock, where
             // the generation is issued).
@@ -88,6 +88,11 @@ impl Inner {
         // After the stamp: a sidecar's fingerprint names the final mtime.
         let staged = file.metadata().map_err(io_err("stat", name))?;
         let fingerprint = Fingerprint::of(&staged);
+        // Closed before its rename: closing a written file is an event of
+        // its own (IN_CLOSE_WRITE) on whatever name it has then, and every
+        // process watching `results/` would read and route the object a
+        // second time for it.
+        drop(file);
         let updated_us = if stamped { generation } else { now_us() };
         if !stamped {
             let sidecar = Sidecar {
