@@ -306,6 +306,9 @@ pub async fn serve(
         if let Some(c) = &mut conn {
             c.done().await;
         }
+        if let Some(sh) = shell.as_mut() {
+            sh.note_jobs();
+        }
         if stop.is_cancelled() {
             break if closed.is_cancelled() {
                 WarmEnd::Closed
@@ -1050,6 +1053,12 @@ struct Shell {
     seq: u64,
     /// The tag of the last line sent.
     tag: String,
+    /// The job groups as they were once the last command's result was
+    /// written (taken while the execution waits for the next command, so
+    /// a command does not start with a walk of `/proc`). A group an
+    /// earlier command's job makes after that counts as the next
+    /// command's: killed with it if it times out.
+    jobs: Option<BTreeSet<i32>>,
 }
 
 impl Shell {
@@ -1154,6 +1163,7 @@ impl Shell {
             replies: control::Control::new(reader),
             reply: control::Reply::default(),
             tag: String::new(),
+            jobs: None,
             dir,
             seen_dir,
             tmp,
@@ -1241,7 +1251,7 @@ impl Shell {
         kill_grace: Duration,
         stop: &CancellationToken,
     ) -> Ran {
-        let before = self.job_groups();
+        let before = self.jobs.take().unwrap_or_else(|| self.job_groups());
         let line = command_line(files);
         self.reply = control::Reply::default();
         let tag = match self.send(&line).await {
@@ -1311,6 +1321,12 @@ impl Shell {
     /// `self.reply`; `None` when the shell's output ended first.
     async fn wait_for(&mut self, tag: &str) -> Option<()> {
         self.replies.wait_for(tag, &mut self.reply).await
+    }
+
+    /// Notes the job groups running now, for the next command (see
+    /// [`Shell::jobs`]).
+    fn note_jobs(&mut self) {
+        self.jobs = Some(self.job_groups());
     }
 
     /// Whether the shell process is still running.
