@@ -144,7 +144,11 @@ impl Control {
             match end {
                 Some(used) => {
                     self.pipe.consume(used);
-                    return if too_long { Field::TooLong } else { Field::Whole };
+                    return if too_long {
+                        Field::TooLong
+                    } else {
+                        Field::Whole
+                    };
                 }
                 None => {
                     let used = buf.len();
