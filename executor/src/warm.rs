@@ -232,6 +232,15 @@ pub async fn serve(
                     None => break WarmEnd::Closed,
                 },
                 () = tokio::time::sleep(warm.idle) => break WarmEnd::Idle,
+                // Once the session has been quiet a moment (its caller
+                // has its result), so the walk takes no CPU from the
+                // result's way there.
+                () = tokio::time::sleep(NOTE_JOBS_AFTER), if shell.as_ref().is_some_and(Shell::jobs_unknown) => {
+                    if let Some(sh) = shell.as_mut() {
+                        sh.note_jobs();
+                    }
+                    continue;
+                }
                 () = sleep_until(handover) => break WarmEnd::HandedOver,
                 () = closed.cancelled() => break WarmEnd::Closed,
                 () = &mut cancel => break WarmEnd::Stopped,
@@ -306,9 +315,6 @@ pub async fn serve(
         if let Some(c) = &mut conn {
             c.done().await;
         }
-        if let Some(sh) = shell.as_mut() {
-            sh.note_jobs();
-        }
         if stop.is_cancelled() {
             break if closed.is_cancelled() {
                 WarmEnd::Closed
@@ -332,6 +338,11 @@ pub async fn serve(
     drop(closers);
     Ok(end)
 }
+
+/// How long after a command the shell's job groups are noted for the
+/// next one (see [`Shell::jobs`]); a command that comes sooner notes them
+/// itself.
+const NOTE_JOBS_AFTER: Duration = Duration::from_millis(20);
 
 /// Resolves at `at`; never without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -1053,12 +1064,16 @@ struct Shell {
     seq: u64,
     /// The tag of the last line sent.
     tag: String,
-    /// The job groups as they were once the last command's result was
-    /// written (taken while the execution waits for the next command, so
-    /// a command does not start with a walk of `/proc`). A group an
-    /// earlier command's job makes after that counts as the next
+    /// The job groups as they were a moment after the last command's
+    /// result was written (taken while the execution waits for the next
+    /// command, so a command does not start with a walk of `/proc`). A
+    /// group an earlier command's job makes after that counts as the next
     /// command's: killed with it if it times out.
     jobs: Option<BTreeSet<i32>>,
+    /// bash's pid as found once it answered its first line, so noting
+    /// the jobs does not search for it each time (the searches that
+    /// signal it look again).
+    bash: Option<i32>,
 }
 
 impl Shell {
@@ -1164,6 +1179,7 @@ impl Shell {
             reply: control::Reply::default(),
             tag: String::new(),
             jobs: None,
+            bash: None,
             dir,
             seen_dir,
             tmp,
@@ -1177,7 +1193,10 @@ impl Shell {
             .await
             .map_err(|e| format!("start bash: {e}"))?;
         match shell.wait_for(&tag).await {
-            Some(()) => Ok(shell),
+            Some(()) => {
+                shell.bash = shell.bash_pid().map(|p| Pid::as_raw(Some(p)));
+                Ok(shell)
+            }
             None => {
                 let status = shell.child.wait().await.ok();
                 Err(format!(
@@ -1329,6 +1348,11 @@ impl Shell {
         self.jobs = Some(self.job_groups());
     }
 
+    /// Whether the job groups are not noted since the last command.
+    fn jobs_unknown(&self) -> bool {
+        self.jobs.is_none()
+    }
+
     /// Whether the shell process is still running.
     fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -1364,10 +1388,11 @@ impl Shell {
         let Some(root) = self.child.id().and_then(|p| i32::try_from(p).ok()) else {
             return BTreeSet::new();
         };
-        let own: BTreeSet<i32> = [Some(root), self.bash_pid().map(|p| Pid::as_raw(Some(p)))]
-            .into_iter()
-            .flatten()
-            .collect();
+        let bash = match self.bash {
+            Some(pid) => Some(pid),
+            None => self.bash_pid().map(|p| Pid::as_raw(Some(p))),
+        };
+        let own: BTreeSet<i32> = [Some(root), bash].into_iter().flatten().collect();
         let mut groups = BTreeSet::new();
         let mut queue = vec![root];
         while let Some(pid) = queue.pop() {
