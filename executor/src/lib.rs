@@ -1101,8 +1101,19 @@ pub(crate) fn read_capture(
     name: &str,
     notes: &mut Vec<String>,
 ) -> Option<shell::Capture> {
+    read_capture_with(dir, name, notes, |bytes| Some(bytes.to_vec()))
+}
+
+/// [`read_capture`] of a file that holds the capture inside other bytes,
+/// which `extract` finds.
+pub(crate) fn read_capture_with(
+    dir: impl std::os::fd::AsFd,
+    name: &str,
+    notes: &mut Vec<String>,
+    extract: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
+) -> Option<shell::Capture> {
     match scratch::read_file(dir, name, CAPTURE_LIMIT) {
-        Ok(bytes) => shell::parse_capture(&bytes),
+        Ok(bytes) => extract(&bytes).and_then(|b| shell::parse_capture(&b)),
         Err(e) if e.is_missing() => None,
         Err(e) => {
             notes.push(format!(
@@ -1114,12 +1125,13 @@ pub(crate) fn read_capture(
     }
 }
 
-/// Where scratch directories go: on the embedded backend inside the store's
-/// own `.runbox/` directory (so one store's executors sweep only their own
-/// leftovers), elsewhere in the temporary directory.
+/// Where scratch directories go: on the embedded backend a directory of
+/// the store's own, in memory where a private place there exists (see
+/// [`scratch::embedded_base`]), elsewhere in the temporary directory (on
+/// Cloud Run a memory file system already).
 fn scratch_base(config: &Config) -> PathBuf {
     match &config.backend {
-        BackendConfig::Local(embedded) => embedded.home.join(scratch::EMBEDDED_DIR),
+        BackendConfig::Local(embedded) => scratch::embedded_base(&embedded.home),
         BackendConfig::Gcp(_) => std::env::temp_dir(),
     }
 }

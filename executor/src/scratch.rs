@@ -36,6 +36,79 @@ const STAGING_PREFIX: &str = ".runbox-scratch-new-";
 /// window, so a directory being created is never taken for one.
 const STAGING_MAX_AGE: Duration = Duration::from_secs(600);
 
+/// Where a memory file system usually is.
+const SHARED_MEMORY: &str = "/dev/shm";
+
+/// `TMPFS_MAGIC` of `statfs(2)`.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+
+/// A directory of this user's own on a memory file system
+/// (`/dev/shm/runbox-{uid}`, created 0700 if missing), for scratch
+/// directories: a command's files are created and removed per command,
+/// and on a disk each of those costs a journal entry. `None` when there is
+/// no such file system, or the name is taken by anything but a directory
+/// of this user's that no one else can enter (another user may have
+/// created it first: nothing of ours goes there then).
+pub fn private_memory_base() -> Option<PathBuf> {
+    let me = rustix::process::geteuid();
+    let parent = Path::new(SHARED_MEMORY);
+    let base = parent.join(format!("runbox-{}", me.as_raw()));
+    // Only in a directory where no one else can rename or remove ours:
+    // owned by root or us, and sticky where others may write.
+    let top = rustix::fs::stat(parent).ok()?;
+    let others_write = top.st_mode & 0o022 != 0;
+    if !(top.st_uid == 0 || top.st_uid == me.as_raw())
+        || (others_write && top.st_mode & 0o1000 == 0)
+    {
+        return None;
+    }
+    match rustix::fs::mkdir(&base, Mode::from_raw_mode(0o700)) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::EXIST => {}
+        Err(_) => return None,
+    }
+    let dir = rustix::fs::open(
+        &base,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let stat = rustix::fs::fstat(&dir).ok()?;
+    let private = stat.st_uid == me.as_raw()
+        && FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+        && stat.st_mode & 0o077 == 0;
+    let memory = rustix::fs::fstatfs(&dir).is_ok_and(|fs| fs.f_type as u64 == TMPFS_MAGIC);
+    (private && memory).then_some(base)
+}
+
+/// Where the scratch directories of the embedded store at `home` go: a
+/// directory of that store's own (named after its path) in this user's
+/// [`private_memory_base`] when there is one, else the store's
+/// [`EMBEDDED_DIR`]. Either way one store's executors sweep only their own
+/// leftovers.
+pub fn embedded_base(home: &Path) -> PathBuf {
+    match private_memory_base() {
+        Some(base) => {
+            let home = std::path::absolute(home).unwrap_or_else(|_| home.to_owned());
+            base.join(format!(
+                "{STORE_PREFIX}{:016x}",
+                fnv1a(home.as_os_str().as_encoded_bytes())
+            ))
+        }
+        None => home.join(EMBEDDED_DIR),
+    }
+}
+
+/// Name prefix of a store's directory in the memory base.
+const STORE_PREFIX: &str = "store-";
+
+/// FNV-1a, 64 bits: a stable short name for a store's path.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A scratch directory, locked while this value lives and removed when it
 /// is dropped.
 #[derive(Debug)]
@@ -44,17 +117,34 @@ pub struct ScratchDir {
     /// Held open for the lock; closing it (at drop, or when the process
     /// dies) releases the lock.
     _lock: File,
+    /// The base is a store's directory in the memory base, removed with
+    /// its last scratch directory (memory is not left holding a directory
+    /// per store ever used).
+    in_memory_base: bool,
 }
 
 impl ScratchDir {
     /// Creates a new, locked scratch directory in `base` (created if
     /// missing).
     pub fn create(base: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(base)?;
-        // Removed on drop until it has its final name.
-        let staging = tempfile::Builder::new()
-            .prefix(STAGING_PREFIX)
-            .tempdir_in(base)?;
+        let in_memory_base = base
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(STORE_PREFIX));
+        // Removed on drop until it has its final name. Twice: another
+        // executor's last drop may remove the base between the two steps.
+        let mut tries = 0;
+        let staging = loop {
+            tries += 1;
+            std::fs::create_dir_all(base)?;
+            match tempfile::Builder::new()
+                .prefix(STAGING_PREFIX)
+                .tempdir_in(base)
+            {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {}
+                other => break other?,
+            }
+        };
         let lock = File::open(staging.path())?;
         rustix::fs::flock(&lock, FlockOperation::LockExclusive)?;
         let suffix = staging
@@ -77,7 +167,11 @@ impl ScratchDir {
         // Renamed: nothing is left at the staging path for its drop to
         // remove.
         let _ = staging.keep();
-        Ok(Self { path, _lock: lock })
+        Ok(Self {
+            path,
+            _lock: lock,
+            in_memory_base,
+        })
     }
 
     /// The directory.
@@ -296,6 +390,12 @@ impl Drop for ScratchDir {
     fn drop(&mut self) {
         // Removed while still locked, so no sweep races this removal.
         let _ = std::fs::remove_dir_all(&self.path);
+        if self.in_memory_base
+            && let Some(base) = self.path.parent()
+        {
+            // Fails while other scratch directories are there.
+            let _ = std::fs::remove_dir(base);
+        }
     }
 }
 

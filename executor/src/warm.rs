@@ -68,6 +68,7 @@ use crate::{
     ExecutorError, Loaded, Outcome, Settings, identity, namespace, output, process, scratch, shell,
 };
 
+mod control;
 mod pubsub;
 mod stdin_stream;
 
@@ -228,6 +229,15 @@ pub async fn serve(
                     None => break WarmEnd::Closed,
                 },
                 () = tokio::time::sleep(warm.idle) => break WarmEnd::Idle,
+                // Once the session has been quiet a moment (its caller
+                // has its result), so the walk takes no CPU from the
+                // result's way there.
+                () = tokio::time::sleep(NOTE_JOBS_AFTER), if shell.as_ref().is_some_and(Shell::jobs_unknown) => {
+                    if let Some(sh) = shell.as_mut() {
+                        sh.note_jobs();
+                    }
+                    continue;
+                }
                 () = sleep_until(handover) => break WarmEnd::HandedOver,
                 () = closed.cancelled() => break WarmEnd::Closed,
                 () = &mut cancel => break WarmEnd::Stopped,
@@ -330,6 +340,11 @@ pub async fn serve(
     drop(closers);
     Ok(end)
 }
+
+/// How long after a command the shell's job groups are noted for the
+/// next one (see [`Shell::jobs`]); a command that comes sooner notes them
+/// itself.
+const NOTE_JOBS_AFTER: Duration = Duration::from_millis(20);
 
 /// Resolves at `at`; never without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -741,7 +756,22 @@ async fn run_in_shell(
     };
     let swapped = files.swapped();
     let capture = if swapped.is_empty() {
-        crate::read_capture(&files.dir, CAPTURE, &mut notes)
+        let reply = std::mem::take(&mut sh.reply);
+        if let Some(why) = reply.refused {
+            notes.push(format!(
+                "the shell's state capture was refused, so the session state is unchanged: {why}"
+            ));
+        }
+        match (reply.capture, &ending) {
+            (Some(bytes), _) => shell::parse_capture(&bytes),
+            (None, Ran::ShellEnded(_)) => {
+                let tag = sh.tag.clone();
+                crate::read_capture_with(&files.dir, CAPTURE, &mut notes, |bytes| {
+                    control::capture_in(bytes, &tag)
+                })
+            }
+            (None, _) => None,
+        }
     } else {
         // What ran may not be the command: nothing it left is trusted.
         notes.push(format!(
@@ -892,7 +922,9 @@ fn export_words(env: &BTreeMap<String, String>) -> String {
     words
 }
 
-// The files of one command, in its directory.
+// The files of one command, in its directory. The capture is a file only
+// when the command ends the shell: its EXIT trap runs with the command's
+// redirections still in place, so it cannot reach the control pipe.
 const CAPTURE: &str = "capture";
 const STDOUT: &str = "stdout";
 const STDERR: &str = "stderr";
@@ -1016,7 +1048,10 @@ enum Ran {
 struct Shell {
     child: tokio::process::Child,
     control: tokio::process::ChildStdin,
-    done: tokio::io::Lines<BufReader<tokio::net::unix::pipe::Receiver>>,
+    /// The shell's standard output: its captures and done records.
+    replies: control::Control,
+    /// What the lines of the command running now sent back.
+    reply: control::Reply,
     /// The scratch directory: the shell's files and one directory per
     /// command.
     dir: scratch::ScratchDir,
@@ -1028,8 +1063,20 @@ struct Shell {
     env: BTreeMap<String, String>,
     /// Where it started.
     cwd: PathBuf,
-    /// Lines sent so far; each waits for `d {seq}`.
+    /// Lines sent so far.
     seq: u64,
+    /// The tag of the last line sent.
+    tag: String,
+    /// The job groups as they were a moment after the last command's
+    /// result was written (taken while the execution waits for the next
+    /// command, so a command does not start with a walk of `/proc`). A
+    /// group an earlier command's job makes after that counts as the next
+    /// command's: killed with it if it times out.
+    jobs: Option<BTreeSet<i32>>,
+    /// bash's pid as found once it answered its first line, so noting
+    /// the jobs does not search for it each time (the searches that
+    /// signal it look again).
+    bash: Option<i32>,
 }
 
 impl Shell {
@@ -1131,7 +1178,11 @@ impl Shell {
         let mut shell = Self {
             child,
             control,
-            done: BufReader::new(reader).lines(),
+            replies: control::Control::new(reader),
+            reply: control::Reply::default(),
+            tag: String::new(),
+            jobs: None,
+            bash: None,
             dir,
             seen_dir,
             tmp,
@@ -1140,12 +1191,15 @@ impl Shell {
             seq: 0,
         };
         let init = init_line(&shell.cwd, &shell.seen_dir);
-        let seq = shell
+        let tag = shell
             .send(&init)
             .await
             .map_err(|e| format!("start bash: {e}"))?;
-        match shell.wait_for(seq).await {
-            Some(()) => Ok(shell),
+        match shell.wait_for(&tag).await {
+            Some(()) => {
+                shell.bash = shell.bash_pid().map(|p| Pid::as_raw(Some(p)));
+                Ok(shell)
+            }
             None => {
                 let status = shell.child.wait().await.ok();
                 Err(format!(
@@ -1219,22 +1273,23 @@ impl Shell {
         kill_grace: Duration,
         stop: &CancellationToken,
     ) -> Ran {
-        let before = self.job_groups();
+        let before = self.jobs.take().unwrap_or_else(|| self.job_groups());
         let line = command_line(files);
-        let seq = match self.send(&line).await {
-            Ok(seq) => seq,
+        self.reply = control::Reply::default();
+        let tag = match self.send(&line).await {
+            Ok(tag) => tag,
             Err(_) => return Ran::ShellEnded(self.reap().await),
         };
-        debug_assert_eq!(seq, files.seq);
+        debug_assert_eq!(self.seq, files.seq);
         let cut = tokio::select! {
-            done = self.wait_for(seq) => match done {
+            done = self.wait_for(&tag) => match done {
                 Some(()) if self.alive() => return Ran::Finished,
                 _ => return Ran::ShellEnded(self.reap().await),
             },
             () = tokio::time::sleep(timeout) => Ran::TimedOut,
             () = stop.cancelled() => Ran::Cancelled,
         };
-        self.interrupt(&before, &files.seen, kill_grace).await;
+        self.interrupt(&before, kill_grace).await;
         cut
     }
 
@@ -1242,7 +1297,7 @@ impl Shell {
     /// started, SIGINT to the shell (which abandons the rest of the line),
     /// then the capture the line did not get to write; KILL to what is
     /// left. A shell that does not come back within `grace` is killed.
-    async fn interrupt(&mut self, before: &BTreeSet<i32>, seen: &Path, grace: Duration) {
+    async fn interrupt(&mut self, before: &BTreeSet<i32>, grace: Duration) {
         // The interrupt first: a shell that sees its job end before it
         // gets the interrupt would go on with the rest of the line.
         if let Some(bash) = self.bash_pid() {
@@ -1254,10 +1309,10 @@ impl Shell {
         // discards it.
         let mut back = false;
         for _ in 0..2 {
-            let Ok(seq) = self.send(&capture_line(seen)).await else {
+            let Ok(tag) = self.send(&capture_line()).await else {
                 break;
             };
-            if tokio::time::timeout(grace, self.wait_for(seq))
+            if tokio::time::timeout(grace, self.wait_for(&tag))
                 .await
                 .is_ok_and(|r| r.is_some())
             {
@@ -1272,27 +1327,33 @@ impl Shell {
         }
     }
 
-    /// Writes one line for the shell, numbered; returns its number.
-    async fn send(&mut self, line: &str) -> std::io::Result<u64> {
+    /// Writes one line for the shell, numbered and tagged; returns its
+    /// tag (see [`control`]).
+    async fn send(&mut self, line: &str) -> std::io::Result<String> {
         self.seq += 1;
-        let text = format!("__runbox_seq={}; {line}\n", self.seq);
+        let tag = line_tag(self.seq);
+        let text = format!("__runbox_seq={tag}; {line}\n");
+        self.tag.clone_from(&tag);
         self.control.write_all(text.as_bytes()).await?;
         self.control.flush().await?;
-        Ok(self.seq)
+        Ok(tag)
     }
 
-    /// Waits for `d {seq}`; `None` when the shell's output ended first.
-    async fn wait_for(&mut self, seq: u64) -> Option<()> {
-        let want = format!("d {seq}");
-        loop {
-            match self.done.next_line().await {
-                Ok(Some(line)) if line == want => return Some(()),
-                // Older lines (a line an interrupt cut short came back
-                // later) are passed over.
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return None,
-            }
-        }
+    /// Waits for the line tagged `tag` to be done, keeping its capture in
+    /// `self.reply`; `None` when the shell's output ended first.
+    async fn wait_for(&mut self, tag: &str) -> Option<()> {
+        self.replies.wait_for(tag, &mut self.reply).await
+    }
+
+    /// Notes the job groups running now, for the next command (see
+    /// [`Shell::jobs`]).
+    fn note_jobs(&mut self) {
+        self.jobs = Some(self.job_groups());
+    }
+
+    /// Whether the job groups are not noted since the last command.
+    fn jobs_unknown(&self) -> bool {
+        self.jobs.is_none()
     }
 
     /// Whether the shell process is still running.
@@ -1330,10 +1391,11 @@ impl Shell {
         let Some(root) = self.child.id().and_then(|p| i32::try_from(p).ok()) else {
             return BTreeSet::new();
         };
-        let own: BTreeSet<i32> = [Some(root), self.bash_pid().map(|p| Pid::as_raw(Some(p)))]
-            .into_iter()
-            .flatten()
-            .collect();
+        let bash = match self.bash {
+            Some(pid) => Some(pid),
+            None => self.bash_pid().map(|p| Pid::as_raw(Some(p))),
+        };
+        let own: BTreeSet<i32> = [Some(root), bash].into_iter().flatten().collect();
         let mut groups = BTreeSet::new();
         let mut queue = vec![root];
         while let Some(pid) = queue.pop() {
@@ -1409,14 +1471,15 @@ fn init_line(cwd: &Path, dir: &Path) -> String {
             "builtin export -- \"${{__runbox_env[@]}}\" 2>/dev/null; fi; ",
             "builtin unset -v __runbox_env; ",
             "__runbox_capture() {{ builtin local __runbox_rc=$1; {{ ",
-            "builtin printf '%s\\0' \"$__runbox_rc\"; builtin pwd; builtin printf '\\0'; ",
+            "builtin printf '\\0c%s\\0%s\\0' \"$__runbox_seq\" \"$__runbox_rc\"; builtin pwd; builtin printf '\\0'; ",
             "builtin declare -px; builtin printf '\\0'; ",
-            "}} >| \"$2\" 2>/dev/null; }}; ",
-            "builtin trap '__runbox_capture $? \"$__runbox_dir/capture\"; builtin printf \"d %s\\n\" \"$__runbox_seq\"' EXIT; ",
-            "builtin printf 'd %s\\n' \"$__runbox_seq\"",
+            "}} 2>/dev/null; }}; ",
+            "builtin trap '{{ __runbox_capture $?; }} >| \"$__runbox_dir/{CAPTURE}\" 2>/dev/null' EXIT; ",
+            "builtin printf '\\0d%s\\0' \"$__runbox_seq\"",
         ),
         cwd = shell_quote(cwd),
         env = shell_quote(&dir.join("env")),
+        CAPTURE = CAPTURE,
     )
 }
 
@@ -1431,9 +1494,9 @@ fn command_line(files: &CommandFiles) -> String {
         concat!(
             "__runbox_dir={dir}; __runbox_command={command}; {exports}",
             "{{ builtin eval -- \"$__runbox_command\"; }} < {stdin} > \"$__runbox_dir/stdout\" 2> \"$__runbox_dir/stderr\"; ",
-            "__runbox_capture $? \"$__runbox_dir/capture\"; ",
+            "__runbox_capture $?; ",
             "{undo}",
-            "builtin printf 'd %s\\n' \"$__runbox_seq\"",
+            "builtin printf '\\0d%s\\0' \"$__runbox_seq\"",
         ),
         dir = shell_quote(&files.seen),
         command = files.command,
@@ -1444,12 +1507,21 @@ fn command_line(files: &CommandFiles) -> String {
 }
 
 /// The capture of a command an interrupt cut short.
-fn capture_line(dir: &Path) -> String {
+fn capture_line() -> String {
     format!(
-        "__runbox_capture {} {}; builtin printf 'd %s\\n' \"$__runbox_seq\"",
+        "__runbox_capture {}; builtin printf '\\0d%s\\0' \"$__runbox_seq\"",
         crate::TIMEOUT_EXIT_CODE,
-        shell_quote(&dir.join(CAPTURE)),
     )
+}
+
+/// A line's tag: its number and a fresh random part, which a job an
+/// earlier line left running cannot know (see [`control`]).
+fn line_tag(seq: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // std seeds these keys from the system's randomness.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(seq);
+    format!("{seq}.{:016x}", hasher.finish())
 }
 
 /// Quotes a path as `$'...'`, keeping the line one line.

@@ -8,7 +8,9 @@
 //! (the target: the warm command costs less than spawning bash, ratio < 1
 //! at p50), with oneshot `exec("true")` for reference; interleaved, so
 //! drift on a noisy machine hits every series alike. Both sessions use the
-//! embedded store with and without fsync.
+//! embedded store with and without fsync; one more warm session has its
+//! store in memory (`/dev/shm`, where there is one), which tells the file
+//! system's share of a warm command from the rest (CPU and hand-offs).
 
 use std::time::{Duration, Instant};
 
@@ -63,12 +65,17 @@ async fn warm_vs_spawn(iterations: usize) {
     let fast_dir = tempfile::tempdir().expect("tempdir");
     let (durable, durable_warm, durable_oneshot) = sessions(durable_dir.path(), true).await;
     let (fast, fast_warm, fast_oneshot) = sessions(fast_dir.path(), false).await;
+    let memory_dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir");
+    let (memory, memory_warm, _) = sessions(memory_dir.path(), false).await;
     let mut series: Vec<(&str, Vec<Duration>)> = [
         "warm exec true (fsync)",
         "warm exec true (no fsync)",
         "oneshot exec true (fsync)",
         "oneshot exec true (no fsync)",
         "bash -c true",
+        "warm, store in memory",
     ]
     .into_iter()
     .map(|name| (name, Vec::with_capacity(iterations)))
@@ -84,7 +91,13 @@ async fn warm_vs_spawn(iterations: usize) {
     };
     // Warm-up: page cache, the warm executions' start.
     for _ in 0..20 {
-        for s in [&durable_warm, &fast_warm, &durable_oneshot, &fast_oneshot] {
+        for s in [
+            &durable_warm,
+            &fast_warm,
+            &durable_oneshot,
+            &fast_oneshot,
+            &memory_warm,
+        ] {
             s.exec("true").await.expect("exec");
         }
         spawn_bash();
@@ -99,6 +112,10 @@ async fn warm_vs_spawn(iterations: usize) {
         }
         let spawned = spawn_bash();
         series[4].1.push(spawned);
+        let t = Instant::now();
+        let r = memory_warm.exec("true").await.expect("exec");
+        series[5].1.push(t.elapsed());
+        assert_eq!(r.exit_code, 0, "{r:?}");
     }
     for (_, samples) in &mut series {
         samples.sort();
@@ -130,7 +147,7 @@ async fn warm_vs_spawn(iterations: usize) {
             "not met"
         }
     );
-    for client in [&durable, &fast] {
+    for client in [&durable, &fast, &memory] {
         for id in ["warm", "oneshot"] {
             client.close_session(id).await.expect("close");
         }

@@ -333,9 +333,10 @@ async fn cat_dev_zero_on_the_emulators_keeps_the_cap_in_the_bucket() {
     client.shutdown().await;
 }
 
-/// The scratch directories on the embedded backend in `home`.
+/// The scratch directories of the embedded store in `home` (in memory
+/// where the machine has a private place for them).
 fn scratch_dirs(home: &Path) -> BTreeSet<PathBuf> {
-    match std::fs::read_dir(home.join(".runbox/scratch")) {
+    match std::fs::read_dir(runbox_executor::scratch::embedded_base(home)) {
         Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
         Err(_) => BTreeSet::new(),
     }

@@ -576,3 +576,64 @@ async fn warm_on_the_gcp_backend_with_the_local_launcher() {
     within(30, client.close_session("gcpwarm")).await.unwrap();
     client.shutdown().await;
 }
+
+/// A command that ends the shell (`exit`) still has its status, cwd and
+/// exports kept: the EXIT trap sends the capture on the shell's control
+/// pipe before the shell goes, and the next command starts a fresh shell
+/// from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_keeps_the_capture_and_the_next_command_gets_a_fresh_shell() {
+    let (client, _dir) = client().await;
+    let s = warm(&client, "exiter", Duration::from_secs(60)).await;
+    ok(&s, "marker() { :; }").await;
+    let r = within(
+        60,
+        s.exec("mkdir -p gone && cd gone && export LEFT=yes && echo bye && exit 3"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.exit_code, r.stdout.as_str()), (3, "bye\n"), "{r:?}");
+    let out = ok(&s, "echo \"$LEFT $PWD $(type -t marker || echo fresh)\"").await;
+    assert_eq!(out, "yes /workspace/gone fresh\n");
+    within(30, client.close_session("exiter")).await.unwrap();
+}
+
+/// What a command can forge on the shell's control pipe: records for its
+/// own line, which set its own session's result and state, no one
+/// else's. A job an earlier command left running writes records for every
+/// tag it can guess while later commands run; none is taken for theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_control_records_reach_only_their_own_session() {
+    let (client, _dir) = client().await;
+    let s = warm(&client, "forger", Duration::from_secs(60)).await;
+    let other = warm(&client, "bystander", Duration::from_secs(60)).await;
+    ok(&other, "export MINE=kept").await;
+    // bash keeps its own standard output (the control pipe) on a
+    // descriptor of its own while the command's streams are redirected:
+    // the command writes on every one it has.
+    let forge = r#"for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && printf '\0c%s\0%s\0%s\n\0declare -x FORGED="1"\n\0\0d%s\0' "$__runbox_seq" 7 "$PWD" "$__runbox_seq" >&$fd; done 2>/dev/null; sleep 1"#;
+    let r = within(60, s.exec(forge)).await.unwrap();
+    assert_eq!(r.exit_code, 7, "its own forged status: {r:?}");
+    // A background job that keeps forging records for the next lines'
+    // numbers (it cannot know their random part) on every descriptor.
+    ok(
+        &s,
+        r#"fds=$(ls /proc/$$/fd); ( for i in $(seq 3000); do n=${__runbox_seq%%.*}; for k in 1 2 3 4 5 6; do for fd in $fds; do
+         printf '\0c%s.0000000000000000\0%s\0/\n\0declare -x STOLEN="2"\n\0\0d%s.0000000000000000\0' $((n+k)) 9 $((n+k)) >&$fd;
+         done; done; done ) 2>/dev/null &"#,
+    )
+    .await;
+    for _ in 0..5 {
+        let r = within(60, s.exec("sleep 0.05; echo \"${STOLEN-unset}\""))
+            .await
+            .unwrap();
+        assert_eq!((r.exit_code, r.stdout.as_str()), (0, "unset\n"), "{r:?}");
+    }
+    assert_eq!(
+        ok(&other, "echo \"${STOLEN-unset} ${FORGED-unset} $MINE\"").await,
+        "unset unset kept\n"
+    );
+    for id in ["forger", "bystander"] {
+        within(30, client.close_session(id)).await.unwrap();
+    }
+}
