@@ -994,7 +994,7 @@ impl Scratch {
             None => base,
             Some(_) => Path::new(SHARED_TEMP_BASE),
         };
-        let swept = scratch::sweep(base);
+        let swept = scratch::sweep(base) + scratch::sweep_memory_siblings(base);
         if swept > 0 {
             tracing::debug!(
                 swept,

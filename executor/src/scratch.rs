@@ -425,6 +425,42 @@ pub fn sweep(base: &Path) -> usize {
     removed
 }
 
+/// [`sweep`] of the other stores' directories beside `own` in the memory
+/// base (see [`embedded_base`]), each removed once empty; returns how many
+/// scratch directories went. A store whose home is gone (a removed one, a
+/// test's) has no executor left to sweep its own leftovers, which would
+/// otherwise hold memory until the machine restarts. The locks make this
+/// safe: a live executor's directory is locked, a fresh staging one young.
+/// Nothing happens when `own` is not a store's directory in memory.
+pub fn sweep_memory_siblings(own: &Path) -> usize {
+    let in_memory = own
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(STORE_PREFIX));
+    let (true, Some(base)) = (in_memory, own.parent()) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let store = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(STORE_PREFIX));
+        if path == own || !store || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        removed += sweep(&path);
+        // Fails while anything is left; an executor of that store creating
+        // its first directory meanwhile retries (`ScratchDir::create`).
+        let _ = std::fs::remove_dir(&path);
+    }
+    removed
+}
+
 /// Removes `dir` if no process holds its lock.
 fn remove_if_unowned(dir: &Path) -> bool {
     let Ok(lock) = File::open(dir) else {
@@ -491,6 +527,33 @@ mod tests {
         let path = live.path().to_owned();
         drop(live);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn other_stores_leftovers_in_memory_are_swept_and_live_ones_kept() {
+        let base = tempfile::tempdir().unwrap();
+        let own = base.path().join(format!("{STORE_PREFIX}own"));
+        let gone = base.path().join(format!("{STORE_PREFIX}gone"));
+        let busy = base.path().join(format!("{STORE_PREFIX}busy"));
+        let own_dead = own.join(format!("{PREFIX}dead"));
+        std::fs::create_dir_all(&own_dead).unwrap();
+        // A killed executor's directory of a store no executor will use again.
+        std::fs::create_dir_all(gone.join(format!("{PREFIX}dead"))).unwrap();
+        std::fs::write(gone.join(format!("{PREFIX}dead/stdout")), b"x").unwrap();
+        // Another store's live executor, and a name that is not a store's.
+        let live = ScratchDir::create(&busy).unwrap();
+        std::fs::create_dir(base.path().join("other")).unwrap();
+
+        assert_eq!(sweep_memory_siblings(&own), 1);
+        assert!(!gone.exists(), "the gone store's directory stays");
+        assert!(live.path().is_dir(), "a live directory was removed");
+        assert!(own_dead.is_dir(), "the own store is its own sweep's");
+        assert!(base.path().join("other").is_dir());
+        // Not a store's directory in memory: nothing is looked at.
+        assert_eq!(sweep_memory_siblings(&base.path().join("other")), 0);
+        drop(live);
+        assert_eq!(sweep_memory_siblings(&own), 0);
+        assert!(!busy.exists(), "an emptied store's directory stays");
     }
 
     #[test]
