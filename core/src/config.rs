@@ -1088,6 +1088,16 @@ fn lines(problems: &[Problem]) -> String {
 mod tests {
     use super::*;
 
+    /// `cfg` written by [`Config::to_env`] and read back.
+    fn round_trip(cfg: &Config) -> Config {
+        let env: HashMap<String, String> = cfg
+            .to_env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        Config::from_lookup(&env).unwrap()
+    }
+
     fn problems(err: &ConfigError) -> Vec<&'static str> {
         err.problems().iter().map(Problem::var).collect()
     }
@@ -1165,12 +1175,7 @@ mod tests {
         };
         assert_eq!(g.commands_topic, "cmds");
         assert_eq!(c.warm_task_timeout, Duration::from_secs(20));
-        let env: HashMap<String, String> = cfg
-            .to_env()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        assert_eq!(Config::from_lookup(&env).unwrap(), cfg);
+        assert_eq!(round_trip(&cfg), cfg);
         for bad in ["9", "604801", "1h"] {
             let err = read(bad).unwrap_err().to_string();
             assert!(
@@ -1200,12 +1205,7 @@ mod tests {
             panic!("not gcp: {cfg:?}");
         };
         assert_eq!(g.session_lease_ttl, Duration::from_millis(2000));
-        let env: HashMap<String, String> = cfg
-            .to_env()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-        assert_eq!(Config::from_lookup(&env).unwrap(), cfg);
+        assert_eq!(round_trip(&cfg), cfg);
         for bad in ["999", "3600001", "x", "-1"] {
             let err = gcp(bad).unwrap_err().to_string();
             assert!(err.contains("RUNBOX_SESSION_LEASE_TTL_MS"), "{bad}: {err}");
@@ -1236,14 +1236,6 @@ mod tests {
             ("RUNBOX_LOG_CAP_BYTES", "4096"),
         ])
         .unwrap();
-        let round_trip = |cfg: &Config| {
-            let map: HashMap<String, String> = cfg
-                .to_env()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-            Config::from_lookup(&map).unwrap()
-        };
         let again = round_trip(&cfg);
         assert_eq!(again, cfg);
         let BackendConfig::Gcp(gcp) = &again.backend else {

@@ -14,10 +14,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use googleapis_tonic_google_cloud_run_v2::google::cloud::run::v2::{
-    Container, CreateJobRequest, EnvVar, ExecutionTemplate, Job, TaskTemplate, env_var,
-    jobs_client::JobsClient, task_template::Retries,
-};
 use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::config::LauncherKind;
 use runbox_core::store::{self, LocalStore, PutOptions, Store};
@@ -38,47 +34,6 @@ fn ms(d: Duration) -> f64 {
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-async fn create_job(
-    endpoint: &str,
-    id: &str,
-    env: &BTreeMap<String, String>,
-) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .connect()
-        .await?;
-    let mut jobs = JobsClient::new(channel);
-    let job = Job {
-        template: Some(ExecutionTemplate {
-            task_count: 1,
-            template: Some(TaskTemplate {
-                containers: vec![Container {
-                    image: IMAGE.to_owned(),
-                    env: env
-                        .iter()
-                        .map(|(name, value)| EnvVar {
-                            name: name.clone(),
-                            values: Some(env_var::Values::Value(value.clone())),
-                        })
-                        .collect(),
-                    ..Default::default()
-                }],
-                retries: Some(Retries::MaxRetries(0)),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    jobs.create_job(CreateJobRequest {
-        parent: PARENT.to_owned(),
-        job: Some(job),
-        job_id: id.to_owned(),
-        validate_only: false,
-    })
-    .await?;
-    Ok(())
 }
 
 async fn launcher(
@@ -125,7 +80,8 @@ async fn main() -> anyhow::Result<()> {
         ("RUNBOX_BACKEND".to_owned(), "local".to_owned()),
         ("RUNBOX_HOME".to_owned(), home.display().to_string()),
     ]);
-    create_job(&endpoint, "local", &local_env).await?;
+    let env: Vec<_> = local_env.iter().collect();
+    runbox_tests::cloud_run::create_executor_job(&endpoint, PARENT, "local", IMAGE, &env).await;
 
     // 1. RunJob round trip, unthrottled.
     let fast = launcher(&endpoint, 100_000, Some(1000)).await?;
@@ -210,7 +166,8 @@ async fn main() -> anyhow::Result<()> {
         "RUNBOX_HOME".to_owned(),
         dir.path().join("gcp").display().to_string(),
     );
-    create_job(&endpoint, "gcp", &gcp_env).await?;
+    let env: Vec<_> = gcp_env.iter().collect();
+    runbox_tests::cloud_run::create_executor_job(&endpoint, PARENT, "gcp", IMAGE, &env).await;
     let mut lookup = gcp_env.clone();
     lookup.insert("RUNBOX_LAUNCHER".into(), "cloudrun".into());
     lookup.insert("RUNBOX_CLOUD_RUN_JOB".into(), format!("{PARENT}/jobs/gcp"));

@@ -11,3 +11,4 @@ pub mod procs;
 pub mod serve;
 pub mod store_conformance;
 pub mod sts;
+pub mod warm;

@@ -31,27 +31,37 @@ fn assert_problem(r: &Response, status: u16) {
     );
 }
 
-#[tokio::test]
-async fn python_client_runs_the_agent_scenario() {
-    let serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");
-    let script = repo_root().join("tests/python/serve_agent.py");
-    let out = within(
+/// Runs `tests/python/{script}` against `url` with Python's own HTTP
+/// client.
+async fn run_python(url: &str, script: &str) -> std::process::Output {
+    within(
         240,
         tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(serve.url())
+            .arg(repo_root().join("tests/python").join(script))
+            .arg(url)
             .kill_on_drop(true)
             .output(),
     )
     .await
-    .expect("run python3");
+    .expect("run python3")
+}
+
+/// [`run_python`], which must succeed and print `{what} scenario: ok`.
+async fn python_scenario(url: &str, script: &str, what: &str) {
+    let out = run_python(url, script).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "agent scenario failed:\n{stdout}\n{stderr}"
+        "{what} scenario failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("agent scenario: ok"), "{stdout}");
+    assert!(stdout.contains(&format!("{what} scenario: ok")), "{stdout}");
+}
+
+#[tokio::test]
+async fn python_client_runs_the_agent_scenario() {
+    let serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");
+    python_scenario(&serve.url(), "serve_agent.py", "agent").await;
 }
 
 /// stdin over HTTP (`tests/python/serve_stdin.py`): lines written while a
@@ -61,24 +71,7 @@ async fn python_client_runs_the_agent_scenario() {
 #[tokio::test]
 async fn python_client_streams_a_commands_stdin() {
     let serve = Serve::start("127.0.0.1:0", &[]).await.expect("serve");
-    let script = repo_root().join("tests/python/serve_stdin.py");
-    let out = within(
-        240,
-        tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(serve.url())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "stdin scenario failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("stdin scenario: ok"), "{stdout}");
+    python_scenario(&serve.url(), "serve_stdin.py", "stdin").await;
 }
 
 #[tokio::test]
@@ -659,17 +652,7 @@ async fn python_client_runs_the_agent_scenario_on_the_emulators() {
     // One subscription for the whole life of the service.
     assert_eq!(subscriptions(&env).await, 1);
 
-    let script = repo_root().join("tests/python/serve_agent.py");
-    let out = within(
-        240,
-        tokio::process::Command::new("python3")
-            .arg(&script)
-            .arg(serve.url())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("run python3");
+    let out = run_python(&serve.url(), "serve_agent.py").await;
     assert!(
         out.status.success(),
         "agent scenario failed on the emulators:\n{}\n{}\n{}",

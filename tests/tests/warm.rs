@@ -158,14 +158,7 @@ async fn a_background_server_is_reached_from_the_next_command() {
     ok(&s, "echo served > page.txt").await;
     // The server says when it listens, through the pipe; nothing waits on
     // time.
-    let start = format!(
-        "python3 -c 'import http.server as h, sys
-s = h.HTTPServer((\"127.0.0.1\", {port}), h.SimpleHTTPRequestHandler)
-open(sys.argv[1], \"w\").write(\"listening\\n\")
-s.serve_forever()' {} > server.log 2>&1 &
-echo started",
-        ready.shell_path()
-    );
+    let start = runbox_tests::warm::http_server_command(port, &ready.shell_path());
     assert_eq!(ok(&s, &start).await, "started\n");
     assert_eq!(within(30, ready.next()).await, "listening");
     // curl where CI has it not: Python's own client, a separate process

@@ -14,13 +14,12 @@ use runbox_cloudrun_emulator::{Config as EmulatorConfig, Emulator};
 use runbox_core::store::{PutOptions, Store};
 use runbox_core::warm::WarmMarker;
 use runbox_core::{ExecutionId, SessionId, layout};
-use runbox_dispatcher::{
-    Client, ExecStatus, OutputStream, Session, SessionMode, SessionSettings, Stream,
-};
+use runbox_dispatcher::{Client, ExecStatus, Session, SessionMode, SessionSettings};
 use runbox_tests::embedded::{binary, within};
 use runbox_tests::harness::Emulators;
 use runbox_tests::pipes::Announcements;
 use runbox_tests::procs::{executor_of, kill_executor, wait_exited};
+use runbox_tests::warm::{ECHO_LINES, stdout_until};
 
 const PARENT: &str = "projects/p/locations/us-central1";
 const IMAGE: &str = "runbox-executor:warm";
@@ -226,14 +225,7 @@ async fn one_runjob_serves_every_command_and_the_shell_lives_on() {
         .unwrap()
         .port();
     stack.ok(&s, "echo served > page.txt").await;
-    let start = format!(
-        "python3 -c 'import http.server as h, sys
-s = h.HTTPServer((\"127.0.0.1\", {port}), h.SimpleHTTPRequestHandler)
-open(sys.argv[1], \"w\").write(\"listening\\n\")
-s.serve_forever()' {} > server.log 2>&1 &
-echo started",
-        ready.shell_path()
-    );
+    let start = runbox_tests::warm::http_server_command(port, &ready.shell_path());
     assert_eq!(stack.ok(&s, &start).await, "started\n");
     assert_eq!(within(30, ready.next()).await, "listening");
     let page = stack
@@ -533,20 +525,6 @@ EOF"#,
 /// An execution id nothing ran.
 const MADE_UP: &str = "abcdef-01m8pma3r90000000";
 
-const ECHO_LINES: &str = "while read -r l; do echo got $l; done";
-
-/// Reads the output stream until stdout (all of it so far) holds `needle`.
-async fn stdout_until(output: &mut OutputStream, seen: &mut String, needle: &str) {
-    while !seen.contains(needle) {
-        let chunk = within(60, output.next())
-            .await
-            .unwrap_or_else(|| panic!("the stream ended before {needle:?}; stdout {seen:?}"));
-        if chunk.stream == Stream::Stdout {
-            seen.push_str(&String::from_utf8_lossy(&chunk.data));
-        }
-    }
-}
-
 /// stdin over Pub/Sub: write, see the answer, write again, on the first
 /// command of a new warm execution and on one delivered to it, with one
 /// RunJob for both.
@@ -556,19 +534,7 @@ async fn stdin_reaches_a_running_command_over_pubsub() {
     let s = stack.warm("talk", Duration::from_secs(120)).await;
     let before = stack.cloud_run.run_job_calls();
     for round in ["first command", "delivered command"] {
-        let (exec, stdin) = s.exec(ECHO_LINES).stdin_stream();
-        let (mut output, result) = exec.streaming();
-        let result = tokio::spawn(result);
-        let mut seen = String::new();
-        within(30, stdin.write("a\n")).await.unwrap();
-        stdout_until(&mut output, &mut seen, "got a\n").await;
-        assert!(!seen.contains("got b"), "{round}: {seen:?}");
-        within(30, stdin.write("b\n")).await.unwrap();
-        stdout_until(&mut output, &mut seen, "got b\n").await;
-        within(30, stdin.close()).await.unwrap();
-        let r = within(60, result).await.unwrap().unwrap();
-        assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{round}: {r:?}");
-        assert_eq!(r.stdout, "got a\ngot b\n", "{round}");
+        runbox_tests::warm::write_answer_write(&s, round).await;
     }
     // More than one message's worth, in order, read to its end.
     let (exec, stdin) = s.exec("wc -c; echo $$").stdin_stream();

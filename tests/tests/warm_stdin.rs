@@ -12,14 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use runbox_dispatcher::{
-    Client, ExecStatus, OutputStream, Session, SessionMode, SessionSettings, StdinError, Stream,
-};
+use runbox_dispatcher::{Client, ExecStatus, Session, SessionMode, SessionSettings, StdinError};
 use runbox_tests::cli::{Cli, text};
 use runbox_tests::embedded::{client, within};
+use runbox_tests::warm::{ECHO_LINES, stdout_until};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const ECHO_LINES: &str = "while read -r l; do echo got $l; done";
 
 async fn warm(client: &Client, id: &str) -> Session {
     let settings = SessionSettings::new(SessionMode::Warm)
@@ -31,19 +28,6 @@ async fn warm(client: &Client, id: &str) -> Session {
     client.session(id).unwrap()
 }
 
-/// Reads the output stream until stdout (all of it so far) holds `needle`;
-/// returns that stdout.
-async fn stdout_until(output: &mut OutputStream, seen: &mut String, needle: &str) {
-    while !seen.contains(needle) {
-        let chunk = within(30, output.next())
-            .await
-            .unwrap_or_else(|| panic!("the stream ended before {needle:?}; stdout {seen:?}"));
-        if chunk.stream == Stream::Stdout {
-            seen.push_str(&String::from_utf8_lossy(&chunk.data));
-        }
-    }
-}
-
 /// Write, see the answer, write again: on the first command of a new warm
 /// execution (its stdin travels on the executor's standard output) and on
 /// a command delivered to the running one (on its delivery connection).
@@ -52,19 +36,7 @@ async fn each_write_is_answered_before_the_next_on_new_and_running_executions() 
     let (client, _dir) = client().await;
     let s = warm(&client, "talk").await;
     for round in ["first command", "delivered command"] {
-        let (exec, stdin) = s.exec(ECHO_LINES).stdin_stream();
-        let (mut output, result) = exec.streaming();
-        let result = tokio::spawn(result);
-        let mut seen = String::new();
-        within(30, stdin.write("a\n")).await.unwrap();
-        stdout_until(&mut output, &mut seen, "got a\n").await;
-        assert!(!seen.contains("got b"), "{round}: {seen:?}");
-        within(30, stdin.write("b\n")).await.unwrap();
-        stdout_until(&mut output, &mut seen, "got b\n").await;
-        within(30, stdin.close()).await.unwrap();
-        let r = within(60, result).await.unwrap().unwrap();
-        assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{round}: {r:?}");
-        assert_eq!(r.stdout, "got a\ngot b\n", "{round}");
+        runbox_tests::warm::write_answer_write(&s, round).await;
     }
     // The shell lives on: the next command runs in it as usual.
     let r = within(30, s.exec("echo after")).await.unwrap();
