@@ -51,7 +51,7 @@ use std::time::Duration;
 use runbox_core::config::Lookup;
 use runbox_core::contract;
 use runbox_core::session_cwd;
-use runbox_core::store::Store;
+use runbox_core::store::{Precondition, Store};
 use runbox_core::warm::{
     WARM_IDLE_MS_ENV, WARM_LIFETIME_MS_ENV, WARM_SESSION_ENV, WARM_SOCKET_ENV,
     WARM_SUBSCRIPTION_ENV, wire,
@@ -219,6 +219,7 @@ pub async fn serve(
     let handover = warm.lifetime.map(|l| born + l);
     tokio::pin!(cancel);
     let mut shell: Option<Shell> = None;
+    let mut uncounted = Uncounted::default();
     let mut next: Option<(ExecutionId, Option<Delivery>)> = Some((first, None));
     let end = loop {
         let (id, mut conn) = match next.take() {
@@ -236,6 +237,10 @@ pub async fn serve(
                     if let Some(sh) = shell.as_mut() {
                         sh.note_jobs();
                     }
+                    continue;
+                }
+                () = sleep_until(uncounted.due()) => {
+                    uncounted.save(&*store, &warm.session).await;
                     continue;
                 }
                 () = sleep_until(handover) => break WarmEnd::HandedOver,
@@ -280,6 +285,7 @@ pub async fn serve(
                 &settings,
                 warm,
                 &mut shell,
+                &mut uncounted,
                 loaded,
                 &stop,
                 conn.as_mut()
@@ -307,6 +313,7 @@ pub async fn serve(
                 if let Some(accept) = &accept {
                     accept.abort();
                 }
+                uncounted.save(&*store, &warm.session).await;
                 finish(listener.as_ref(), shell).await;
                 if let Some(commands) = commands {
                     commands.finish(&*store).await;
@@ -331,6 +338,7 @@ pub async fn serve(
         accept.abort();
     }
     drop(rx);
+    uncounted.save(&*store, &warm.session).await;
     finish(listener.as_ref(), shell).await;
     // Its commands go nowhere once it is gone: what was published and not
     // taken is started anew by its dispatcher, which sees this end.
@@ -345,6 +353,87 @@ pub async fn serve(
 /// next one (see [`Shell::jobs`]); a command that comes sooner notes them
 /// itself.
 const NOTE_JOBS_AFTER: Duration = Duration::from_millis(20);
+
+/// How long at most a command that changed nothing but the state's
+/// counters waits for them to be written (see [`Uncounted`]).
+const COUNT_WITHIN: Duration = Duration::from_secs(1);
+
+/// Commands this execution ran that changed nothing a command starts from
+/// (cwd, exported env), so their state was not rewritten: the saved state
+/// was right as it stood, and a crash loses nothing of it but these
+/// counts. They are added to the state with its next write: a command's
+/// that changes it, a quiet moment at most [`COUNT_WITHIN`] after the
+/// first of them, or the end of the execution.
+#[derive(Default)]
+struct Uncounted {
+    commands: u64,
+    /// The last of them and when it ended.
+    last: Option<(ExecutionId, runbox_proto::Timestamp)>,
+    /// When they are to be written.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Uncounted {
+    fn add(&mut self, id: &ExecutionId) {
+        self.commands += 1;
+        self.last = Some((id.clone(), runbox_proto::now()));
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + COUNT_WITHIN);
+    }
+
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.due
+    }
+
+    /// Adds them to `state`; they are counted once it is written.
+    fn apply(&self, state: &mut runbox_proto::SessionState) {
+        if let Some((last, at)) = &self.last {
+            crate::count_executions(state, self.commands, last, *at);
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Writes them into the session's state as it is now. Counters only:
+    /// a failure is logged and they are dropped, never retried forever.
+    async fn save(&mut self, store: &dyn Store, session: &SessionId) {
+        if self.last.is_none() {
+            return;
+        }
+        // A conflict is another writer's save (a fence) between the read
+        // and the write: read again.
+        for _ in 0..3 {
+            let (mut state, precondition) = match crate::load_state(store, session).await {
+                // The session was removed: nothing to count in.
+                Ok((_, Precondition::DoesNotExist)) => break,
+                Ok(loaded) => loaded,
+                Err(message) => {
+                    tracing::warn!(%session, %message, "could not count commands in the session state");
+                    break;
+                }
+            };
+            self.apply(&mut state);
+            match runbox_core::store::put_json(
+                store,
+                &runbox_core::layout::session_state(session),
+                &state,
+                runbox_core::store::PutOptions::when(precondition),
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => {
+                    tracing::warn!(%session, error = %crate::error_chain(&e), "could not count commands in the session state");
+                    break;
+                }
+            }
+        }
+        self.clear();
+    }
+}
 
 /// Resolves at `at`; never without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -596,6 +685,7 @@ async fn run_one(
     settings: &Settings,
     warm: &Warm,
     shell: &mut Option<Shell>,
+    uncounted: &mut Uncounted,
     loaded: Result<Loaded, crate::Rejection>,
     stop: &CancellationToken,
     stdin: Option<stdin_stream::Source<'_>>,
@@ -617,7 +707,7 @@ async fn run_one(
         Ok(loaded) => {
             let traceparent = loaded.request.traceparent.clone();
             (
-                run_in_shell(store, settings, loaded, shell, stop, stdin).await,
+                run_in_shell(store, settings, loaded, shell, uncounted, stop, stdin).await,
                 traceparent,
             )
         }
@@ -637,6 +727,7 @@ async fn run_in_shell(
     settings: &Settings,
     loaded: Loaded,
     slot: &mut Option<Shell>,
+    uncounted: &mut Uncounted,
     stop: &CancellationToken,
     stdin: Option<stdin_stream::Source<'_>>,
 ) -> ExecResult {
@@ -865,18 +956,33 @@ async fn run_in_shell(
             result.not_saved.push(format!("env:{}", refused.name));
         }
     }
+    let saved = state.clone();
     crate::update_state(&mut state, capture.as_ref(), &sh.cwd, &seen, &base, &start);
     result.cwd = session_cwd::display(&state.cwd, &seen, session.as_str());
-    crate::save_state(
-        store,
-        &session,
-        id,
-        &mut state,
-        state_precondition,
-        &mut result,
-        &mut notes,
-    )
-    .await;
+    match state_precondition {
+        // The saved state is what the next command starts from already
+        // (see `Uncounted`).
+        Precondition::GenerationMatch(generation) if crate::same_but_counters(&saved, &state) => {
+            result.state_generation = generation;
+            uncounted.add(id);
+        }
+        precondition => {
+            uncounted.apply(&mut state);
+            if crate::save_state(
+                store,
+                &session,
+                id,
+                &mut state,
+                precondition,
+                &mut result,
+                &mut notes,
+            )
+            .await
+            {
+                uncounted.clear();
+            }
+        }
+    }
     if !result.not_saved.is_empty() && result.exec_status() == ExecStatus::Succeeded {
         result.set_exec_status(ExecStatus::Failed);
     }
