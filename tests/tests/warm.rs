@@ -209,6 +209,11 @@ async fn a_command_that_changes_no_state_does_not_rewrite_it() {
     // are what the kill lost: the first command, the one after the kill and
     // the three writes are counted.
     assert_eq!(state.exec_count, 5, "{state:?}");
+    // The ended execution took its spare staging file with it.
+    let staged: Vec<_> = std::fs::read_dir(dir.path().join(".runbox/tmp"))
+        .unwrap()
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

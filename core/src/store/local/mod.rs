@@ -53,7 +53,8 @@
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -123,6 +124,23 @@ impl LocalStore {
         Self::open_impl(root.into(), durability, true)
     }
 
+    /// Keeps one empty staging file created ahead, so a write does not
+    /// create its file on its way: creating a file (allocating its inode)
+    /// is the one step of a small write that can stall for a millisecond
+    /// and more when the file system is busy, while writing and renaming
+    /// an existing one cannot. Each successful write has the next one
+    /// created on the blocking pool (on this thread without a runtime).
+    /// The spare is removed when the last handle to the store is dropped;
+    /// a process killed before that leaves it under `.runbox/tmp/`, as a
+    /// write cut short does. For a long-lived process that writes in
+    /// turns, like a warm executor.
+    #[must_use]
+    pub fn with_spare(self) -> Self {
+        self.inner.keep_spare.store(true, Ordering::Relaxed);
+        self.inner.replenish_later();
+        self
+    }
+
     fn open_impl(root: PathBuf, durability: Durability, inline: bool) -> Result<Self> {
         let io_err = |source| StoreError::Io {
             op: "open store",
@@ -138,6 +156,8 @@ impl LocalStore {
             tmp: internal.join("tmp"),
             locks: internal.join("locks"),
             root,
+            keep_spare: AtomicBool::new(false),
+            spare: Mutex::new(None),
         };
         // Temporary files left by a crash are never renamed anywhere and are
         // not objects, so they are harmless; they are not cleaned here
@@ -245,6 +265,7 @@ impl Store for LocalStore {
             inner.commit(&owned, tmp, file, opts)
         })
         .await
+        .inspect(|_| self.inner.replenish_later())
     }
 
     async fn put_stream(
@@ -295,6 +316,7 @@ impl LocalStore {
             inner.commit(&owned, tmp, file, opts)
         })
         .await
+        .inspect(|_| self.inner.replenish_later())
     }
 
     async fn delete_impl(&self, name: &str, precondition: Precondition) -> Result<()> {
@@ -326,6 +348,10 @@ struct Inner {
     meta: PathBuf,
     tmp: PathBuf,
     locks: PathBuf,
+    /// Whether a spare staging file is kept (see [`LocalStore::with_spare`]).
+    keep_spare: AtomicBool,
+    /// That file, when one is ready.
+    spare: Mutex<Option<(TempFile, File)>>,
 }
 
 /// What the store holds for a name right now. Only meaningful while the

@@ -713,3 +713,66 @@ impl tokio::io::AsyncRead for FailingReader {
         std::task::Poll::Ready(Err(io::Error::other("connection reset")))
     }
 }
+
+/// The one file in `dir`.
+fn only_file(dir: &Path) -> fs::Metadata {
+    let entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].metadata().unwrap()
+}
+
+#[test]
+fn a_spare_staging_file_becomes_the_next_object_and_goes_with_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join(".runbox/tmp");
+    // Without a runtime the spare is made at once.
+    let store = LocalStore::open_with(dir.path(), Durability::NoSync)
+        .unwrap()
+        .with_spare();
+    let spare = only_file(&tmp);
+    assert_eq!(spare.len(), 0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(store.put(
+            "results/a.json",
+            Bytes::from_static(b"{}"),
+            PutOptions::create(),
+        ))
+        .unwrap();
+    // Waits for the blocking pool, where the next spare is made.
+    drop(runtime);
+    let object = store.path_of("results/a.json").unwrap();
+    assert_eq!(fs::read(&object).unwrap(), b"{}");
+    assert_eq!(fs::metadata(&object).unwrap().ino(), spare.ino());
+    let next = only_file(&tmp);
+    assert_ne!(next.ino(), spare.ino());
+    assert_eq!(next.len(), 0);
+    // A spare removed behind the store's back is not written into.
+    fs::remove_file(fs::read_dir(&tmp).unwrap().next().unwrap().unwrap().path()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(store.put(
+            "results/b.json",
+            Bytes::from_static(b"[]"),
+            PutOptions::create(),
+        ))
+        .unwrap();
+    drop(runtime);
+    assert_eq!(
+        fs::read(store.path_of("results/b.json").unwrap()).unwrap(),
+        b"[]"
+    );
+    only_file(&tmp);
+    drop(store);
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the spare outlived its store"
+    );
+}

@@ -5,7 +5,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +18,53 @@ use super::sidecar::{Fingerprint, Sidecar, stamp_metadata};
 use super::*;
 
 impl Inner {
-    /// Creates a new, empty temporary file under `.runbox/tmp`.
+    /// A new, empty temporary file under `.runbox/tmp`: the spare when one
+    /// is ready (see [`LocalStore::with_spare`]).
     pub(super) fn create_temp(&self, name: &str) -> Result<(TempFile, File)> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // One removed behind the store's back (by hand) is not used.
+        if let Some((tmp, file)) = spare
+            && file.metadata().is_ok_and(|m| m.nlink() > 0 && m.len() == 0)
+        {
+            return Ok((tmp, file));
+        }
+        self.new_temp(name)
+    }
+
+    /// Has a spare staging file created, off the caller's way when there
+    /// is a runtime, if the store keeps one and has none ready.
+    pub(super) fn replenish_later(self: &Arc<Self>) {
+        if !self.keep_spare.load(Ordering::Relaxed)
+            || self
+                .spare
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
+            return;
+        }
+        let inner = Arc::clone(self);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || inner.replenish())),
+            Err(_) => inner.replenish(),
+        }
+    }
+
+    fn replenish(&self) {
+        match self.new_temp("a spare staging file") {
+            Ok(made) => {
+                let mut slot = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+                // Another was made meanwhile: this one is removed on drop.
+                if slot.is_none() {
+                    *slot = Some(made);
+                }
+            }
+            // The next write creates its own and says why if it cannot.
+            Err(e) => tracing::debug!(error = %e, "no spare staging file"),
+        }
+    }
+
+    fn new_temp(&self, name: &str) -> Result<(TempFile, File)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
