@@ -209,11 +209,18 @@ async fn a_command_that_changes_no_state_does_not_rewrite_it() {
     // are what the kill lost: the first command, the one after the kill and
     // the three writes are counted.
     assert_eq!(state.exec_count, 5, "{state:?}");
-    // The ended execution took its spare staging file with it.
-    let staged: Vec<_> = std::fs::read_dir(dir.path().join(".runbox/tmp"))
+    // The closed execution took its spare staging file with it; only the
+    // killed one's is left (its names begin with its pid).
+    let staged: Vec<String> = std::fs::read_dir(dir.path().join(".runbox/tmp"))
         .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
         .collect();
-    assert!(staged.is_empty(), "{staged:?}");
+    assert!(staged.len() <= 1, "{staged:?}");
+    assert!(
+        staged.iter().all(|name| name.starts_with(&format!("{executor}-"))),
+        "{staged:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
