@@ -134,8 +134,12 @@ impl LocalStore {
     /// a process killed before that leaves it under `.runbox/tmp/`, as a
     /// write cut short does. For a long-lived process that writes in
     /// turns, like a warm executor.
+    /// Opening one also removes the staging files of processes that are
+    /// gone, once untouched for ten minutes (the age keeps a file
+    /// of a live process in another PID namespace that shares the store).
     #[must_use]
     pub fn with_spare(self) -> Self {
+        self.inner.sweep_stale_staging();
         self.inner.keep_spare.store(true, Ordering::Relaxed);
         self.inner.replenish_later();
         self
@@ -161,7 +165,9 @@ impl LocalStore {
         };
         // Temporary files left by a crash are never renamed anywhere and are
         // not objects, so they are harmless; they are not cleaned here
-        // because another process may be writing one right now.
+        // because another process may be writing one right now (a store
+        // that keeps a spare removes those of processes long gone, see
+        // `with_spare`).
         for dir in [&inner.root, &inner.meta, &inner.tmp, &inner.locks] {
             fs::create_dir_all(dir).map_err(io_err)?;
         }

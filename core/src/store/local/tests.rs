@@ -776,3 +776,37 @@ fn a_spare_staging_file_becomes_the_next_object_and_goes_with_the_store() {
         "the spare outlived its store"
     );
 }
+
+#[test]
+fn a_store_that_keeps_a_spare_removes_staging_files_of_processes_long_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join(".runbox/tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let old = SystemTime::now() - write::STALE_STAGING - Duration::from_secs(60);
+    // No process has this pid (above the kernel's limit).
+    let gone = u32::MAX;
+    let staged = |name: String, modified: SystemTime| {
+        let file = fs::File::create(tmp.join(&name)).unwrap();
+        file.set_modified(modified).unwrap();
+        name
+    };
+    let swept = staged(format!("{gone}-1-1.tmp"), old);
+    let recent = staged(format!("{gone}-2-2.tmp"), SystemTime::now());
+    let alive = staged(format!("{}-3-3.tmp", std::process::id()), old);
+    let other = staged("notes".to_owned(), old);
+    let store = LocalStore::open_with(dir.path(), Durability::NoSync)
+        .unwrap()
+        .with_spare();
+    let mut left: Vec<_> = fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert!(!left.contains(&swept), "{left:?}");
+    for kept in [&recent, &alive, &other] {
+        assert!(left.contains(kept), "{kept} removed: {left:?}");
+    }
+    // The three kept and the new spare.
+    assert_eq!(left.len(), 4, "{left:?}");
+    drop(store);
+}

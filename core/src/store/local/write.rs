@@ -64,6 +64,35 @@ impl Inner {
         }
     }
 
+    /// Removes `.runbox/tmp/{pid}-….tmp` files whose process is gone and
+    /// that were untouched for [`STALE_STAGING`]: a spare, or a write, of
+    /// a process that was killed.
+    pub(super) fn sweep_stale_staging(&self) {
+        let Ok(entries) = fs::read_dir(&self.tmp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stale = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_STAGING);
+            if stale && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn new_temp(&self, name: &str) -> Result<(TempFile, File)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -311,6 +340,10 @@ fn check(name: &str, precondition: Precondition, current: Option<&ObjectMeta>) -
         })
     }
 }
+
+/// How long a staging file of a process that is gone stays before a store
+/// that keeps a spare removes it.
+pub(super) const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A staged file under `.runbox/tmp`, removed on drop unless placed.
 pub(super) struct TempFile {
