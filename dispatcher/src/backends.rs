@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use runbox_core::config::{BackendConfig, LauncherConfig};
-use runbox_core::store::{Durability, LocalStore, Store};
+use runbox_core::store::Store;
 use runbox_core::{Config, InstanceId};
 use runbox_notifier::{
     EventSource, FsEventSource, PubSubAnnouncer, PubSubConfig, PubSubEventSource, Waiters,
@@ -58,22 +58,9 @@ pub(crate) async fn assemble(config: Config) -> Result<Parts> {
     runbox_core::confinement::Confinement::from_lookup(&runbox_core::config::Env)
         .map_err(Error::Confinement)?;
     let instance = InstanceId::random();
-    let store = match &config.backend {
-        // Each command's request object is created on its way: a spare
-        // staging file created ahead keeps that off it (see
-        // `LocalStore::with_spare`).
-        BackendConfig::Local(embedded) => {
-            let durability = if embedded.sync {
-                Durability::Sync
-            } else {
-                Durability::NoSync
-            };
-            LocalStore::open_with(&embedded.home, durability)
-                .map(|s| Arc::new(s.with_spare()) as Arc<dyn Store>)
-        }
-        BackendConfig::Gcp(_) => runbox_core::backend::open_store(&config).await,
-    }
-    .map_err(|e| Error::store("open store", e))?;
+    let store = runbox_core::backend::open_store(&config)
+        .await
+        .map_err(|e| Error::store("open store", e))?;
     let events = events(&config, &store, &instance).await?;
     let launcher = launcher(&config).await?;
     let (session_locks, host_workspace) = match &config.backend {

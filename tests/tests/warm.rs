@@ -218,7 +218,9 @@ async fn a_command_that_changes_no_state_does_not_rewrite_it() {
         .collect();
     assert!(staged.len() <= 1, "{staged:?}");
     assert!(
-        staged.iter().all(|name| name.starts_with(&format!("{executor}-"))),
+        staged
+            .iter()
+            .all(|name| name.starts_with(&format!("{executor}-"))),
         "{staged:?}"
     );
 }

@@ -129,7 +129,9 @@ impl LocalStore {
     /// is the one step of a small write that can stall for a millisecond
     /// and more when the file system is busy, while writing and renaming
     /// an existing one cannot. Each successful write has the next one
-    /// created on the blocking pool (on this thread without a runtime).
+    /// created after it: on the blocking pool, or on the calling thread
+    /// for a store opened with [`LocalStore::open_inline`] (or without a
+    /// runtime).
     /// The spare is removed when the last handle to the store is dropped;
     /// a process killed before that leaves it under `.runbox/tmp/`, as a
     /// write cut short does. For a long-lived process that writes in

@@ -31,8 +31,11 @@ impl Inner {
         self.new_temp(name)
     }
 
-    /// Has a spare staging file created, off the caller's way when there
-    /// is a runtime, if the store keeps one and has none ready.
+    /// Has a spare staging file created, if the store keeps one and has
+    /// none ready: right away for a store that works on the caller's
+    /// thread (its process does one thing at a time, and a file created
+    /// after the write, before the next one, competes with nothing), else
+    /// on the blocking pool when there is a runtime.
     pub(super) fn replenish_later(self: &Arc<Self>) {
         if !self.keep_spare.load(Ordering::Relaxed)
             || self
@@ -41,6 +44,10 @@ impl Inner {
                 .unwrap_or_else(|e| e.into_inner())
                 .is_some()
         {
+            return;
+        }
+        if self.inline {
+            self.replenish();
             return;
         }
         let inner = Arc::clone(self);
