@@ -218,8 +218,7 @@ pub async fn serve(
     // Past this a command could outlive the task timeout: none is taken.
     let handover = warm.lifetime.map(|l| born + l);
     tokio::pin!(cancel);
-    let mut shell: Option<Shell> = None;
-    let mut uncounted = Uncounted::default();
+    let mut kept = Kept::default();
     let mut next: Option<(ExecutionId, Option<Delivery>)> = Some((first, None));
     let end = loop {
         let (id, mut conn) = match next.take() {
@@ -233,14 +232,14 @@ pub async fn serve(
                 // Once the session has been quiet a moment (its caller
                 // has its result), so the walk takes no CPU from the
                 // result's way there.
-                () = tokio::time::sleep(NOTE_JOBS_AFTER), if shell.as_ref().is_some_and(Shell::jobs_unknown) => {
-                    if let Some(sh) = shell.as_mut() {
+                () = tokio::time::sleep(NOTE_JOBS_AFTER), if kept.shell.as_ref().is_some_and(Shell::jobs_unknown) => {
+                    if let Some(sh) = kept.shell.as_mut() {
                         sh.note_jobs();
                     }
                     continue;
                 }
-                () = sleep_until(uncounted.due()) => {
-                    uncounted.save(&*store, &warm.session).await;
+                () = sleep_until(kept.uncounted.due()) => {
+                    kept.uncounted.save(&*store, &warm.session).await;
                     continue;
                 }
                 () = sleep_until(handover) => break WarmEnd::HandedOver,
@@ -284,8 +283,7 @@ pub async fn serve(
                 &*store,
                 &settings,
                 warm,
-                &mut shell,
-                &mut uncounted,
+                &mut kept,
                 loaded,
                 &stop,
                 conn.as_mut()
@@ -313,8 +311,8 @@ pub async fn serve(
                 if let Some(accept) = &accept {
                     accept.abort();
                 }
-                uncounted.save(&*store, &warm.session).await;
-                finish(listener.as_ref(), shell).await;
+                kept.uncounted.save(&*store, &warm.session).await;
+                finish(listener.as_ref(), kept.shell).await;
                 if let Some(commands) = commands {
                     commands.finish(&*store).await;
                 }
@@ -338,8 +336,8 @@ pub async fn serve(
         accept.abort();
     }
     drop(rx);
-    uncounted.save(&*store, &warm.session).await;
-    finish(listener.as_ref(), shell).await;
+    kept.uncounted.save(&*store, &warm.session).await;
+    finish(listener.as_ref(), kept.shell).await;
     // Its commands go nowhere once it is gone: what was published and not
     // taken is started anew by its dispatcher, which sees this end.
     if let Some(commands) = commands {
@@ -353,6 +351,15 @@ pub async fn serve(
 /// next one (see [`Shell::jobs`]); a command that comes sooner notes them
 /// itself.
 const NOTE_JOBS_AFTER: Duration = Duration::from_millis(20);
+
+/// What a warm execution keeps from one command to the next.
+#[derive(Default)]
+struct Kept {
+    /// The live shell, once started.
+    shell: Option<Shell>,
+    /// Commands not counted in the stored state yet.
+    uncounted: Uncounted,
+}
 
 /// How long at most a command that changed nothing but the state's
 /// counters waits for them to be written (see [`Uncounted`]).
@@ -684,8 +691,7 @@ async fn run_one(
     store: &dyn Store,
     settings: &Settings,
     warm: &Warm,
-    shell: &mut Option<Shell>,
-    uncounted: &mut Uncounted,
+    kept: &mut Kept,
     loaded: Result<Loaded, crate::Rejection>,
     stop: &CancellationToken,
     stdin: Option<stdin_stream::Source<'_>>,
@@ -707,7 +713,16 @@ async fn run_one(
         Ok(loaded) => {
             let traceparent = loaded.request.traceparent.clone();
             (
-                run_in_shell(store, settings, loaded, shell, uncounted, stop, stdin).await,
+                run_in_shell(
+                    store,
+                    settings,
+                    loaded,
+                    &mut kept.shell,
+                    &mut kept.uncounted,
+                    stop,
+                    stdin,
+                )
+                .await,
                 traceparent,
             )
         }
