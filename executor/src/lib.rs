@@ -844,7 +844,7 @@ fn update_state(
 }
 
 /// Counts the execution in the state and writes it on the generation read;
-/// a conflict or failure becomes a note.
+/// a conflict or failure becomes a note. `true` when it was written.
 async fn save_state(
     store: &dyn Store,
     session: &SessionId,
@@ -853,11 +853,9 @@ async fn save_state(
     precondition: Precondition,
     result: &mut ExecResult,
     notes: &mut Vec<String>,
-) {
+) -> bool {
     state.session_id = session.to_string();
-    state.exec_count += 1;
-    state.last_execution_id = id.to_string();
-    state.updated_at = Some(runbox_proto::now());
+    count_executions(state, 1, id, runbox_proto::now());
     match store::put_json(
         store,
         &layout::session_state(session),
@@ -866,13 +864,17 @@ async fn save_state(
     )
     .await
     {
-        Ok(meta) => result.state_generation = meta.generation,
+        Ok(meta) => {
+            result.state_generation = meta.generation;
+            true
+        }
         Err(e) if e.is_conflict() => {
             result.state_conflict = true;
             result.not_saved.push("state".to_owned());
             notes.push(format!(
                 "session {session} state changed while the command ran; this command's cwd and env were not saved"
             ));
+            false
         }
         Err(e) => {
             result.not_saved.push("state".to_owned());
@@ -880,8 +882,35 @@ async fn save_state(
                 "save session {session} state: {}; this command's cwd and env were not saved",
                 error_chain(&e)
             ));
+            false
         }
     }
+}
+
+/// Adds `commands` executions, the last of them `last` at `at`, to the
+/// state's counters.
+fn count_executions(
+    state: &mut SessionState,
+    commands: u64,
+    last: &ExecutionId,
+    at: runbox_proto::Timestamp,
+) {
+    state.exec_count += commands;
+    state.last_execution_id = last.to_string();
+    state.updated_at = Some(at);
+}
+
+/// Whether `a` and `b` differ at most in their counters (what
+/// [`count_executions`] changes): what the next command starts from is
+/// the same in both.
+fn same_but_counters(a: &SessionState, b: &SessionState) -> bool {
+    let strip = |s: &SessionState| SessionState {
+        exec_count: 0,
+        last_execution_id: String::new(),
+        updated_at: None,
+        ..s.clone()
+    };
+    strip(a) == strip(b)
 }
 
 /// Writes `results/{id}.json` once: an existing result wins.

@@ -212,7 +212,7 @@ fn main() -> ExitCode {
             // must cancel the command, not kill the executor before it can
             // write a CANCELLED result.
             let cancel = shutdown_signal();
-            let store = match open_store(&config, store_token.as_ref()).await {
+            let store = match open_store(&config, store_token.as_ref(), warm.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
                     report(&format!("open store: {}", error_chain(&e)));
@@ -312,9 +312,14 @@ fn report(message: &str) {
 /// does its file work on this thread: the executor does one thing at a
 /// time, and a handoff to the blocking pool and back per operation cost
 /// more than the operations themselves (see `LocalStore::open_inline`).
+///
+/// A warm executor's embedded store keeps a spare staging file
+/// (`LocalStore::with_spare`): each result is written into a file created
+/// while the session was quiet, not on the way to the caller.
 async fn open_store(
     config: &Config,
     store_token: Option<&StoreToken>,
+    warm: bool,
 ) -> Result<Arc<dyn Store>, StoreError> {
     match &config.backend {
         BackendConfig::Local(embedded) => {
@@ -323,10 +328,8 @@ async fn open_store(
             } else {
                 Durability::NoSync
             };
-            Ok(Arc::new(LocalStore::open_inline(
-                &embedded.home,
-                durability,
-            )?))
+            let store = LocalStore::open_inline(&embedded.home, durability)?;
+            Ok(Arc::new(if warm { store.with_spare() } else { store }))
         }
         BackendConfig::Gcp(gcp) => match store_token {
             Some(token) => Ok(Arc::new(GcsStore::with_token(

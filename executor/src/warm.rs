@@ -51,7 +51,7 @@ use std::time::Duration;
 use runbox_core::config::Lookup;
 use runbox_core::contract;
 use runbox_core::session_cwd;
-use runbox_core::store::Store;
+use runbox_core::store::{Precondition, Store};
 use runbox_core::warm::{
     WARM_IDLE_MS_ENV, WARM_LIFETIME_MS_ENV, WARM_SESSION_ENV, WARM_SOCKET_ENV,
     WARM_SUBSCRIPTION_ENV, wire,
@@ -218,7 +218,7 @@ pub async fn serve(
     // Past this a command could outlive the task timeout: none is taken.
     let handover = warm.lifetime.map(|l| born + l);
     tokio::pin!(cancel);
-    let mut shell: Option<Shell> = None;
+    let mut kept = Kept::default();
     let mut next: Option<(ExecutionId, Option<Delivery>)> = Some((first, None));
     let end = loop {
         let (id, mut conn) = match next.take() {
@@ -232,10 +232,14 @@ pub async fn serve(
                 // Once the session has been quiet a moment (its caller
                 // has its result), so the walk takes no CPU from the
                 // result's way there.
-                () = tokio::time::sleep(NOTE_JOBS_AFTER), if shell.as_ref().is_some_and(Shell::jobs_unknown) => {
-                    if let Some(sh) = shell.as_mut() {
+                () = tokio::time::sleep(NOTE_JOBS_AFTER), if kept.shell.as_ref().is_some_and(Shell::jobs_unknown) => {
+                    if let Some(sh) = kept.shell.as_mut() {
                         sh.note_jobs();
                     }
+                    continue;
+                }
+                () = sleep_until(kept.uncounted.due()) => {
+                    kept.uncounted.save(&*store, &warm.session).await;
                     continue;
                 }
                 () = sleep_until(handover) => break WarmEnd::HandedOver,
@@ -279,7 +283,7 @@ pub async fn serve(
                 &*store,
                 &settings,
                 warm,
-                &mut shell,
+                &mut kept,
                 loaded,
                 &stop,
                 conn.as_mut()
@@ -307,7 +311,8 @@ pub async fn serve(
                 if let Some(accept) = &accept {
                     accept.abort();
                 }
-                finish(listener.as_ref(), shell).await;
+                kept.uncounted.save(&*store, &warm.session).await;
+                finish(listener.as_ref(), kept.shell).await;
                 if let Some(commands) = commands {
                     commands.finish(&*store).await;
                 }
@@ -331,7 +336,8 @@ pub async fn serve(
         accept.abort();
     }
     drop(rx);
-    finish(listener.as_ref(), shell).await;
+    kept.uncounted.save(&*store, &warm.session).await;
+    finish(listener.as_ref(), kept.shell).await;
     // Its commands go nowhere once it is gone: what was published and not
     // taken is started anew by its dispatcher, which sees this end.
     if let Some(commands) = commands {
@@ -345,6 +351,96 @@ pub async fn serve(
 /// next one (see [`Shell::jobs`]); a command that comes sooner notes them
 /// itself.
 const NOTE_JOBS_AFTER: Duration = Duration::from_millis(20);
+
+/// What a warm execution keeps from one command to the next.
+#[derive(Default)]
+struct Kept {
+    /// The live shell, once started.
+    shell: Option<Shell>,
+    /// Commands not counted in the stored state yet.
+    uncounted: Uncounted,
+}
+
+/// How long at most a command that changed nothing but the state's
+/// counters waits for them to be written (see [`Uncounted`]).
+const COUNT_WITHIN: Duration = Duration::from_secs(1);
+
+/// Commands this execution ran that changed nothing a command starts from
+/// (cwd, exported env), so their state was not rewritten: the saved state
+/// was right as it stood, and a crash loses nothing of it but these
+/// counts. They are added to the state with its next write: a command's
+/// that changes it, a quiet moment at most [`COUNT_WITHIN`] after the
+/// first of them, or the end of the execution.
+#[derive(Default)]
+struct Uncounted {
+    commands: u64,
+    /// The last of them and when it ended.
+    last: Option<(ExecutionId, runbox_proto::Timestamp)>,
+    /// When they are to be written.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Uncounted {
+    fn add(&mut self, id: &ExecutionId) {
+        self.commands += 1;
+        self.last = Some((id.clone(), runbox_proto::now()));
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + COUNT_WITHIN);
+    }
+
+    fn due(&self) -> Option<tokio::time::Instant> {
+        self.due
+    }
+
+    /// Adds them to `state`; they are counted once it is written.
+    fn apply(&self, state: &mut runbox_proto::SessionState) {
+        if let Some((last, at)) = &self.last {
+            crate::count_executions(state, self.commands, last, *at);
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Writes them into the session's state as it is now. Counters only:
+    /// a failure is logged and they are dropped, never retried forever.
+    async fn save(&mut self, store: &dyn Store, session: &SessionId) {
+        if self.last.is_none() {
+            return;
+        }
+        // A conflict is another writer's save (a fence) between the read
+        // and the write: read again.
+        for _ in 0..3 {
+            let (mut state, precondition) = match crate::load_state(store, session).await {
+                // The session was removed: nothing to count in.
+                Ok((_, Precondition::DoesNotExist)) => break,
+                Ok(loaded) => loaded,
+                Err(message) => {
+                    tracing::warn!(%session, %message, "could not count commands in the session state");
+                    break;
+                }
+            };
+            self.apply(&mut state);
+            match runbox_core::store::put_json(
+                store,
+                &runbox_core::layout::session_state(session),
+                &state,
+                runbox_core::store::PutOptions::when(precondition),
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => {
+                    tracing::warn!(%session, error = %crate::error_chain(&e), "could not count commands in the session state");
+                    break;
+                }
+            }
+        }
+        self.clear();
+    }
+}
 
 /// Resolves at `at`; never without one.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -595,7 +691,7 @@ async fn run_one(
     store: &dyn Store,
     settings: &Settings,
     warm: &Warm,
-    shell: &mut Option<Shell>,
+    kept: &mut Kept,
     loaded: Result<Loaded, crate::Rejection>,
     stop: &CancellationToken,
     stdin: Option<stdin_stream::Source<'_>>,
@@ -617,7 +713,16 @@ async fn run_one(
         Ok(loaded) => {
             let traceparent = loaded.request.traceparent.clone();
             (
-                run_in_shell(store, settings, loaded, shell, stop, stdin).await,
+                run_in_shell(
+                    store,
+                    settings,
+                    loaded,
+                    &mut kept.shell,
+                    &mut kept.uncounted,
+                    stop,
+                    stdin,
+                )
+                .await,
                 traceparent,
             )
         }
@@ -637,6 +742,7 @@ async fn run_in_shell(
     settings: &Settings,
     loaded: Loaded,
     slot: &mut Option<Shell>,
+    uncounted: &mut Uncounted,
     stop: &CancellationToken,
     stdin: Option<stdin_stream::Source<'_>>,
 ) -> ExecResult {
@@ -865,18 +971,33 @@ async fn run_in_shell(
             result.not_saved.push(format!("env:{}", refused.name));
         }
     }
+    let saved = state.clone();
     crate::update_state(&mut state, capture.as_ref(), &sh.cwd, &seen, &base, &start);
     result.cwd = session_cwd::display(&state.cwd, &seen, session.as_str());
-    crate::save_state(
-        store,
-        &session,
-        id,
-        &mut state,
-        state_precondition,
-        &mut result,
-        &mut notes,
-    )
-    .await;
+    match state_precondition {
+        // The saved state is what the next command starts from already
+        // (see `Uncounted`).
+        Precondition::GenerationMatch(generation) if crate::same_but_counters(&saved, &state) => {
+            result.state_generation = generation;
+            uncounted.add(id);
+        }
+        precondition => {
+            uncounted.apply(&mut state);
+            if crate::save_state(
+                store,
+                &session,
+                id,
+                &mut state,
+                precondition,
+                &mut result,
+                &mut notes,
+            )
+            .await
+            {
+                uncounted.clear();
+            }
+        }
+    }
     if !result.not_saved.is_empty() && result.exec_status() == ExecStatus::Succeeded {
         result.set_exec_status(ExecStatus::Failed);
     }

@@ -96,6 +96,8 @@ try echo-workspace 'echo forged > {a}/workspace/notes'
 try echo-state 'echo forged > {a}/state.json'
 try echo-new 'echo planted > {a}/workspace/planted'
 try list-home 'ls {home}/sessions'
+try list-staging 'ls {home}/.runbox/tmp'
+try echo-staging 'for f in {home}/.runbox/tmp/*.tmp; do echo forged > "$f" || exit 1; done'
 try write-outside 'echo escaped > {outside}/escaped'
 try own-workspace 'echo mine > own && test "$(cat own)" = mine'
 try own-tmp 'echo t > "${{TMPDIR:-/tmp}}/t" && test "$(cat "${{TMPDIR:-/tmp}}/t")" = t'
@@ -164,6 +166,10 @@ async fn attack_from_another_session(session_mode: &str) {
             "echo-state",
             "echo-new",
             "list-home",
+            // The staging files the store creates ahead (a spare becomes
+            // the next object written).
+            "list-staging",
+            "echo-staging",
             "write-outside",
         ] {
             assert_eq!(

@@ -129,7 +129,6 @@ async fn one_execution_serves_many_commands() {
     // Every command still has its own result object.
     let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(distinct.len(), n);
-    assert_eq!(info.state.unwrap().exec_count, n as u64);
     // Closing ends it at once.
     within(30, client.close_session("many")).await.unwrap();
     assert!(
@@ -137,12 +136,92 @@ async fn one_execution_serves_many_commands() {
             .await
             .is_empty()
     );
-    assert_eq!(
-        within(30, client.session_info("many"))
+    let info = within(30, client.session_info("many")).await.unwrap();
+    assert_eq!(info.warm_execution, None);
+    // Commands that changed no state are counted when it ends.
+    assert_eq!(info.state.unwrap().exec_count, n as u64);
+}
+
+/// The generation of session `id`'s state object in the store at `home`.
+async fn state_generation(home: &std::path::Path, id: &str) -> i64 {
+    let store = runbox_core::store::LocalStore::open(home).expect("open the store");
+    let name = runbox_core::layout::session_state(&runbox_core::SessionId::new(id).unwrap());
+    store
+        .head(&name)
+        .await
+        .expect("the state exists")
+        .generation
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_changes_no_state_does_not_rewrite_it() {
+    let (client, dir) = client().await;
+    let s = warm(&client, "still", Duration::from_secs(60)).await;
+    let first = within(30, s.exec("mkdir -p d; cd d; export A=1"))
+        .await
+        .unwrap();
+    assert_eq!(first.exec_status(), ExecStatus::Succeeded, "{first:?}");
+    let written = state_generation(dir.path(), "still").await;
+    assert_eq!(first.state_generation, written);
+    // Output, a failing status, an unexported variable, a function: none
+    // of it is in the state.
+    for command in [
+        "true",
+        "echo out; false",
+        "plain=1; f() { :; }",
+        "cd /workspace/d",
+    ] {
+        let r = within(30, s.exec(command)).await.unwrap();
+        assert!(r.not_saved.is_empty(), "{command}: {r:?}");
+        assert_eq!(r.state_generation, written, "{command}: {r:?}");
+        assert_eq!(r.cwd, "/workspace/d", "{command}: {r:?}");
+    }
+    assert_eq!(state_generation(dir.path(), "still").await, written);
+    // The saved state is still right: a new execution starts from it.
+    let executor = executor_of(&first.execution_id).expect("the warm executor runs");
+    runbox_tests::procs::kill_executor(&first.execution_id);
+    assert!(
+        wait_exited(&[executor], Duration::from_secs(10))
             .await
-            .unwrap()
-            .warm_execution,
-        None
+            .is_empty()
+    );
+    assert_eq!(ok(&s, "pwd; echo $A").await, "/workspace/d\n1\n");
+    // A command that changes the cwd or env does write it.
+    for command in ["cd ..", "export B=2", "unset A"] {
+        let r = within(30, s.exec(command)).await.unwrap();
+        assert_eq!(r.exec_status(), ExecStatus::Succeeded, "{command}: {r:?}");
+        let now = state_generation(dir.path(), "still").await;
+        assert_eq!(r.state_generation, now, "{command}: {r:?}");
+        assert!(now > written, "{command}: {r:?}");
+    }
+    within(30, client.close_session("still")).await.unwrap();
+    let state = within(30, client.session_info("still"))
+        .await
+        .unwrap()
+        .state
+        .unwrap();
+    assert_eq!(
+        (state.cwd.as_str(), state.env.get("B").map(String::as_str)),
+        ("/workspace", Some("2"))
+    );
+    assert!(!state.env.contains_key("A"), "{state:?}");
+    // The counts of the commands that changed nothing since the last write
+    // are what the kill lost: the first command, the one after the kill and
+    // the three writes are counted.
+    assert_eq!(state.exec_count, 5, "{state:?}");
+    // The closed execution took its spare staging file with it; only the
+    // killed one's is left (its names begin with its pid).
+    let staged: Vec<String> = std::fs::read_dir(dir.path().join(".runbox/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(staged.len() <= 1, "{staged:?}");
+    assert!(
+        staged
+            .iter()
+            .all(|name| name.starts_with(&format!("{executor}-"))),
+        "{staged:?}"
     );
 }
 

@@ -504,6 +504,14 @@ EOF"#,
             .is_err(),
         "a result was written for a made-up execution"
     );
+    let info = within(30, stack.client.session_info("attacker"))
+        .await
+        .unwrap();
+    assert_eq!(info.state.unwrap().exec_count, 1);
+    within(60, stack.client.close_session("victim"))
+        .await
+        .unwrap();
+    // Counted by the time it has ended, even when they changed no state.
     let info = within(30, stack.client.session_info("victim"))
         .await
         .unwrap();
@@ -512,13 +520,6 @@ EOF"#,
         2,
         "A ran only its own commands"
     );
-    let info = within(30, stack.client.session_info("attacker"))
-        .await
-        .unwrap();
-    assert_eq!(info.state.unwrap().exec_count, 1);
-    within(60, stack.client.close_session("victim"))
-        .await
-        .unwrap();
     stack.stop().await;
 }
 

@@ -53,7 +53,8 @@
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -123,6 +124,29 @@ impl LocalStore {
         Self::open_impl(root.into(), durability, true)
     }
 
+    /// Keeps one empty staging file created ahead, so a write does not
+    /// create its file on its way: creating a file (allocating its inode)
+    /// is the one step of a small write that can stall for a millisecond
+    /// and more when the file system is busy, while writing and renaming
+    /// an existing one cannot. Each successful write has the next one
+    /// created after it: on the blocking pool, or on the calling thread
+    /// for a store opened with [`LocalStore::open_inline`] (or without a
+    /// runtime).
+    /// The spare is removed when the last handle to the store is dropped;
+    /// a process killed before that leaves it under `.runbox/tmp/`, as a
+    /// write cut short does. For a long-lived process that writes in
+    /// turns, like a warm executor.
+    /// Opening one also removes the staging files of processes that are
+    /// gone, once untouched for ten minutes (the age keeps a file
+    /// of a live process in another PID namespace that shares the store).
+    #[must_use]
+    pub fn with_spare(self) -> Self {
+        self.inner.sweep_stale_staging();
+        self.inner.keep_spare.store(true, Ordering::Relaxed);
+        self.inner.replenish_later();
+        self
+    }
+
     fn open_impl(root: PathBuf, durability: Durability, inline: bool) -> Result<Self> {
         let io_err = |source| StoreError::Io {
             op: "open store",
@@ -138,10 +162,14 @@ impl LocalStore {
             tmp: internal.join("tmp"),
             locks: internal.join("locks"),
             root,
+            keep_spare: AtomicBool::new(false),
+            spare: Mutex::new(None),
         };
         // Temporary files left by a crash are never renamed anywhere and are
         // not objects, so they are harmless; they are not cleaned here
-        // because another process may be writing one right now.
+        // because another process may be writing one right now (a store
+        // that keeps a spare removes those of processes long gone, see
+        // `with_spare`).
         for dir in [&inner.root, &inner.meta, &inner.tmp, &inner.locks] {
             fs::create_dir_all(dir).map_err(io_err)?;
         }
@@ -245,6 +273,7 @@ impl Store for LocalStore {
             inner.commit(&owned, tmp, file, opts)
         })
         .await
+        .inspect(|_| self.inner.replenish_later())
     }
 
     async fn put_stream(
@@ -295,6 +324,7 @@ impl LocalStore {
             inner.commit(&owned, tmp, file, opts)
         })
         .await
+        .inspect(|_| self.inner.replenish_later())
     }
 
     async fn delete_impl(&self, name: &str, precondition: Precondition) -> Result<()> {
@@ -326,6 +356,10 @@ struct Inner {
     meta: PathBuf,
     tmp: PathBuf,
     locks: PathBuf,
+    /// Whether a spare staging file is kept (see [`LocalStore::with_spare`]).
+    keep_spare: AtomicBool,
+    /// That file, when one is ready.
+    spare: Mutex<Option<(TempFile, File)>>,
 }
 
 /// What the store holds for a name right now. Only meaningful while the

@@ -713,3 +713,100 @@ impl tokio::io::AsyncRead for FailingReader {
         std::task::Poll::Ready(Err(io::Error::other("connection reset")))
     }
 }
+
+/// The one file in `dir`.
+fn only_file(dir: &Path) -> fs::Metadata {
+    let entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries[0].metadata().unwrap()
+}
+
+#[test]
+fn a_spare_staging_file_becomes_the_next_object_and_goes_with_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join(".runbox/tmp");
+    // Without a runtime the spare is made at once.
+    let store = LocalStore::open_with(dir.path(), Durability::NoSync)
+        .unwrap()
+        .with_spare();
+    let spare = only_file(&tmp);
+    assert_eq!(spare.len(), 0);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(store.put(
+            "results/a.json",
+            Bytes::from_static(b"{}"),
+            PutOptions::create(),
+        ))
+        .unwrap();
+    // Waits for the blocking pool, where the next spare is made.
+    drop(runtime);
+    let object = store.path_of("results/a.json").unwrap();
+    assert_eq!(fs::read(&object).unwrap(), b"{}");
+    assert_eq!(fs::metadata(&object).unwrap().ino(), spare.ino());
+    let next = only_file(&tmp);
+    assert_ne!(next.ino(), spare.ino());
+    assert_eq!(next.len(), 0);
+    // A spare removed behind the store's back is not written into.
+    fs::remove_file(fs::read_dir(&tmp).unwrap().next().unwrap().unwrap().path()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(store.put(
+            "results/b.json",
+            Bytes::from_static(b"[]"),
+            PutOptions::create(),
+        ))
+        .unwrap();
+    drop(runtime);
+    assert_eq!(
+        fs::read(store.path_of("results/b.json").unwrap()).unwrap(),
+        b"[]"
+    );
+    only_file(&tmp);
+    drop(store);
+    assert_eq!(
+        fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the spare outlived its store"
+    );
+}
+
+#[test]
+fn a_store_that_keeps_a_spare_removes_staging_files_of_processes_long_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join(".runbox/tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let old = SystemTime::now() - write::STALE_STAGING - Duration::from_secs(60);
+    // No process has this pid (above the kernel's limit).
+    let gone = u32::MAX;
+    let staged = |name: String, modified: SystemTime| {
+        let file = fs::File::create(tmp.join(&name)).unwrap();
+        file.set_modified(modified).unwrap();
+        name
+    };
+    let swept = staged(format!("{gone}-1-1.tmp"), old);
+    let recent = staged(format!("{gone}-2-2.tmp"), SystemTime::now());
+    let alive = staged(format!("{}-3-3.tmp", std::process::id()), old);
+    let other = staged("notes".to_owned(), old);
+    let store = LocalStore::open_with(dir.path(), Durability::NoSync)
+        .unwrap()
+        .with_spare();
+    let mut left: Vec<_> = fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert!(!left.contains(&swept), "{left:?}");
+    for kept in [&recent, &alive, &other] {
+        assert!(left.contains(kept), "{kept} removed: {left:?}");
+    }
+    // The three kept and the new spare.
+    assert_eq!(left.len(), 4, "{left:?}");
+    drop(store);
+}

@@ -5,7 +5,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,8 +18,89 @@ use super::sidecar::{Fingerprint, Sidecar, stamp_metadata};
 use super::*;
 
 impl Inner {
-    /// Creates a new, empty temporary file under `.runbox/tmp`.
+    /// A new, empty temporary file under `.runbox/tmp`: the spare when one
+    /// is ready (see [`LocalStore::with_spare`]).
     pub(super) fn create_temp(&self, name: &str) -> Result<(TempFile, File)> {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // One removed behind the store's back (by hand) is not used.
+        if let Some((tmp, file)) = spare
+            && file.metadata().is_ok_and(|m| m.nlink() > 0 && m.len() == 0)
+        {
+            return Ok((tmp, file));
+        }
+        self.new_temp(name)
+    }
+
+    /// Has a spare staging file created, if the store keeps one and has
+    /// none ready: right away for a store that works on the caller's
+    /// thread (its process does one thing at a time, and a file created
+    /// after the write, before the next one, competes with nothing), else
+    /// on the blocking pool when there is a runtime.
+    pub(super) fn replenish_later(self: &Arc<Self>) {
+        if !self.keep_spare.load(Ordering::Relaxed)
+            || self
+                .spare
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some()
+        {
+            return;
+        }
+        if self.inline {
+            self.replenish();
+            return;
+        }
+        let inner = Arc::clone(self);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || inner.replenish())),
+            Err(_) => inner.replenish(),
+        }
+    }
+
+    fn replenish(&self) {
+        match self.new_temp("a spare staging file") {
+            Ok(made) => {
+                let mut slot = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+                // Another was made meanwhile: this one is removed on drop.
+                if slot.is_none() {
+                    *slot = Some(made);
+                }
+            }
+            // The next write creates its own and says why if it cannot.
+            Err(e) => tracing::debug!(error = %e, "no spare staging file"),
+        }
+    }
+
+    /// Removes `.runbox/tmp/{pid}-….tmp` files whose process is gone and
+    /// that were untouched for [`STALE_STAGING`]: a spare, or a write, of
+    /// a process that was killed.
+    pub(super) fn sweep_stale_staging(&self) {
+        let Ok(entries) = fs::read_dir(&self.tmp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".tmp"))
+                .and_then(|n| n.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stale = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= STALE_STAGING);
+            if stale && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn new_temp(&self, name: &str) -> Result<(TempFile, File)> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -264,6 +347,10 @@ fn check(name: &str, precondition: Precondition, current: Option<&ObjectMeta>) -
         })
     }
 }
+
+/// How long a staging file of a process that is gone stays before a store
+/// that keeps a spare removes it.
+pub(super) const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A staged file under `.runbox/tmp`, removed on drop unless placed.
 pub(super) struct TempFile {
