@@ -931,15 +931,26 @@ async fn run_in_shell(
         produced,
         upload_log: true,
     };
-    crate::collect_output(
-        store,
-        id,
-        [&stdout, &stderr],
-        &output,
-        &mut result,
-        &mut notes,
-    )
-    .await;
+    if swapped.is_empty() {
+        crate::collect_output(
+            store,
+            id,
+            [&stdout, &stderr],
+            &output,
+            &mut result,
+            &mut notes,
+        )
+        .await;
+    } else {
+        // What the shell read in place of the command's input (a link to
+        // any file the session can name) would otherwise come back in
+        // this command's result as if the command had produced it.
+        notes.push(
+            "its stdout and stderr were withheld: what the shell read and wrote may not \
+             have been this command's files"
+                .to_owned(),
+        );
+    }
     crate::save_workspace(
         store,
         &session,
