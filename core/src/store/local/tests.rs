@@ -721,6 +721,19 @@ fn only_file(dir: &Path) -> fs::Metadata {
     entries[0].metadata().unwrap()
 }
 
+/// Creates `key` in a runtime of its own, and waits for that runtime's
+/// blocking pool, where a store with a spare makes its next one.
+fn put_in_own_runtime(store: &LocalStore, key: &str, bytes: &'static [u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(store.put(key, Bytes::from_static(bytes), PutOptions::create()))
+        .unwrap();
+    drop(runtime);
+}
+
 #[test]
 fn a_spare_staging_file_becomes_the_next_object_and_goes_with_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -731,19 +744,7 @@ fn a_spare_staging_file_becomes_the_next_object_and_goes_with_the_store() {
         .with_spare();
     let spare = only_file(&tmp);
     assert_eq!(spare.len(), 0);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(store.put(
-            "results/a.json",
-            Bytes::from_static(b"{}"),
-            PutOptions::create(),
-        ))
-        .unwrap();
-    // Waits for the blocking pool, where the next spare is made.
-    drop(runtime);
+    put_in_own_runtime(&store, "results/a.json", b"{}");
     let object = store.path_of("results/a.json").unwrap();
     assert_eq!(fs::read(&object).unwrap(), b"{}");
     assert_eq!(fs::metadata(&object).unwrap().ino(), spare.ino());
@@ -752,18 +753,7 @@ fn a_spare_staging_file_becomes_the_next_object_and_goes_with_the_store() {
     assert_eq!(next.len(), 0);
     // A spare removed behind the store's back is not written into.
     fs::remove_file(fs::read_dir(&tmp).unwrap().next().unwrap().unwrap().path()).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime
-        .block_on(store.put(
-            "results/b.json",
-            Bytes::from_static(b"[]"),
-            PutOptions::create(),
-        ))
-        .unwrap();
-    drop(runtime);
+    put_in_own_runtime(&store, "results/b.json", b"[]");
     assert_eq!(
         fs::read(store.path_of("results/b.json").unwrap()).unwrap(),
         b"[]"
