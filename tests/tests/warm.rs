@@ -185,7 +185,9 @@ async fn a_command_that_changes_no_state_does_not_rewrite_it() {
             .await
             .is_empty()
     );
-    assert_eq!(ok(&s, "pwd; echo $A").await, "/workspace/d\n1\n");
+    let after = within(30, s.exec("pwd; echo $A")).await.unwrap();
+    assert_eq!(after.stdout, "/workspace/d\n1\n", "{after:?}");
+    let second = executor_of(&after.execution_id).expect("the new warm executor runs");
     // A command that changes the cwd or env does write it.
     for command in ["cd ..", "export B=2", "unset A"] {
         let r = within(30, s.exec(command)).await.unwrap();
@@ -195,6 +197,12 @@ async fn a_command_that_changes_no_state_does_not_rewrite_it() {
         assert!(now > written, "{command}: {r:?}");
     }
     within(30, client.close_session("still")).await.unwrap();
+    // Its spare staging file goes when its store does, as the process ends.
+    assert!(
+        wait_exited(&[second], Duration::from_secs(10))
+            .await
+            .is_empty()
+    );
     let state = within(30, client.session_info("still"))
         .await
         .unwrap()
