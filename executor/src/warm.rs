@@ -568,6 +568,7 @@ async fn accept_loop(
     first: String,
 ) {
     let me = rustix::process::geteuid().as_raw();
+    let mut cleared = None;
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
             continue;
@@ -575,7 +576,11 @@ async fn accept_loop(
         // Only this executor's own user (the dispatcher's): commands run
         // as another user cannot even ask.
         match conn.peer_cred() {
-            Ok(cred) if cred.uid() == me && !cred.pid().is_some_and(runs_under_an_executor) => {}
+            Ok(cred)
+                if cred.uid() == me
+                    && !cred
+                        .pid()
+                        .is_some_and(|pid| runs_under_an_executor(pid, &mut cleared)) => {}
             _ => continue,
         }
         let line = match tokio::time::timeout(LINE_TIMEOUT, read_line(&mut conn)).await {
@@ -625,34 +630,65 @@ async fn accept_loop(
 /// channel even where it runs as the dispatcher's user and sees the
 /// socket. The parent chain cannot be forged: a process that leaves its
 /// parent is adopted by its executor, the subreaper.
-fn runs_under_an_executor(pid: i32) -> bool {
-    // `comm` holds at most 15 bytes of the name.
-    const EXECUTOR_COMM: &str = "runbox-executo";
-    let mut pid = pid;
+///
+/// `cleared` remembers the last process found clear, by pid and start
+/// time, so the dispatcher's every command costs one `/proc` read rather
+/// than one per ancestor. The verdict cannot turn for that process: a
+/// reparented process is adopted by one of its own ancestors (the nearest
+/// subreaper, or init), so it never gains an executor above it; its own
+/// name is checked again on every connection, since `exec` keeps the pid
+/// and start time.
+fn runs_under_an_executor(pid: i32, cleared: &mut Option<(i32, u64)>) -> bool {
+    let Some(peer) = ProcStat::read(pid) else {
+        // Gone, or not visible: refuse what cannot be checked.
+        return true;
+    };
+    if peer.executor {
+        return true;
+    }
+    if *cleared == Some((pid, peer.start)) {
+        return false;
+    }
+    let mut parent = peer.parent;
     for _ in 0..256 {
-        if pid <= 1 {
+        if parent <= 1 {
+            *cleared = Some((pid, peer.start));
             return false;
         }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            // Gone, or not visible: refuse what cannot be checked.
-            return true;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            return true;
-        };
-        if stat[open + 1..close].starts_with(EXECUTOR_COMM) {
-            return true;
-        }
-        match stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-        {
-            Some(parent) => pid = parent,
-            None => return true,
+        match ProcStat::read(parent) {
+            Some(stat) if !stat.executor => parent = stat.parent,
+            _ => return true,
         }
     }
     true
+}
+
+/// What [`runs_under_an_executor`] needs of `/proc/PID/stat`.
+struct ProcStat {
+    /// The name (`comm`) is a `runbox-executor`'s.
+    executor: bool,
+    parent: i32,
+    /// Start time in clock ticks since boot: with the pid, it names one
+    /// process even across pid reuse.
+    start: u64,
+}
+
+impl ProcStat {
+    fn read(pid: i32) -> Option<Self> {
+        // `comm` holds at most 15 bytes of the name.
+        const EXECUTOR_COMM: &str = "runbox-executo";
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        // After the name: state, ppid, ..., starttime (field 22 of stat).
+        let mut fields = stat.get(close + 1..)?.split_whitespace();
+        let parent = fields.nth(1)?.parse().ok()?;
+        let start = fields.nth(17)?.parse().ok()?;
+        Some(Self {
+            executor: stat.get(open + 1..close)?.starts_with(EXECUTOR_COMM),
+            parent,
+            start,
+        })
+    }
 }
 
 /// One line of at most [`wire::MAX_LINE`] bytes, without its newline.
@@ -1669,4 +1705,23 @@ fn shell_quote(path: &Path) -> String {
     }
     out.push('\'');
     out
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_names_the_parent_and_a_clear_peer_is_remembered() {
+        let me = std::process::id() as i32;
+        let stat = ProcStat::read(me).expect("own stat");
+        assert_eq!(stat.parent as u32, std::os::unix::process::parent_id());
+        assert!(!stat.executor);
+        let mut cleared = None;
+        assert!(!runs_under_an_executor(me, &mut cleared));
+        assert_eq!(cleared, Some((me, stat.start)));
+        // A pid that exists nowhere is refused, and leaves the memory alone.
+        assert!(runs_under_an_executor(i32::MAX, &mut cleared));
+        assert_eq!(cleared, Some((me, stat.start)));
+    }
 }
