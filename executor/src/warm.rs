@@ -663,11 +663,14 @@ fn runs_under_an_executor(pid: i32, cleared: &mut Option<(i32, u64)>) -> bool {
     true
 }
 
-/// What [`runs_under_an_executor`] needs of `/proc/PID/stat`.
+/// What the executor reads of `/proc/PID/stat` (the command name may hold
+/// spaces and parentheses, so fields are counted after its last `)`).
 struct ProcStat {
     /// The name (`comm`) is a `runbox-executor`'s.
     executor: bool,
     parent: i32,
+    /// The process group.
+    group: i32,
     /// Start time in clock ticks since boot: with the pid, it names one
     /// process even across pid reuse.
     start: u64,
@@ -682,10 +685,12 @@ impl ProcStat {
         // After the name: state, ppid, ..., starttime (field 22 of stat).
         let mut fields = stat.get(close + 1..)?.split_whitespace();
         let parent = fields.nth(1)?.parse().ok()?;
-        let start = fields.nth(17)?.parse().ok()?;
+        let group = fields.next()?.parse().ok()?;
+        let start = fields.nth(16)?.parse().ok()?;
         Some(Self {
             executor: stat.get(open + 1..close)?.starts_with(EXECUTOR_COMM),
             parent,
+            group,
             start,
         })
     }
@@ -1618,12 +1623,9 @@ fn children(pid: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The process group of `pid` (field 5 of `/proc/PID/stat`, after the
-/// command name, which may hold spaces and parentheses).
+/// The process group of `pid`.
 fn process_group(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(2)?.parse().ok()
+    ProcStat::read(pid).map(|stat| stat.group)
 }
 
 /// The shell's first line: no prompt or history, job control on, the
@@ -1716,6 +1718,10 @@ mod peer_tests {
         let me = std::process::id() as i32;
         let stat = ProcStat::read(me).expect("own stat");
         assert_eq!(stat.parent as u32, std::os::unix::process::parent_id());
+        assert_eq!(
+            stat.group,
+            rustix::process::getpgrp().as_raw_nonzero().get()
+        );
         assert!(!stat.executor);
         let mut cleared = None;
         assert!(!runs_under_an_executor(me, &mut cleared));
