@@ -1334,6 +1334,14 @@ impl Shell {
         let mut child = command
             .arg("--noprofile")
             .arg("--norc")
+            // Without line editing bash reads its input from the pipe a
+            // buffer at a time; with it, a byte at a time with two
+            // `pselect` calls around each, three system calls per byte of
+            // a command's ~300-byte line (more than spawning a shell).
+            // Reading ahead is safe: a line goes only once the one before
+            // is done (or, for a capture, interrupted), and every command's
+            // stdin is redirected away from the pipe.
+            .arg("--noediting")
             .arg("-i")
             .env_clear()
             .envs(&restored.exec)
