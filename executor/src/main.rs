@@ -184,6 +184,10 @@ fn main() -> ExitCode {
     // Its only export follows the result: the connection opens then, not
     // while the command runs.
     telemetry_config.connect_at_start = false;
+    // A one-shot executor's spans wait in memory for that export: no export
+    // thread nor exporter is built on the way to the command. A warm one
+    // lives on, so its spans leave in batches as they end.
+    telemetry_config.export_at_exit = warm.is_none();
     let telemetry = {
         // The exporters' gRPC channel is spawned on this runtime.
         let _entered = runtime.enter();
