@@ -36,6 +36,8 @@ use runbox_executor::{
 };
 
 const EXIT_CONFIG: u8 = 64;
+/// The niceness of the telemetry export that follows the result.
+const EXPORT_NICENESS: i32 = 10;
 
 /// The argument naming the execution (visible in `/proc/PID/cmdline`, which
 /// is how another dispatcher process finds this executor).
@@ -271,6 +273,12 @@ fn main() -> ExitCode {
             // The result and state are written: the session's next command
             // need not wait for this export too.
             release_session_lock();
+            // The caller, on its way with the result, must not wait for
+            // the CPU this export takes: on a busy machine it goes first.
+            // (Per thread: the runtime's, the only one the export runs on.)
+            if let Err(e) = rustix::process::setpriority_process(None, EXPORT_NICENESS) {
+                tracing::debug!("lower the priority of the telemetry export: {e}");
+            }
         }
         telemetry.shutdown().await;
         code

@@ -55,25 +55,24 @@ impl AtExit {
         tracer: Option<SdkTracerProvider>,
         meter: Option<SdkMeterProvider>,
     ) {
+        let Self {
+            spans,
+            metrics,
+            routes,
+            config,
+        } = self;
         if let Some(tracer) = tracer {
             // The recorder holds no thread and no buffer to flush: this only
             // stops later spans from being recorded.
             let _ = tracer.shutdown();
         }
-        if let Some(meter) = meter
-            && let Err(e) = meter.shutdown()
-        {
-            // Blocks this thread while the reader's thread collects into
-            // memory: microseconds, and nothing it does needs the runtime.
-            eprintln!("runbox: collect metrics: {e}");
-        }
-        let (traces, metrics) = self.requests();
-        if traces.is_none() && metrics.is_none() {
+        let traces = traces_request(&spans);
+        if traces.is_none() && meter.is_none() {
             return;
         }
-        let routes = match self.routes {
+        let routes = match routes {
             Some(routes) => routes,
-            None => match telemetry::routes(&self.config) {
+            None => match telemetry::routes(&config) {
                 Ok(routes) => routes,
                 Err(e) => {
                     eprintln!("runbox: telemetry: {}", crate::error_chain(&e));
@@ -81,7 +80,7 @@ impl AtExit {
                 }
             },
         };
-        let timeout = self.config.export_timeout();
+        let timeout = config.export_timeout();
         let traces = async {
             if let (Some(request), Some(route)) = (traces, &routes.traces) {
                 let export = telemetry::export_traces(route, request);
@@ -89,42 +88,53 @@ impl AtExit {
             }
         };
         let metrics = async {
-            if let (Some(request), Some(route)) = (metrics, &routes.metrics) {
+            let Some(meter) = meter else {
+                return;
+            };
+            // Polled after the traces future, which has by then handed its
+            // request to the channel's tasks: the reader's thread makes its
+            // last collection while the spans are on their way. Blocking
+            // this task for it is fine: the collection goes to memory and
+            // needs nothing of the runtime, and a thread of the blocking
+            // pool would cost more to start than the wait.
+            if let Err(e) = meter.shutdown() {
+                eprintln!("runbox: collect metrics: {e}");
+            }
+            if let (Some(request), Some(route)) = (metrics_request(&metrics), &routes.metrics) {
                 let export = telemetry::export_metrics(route, request);
                 report("metrics", &route.endpoint, bounded(timeout, export).await);
             }
         };
         tokio::join!(traces, metrics);
     }
+}
 
-    /// The recorded spans and the last metrics collection as export
-    /// requests; `None` for a signal with nothing to send.
-    fn requests(
-        &self,
-    ) -> (
-        Option<ExportTraceServiceRequest>,
-        Option<ExportMetricsServiceRequest>,
-    ) {
-        let spans = std::mem::take(&mut *self.spans.lock().unwrap_or_else(PoisonError::into_inner));
-        let traces = (!spans.spans.is_empty()).then(|| ExportTraceServiceRequest {
-            resource_spans:
-                opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
-                    spans.spans,
-                    &spans.resource,
-                ),
-        });
-        let metrics = self
-            .metrics
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .filter(|m| {
-                m.resource_metrics
-                    .iter()
-                    .any(|r| r.scope_metrics.iter().any(|s| !s.metrics.is_empty()))
-            });
-        (traces, metrics)
-    }
+/// The recorded spans as one export request (taken: a second call finds
+/// none); `None` when there are none.
+fn traces_request(spans: &Mutex<Recorded>) -> Option<ExportTraceServiceRequest> {
+    let spans = std::mem::take(&mut *spans.lock().unwrap_or_else(PoisonError::into_inner));
+    (!spans.spans.is_empty()).then(|| ExportTraceServiceRequest {
+        resource_spans:
+            opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope(
+                spans.spans,
+                &spans.resource,
+            ),
+    })
+}
+
+/// The last metrics collection (taken), unless it holds no metric.
+fn metrics_request(
+    metrics: &Mutex<Option<ExportMetricsServiceRequest>>,
+) -> Option<ExportMetricsServiceRequest> {
+    metrics
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .filter(|m| {
+            m.resource_metrics
+                .iter()
+                .any(|r| r.scope_metrics.iter().any(|s| !s.metrics.is_empty()))
+        })
 }
 
 /// Why one export did not go through.
@@ -324,8 +334,7 @@ mod tests {
         provider.shutdown().unwrap();
         meter.shutdown().unwrap();
         let at_exit = built.telemetry.at_exit.as_ref().unwrap();
-        let (traces, metrics) = at_exit.requests();
-        let traces = traces.expect("a traces request");
+        let traces = traces_request(&at_exit.spans).expect("a traces request");
         let resource = traces.resource_spans[0].resource.as_ref().unwrap();
         assert!(
             resource
@@ -340,15 +349,16 @@ mod tests {
             .map(|s| s.name.as_str())
             .collect();
         assert_eq!(names, ["exec"]);
-        let metrics = metrics.expect("a metrics request");
+        let metrics = metrics_request(&at_exit.metrics).expect("a metrics request");
         let names: Vec<&str> = metrics.resource_metrics[0].scope_metrics[0]
             .metrics
             .iter()
             .map(|m| m.name.as_str())
             .collect();
         assert_eq!(names, ["runbox.events.delivered"]);
-        // Taken: a second shutdown would send nothing twice.
-        assert_eq!(at_exit.requests(), (None, None));
+        // Taken: nothing could be sent twice.
+        assert_eq!(traces_request(&at_exit.spans), None);
+        assert_eq!(metrics_request(&at_exit.metrics), None);
     }
 
     #[test]
