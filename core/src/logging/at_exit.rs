@@ -140,8 +140,9 @@ fn metrics_request(
 /// Why one export did not go through.
 #[derive(Debug, thiserror::Error)]
 enum ExportError {
-    /// The endpoint refused or failed it.
-    #[error("the endpoint answered")]
+    /// The endpoint refused it, or the channel failed (the connection, its
+    /// own deadline).
+    #[error("refused or failed")]
     Status(#[source] tonic::Status),
     /// No answer within the export timeout.
     #[error("no answer within {0:?}")]
