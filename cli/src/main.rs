@@ -159,14 +159,15 @@ fn main() -> ExitCode {
     // Before the runtime goes: the exporters' channel runs on it. The
     // command's spans have ended, so their export overlaps the client's
     // shutdown (closing the event source takes the kernel milliseconds)
-    // instead of following it.
+    // instead of following it. The export is polled first, so its requests
+    // are on their way before the client's shutdown takes its turn.
     runtime.block_on(async move {
         let client = async move {
             if let Some(client) = client {
                 client.shutdown().await;
             }
         };
-        tokio::join!(client, telemetry.shutdown());
+        tokio::join!(telemetry.shutdown(), client);
     });
     code
 }
