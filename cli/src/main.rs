@@ -151,28 +151,36 @@ fn main() -> ExitCode {
             return Failure::new(Kind::Runbox, format!("start runtime: {e}")).report(json);
         }
     };
-    let telemetry = start_logging(&runtime);
+    // `serve` lives on: its spans leave in batches as they end. Every
+    // other subcommand is one task whose spans wait for its exit.
+    let export_at_exit = !matches!(cli.command, Command::Serve(_));
+    let telemetry = start_logging(&runtime, export_at_exit);
     let (code, client) = run_with_config(cli, json, &runtime);
     // Before the runtime goes: the exporters' channel runs on it. The
     // command's spans have ended, so their export overlaps the client's
     // shutdown (closing the event source takes the kernel milliseconds)
-    // instead of following it.
+    // instead of following it. The export is polled first, so its requests
+    // are on their way before the client's shutdown takes its turn.
     runtime.block_on(async move {
         let client = async move {
             if let Some(client) = client {
                 client.shutdown().await;
             }
         };
-        tokio::join!(client, telemetry.shutdown());
+        tokio::join!(telemetry.shutdown(), client);
     });
     code
 }
 
 /// Installs the logger and, when the `OTEL_*` variables ask for it, the
-/// export of traces and metrics.
-fn start_logging(runtime: &tokio::runtime::Runtime) -> Telemetry {
+/// export of traces and metrics: at the exit only when `export_at_exit`
+/// (see [`TelemetryConfig::export_at_exit`]).
+fn start_logging(runtime: &tokio::runtime::Runtime, export_at_exit: bool) -> Telemetry {
     let config = match TelemetryConfig::from_lookup("runbox", |name| std::env::var(name).ok()) {
-        Ok(c) => c,
+        Ok(c) => TelemetryConfig {
+            export_at_exit,
+            ..c
+        },
         Err(e) => {
             note!("runbox: telemetry is off: {}", error_chain(&e));
             TelemetryConfig::default()

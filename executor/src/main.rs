@@ -36,6 +36,8 @@ use runbox_executor::{
 };
 
 const EXIT_CONFIG: u8 = 64;
+/// The niceness of the telemetry export that follows the result.
+const EXPORT_NICENESS: i32 = 10;
 
 /// The argument naming the execution (visible in `/proc/PID/cmdline`, which
 /// is how another dispatcher process finds this executor).
@@ -184,6 +186,10 @@ fn main() -> ExitCode {
     // Its only export follows the result: the connection opens then, not
     // while the command runs.
     telemetry_config.connect_at_start = false;
+    // A one-shot executor's spans wait in memory for that export: no export
+    // thread nor exporter is built on the way to the command. A warm one
+    // lives on, so its spans leave in batches as they end.
+    telemetry_config.export_at_exit = warm.is_none();
     let telemetry = {
         // The exporters' gRPC channel is spawned on this runtime.
         let _entered = runtime.enter();
@@ -267,6 +273,12 @@ fn main() -> ExitCode {
             // The result and state are written: the session's next command
             // need not wait for this export too.
             release_session_lock();
+            // The caller, on its way with the result, must not wait for
+            // the CPU this export takes: on a busy machine it goes first.
+            // (Per thread: the runtime's, the only one the export runs on.)
+            if let Err(e) = rustix::process::setpriority_process(None, EXPORT_NICENESS) {
+                tracing::debug!("lower the priority of the telemetry export: {e}");
+            }
         }
         telemetry.shutdown().await;
         code

@@ -235,10 +235,8 @@ async fn each_process_connects_once_the_executor_after_its_command() {
         Some(&receiver),
         Some(&header),
     );
-    // Spans and metrics leave the CLI only at its exit: a connection it
-    // holds before then is the start-up's.
-    cmd.env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "600000");
+    // Spans and metrics leave the CLI only at its exit, whatever the batch
+    // settings say: a connection it holds before then is the start-up's.
     let child = cmd.spawn().expect("start runbox");
     let cli_pid = i64::from(child.id().expect("pid"));
 
@@ -272,6 +270,67 @@ async fn each_process_connects_once_the_executor_after_its_command() {
         2,
         "one connection per process, whatever it exported"
     );
+}
+
+/// A one-shot executor records its spans until its result is written and
+/// sends them then: a command its timeout killed still has the executor's
+/// spans, the ones that ended with the kill included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_killed_by_its_timeout_still_has_its_executors_spans() {
+    let receiver = Receiver::start().await;
+    let cli = Cli::new();
+    let (trace, root, header) = test_parent();
+    let out = run(&mut command(
+        &cli,
+        &["exec", "-s", "to", "--timeout", "1", "--", "sleep 30"],
+        Some(&receiver),
+        Some(&header),
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(124), "{}", text(&out.stderr));
+    let spans = command_trace(&receiver, &trace).await;
+    assert_links(&spans, &root);
+    assert_eq!(by_name(&spans, "exec").attributes["status"], "TIMED_OUT");
+    let execution = by_name(&spans, "execution");
+    for name in ["restore", "run"] {
+        let span = by_name(&spans, name);
+        assert_eq!(span.parent_span_id, execution.span_id, "{name}");
+        assert_eq!(span.pid, execution.pid, "{name}");
+    }
+    // The command ran its whole second before the kill ended its span.
+    let run = by_name(&spans, "run");
+    let ran_ms = (run.end_unix_nano - run.start_unix_nano) / 1_000_000;
+    assert!(ran_ms >= 1000, "run lasted {ran_ms} ms");
+}
+
+/// An endpoint that accepts connections and never answers costs each
+/// process's exit at most the export timeout, and says so on stderr; the
+/// command's own outcome is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_endpoint_delays_the_exit_by_at_most_the_export_timeout() {
+    // The kernel completes each connection; nothing reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let cli = Cli::new();
+    let started = std::time::Instant::now();
+    let out = run(
+        command(&cli, &["exec", "-s", "s", "--", "echo hi"], None, None)
+            .env(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", silent.local_addr().expect("address")),
+            )
+            .env("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    assert!(
+        text(&out.stderr).contains("runbox: export traces to http://127.0.0.1:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(took >= std::time::Duration::from_millis(500), "{took:?}");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,7 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 
+mod at_exit;
 mod google_auth;
 pub mod json;
 pub mod telemetry;

@@ -80,6 +80,14 @@ pub struct TelemetryConfig {
     /// work (the executor, after its result) says no: a handshake during
     /// the work would compete with it for the CPU.
     pub connect_at_start: bool,
+    /// Whether spans and metrics are only recorded in memory while the
+    /// process works (no export thread, and no channel unless
+    /// `connect_at_start` opens one) and sent once, at
+    /// [`Telemetry::shutdown`] ([`super::at_exit`]), rather than exported in
+    /// batches as they come. For a process whose life is one short task
+    /// (a CLI command, a one-shot executor); [`TelemetryConfig::from_lookup`]
+    /// says no.
+    pub export_at_exit: bool,
 }
 
 /// The telemetry settings are unusable.
@@ -173,6 +181,7 @@ impl TelemetryConfig {
             project,
             export_timeout,
             connect_at_start: true,
+            export_at_exit: false,
         })
     }
 
@@ -218,12 +227,15 @@ fn parse_headers(list: &str) -> Result<Vec<(String, String)>, TelemetryError> {
 /// it without a shutdown loses what was not yet exported.
 #[must_use = "shut it down before the process exits, or the last spans are lost"]
 pub struct Telemetry {
-    tracer: Option<SdkTracerProvider>,
-    meter: Option<SdkMeterProvider>,
+    pub(super) tracer: Option<SdkTracerProvider>,
+    pub(super) meter: Option<SdkMeterProvider>,
     /// Google's credentials, whose first token a flush waits for.
     tokens: Option<google_auth::Tokens>,
     /// How long the flush at shutdown may take.
-    flush_timeout: Duration,
+    pub(super) flush_timeout: Duration,
+    /// Set when the providers only record ([`TelemetryConfig::export_at_exit`]):
+    /// what the shutdown exports.
+    pub(super) at_exit: Option<super::at_exit::AtExit>,
 }
 
 impl Default for Telemetry {
@@ -233,6 +245,7 @@ impl Default for Telemetry {
             meter: None,
             tokens: None,
             flush_timeout: DEFAULT_EXPORT_TIMEOUT,
+            at_exit: None,
         }
     }
 }
@@ -242,6 +255,7 @@ impl std::fmt::Debug for Telemetry {
         f.debug_struct("Telemetry")
             .field("traces", &self.tracer.is_some())
             .field("metrics", &self.meter.is_some())
+            .field("at_exit", &self.at_exit.is_some())
             .finish()
     }
 }
@@ -256,6 +270,10 @@ impl Telemetry {
     /// shutdown blocks its thread, so it runs on the blocking pool: call it
     /// inside the runtime the exporters were built in, which must keep
     /// running until this returns.
+    ///
+    /// With [`TelemetryConfig::export_at_exit`], it ends the recording and
+    /// sends what was recorded in one request per signal, both at once,
+    /// each bounded by the export timeout (see [`super::at_exit`]).
     pub async fn shutdown(self) {
         if !self.is_enabled() {
             return;
@@ -265,7 +283,12 @@ impl Telemetry {
             meter,
             tokens,
             flush_timeout,
+            at_exit,
         } = self;
+        if let Some(at_exit) = at_exit {
+            at_exit.export(tracer, meter).await;
+            return;
+        }
         if let Some(mut tokens) = tokens {
             // A process shorter than the first token fetch would export
             // without one, and be refused.
@@ -282,6 +305,7 @@ impl Telemetry {
                 meter: None,
                 tokens: None,
                 flush_timeout,
+                at_exit: None,
             }
             .shutdown_blocking()
         });
@@ -291,6 +315,7 @@ impl Telemetry {
                 meter,
                 tokens: None,
                 flush_timeout,
+                at_exit: None,
             }
             .shutdown_blocking()
         });
@@ -301,9 +326,9 @@ impl Telemetry {
         }
     }
 
-    /// [`Telemetry::shutdown`] on this thread, for a thread outside the
-    /// runtime (the runtime must still be running elsewhere).
-    pub fn shutdown_blocking(self) {
+    /// The batch exporters' shutdown, which blocks this thread (the runtime
+    /// must be running elsewhere).
+    fn shutdown_blocking(self) {
         // Errors are only reported: telemetry never changes an exit status.
         // Bounded, so an unreachable endpoint (whose exports the exporter
         // retries) delays an exit by at most the export timeout.
@@ -326,22 +351,35 @@ pub(super) struct Built {
     pub(super) tracer: Option<opentelemetry_sdk::trace::Tracer>,
 }
 
-/// Builds the exporters `config` asks for and installs the meter provider
-/// and the propagation globally. Must run inside a tokio runtime (the gRPC
-/// channel's worker is spawned on it).
-pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
+/// Where one signal's exports go.
+#[derive(Clone)]
+pub(super) struct Route {
+    /// The endpoint, as configured.
+    pub(super) endpoint: String,
+    /// The channel to it, shared with the other signal's route when both
+    /// go to the same endpoint.
+    pub(super) channel: tonic::transport::Channel,
+    /// The metadata of every request: `OTEL_EXPORTER_OTLP_HEADERS`, and the
+    /// quota project for Google.
+    pub(super) metadata: tonic::metadata::MetadataMap,
+    /// Google's credentials, for Google's endpoint only.
+    pub(super) tokens: Option<google_auth::Tokens>,
+}
+
+/// The routes of the signals `config` enables.
+pub(super) struct Routes {
+    pub(super) traces: Option<Route>,
+    pub(super) metrics: Option<Route>,
+}
+
+/// The channels, metadata and credentials `config` asks for: one channel,
+/// so one connection, per endpoint. Must run inside a tokio runtime when
+/// an endpoint is Google's (the token task is spawned on it).
+pub(super) fn routes(config: &TelemetryConfig) -> Result<Routes, TelemetryError> {
     let google = [&config.traces_endpoint, &config.metrics_endpoint]
         .into_iter()
         .flatten()
         .any(|e| google_auth::is_google(e));
-    let mut resource = Resource::builder()
-        .with_service_name(config.service_name.clone())
-        .with_attribute(KeyValue::new("process.pid", i64::from(std::process::id())));
-    if let Some(project) = &config.project {
-        // Google's Telemetry API files data under this project.
-        resource = resource.with_attribute(KeyValue::new("gcp.project_id", project.clone()));
-    }
-    let resource = resource.build();
     let tokens = google.then(google_auth::Tokens::start);
     let metadata = || {
         let mut map = tonic::metadata::MetadataMap::new();
@@ -363,29 +401,71 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         }
         map
     };
-    // One channel, so one connection, per endpoint: traces and metrics to
-    // the same place share it, and the exit's flush of both signals pays
-    // for one handshake, not two.
+    // Traces and metrics to the same place share one connection, and a
+    // flush of both signals pays for one handshake, not two.
     let mut channels: Vec<(String, tonic::transport::Channel)> = Vec::new();
-    let mut channel_to = |endpoint: &str| -> Result<tonic::transport::Channel, TelemetryError> {
-        if let Some((_, channel)) = channels.iter().find(|(e, _)| *e == endpoint) {
-            return Ok(channel.clone());
-        }
-        let channel = channel(endpoint, config.export_timeout())?;
-        channels.push((endpoint.to_owned(), channel.clone()));
-        Ok(channel)
+    let mut route_to = |endpoint: &str| -> Result<Route, TelemetryError> {
+        let channel = match channels.iter().find(|(e, _)| *e == endpoint) {
+            Some((_, channel)) => channel.clone(),
+            None => {
+                let channel = channel(endpoint, config.export_timeout())?;
+                channels.push((endpoint.to_owned(), channel.clone()));
+                channel
+            }
+        };
+        Ok(Route {
+            endpoint: endpoint.to_owned(),
+            channel,
+            metadata: metadata(),
+            tokens: tokens.clone().filter(|_| google_auth::is_google(endpoint)),
+        })
     };
+    Ok(Routes {
+        traces: config
+            .traces_endpoint
+            .as_deref()
+            .map(&mut route_to)
+            .transpose()?,
+        metrics: config
+            .metrics_endpoint
+            .as_deref()
+            .map(&mut route_to)
+            .transpose()?,
+    })
+}
+
+/// The resource every span and metric of this process carries.
+pub(super) fn resource(config: &TelemetryConfig) -> Resource {
+    let mut resource = Resource::builder()
+        .with_service_name(config.service_name.clone())
+        .with_attribute(KeyValue::new("process.pid", i64::from(std::process::id())));
+    if let Some(project) = &config.project {
+        // Google's Telemetry API files data under this project.
+        resource = resource.with_attribute(KeyValue::new("gcp.project_id", project.clone()));
+    }
+    resource.build()
+}
+
+/// Builds the exporters `config` asks for and installs the meter provider
+/// and the propagation globally. Must run inside a tokio runtime (the gRPC
+/// channel's worker is spawned on it).
+pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
+    if config.export_at_exit {
+        return super::at_exit::build(config);
+    }
+    let resource = resource(config);
+    let routes = routes(config)?;
     let mut built = Built {
         telemetry: Telemetry::default(),
         tracer: None,
     };
-    if let Some(endpoint) = &config.traces_endpoint {
+    if let Some(route) = &routes.traces {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_channel(channel_to(endpoint)?)
+            .with_channel(route.channel.clone())
             .with_timeout(config.export_timeout())
-            .with_metadata(metadata());
-        if let Some(tokens) = tokens.clone().filter(|_| google_auth::is_google(endpoint)) {
+            .with_metadata(route.metadata.clone());
+        if let Some(tokens) = route.tokens.clone() {
             exporter = exporter.with_interceptor(tokens);
         }
         let exporter = exporter.build().map_err(TelemetryError::Exporter)?;
@@ -397,13 +477,13 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         trace_context::install(Box::new(OtelPropagation));
         built.telemetry.tracer = Some(provider);
     }
-    if let Some(endpoint) = &config.metrics_endpoint {
+    if let Some(route) = &routes.metrics {
         let mut exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
-            .with_channel(channel_to(endpoint)?)
+            .with_channel(route.channel.clone())
             .with_timeout(config.export_timeout())
-            .with_metadata(metadata());
-        if let Some(tokens) = tokens.clone().filter(|_| google_auth::is_google(endpoint)) {
+            .with_metadata(route.metadata.clone());
+        if let Some(tokens) = route.tokens.clone() {
             exporter = exporter.with_interceptor(tokens);
         }
         let exporter = exporter.build().map_err(TelemetryError::Exporter)?;
@@ -414,42 +494,77 @@ pub(super) fn build(config: &TelemetryConfig) -> Result<Built, TelemetryError> {
         global::set_meter_provider(provider.clone());
         built.telemetry.meter = Some(provider);
     }
-    let channels = if config.connect_at_start {
-        channels
-    } else {
-        Vec::new()
-    };
-    for (endpoint, channel) in channels {
-        let traces = config.traces_endpoint.as_deref() == Some(endpoint.as_str());
-        let tokens = tokens.clone().filter(|_| google_auth::is_google(&endpoint));
-        tokio::spawn(warm_up(channel, traces, metadata(), tokens));
+    if config.connect_at_start {
+        warm_up(&routes);
     }
-    built.telemetry.tokens = tokens;
+    built.telemetry.tokens = routes
+        .traces
+        .and_then(|r| r.tokens)
+        .or_else(|| routes.metrics.and_then(|r| r.tokens));
     built.telemetry.flush_timeout = config.export_timeout();
     Ok(built)
 }
 
-/// Opens `channel`'s connection while the process works, with one empty
-/// export (which collectors answer at once), so that the flush at exit is
-/// one round trip rather than a TCP, TLS and HTTP/2 handshake first.
-/// Spawned, never awaited: start-up does not wait for the endpoint, and
-/// an unreachable one costs the exit no more than before (its flush
-/// retries the connection within the export timeout).
-async fn warm_up(
-    channel: tonic::transport::Channel,
-    traces: bool,
-    metadata: tonic::metadata::MetadataMap,
-    tokens: Option<google_auth::Tokens>,
-) {
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+/// Opens each route's connection while the process works, with one empty
+/// export per channel (the traces route's, and the metrics route's where it
+/// has a channel of its own). Spawned, never awaited: start-up does not
+/// wait for the endpoint, and an unreachable one costs the exit no more
+/// than its own export's timeout. Must run inside a tokio runtime.
+pub(super) fn warm_up(routes: &Routes) {
+    let metrics_own = routes.metrics.as_ref().filter(|m| {
+        routes
+            .traces
+            .as_ref()
+            .is_none_or(|t| t.endpoint != m.endpoint)
+    });
+    if let Some(route) = routes.traces.clone() {
+        tokio::spawn(async move {
+            let _ = export_traces(&route, Default::default()).await;
+        });
+    }
+    if let Some(route) = metrics_own.cloned() {
+        tokio::spawn(async move {
+            let _ = export_metrics(&route, Default::default()).await;
+        });
+    }
+}
 
-    let interceptor = match tokens {
+/// Sends one traces request over `route`, with its metadata and (for
+/// Google) a token, waiting for the first token if none was fetched yet.
+/// The channel bounds the request by the export timeout.
+///
+/// At start-up an empty request (which collectors answer at once) opens
+/// the connection while the process works, so that the flush at exit is
+/// one round trip rather than a TCP, TLS and HTTP/2 handshake first; its
+/// answer does not matter (a refusal has opened the connection too).
+pub(super) async fn export_traces(
+    route: &Route,
+    request: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+) -> Result<(), tonic::Status> {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let interceptor = interceptor(route).await;
+    let mut client = TraceServiceClient::with_interceptor(route.channel.clone(), interceptor);
+    client.export(request).await.map(|_| ())
+}
+
+/// [`export_traces`] for metrics.
+pub(super) async fn export_metrics(
+    route: &Route,
+    request: opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+) -> Result<(), tonic::Status> {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    let interceptor = interceptor(route).await;
+    let mut client = MetricsServiceClient::with_interceptor(route.channel.clone(), interceptor);
+    client.export(request).await.map(|_| ())
+}
+
+/// What every request of `route` carries; waits (bounded) for Google's
+/// first token, since Google refuses a request without one.
+async fn interceptor(
+    route: &Route,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + use<> {
+    let tokens = match route.tokens.clone() {
         Some(mut tokens) => {
-            // Google refuses a request without a token, before the
-            // connection would be of use.
             let _ = tokio::time::timeout(
                 google_auth::FIRST_TOKEN_WAIT,
                 tokens.ready.wait_for(|ready| *ready),
@@ -459,30 +574,22 @@ async fn warm_up(
         }
         None => None,
     };
-    let with_metadata = move |mut request: tonic::Request<()>| {
+    let metadata = route.metadata.clone();
+    move |mut request: tonic::Request<()>| {
         for kv in metadata.iter() {
             if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
                 request.metadata_mut().insert(k.clone(), v.clone());
             }
         }
-        match &interceptor {
+        match &tokens {
             Some(tokens) => tonic::service::Interceptor::call(&mut tokens.clone(), request),
             None => Ok(request),
         }
-    };
-    // The answer does not matter: a refusal has opened the connection too,
-    // and a failure is the exit flush's to report.
-    if traces {
-        let mut client = TraceServiceClient::with_interceptor(channel, with_metadata);
-        let _ = client.export(ExportTraceServiceRequest::default()).await;
-    } else {
-        let mut client = MetricsServiceClient::with_interceptor(channel, with_metadata);
-        let _ = client.export(ExportMetricsServiceRequest::default()).await;
     }
 }
 
 /// A channel to `endpoint` that connects on its first request (the
-/// warm-up [`build`] spawns); TLS with
+/// warm-up [`build`] spawns, or the export at exit); TLS with
 /// the webpki roots for `https://`; every request bounded by `timeout` (the
 /// exporters' own timeout, as a channel given to them must be).
 fn channel(endpoint: &str, timeout: Duration) -> Result<tonic::transport::Channel, TelemetryError> {
@@ -502,7 +609,7 @@ fn channel(endpoint: &str, timeout: Duration) -> Result<tonic::transport::Channe
 }
 
 /// [`Propagation`] through the OpenTelemetry layer's span data.
-struct OtelPropagation;
+pub(super) struct OtelPropagation;
 
 impl Propagation for OtelPropagation {
     fn traceparent(&self, span: &tracing::Span) -> Option<Traceparent> {

@@ -34,6 +34,9 @@ pub struct Received {
     pub attributes: BTreeMap<String, String>,
     /// OTLP status code: 0 unset, 1 ok, 2 error.
     pub status: i32,
+    /// When the span started and ended, in nanoseconds since the epoch.
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
 }
 
 /// One received metric with its resource's service name.
@@ -250,6 +253,8 @@ impl TraceService for Shared {
                             name: span.name.clone(),
                             attributes: attributes(&span.attributes),
                             status: span.status.map_or(0, |s| s.code),
+                            start_unix_nano: span.start_time_unix_nano,
+                            end_unix_nano: span.end_time_unix_nano,
                         });
                     }
                 }
