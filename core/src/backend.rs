@@ -5,6 +5,10 @@ use std::sync::Arc;
 use crate::config::{BackendConfig, Config};
 use crate::store::{Durability, GcsStore, LocalStore, Store, StoreError};
 
+/// Writes an embedded store makes before it keeps a spare staging file
+/// (see [`LocalStore::with_spare_after`]).
+const SPARE_AFTER_WRITES: u32 = 2;
+
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     match &config.backend {
@@ -14,7 +18,13 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
             } else {
                 Durability::NoSync
             };
-            Ok(Arc::new(LocalStore::open_with(&embedded.home, durability)?))
+            // From the third write on, each is staged in a file created
+            // ahead (a client running command after command); a CLI
+            // command's one or two writes are not.
+            Ok(Arc::new(
+                LocalStore::open_with(&embedded.home, durability)?
+                    .with_spare_after(SPARE_AFTER_WRITES),
+            ))
         }
         BackendConfig::Gcp(gcp) => {
             if let (Some(host), Some(token)) = (

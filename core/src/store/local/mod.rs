@@ -53,7 +53,7 @@
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -147,6 +147,23 @@ impl LocalStore {
         self
     }
 
+    /// [`LocalStore::with_spare`] for a process that turns out to write in
+    /// turns: the spare is made after the store's `writes`-th write, then
+    /// kept. A process that writes once or twice and exits (a CLI command)
+    /// never makes one, which would only be one more file to create and
+    /// remove on its way; a long-lived client has its writes from the next
+    /// on staged in files created ahead, off the path of its commands.
+    #[must_use]
+    pub fn with_spare_after(self, writes: u32) -> Self {
+        if writes == 0 {
+            return self.with_spare();
+        }
+        self.inner
+            .writes_before_spare
+            .store(writes, Ordering::Relaxed);
+        self
+    }
+
     fn open_impl(root: PathBuf, durability: Durability, inline: bool) -> Result<Self> {
         let io_err = |source| StoreError::Io {
             op: "open store",
@@ -163,6 +180,8 @@ impl LocalStore {
             locks: internal.join("locks"),
             root,
             keep_spare: AtomicBool::new(false),
+            writes_before_spare: AtomicU32::new(0),
+            replenishing: AtomicBool::new(false),
             spare: Mutex::new(None),
         };
         // Temporary files left by a crash are never renamed anywhere and are
@@ -358,6 +377,11 @@ struct Inner {
     locks: PathBuf,
     /// Whether a spare staging file is kept (see [`LocalStore::with_spare`]).
     keep_spare: AtomicBool,
+    /// Writes left before one is (see [`LocalStore::with_spare_after`]);
+    /// 0 when not counting.
+    writes_before_spare: AtomicU32,
+    /// A spare is being made.
+    replenishing: AtomicBool,
     /// That file, when one is ready.
     spare: Mutex<Option<(TempFile, File)>>,
 }

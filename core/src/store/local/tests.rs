@@ -768,6 +768,38 @@ fn a_spare_staging_file_becomes_the_next_object_and_goes_with_the_store() {
 }
 
 #[test]
+fn a_store_counting_its_writes_keeps_a_spare_from_the_third_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = dir.path().join(".runbox/tmp");
+    let store = LocalStore::open_with(dir.path(), Durability::NoSync)
+        .unwrap()
+        .with_spare_after(2);
+    // Left by a process long gone (no process has this pid): swept when
+    // the spare starts, not before.
+    let stale = tmp.join(format!("{}-1-1.tmp", u32::MAX));
+    let file = fs::File::create(&stale).unwrap();
+    file.set_modified(SystemTime::now() - write::STALE_STAGING - Duration::from_secs(60))
+        .unwrap();
+    put_in_own_runtime(&store, "requests/a.json", b"a");
+    assert_eq!(
+        only_file(&tmp).ino(),
+        fs::metadata(&stale).unwrap().ino(),
+        "a spare after one write"
+    );
+    put_in_own_runtime(&store, "requests/b.json", b"b");
+    let spare = only_file(&tmp);
+    assert!(!stale.exists());
+    assert_eq!(spare.len(), 0);
+    put_in_own_runtime(&store, "requests/c.json", b"c");
+    let object = store.path_of("requests/c.json").unwrap();
+    assert_eq!(fs::read(&object).unwrap(), b"c");
+    assert_eq!(fs::metadata(&object).unwrap().ino(), spare.ino());
+    assert_ne!(only_file(&tmp).ino(), spare.ino());
+    drop(store);
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+}
+
+#[test]
 fn a_store_that_keeps_a_spare_removes_staging_files_of_processes_long_gone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tmp = dir.path().join(".runbox/tmp");

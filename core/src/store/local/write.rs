@@ -36,24 +36,48 @@ impl Inner {
     /// thread (its process does one thing at a time, and a file created
     /// after the write, before the next one, competes with nothing), else
     /// on the blocking pool when there is a runtime.
+    /// A store counting its writes towards a spare
+    /// ([`LocalStore::with_spare_after`]) starts keeping one here, after
+    /// the write that ends the count, and first sweeps leftovers as
+    /// [`LocalStore::with_spare`] does.
     pub(super) fn replenish_later(self: &Arc<Self>) {
-        if !self.keep_spare.load(Ordering::Relaxed)
-            || self
-                .spare
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some()
+        let mut sweep = false;
+        if !self.keep_spare.load(Ordering::Relaxed) {
+            let counted =
+                self.writes_before_spare
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if counted != Ok(1) {
+                return;
+            }
+            self.keep_spare.store(true, Ordering::Relaxed);
+            sweep = true;
+        }
+        // One on its way is enough: writes that end together (a server's)
+        // would otherwise each create a file only to remove all but one.
+        if self
+            .spare
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+            || self.replenishing.swap(true, Ordering::AcqRel)
         {
             return;
         }
+        let work = move |inner: &Self| {
+            if sweep {
+                inner.sweep_stale_staging();
+            }
+            inner.replenish();
+            inner.replenishing.store(false, Ordering::Release);
+        };
         if self.inline {
-            self.replenish();
+            work(self);
             return;
         }
         let inner = Arc::clone(self);
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || inner.replenish())),
-            Err(_) => inner.replenish(),
+            Ok(runtime) => drop(runtime.spawn_blocking(move || work(&inner))),
+            Err(_) => work(self),
         }
     }
 
