@@ -269,10 +269,12 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         // The span ends with `work`, before the flush that exports it.
         let code = work.await;
+        // The result and state are written: the session's next command
+        // need not wait for this process's export, nor for its exit (whose
+        // teardown of a large address space comes before its descriptors
+        // close).
+        release_session_lock();
         if telemetry.is_enabled() {
-            // The result and state are written: the session's next command
-            // need not wait for this export too.
-            release_session_lock();
             // The caller, on its way with the result, must not wait for
             // the CPU this export takes: on a busy machine it goes first.
             // (Per thread: the runtime's, the only one the export runs on.)
@@ -294,8 +296,8 @@ fn release_session_lock() {
         .open("/dev/null")
         .and_then(|null| rustix::stdio::dup2_stdout(&null).map_err(std::io::Error::from));
     if let Err(e) = released {
-        // The lock is then released at exit, a flush later.
-        tracing::debug!("release the session lock before the telemetry flush: {e}");
+        // The lock is then released at exit.
+        tracing::debug!("release the session lock before the exit: {e}");
     }
 }
 
