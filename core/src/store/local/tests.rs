@@ -722,15 +722,21 @@ fn only_file(dir: &Path) -> fs::Metadata {
 }
 
 /// Creates `key` in a runtime of its own, and waits for that runtime's
-/// blocking pool, where a store with a spare makes its next one.
+/// blocking pool, where a store with a spare makes its next one: with one
+/// blocking thread its tasks run in turn, so a task queued after the put's
+/// runs after the spare is made (dropping the runtime would not wait for a
+/// task not yet started).
 fn put_in_own_runtime(store: &LocalStore, key: &str, bytes: &'static [u8]) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(1)
         .build()
         .unwrap();
     runtime
         .block_on(store.put(key, Bytes::from_static(bytes), PutOptions::create()))
         .unwrap();
+    let after = runtime.spawn_blocking(|| ());
+    runtime.block_on(after).unwrap();
     drop(runtime);
 }
 

@@ -68,16 +68,16 @@ impl Inner {
                 inner.sweep_stale_staging();
             }
             inner.replenish();
-            inner.replenishing.store(false, Ordering::Release);
         };
         if self.inline {
             work(self);
+            self.replenishing.store(false, Ordering::Release);
             return;
         }
-        let inner = Arc::clone(self);
+        let replenishing = Replenishing(Arc::clone(self));
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || work(&inner))),
-            Err(_) => work(self),
+            Ok(runtime) => drop(runtime.spawn_blocking(move || work(&replenishing.0))),
+            Err(_) => work(&replenishing.0),
         }
     }
 
@@ -375,6 +375,17 @@ fn check(name: &str, precondition: Precondition, current: Option<&ObjectMeta>) -
 /// How long a staging file of a process that is gone stays before a store
 /// that keeps a spare removes it.
 pub(super) const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// A spare on its way: the mark is taken off when the work is done, or
+/// dropped unrun (a runtime shut down before its blocking task started),
+/// so a lost task does not stop the store from making spares.
+struct Replenishing(Arc<Inner>);
+
+impl Drop for Replenishing {
+    fn drop(&mut self) {
+        self.0.replenishing.store(false, Ordering::Release);
+    }
+}
 
 /// A staged file under `.runbox/tmp`, removed on drop unless placed.
 pub(super) struct TempFile {
